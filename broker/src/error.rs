@@ -1,0 +1,74 @@
+//! The broker's one error type and its mapping to gRPC status codes.
+//!
+//! Every message says what was wrong and, where there is one, what to do; the
+//! CLI prints it as it is.
+
+use tributary_proto::batch::BatchError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid topic name '{name}': {reason}")]
+    InvalidTopicName { name: String, reason: &'static str },
+    #[error("topic '{0}' already exists")]
+    TopicExists(String),
+    #[error("unknown topic '{0}'")]
+    UnknownTopic(String),
+    #[error("unknown partition {partition} of topic '{topic}' (it has {count} partitions: 0..{count})")]
+    UnknownPartition { topic: String, partition: u32, count: u32 },
+    #[error("invalid value '{value}' for config '{key}': {reason}")]
+    InvalidConfigValue { key: String, value: String, reason: String },
+    #[error("unknown config '{0}' (see `tributary topic describe` for the supported keys)")]
+    UnknownConfig(String),
+    #[error("invalid partition count: {0}")]
+    InvalidPartitions(String),
+    #[error("invalid replication factor: {0}")]
+    InvalidReplicationFactor(String),
+    #[error("batch of {size} bytes for {topic}-{partition} is larger than max.message.bytes ({max}); raise the topic's max.message.bytes or send smaller batches")]
+    RecordTooLarge { topic: String, partition: u32, size: usize, max: i64 },
+    #[error("corrupt record batch for {topic}-{partition}: {source}")]
+    CorruptBatch { topic: String, partition: u32, source: BatchError },
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    #[error("offset {offset} is out of range for {topic}-{partition} (valid: {start}..={end})")]
+    OffsetOutOfRange { topic: String, partition: u32, offset: i64, start: i64, end: i64 },
+    #[error("storage error: {0}")]
+    Storage(String),
+    #[error("broker is shutting down")]
+    ShuttingDown,
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Error::Storage(e.to_string())
+    }
+}
+
+impl From<rocksdb::Error> for Error {
+    fn from(e: rocksdb::Error) -> Self {
+        Error::Storage(format!("rocksdb: {e}"))
+    }
+}
+
+impl From<Error> for tonic::Status {
+    fn from(e: Error) -> Self {
+        use tonic::Code;
+        let code = match &e {
+            Error::InvalidTopicName { .. }
+            | Error::InvalidConfigValue { .. }
+            | Error::UnknownConfig(_)
+            | Error::InvalidPartitions(_)
+            | Error::InvalidReplicationFactor(_)
+            | Error::RecordTooLarge { .. }
+            | Error::CorruptBatch { .. }
+            | Error::InvalidRequest(_) => Code::InvalidArgument,
+            Error::TopicExists(_) => Code::AlreadyExists,
+            Error::UnknownTopic(_) | Error::UnknownPartition { .. } => Code::NotFound,
+            Error::OffsetOutOfRange { .. } => Code::OutOfRange,
+            Error::Storage(_) => Code::Internal,
+            Error::ShuttingDown => Code::Unavailable,
+        };
+        tonic::Status::new(code, e.to_string())
+    }
+}

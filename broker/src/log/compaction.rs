@@ -1,0 +1,333 @@
+//! Log compaction (`cleanup.policy=compact`): keep the latest record per key.
+//!
+//! A pass has three steps, and only the last takes the partition lock:
+//! 1. [`PartitionLog::cleaning_plan`] (locked, quick): which closed segments
+//!    may be cleaned — those whose newest record is older than
+//!    `min.compaction.lag.ms` — and which part of them is new since the last
+//!    pass (the "dirty" part).
+//! 2. [`CleaningPlan::run`] (unlocked): read the dirty part and record
+//!    key → latest offset in the partition's column family (`k` keys, kept
+//!    between passes); then rewrite each cleanable segment to a
+//!    `<base>.log.cleaned` file holding only records that are the latest for
+//!    their key. Tombstones (null values) are kept until they are older than
+//!    `delete.retention.ms`, so consumers get to see the delete.
+//! 3. [`PartitionLog::swap_cleaned`] (locked, quick): rename each cleaned file
+//!    over its segment and re-point that segment's offset index.
+//!
+//! Offsets never change: a rewritten batch keeps its base offset and each
+//! record its offset delta. Appends and reads go on during step 2; reads that
+//! opened the old file keep reading it.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tributary_proto::batch::{self, BatchBuilder, ProducerStamp};
+
+use super::index::{self, IndexWrites, PartitionIndex};
+use super::segment::{self, Segment};
+use super::PartitionLog;
+use crate::config::TopicConfig;
+use crate::error::{Error, Result};
+
+/// One cleanable segment as it was when the plan was made.
+struct Target {
+    base: i64,
+    path: PathBuf,
+    file: Arc<File>,
+    size: u64,
+}
+
+pub struct CleaningPlan {
+    index: PartitionIndex,
+    targets: Vec<Target>,
+    /// Offsets in `[dirty_from, first_uncleanable)` are new since last pass.
+    dirty_from: i64,
+    first_uncleanable: i64,
+    delete_retention_ms: i64,
+    now_ms: i64,
+}
+
+/// A rewritten segment, ready to swap in.
+pub struct Cleaned {
+    base: i64,
+    old_file: Arc<File>,
+    cleaned_path: PathBuf,
+    /// Offset-index entries of the new file.
+    entries: Vec<(i64, u32)>,
+    size: u64,
+}
+
+/// What a pass did, for logs and tests.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CleaningStats {
+    pub segments: usize,
+    pub records_kept: u64,
+    pub records_removed: u64,
+    pub bytes_before: u64,
+    pub bytes_after: u64,
+}
+
+fn storage(e: impl std::fmt::Display) -> Error {
+    Error::Storage(format!("compaction: {e}"))
+}
+
+impl PartitionLog {
+    /// Decides what a cleaning pass would do, or None when there is nothing
+    /// to do.
+    pub fn cleaning_plan(&self, config: &TopicConfig, now_ms: i64) -> Result<Option<CleaningPlan>> {
+        if !config.cleanup_policy.compact {
+            return Ok(None);
+        }
+        let mut targets = Vec::new();
+        let mut first_uncleanable = self.log_start_offset;
+        for seg in self.segments.values().take(self.segments.len().saturating_sub(1)) {
+            if seg.max_timestamp > now_ms - config.min_compaction_lag_ms {
+                break;
+            }
+            first_uncleanable = seg.next_offset;
+            targets.push(Target {
+                base: seg.base_offset,
+                path: seg.path.clone(),
+                file: seg.file.clone(),
+                size: seg.size,
+            });
+        }
+        let dirty_from = self
+            .index
+            .meta_i64(index::META_CLEANER_CHECKPOINT)?
+            .unwrap_or(self.log_start_offset)
+            .max(self.log_start_offset);
+        let tombstones_due = self
+            .index
+            .meta_i64(META_TOMBSTONE_DUE)?
+            .is_some_and(|due| due <= now_ms);
+        if targets.is_empty() || (dirty_from >= first_uncleanable && !tombstones_due) {
+            return Ok(None);
+        }
+        Ok(Some(CleaningPlan {
+            index: self.index.clone(),
+            targets,
+            dirty_from,
+            first_uncleanable,
+            delete_retention_ms: config.delete_retention_ms,
+            now_ms,
+        }))
+    }
+
+    /// Step 3: swaps rewritten segments in. A segment that retention deleted
+    /// meanwhile is skipped (its cleaned file removed).
+    pub fn swap_cleaned(&mut self, cleaned: Vec<Cleaned>) -> Result<()> {
+        for c in cleaned {
+            let live = self
+                .segments
+                .get(&c.base)
+                .is_some_and(|s| Arc::ptr_eq(&s.file, &c.old_file));
+            if !live {
+                fs::remove_file(&c.cleaned_path).ok();
+                continue;
+            }
+            let seg = self.segments.get_mut(&c.base).ok_or_else(|| storage("segment vanished"))?;
+            fs::rename(&c.cleaned_path, &seg.path)?;
+            let reopened = Segment::open(seg.path.clone(), c.base)?;
+            seg.file = reopened.file;
+            seg.size = c.size;
+            let mut w = IndexWrites::new();
+            self.index.delete_offsets(&mut w, c.base, seg.next_offset)?;
+            for (offset, pos) in &c.entries {
+                self.index.put_offset(&mut w, *offset, *pos)?;
+            }
+            self.index.write_durable(w)?;
+        }
+        segment::sync_dir(&self.dir)?;
+        Ok(())
+    }
+}
+
+const META_TOMBSTONE_DUE: &str = "tombstone_due";
+
+impl CleaningPlan {
+    /// Step 2. Returns the rewritten segments to swap in and what changed.
+    pub fn run(self) -> Result<(Vec<Cleaned>, CleaningStats)> {
+        self.record_latest_offsets()?;
+        let mut stats = CleaningStats::default();
+        let mut out = Vec::new();
+        let mut expired_tombstones: Vec<(Bytes, i64)> = Vec::new();
+        let mut next_tombstone_due: Option<i64> = None;
+        for t in &self.targets {
+            let cleaned = self.rewrite(t, &mut stats, &mut expired_tombstones, &mut next_tombstone_due)?;
+            if let Some(c) = cleaned {
+                out.push(c);
+            }
+        }
+        // Advance the checkpoint and forget expired tombstones' keys (only if
+        // no newer record for the key has come since).
+        let mut w = IndexWrites::new();
+        for (key, offset) in expired_tombstones {
+            if self.index.key_offset(&key)? == Some(offset) {
+                self.index.delete_key(&mut w, &key)?;
+            }
+        }
+        self.index.put_meta(
+            &mut w,
+            index::META_CLEANER_CHECKPOINT,
+            &(self.first_uncleanable as u64).to_be_bytes(),
+        )?;
+        match next_tombstone_due {
+            Some(due) => self.index.put_meta(&mut w, META_TOMBSTONE_DUE, &(due as u64).to_be_bytes())?,
+            None => self.index.delete_meta(&mut w, META_TOMBSTONE_DUE)?,
+        }
+        self.index.write(w)?;
+        Ok((out, stats))
+    }
+
+    /// Reads the dirty part and stores key → latest offset.
+    fn record_latest_offsets(&self) -> Result<()> {
+        let mut w = IndexWrites::new();
+        let mut pending = 0usize;
+        for t in &self.targets {
+            for_each_batch(&t.file, t.size, |batch_bytes| {
+                let header = batch::BatchHeader::parse(batch_bytes).map_err(storage)?;
+                if header.next_offset() <= self.dirty_from || header.base_offset >= self.first_uncleanable {
+                    return Ok(());
+                }
+                let bytes = Bytes::copy_from_slice(batch_bytes);
+                for r in batch::records(&bytes).map_err(storage)? {
+                    let r = r.map_err(storage)?;
+                    if r.offset < self.dirty_from || r.offset >= self.first_uncleanable {
+                        continue;
+                    }
+                    if let Some(key) = &r.key {
+                        self.index.put_key_offset(&mut w, key, r.offset)?;
+                        pending += 1;
+                    }
+                }
+                if pending >= 10_000 {
+                    self.index.write(std::mem::take(&mut w))?;
+                    pending = 0;
+                }
+                Ok(())
+            })?;
+        }
+        self.index.write(w)
+    }
+
+    fn rewrite(
+        &self,
+        t: &Target,
+        stats: &mut CleaningStats,
+        expired: &mut Vec<(Bytes, i64)>,
+        next_due: &mut Option<i64>,
+    ) -> Result<Option<Cleaned>> {
+        let cleaned_path = t.path.with_extension("log.cleaned");
+        let mut out = std::io::BufWriter::new(File::create(&cleaned_path)?);
+        let mut entries = Vec::new();
+        let mut size = 0u64;
+        let mut changed = false;
+        let mut seg_stats = CleaningStats { segments: 1, bytes_before: t.size, ..Default::default() };
+        for_each_batch(&t.file, t.size, |batch_bytes| {
+            let header = batch::BatchHeader::parse(batch_bytes).map_err(storage)?;
+            let bytes = Bytes::copy_from_slice(batch_bytes);
+            let mut keep = Vec::new();
+            let mut total = 0u32;
+            for r in batch::records(&bytes).map_err(storage)? {
+                let r = r.map_err(storage)?;
+                total += 1;
+                let latest = match &r.key {
+                    // Keyless records (from before the topic was compacted)
+                    // cannot be compacted; they are kept.
+                    None => true,
+                    Some(k) => self.index.key_offset(k)?.is_none_or(|o| o <= r.offset),
+                };
+                if !latest {
+                    continue;
+                }
+                if r.value.is_none() {
+                    let due = r.timestamp.saturating_add(self.delete_retention_ms);
+                    if due <= self.now_ms {
+                        if let Some(k) = &r.key {
+                            expired.push((k.clone(), r.offset));
+                        }
+                        continue;
+                    }
+                    *next_due = Some(next_due.map_or(due, |d: i64| d.min(due)));
+                }
+                keep.push(r);
+            }
+            seg_stats.records_kept += keep.len() as u64;
+            seg_stats.records_removed += u64::from(total) - keep.len() as u64;
+            if keep.is_empty() {
+                changed = true;
+                return Ok(());
+            }
+            let rewritten;
+            let piece: &[u8] = if keep.len() as u32 == total {
+                batch_bytes
+            } else {
+                changed = true;
+                rewritten = reencode(&header, &keep)?;
+                &rewritten
+            };
+            entries.push((header.base_offset, size as u32));
+            out.write_all(piece)?;
+            size += piece.len() as u64;
+            Ok(())
+        })?;
+        let file = out.into_inner().map_err(|e| storage(e.error()))?;
+        if !changed {
+            drop(file);
+            fs::remove_file(&cleaned_path)?;
+            stats.records_kept += seg_stats.records_kept;
+            stats.bytes_before += t.size;
+            stats.bytes_after += t.size;
+            return Ok(None);
+        }
+        file.sync_all()?;
+        seg_stats.bytes_after = size;
+        stats.segments += 1;
+        stats.records_kept += seg_stats.records_kept;
+        stats.records_removed += seg_stats.records_removed;
+        stats.bytes_before += seg_stats.bytes_before;
+        stats.bytes_after += size;
+        Ok(Some(Cleaned { base: t.base, old_file: t.file.clone(), cleaned_path, entries, size }))
+    }
+}
+
+/// A batch holding only `keep`, with the original base offset, offsets,
+/// timestamps, compression and producer fields.
+fn reencode(header: &batch::BatchHeader, keep: &[batch::Record]) -> Result<Vec<u8>> {
+    let compression = header.compression().map_err(storage)?;
+    let mut b = BatchBuilder::new(compression, header.base_timestamp);
+    b.set_producer(ProducerStamp {
+        producer_id: header.producer_id,
+        producer_epoch: header.producer_epoch,
+        base_sequence: header.base_sequence,
+    });
+    for r in keep {
+        let headers: Vec<(&str, Option<&[u8]>)> =
+            r.headers.iter().map(|h| (h.key.as_str(), h.value.as_deref())).collect();
+        let delta = (r.offset - header.base_offset) as i32;
+        b.append_at(delta, r.timestamp, r.key.as_deref(), r.value.as_deref(), &headers);
+    }
+    let mut out = b.build().to_vec();
+    batch::set_base_offset(&mut out, header.base_offset);
+    batch::set_leader_epoch(&mut out, header.leader_epoch);
+    Ok(out)
+}
+
+/// Calls `f` with each whole batch of a segment, in order.
+fn for_each_batch(file: &File, size: u64, mut f: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
+    let mut pos = 0u64;
+    while let Some(h) = segment::header_at(file, pos, size)? {
+        let len = h.total_len();
+        if pos + len as u64 > size {
+            break;
+        }
+        let bytes = segment::read_at(file, pos, len)?;
+        f(&bytes)?;
+        pos += len as u64;
+    }
+    Ok(())
+}

@@ -1,0 +1,98 @@
+//! `tributary-broker`: with no arguments, one broker with embedded defaults
+//! (data under ./data, gRPC on 127.0.0.1:7070, HTTP on 127.0.0.1:7071).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use tributary_broker::config::BrokerConfig;
+use tributary_broker::{telemetry, Broker};
+
+#[derive(Parser, Debug)]
+#[command(name = "tributary-broker", version, about = "Tributary broker: a distributed commit log node")]
+struct Args {
+    /// TOML file with broker settings (see the README's configuration reference).
+    #[arg(long, env = "TRIBUTARY_CONFIG")]
+    config: Option<PathBuf>,
+    /// Where segment files and the index store live [default: ./data]
+    #[arg(long, env = "TRIBUTARY_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// gRPC listen address [default: 127.0.0.1:7070]
+    #[arg(long, env = "TRIBUTARY_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// HTTP listen address for /healthz, /readyz, /metrics [default: 127.0.0.1:7071]
+    #[arg(long, env = "TRIBUTARY_HTTP_LISTEN")]
+    http_listen: Option<SocketAddr>,
+    /// This broker's id [default: 0]
+    #[arg(long, env = "TRIBUTARY_NODE_ID")]
+    node_id: Option<i32>,
+    /// Address clients should connect to, if not the listen address.
+    #[arg(long, env = "TRIBUTARY_ADVERTISED_ADDRESS")]
+    advertised_address: Option<String>,
+}
+
+fn load_config(args: Args) -> anyhow::Result<BrokerConfig> {
+    let mut config = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            BrokerConfig::from_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+        }
+        None => BrokerConfig::default(),
+    };
+    // Flags (and their environment variables) override the file.
+    if let Some(v) = args.data_dir {
+        config.data_dir = v;
+    }
+    if let Some(v) = args.listen {
+        config.listen = v;
+    }
+    if let Some(v) = args.http_listen {
+        config.http_listen = v;
+    }
+    if let Some(v) = args.node_id {
+        config.node_id = v;
+    }
+    if let Some(v) = args.advertised_address {
+        config.advertised_address = Some(v);
+    }
+    Ok(config)
+}
+
+async fn terminated() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    let _telemetry = match telemetry::init("tributary-broker") {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("tributary-broker: telemetry: {e:#}");
+            std::process::exit(1);
+        }
+    };
+    let result = async {
+        let config = load_config(args)?;
+        let broker = Broker::start(config).await?;
+        terminated().await;
+        tracing::info!("shutting down");
+        broker.shutdown().await;
+        anyhow::Ok(())
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::error!("{e:#}");
+        eprintln!("tributary-broker: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,111 @@
+//! Background work on every partition: the flush policy's timed fsyncs,
+//! retention (roll and delete segments), the log cleaner (compaction) and the
+//! per-partition gauges. Blocking file work runs on tokio's blocking pool.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::shutdown::Shutdown;
+use crate::{now_ms, BrokerState};
+
+pub fn spawn(state: Arc<BrokerState>, shutdown: Shutdown) -> Vec<tokio::task::JoinHandle<()>> {
+    let retention = Duration::from_millis(state.config.retention_check_interval_ms.max(10));
+    let cleaner = Duration::from_millis(state.config.cleaner_interval_ms.max(10));
+    vec![
+        tokio::spawn(every(Duration::from_millis(100), state.clone(), shutdown.clone(), flush_and_gauges)),
+        tokio::spawn(every(retention, state.clone(), shutdown.clone(), retention_pass)),
+        tokio::spawn(every(cleaner, state, shutdown, cleaning_pass)),
+    ]
+}
+
+/// Runs `work` on the blocking pool every `period` until shutdown.
+async fn every(period: Duration, state: Arc<BrokerState>, mut shutdown: Shutdown, work: fn(&BrokerState)) {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.wait() => return,
+        }
+        let state = state.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || work(&state)).await {
+            tracing::error!(error = %e, "background task panicked");
+        }
+    }
+}
+
+fn flush_and_gauges(state: &BrokerState) {
+    let now = now_ms();
+    let refresh_gauges = now / 1000 != (now - 100) / 1000;
+    for topic in state.topics.list() {
+        let config = topic.config();
+        for p in topic.partitions() {
+            let (due, stats) = p.with_log(|log| {
+                (log.due_flush(&config, now), (log.size_bytes(), log.log_start_offset(), log.log_end_offset()))
+            });
+            if let Some(file) = due {
+                if let Err(e) = file.sync_data() {
+                    tracing::error!(topic = %p.topic, partition = p.id, error = %e, "fsync failed");
+                }
+            }
+            if refresh_gauges {
+                state.metrics.set_partition(&p.topic, p.id, stats.0, stats.1, stats.2);
+            }
+        }
+    }
+}
+
+fn retention_pass(state: &BrokerState) {
+    let now = now_ms();
+    for topic in state.topics.list() {
+        let config = topic.config();
+        for p in topic.partitions() {
+            match p.with_log(|log| log.apply_retention(&config, now)) {
+                Ok(files) => {
+                    for f in files {
+                        if let Err(e) = std::fs::remove_file(&f) {
+                            tracing::warn!(file = %f.display(), error = %e, "removing a deleted segment");
+                        }
+                    }
+                }
+                Err(e) => tracing::error!(topic = %p.topic, partition = p.id, error = %e, "retention failed"),
+            }
+        }
+    }
+}
+
+fn cleaning_pass(state: &BrokerState) {
+    let now = now_ms();
+    for topic in state.topics.list() {
+        let config = topic.config();
+        if !config.cleanup_policy.compact {
+            continue;
+        }
+        for p in topic.partitions() {
+            let result = p
+                .with_log(|log| log.cleaning_plan(&config, now))
+                .and_then(|plan| match plan {
+                    None => Ok(None),
+                    Some(plan) => plan.run().map(Some),
+                })
+                .and_then(|done| match done {
+                    None => Ok(None),
+                    Some((cleaned, stats)) => p.with_log(|log| log.swap_cleaned(cleaned)).map(|_| Some(stats)),
+                });
+            match result {
+                Ok(Some(stats)) => tracing::info!(
+                    topic = %p.topic,
+                    partition = p.id,
+                    segments = stats.segments,
+                    kept = stats.records_kept,
+                    removed = stats.records_removed,
+                    bytes_before = stats.bytes_before,
+                    bytes_after = stats.bytes_after,
+                    "compacted"
+                ),
+                Ok(None) => {}
+                Err(e) => tracing::error!(topic = %p.topic, partition = p.id, error = %e, "compaction failed"),
+            }
+        }
+    }
+}

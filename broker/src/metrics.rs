@@ -1,0 +1,107 @@
+//! Prometheus metrics, served on the HTTP port at `/metrics`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TopicLabels {
+    pub topic: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PartitionLabels {
+    pub topic: String,
+    pub partition: u32,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RpcLabels {
+    pub rpc: &'static str,
+}
+
+type HistogramFamily = Family<RpcLabels, Histogram, fn() -> Histogram>;
+
+pub struct Metrics {
+    registry: Registry,
+    pub bytes_in: Family<TopicLabels, Counter>,
+    pub records_in: Family<TopicLabels, Counter>,
+    pub bytes_out: Family<TopicLabels, Counter>,
+    pub records_out: Family<TopicLabels, Counter>,
+    pub request_seconds: HistogramFamily,
+    pub request_errors: Family<RpcLabels, Counter>,
+    pub log_size_bytes: Family<PartitionLabels, Gauge>,
+    pub log_end_offset: Family<PartitionLabels, Gauge>,
+    pub log_start_offset: Family<PartitionLabels, Gauge>,
+}
+
+fn request_histogram() -> Histogram {
+    // 50 µs .. ~27 s
+    Histogram::new(exponential_buckets(0.00005, 2.0, 20))
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("tributary");
+        let m = Metrics {
+            bytes_in: Family::default(),
+            records_in: Family::default(),
+            bytes_out: Family::default(),
+            records_out: Family::default(),
+            request_seconds: Family::new_with_constructor(request_histogram as fn() -> Histogram),
+            request_errors: Family::default(),
+            log_size_bytes: Family::default(),
+            log_end_offset: Family::default(),
+            log_start_offset: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register("bytes_in", "Record batch bytes appended", m.bytes_in.clone());
+        registry.register("records_in", "Records appended", m.records_in.clone());
+        registry.register("bytes_out", "Record batch bytes served to fetches", m.bytes_out.clone());
+        registry.register("records_out", "Records served to fetches", m.records_out.clone());
+        registry.register("request_duration_seconds", "gRPC request latency", m.request_seconds.clone());
+        registry.register("request_errors", "gRPC requests answered with an error", m.request_errors.clone());
+        registry.register("log_size_bytes", "Bytes of segment files per partition", m.log_size_bytes.clone());
+        registry.register("log_end_offset", "Next offset per partition", m.log_end_offset.clone());
+        registry.register("log_start_offset", "First stored offset per partition", m.log_start_offset.clone());
+        Metrics { registry, ..m }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+
+    pub fn observe(&self, rpc: &'static str, seconds: f64, ok: bool) {
+        self.request_seconds.get_or_create(&RpcLabels { rpc }).observe(seconds);
+        if !ok {
+            self.request_errors.get_or_create(&RpcLabels { rpc }).inc();
+        }
+    }
+
+    pub fn set_partition(&self, topic: &str, partition: u32, size: u64, start: i64, end: i64) {
+        let l = PartitionLabels { topic: topic.to_string(), partition };
+        self.log_size_bytes.get_or_create(&l).set(size as i64);
+        self.log_start_offset.get_or_create(&l).set(start);
+        self.log_end_offset.get_or_create(&l).set(end);
+    }
+
+    pub fn forget_partition(&self, topic: &str, partition: u32) {
+        let l = PartitionLabels { topic: topic.to_string(), partition };
+        self.log_size_bytes.remove(&l);
+        self.log_start_offset.remove(&l);
+        self.log_end_offset.remove(&l);
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

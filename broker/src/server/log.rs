@@ -1,0 +1,309 @@
+//! The `Log` service: produce, fetch, list offsets, metadata. Each handler
+//! resolves and validates the whole request first, then drives the
+//! partitions; bad input fails the call before anything is stored.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::future::select_all;
+use tonic::{Request, Response, Status};
+use tributary_proto::batch::{self, Batches};
+use tributary_proto::offset_spec;
+use tributary_proto::v1::{self, log_server::Log};
+
+use crate::config::TopicConfig;
+use crate::error::Error;
+use crate::metrics::TopicLabels;
+use crate::partition::Partition;
+use crate::{now_ms, BrokerState};
+
+/// Longest a fetch may long-poll.
+const MAX_WAIT: Duration = Duration::from_secs(30);
+
+pub struct LogService {
+    state: Arc<BrokerState>,
+}
+
+impl LogService {
+    pub fn new(state: Arc<BrokerState>) -> Self {
+        LogService { state }
+    }
+
+    fn finish<T>(&self, rpc: &'static str, start: Instant, r: Result<T, Error>) -> Result<Response<T>, Status> {
+        self.state.metrics.observe(rpc, start.elapsed().as_secs_f64(), r.is_ok());
+        r.map(Response::new).map_err(Status::from)
+    }
+}
+
+/// Checks every batch of one partition's produce data; returns the record
+/// count. Nothing is written until every partition of the request passed.
+fn validate_produce(topic: &str, partition: u32, data: &[u8], config: &TopicConfig) -> Result<i64, Error> {
+    let corrupt = |source| Error::CorruptBatch { topic: topic.to_string(), partition, source };
+    if data.is_empty() {
+        return Err(Error::InvalidRequest(format!("no records for {topic}-{partition}")));
+    }
+    let mut records = 0i64;
+    for b in Batches::new(data) {
+        let (_, bytes) = b.map_err(corrupt)?;
+        if bytes.len() as i64 > config.max_message_bytes {
+            return Err(Error::RecordTooLarge {
+                topic: topic.to_string(),
+                partition,
+                size: bytes.len(),
+                max: config.max_message_bytes,
+            });
+        }
+        let header = batch::verify(bytes).map_err(corrupt)?;
+        if header.last_offset_delta != header.record_count - 1 {
+            return Err(corrupt(batch::BatchError::Invalid(
+                "a produced batch must have last_offset_delta = record_count - 1",
+            )));
+        }
+        if config.cleanup_policy.compact {
+            // Compaction needs a key on every record; refuse keyless ones now
+            // rather than silently keeping them forever.
+            let owned = Bytes::copy_from_slice(bytes);
+            for r in batch::records(&owned).map_err(corrupt)? {
+                if r.map_err(corrupt)?.key.is_none() {
+                    return Err(Error::InvalidRequest(format!(
+                        "topic '{topic}' is compacted: every record needs a key"
+                    )));
+                }
+            }
+        }
+        records += i64::from(header.record_count);
+    }
+    Ok(records)
+}
+
+impl LogService {
+    async fn produce_inner(&self, req: v1::ProduceRequest) -> Result<v1::ProduceResponse, Error> {
+        if !matches!(req.acks, -1..=1) {
+            return Err(Error::InvalidRequest(format!("acks must be 0, 1 or -1 (all), not {}", req.acks)));
+        }
+        // Phase 1: resolve and validate everything.
+        let mut work = Vec::new();
+        for t in req.topics {
+            let topic = self.state.topics.get(&t.name)?;
+            let config = topic.config();
+            for p in t.partitions {
+                let partition = topic.partition(p.partition)?;
+                validate_produce(&t.name, p.partition, &p.records, &config)?;
+                work.push((partition, config.clone(), p.records));
+            }
+        }
+        // Phase 2: append.
+        let now = now_ms();
+        let mut syncs = Vec::new();
+        let mut out: Vec<v1::TopicProduceResponse> = Vec::new();
+        for (partition, config, records) in work {
+            let info = partition.append(&records, &config, now)?;
+            let labels = TopicLabels { topic: partition.topic.clone() };
+            self.state.metrics.bytes_in.get_or_create(&labels).inc_by(records.len() as u64);
+            self.state.metrics.records_in.get_or_create(&labels).inc_by(info.records as u64);
+            if let Some(file) = info.sync {
+                syncs.push(file);
+            }
+            let resp = v1::PartitionProduceResponse {
+                partition: partition.id,
+                base_offset: if req.acks == 0 { -1 } else { info.base_offset },
+                log_start_offset: -1,
+                error: None,
+            };
+            match out.iter_mut().find(|t| t.name == partition.topic) {
+                Some(t) => t.partitions.push(resp),
+                None => out.push(v1::TopicProduceResponse { name: partition.topic.clone(), partitions: vec![resp] }),
+            }
+        }
+        // Phase 3: the flush policy's fsyncs, off the async threads, before
+        // the producer hears "stored".
+        if req.acks != 0 && !syncs.is_empty() {
+            tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+                for f in syncs {
+                    f.sync_data()?;
+                }
+                Ok(())
+            })
+            .await
+            .map_err(|e| Error::Storage(e.to_string()))??;
+        }
+        Ok(v1::ProduceResponse { topics: out })
+    }
+
+    fn resolve_fetch<'r>(
+        &self,
+        req: &'r v1::FetchRequest,
+    ) -> Result<Vec<(Arc<Partition>, &'r v1::FetchPartition)>, Error> {
+        req.partitions
+            .iter()
+            .map(|p| Ok((self.state.topics.partition(&p.topic, p.partition)?, p)))
+            .collect()
+    }
+
+    async fn fetch_inner(&self, req: v1::FetchRequest) -> Result<v1::FetchResponse, Error> {
+        let targets = self.resolve_fetch(&req)?;
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(u64::from(req.max_wait_ms)).min(MAX_WAIT);
+        let max_total = if req.max_bytes == 0 { 50 << 20 } else { req.max_bytes as usize };
+        loop {
+            // Subscribe before reading so an append in between still wakes us.
+            let mut watchers: Vec<_> = targets.iter().map(|(p, _)| p.subscribe()).collect();
+            let mut total = 0usize;
+            let mut out = Vec::with_capacity(targets.len());
+            for (partition, want) in &targets {
+                let budget = (max_total.saturating_sub(total)).min(if want.max_bytes == 0 {
+                    1 << 20
+                } else {
+                    want.max_bytes as usize
+                });
+                out.push(self.read_one(partition, want, budget, total == 0));
+                total += out.last().map_or(0, |r| r.records.len());
+            }
+            let now = tokio::time::Instant::now();
+            if total >= req.min_bytes as usize || now >= deadline || out.iter().any(|r| r.error.is_some()) {
+                for r in &out {
+                    let labels = TopicLabels { topic: r.topic.clone() };
+                    self.state.metrics.bytes_out.get_or_create(&labels).inc_by(r.records.len() as u64);
+                    let n: u64 = Batches::new(&r.records)
+                        .filter_map(|b| b.ok())
+                        .map(|(h, _)| h.record_count as u64)
+                        .sum();
+                    self.state.metrics.records_out.get_or_create(&labels).inc_by(n);
+                }
+                return Ok(v1::FetchResponse { partitions: out });
+            }
+            let changed = select_all(watchers.iter_mut().map(|w| Box::pin(w.changed())));
+            tokio::select! {
+                _ = changed => {}
+                _ = tokio::time::sleep_until(deadline) => {}
+            }
+        }
+    }
+
+    /// One partition's part of a fetch; out-of-range offsets become a
+    /// per-partition error so the other partitions still get their data.
+    fn read_one(
+        &self,
+        partition: &Partition,
+        want: &v1::FetchPartition,
+        budget: usize,
+        first: bool,
+    ) -> v1::FetchPartitionResponse {
+        let mut resp = v1::FetchPartitionResponse {
+            topic: want.topic.clone(),
+            partition: want.partition,
+            high_watermark: -1,
+            log_start_offset: -1,
+            records: Bytes::new(),
+            error: None,
+        };
+        // Only the first partition may exceed the budget (by one batch).
+        if budget == 0 && !first {
+            return resp;
+        }
+        match partition.read(want.offset, budget.max(1)) {
+            Ok(r) => {
+                resp.high_watermark = r.high_watermark;
+                resp.log_start_offset = r.log_start_offset;
+                resp.records = r.records;
+            }
+            Err(e) => {
+                let code = match e {
+                    Error::OffsetOutOfRange { start, end, .. } => {
+                        resp.log_start_offset = start;
+                        resp.high_watermark = end;
+                        v1::ErrorCode::OffsetOutOfRange
+                    }
+                    _ => v1::ErrorCode::StorageError,
+                };
+                resp.error = Some(v1::PartitionError { code: code as i32, message: e.to_string() });
+            }
+        }
+        resp
+    }
+
+    fn list_offsets_inner(&self, req: v1::ListOffsetsRequest) -> Result<v1::ListOffsetsResponse, Error> {
+        let mut out = Vec::new();
+        for p in &req.partitions {
+            let partition = self.state.topics.partition(&p.topic, p.partition)?;
+            let found = partition.with_log(|log| -> Result<(i64, i64), Error> {
+                Ok(match p.timestamp {
+                    offset_spec::EARLIEST => (log.log_start_offset(), -1),
+                    offset_spec::LATEST => (log.high_watermark(), -1),
+                    ts if ts < 0 => {
+                        return Err(Error::InvalidRequest(format!(
+                            "timestamp {ts} is neither -2 (earliest), -1 (latest) nor a time in ms"
+                        )))
+                    }
+                    ts => log.offset_for_time(ts)?.unwrap_or((-1, -1)),
+                })
+            })?;
+            out.push(v1::ListOffsetsPartitionResponse {
+                topic: p.topic.clone(),
+                partition: p.partition,
+                offset: found.0,
+                timestamp: found.1,
+                error: None,
+            });
+        }
+        Ok(v1::ListOffsetsResponse { partitions: out })
+    }
+
+    fn metadata_inner(&self, req: v1::MetadataRequest) -> Result<v1::MetadataResponse, Error> {
+        let node = self.state.config.node_id;
+        let topics = if req.topics.is_empty() {
+            self.state.topics.list()
+        } else {
+            req.topics.iter().map(|t| self.state.topics.get(t)).collect::<Result<_, _>>()?
+        };
+        Ok(v1::MetadataResponse {
+            brokers: vec![v1::BrokerInfo { node_id: node, address: self.state.config.advertised() }],
+            controller_id: node,
+            topics: topics
+                .iter()
+                .map(|t| v1::TopicMetadata {
+                    name: t.name.clone(),
+                    partitions: (0..t.partition_count())
+                        .map(|p| v1::PartitionMetadata {
+                            partition: p,
+                            leader: node,
+                            leader_epoch: 0,
+                            replicas: vec![node],
+                            isr: vec![node],
+                        })
+                        .collect(),
+                })
+                .collect(),
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl Log for LogService {
+    async fn produce(&self, request: Request<v1::ProduceRequest>) -> Result<Response<v1::ProduceResponse>, Status> {
+        let start = Instant::now();
+        let r = self.produce_inner(request.into_inner()).await;
+        self.finish("produce", start, r)
+    }
+
+    async fn fetch(&self, request: Request<v1::FetchRequest>) -> Result<Response<v1::FetchResponse>, Status> {
+        let start = Instant::now();
+        let r = self.fetch_inner(request.into_inner()).await;
+        self.finish("fetch", start, r)
+    }
+
+    async fn list_offsets(
+        &self,
+        request: Request<v1::ListOffsetsRequest>,
+    ) -> Result<Response<v1::ListOffsetsResponse>, Status> {
+        let start = Instant::now();
+        let r = self.list_offsets_inner(request.into_inner());
+        self.finish("list_offsets", start, r)
+    }
+
+    async fn metadata(&self, request: Request<v1::MetadataRequest>) -> Result<Response<v1::MetadataResponse>, Status> {
+        let start = Instant::now();
+        let r = self.metadata_inner(request.into_inner());
+        self.finish("metadata", start, r)
+    }
+}

@@ -1,0 +1,78 @@
+//! The broker's network front: the gRPC services (`Log`, `Admin`) and the
+//! HTTP port (`/healthz`, `/readyz`, `/metrics`).
+
+pub mod admin;
+pub mod log;
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use tokio::net::TcpListener;
+use tonic::transport::server::TcpIncoming;
+use tributary_proto::v1::admin_server::AdminServer;
+use tributary_proto::v1::log_server::LogServer;
+
+use crate::shutdown::Shutdown;
+use crate::BrokerState;
+
+/// Largest gRPC message either way: a produce or fetch of many partitions.
+const MAX_MESSAGE: usize = 256 << 20;
+
+pub async fn serve_grpc(state: Arc<BrokerState>, listener: TcpListener, mut shutdown: Shutdown) -> anyhow::Result<()> {
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    tonic::transport::Server::builder()
+        // Big HTTP/2 windows and frames: batches are ~100 KiB to MiBs, and
+        // the 64 KiB defaults would stall every request on flow control.
+        .initial_stream_window_size(Some(16 << 20))
+        .initial_connection_window_size(Some(64 << 20))
+        .max_frame_size(Some(1 << 20))
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .add_service(
+            LogServer::new(log::LogService::new(state.clone()))
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+        )
+        .add_service(
+            AdminServer::new(admin::AdminService::new(state))
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+        )
+        .serve_with_incoming_shutdown(incoming, async move { shutdown.wait().await })
+        .await?;
+    Ok(())
+}
+
+pub async fn serve_http(state: Arc<BrokerState>, listener: TcpListener, mut shutdown: Shutdown) -> anyhow::Result<()> {
+    let app = axum::Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state);
+    axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.wait().await }).await?;
+    Ok(())
+}
+
+async fn readyz(State(state): State<Arc<BrokerState>>) -> impl IntoResponse {
+    if state.ready.load(Ordering::Acquire) {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "starting\n")
+    }
+}
+
+async fn metrics(State(state): State<Arc<BrokerState>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        state.metrics.encode(),
+    )
+}
+
+pub fn local_addr(l: &TcpListener) -> SocketAddr {
+    l.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+}

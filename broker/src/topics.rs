@@ -1,0 +1,360 @@
+//! The topics this broker holds: their metadata (persisted in RocksDB's
+//! `meta` column family) and their partitions.
+//!
+//! Admin changes are validated whole before anything is touched, then
+//! applied; they are serialised by one lock so two admin calls never
+//! interleave. Crash safety: a topic exists once its metadata record is
+//! written (fsynced). Partition directories and column families without a
+//! metadata record are leftovers of an interrupted create or delete and are
+//! removed on start.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{validate_topic_name, TopicConfig};
+use crate::error::{Error, Result};
+use crate::log::index::PartitionIndex;
+use crate::log::PartitionLog;
+use crate::partition::Partition;
+use crate::store::Store;
+
+/// Most partitions one topic may have; a guard against typos.
+pub const MAX_PARTITIONS: u32 = 10_000;
+
+/// A topic's persisted metadata.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct TopicRecord {
+    name: String,
+    id: String,
+    partitions: u32,
+    replication_factor: u32,
+    configs: BTreeMap<String, String>,
+}
+
+pub struct Topic {
+    pub name: String,
+    pub id: String,
+    pub replication_factor: u32,
+    overrides: RwLock<BTreeMap<String, String>>,
+    config: RwLock<Arc<TopicConfig>>,
+    partitions: RwLock<Vec<Arc<Partition>>>,
+}
+
+impl Topic {
+    pub fn config(&self) -> Arc<TopicConfig> {
+        self.config.read().clone()
+    }
+
+    pub fn overrides(&self) -> BTreeMap<String, String> {
+        self.overrides.read().clone()
+    }
+
+    pub fn partitions(&self) -> Vec<Arc<Partition>> {
+        self.partitions.read().clone()
+    }
+
+    pub fn partition_count(&self) -> u32 {
+        self.partitions.read().len() as u32
+    }
+
+    pub fn partition(&self, id: u32) -> Result<Arc<Partition>> {
+        let parts = self.partitions.read();
+        parts.get(id as usize).cloned().ok_or_else(|| Error::UnknownPartition {
+            topic: self.name.clone(),
+            partition: id,
+            count: parts.len() as u32,
+        })
+    }
+
+    fn record(&self) -> TopicRecord {
+        TopicRecord {
+            name: self.name.clone(),
+            id: self.id.clone(),
+            partitions: self.partition_count(),
+            replication_factor: self.replication_factor,
+            configs: self.overrides(),
+        }
+    }
+}
+
+/// A topic to create.
+pub struct NewTopic {
+    pub name: String,
+    pub partitions: u32,
+    /// 0: the broker default (1).
+    pub replication_factor: u32,
+    pub configs: BTreeMap<String, String>,
+}
+
+pub struct Topics {
+    store: Arc<Store>,
+    data_dir: PathBuf,
+    defaults: TopicConfig,
+    /// Brokers that can hold replicas (1 until replication lands).
+    brokers: u32,
+    map: RwLock<HashMap<String, Arc<Topic>>>,
+    admin: Mutex<()>,
+}
+
+fn meta_key(name: &str) -> String {
+    format!("topic/{name}")
+}
+
+fn new_topic_id() -> String {
+    // Unique enough for telling a re-created topic from its predecessor.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!("{:032x}", nanos ^ (u128::from(std::process::id()) << 96))
+}
+
+impl Topics {
+    /// Loads every topic and recovers its partitions' logs.
+    pub fn load(store: Arc<Store>, data_dir: &Path, defaults: TopicConfig, now_ms: i64) -> Result<Topics> {
+        let topics = Topics {
+            store,
+            data_dir: data_dir.to_path_buf(),
+            defaults,
+            brokers: 1,
+            map: RwLock::new(HashMap::new()),
+            admin: Mutex::new(()),
+        };
+        let mut expected = HashSet::new();
+        for (_, value) in topics.store.meta_scan("topic/")? {
+            let record: TopicRecord = serde_json::from_slice(&value)
+                .map_err(|e| Error::Storage(format!("unreadable topic metadata: {e}")))?;
+            let config = TopicConfig::resolve(&topics.defaults, &record.configs)?;
+            let mut partitions = Vec::new();
+            for p in 0..record.partitions {
+                expected.insert(Partition::dir_name(&record.name, p));
+                partitions.push(topics.open_partition(&record.name, p, &config, now_ms)?);
+            }
+            tracing::info!(topic = %record.name, partitions = record.partitions, "loaded topic");
+            topics.map.write().insert(
+                record.name.clone(),
+                Arc::new(Topic {
+                    name: record.name,
+                    id: record.id,
+                    replication_factor: record.replication_factor,
+                    overrides: RwLock::new(record.configs),
+                    config: RwLock::new(Arc::new(config)),
+                    partitions: RwLock::new(partitions),
+                }),
+            );
+        }
+        topics.remove_orphans(&expected)?;
+        Ok(topics)
+    }
+
+    fn open_partition(&self, topic: &str, p: u32, config: &TopicConfig, now_ms: i64) -> Result<Arc<Partition>> {
+        let dir_name = Partition::dir_name(topic, p);
+        let cf = Store::partition_cf_name(&dir_name);
+        self.store.create_cf(&cf)?;
+        let index = PartitionIndex::new(self.store.clone(), cf);
+        let log = PartitionLog::open(self.data_dir.join(&dir_name), topic.to_string(), p, index, config, now_ms)?;
+        Ok(Partition::new(log))
+    }
+
+    fn remove_orphans(&self, expected: &HashSet<String>) -> Result<()> {
+        for dir_name in self.store.partition_cfs(&self.data_dir.join(crate::STORE_DIR)) {
+            if !expected.contains(&dir_name) {
+                tracing::warn!(partition = %dir_name, "dropping column family of a deleted topic");
+                self.store.drop_cf(&Store::partition_cf_name(&dir_name))?;
+            }
+        }
+        for entry in std::fs::read_dir(&self.data_dir)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let looks_like_partition = name
+                .rsplit_once('-')
+                .is_some_and(|(t, p)| !t.is_empty() && !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+            if looks_like_partition && entry.path().is_dir() && !expected.contains(&name) {
+                tracing::warn!(dir = %entry.path().display(), "removing data of a deleted topic");
+                std::fs::remove_dir_all(entry.path())?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn defaults(&self) -> &TopicConfig {
+        &self.defaults
+    }
+
+    pub fn get(&self, name: &str) -> Result<Arc<Topic>> {
+        self.map.read().get(name).cloned().ok_or_else(|| Error::UnknownTopic(name.to_string()))
+    }
+
+    pub fn partition(&self, topic: &str, partition: u32) -> Result<Arc<Partition>> {
+        self.get(topic)?.partition(partition)
+    }
+
+    /// Every topic, sorted by name.
+    pub fn list(&self) -> Vec<Arc<Topic>> {
+        let mut all: Vec<_> = self.map.read().values().cloned().collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
+    fn validate_new(&self, t: &NewTopic) -> Result<TopicConfig> {
+        validate_topic_name(&t.name)?;
+        if self.map.read().contains_key(&t.name) {
+            return Err(Error::TopicExists(t.name.clone()));
+        }
+        if t.partitions == 0 || t.partitions > MAX_PARTITIONS {
+            return Err(Error::InvalidPartitions(format!(
+                "topic '{}' asks for {} partitions; give 1 to {MAX_PARTITIONS}",
+                t.name, t.partitions
+            )));
+        }
+        let rf = t.replication_factor.max(1);
+        if rf > self.brokers {
+            return Err(Error::InvalidReplicationFactor(format!(
+                "topic '{}' asks for replication factor {rf} but the cluster has {} broker(s)",
+                t.name, self.brokers
+            )));
+        }
+        TopicConfig::resolve(&self.defaults, &t.configs)
+    }
+
+    /// Creates topics; all or nothing with respect to validation.
+    pub fn create(&self, new: Vec<NewTopic>, validate_only: bool, now_ms: i64) -> Result<Vec<String>> {
+        let _admin = self.admin.lock();
+        let mut seen = HashSet::new();
+        let mut checked = Vec::with_capacity(new.len());
+        for t in new {
+            if !seen.insert(t.name.clone()) {
+                return Err(Error::InvalidRequest(format!("topic '{}' is named twice", t.name)));
+            }
+            let config = self.validate_new(&t)?;
+            checked.push((t, config));
+        }
+        if validate_only {
+            return Ok(checked.into_iter().map(|(t, _)| t.name).collect());
+        }
+        let mut created = Vec::new();
+        for (t, config) in checked {
+            let mut partitions = Vec::new();
+            for p in 0..t.partitions {
+                partitions.push(self.open_partition(&t.name, p, &config, now_ms)?);
+            }
+            let topic = Arc::new(Topic {
+                name: t.name.clone(),
+                id: new_topic_id(),
+                replication_factor: t.replication_factor.max(1),
+                overrides: RwLock::new(t.configs),
+                config: RwLock::new(Arc::new(config)),
+                partitions: RwLock::new(partitions),
+            });
+            self.persist(&topic)?;
+            self.map.write().insert(t.name.clone(), topic);
+            tracing::info!(topic = %t.name, partitions = t.partitions, "created topic");
+            created.push(t.name);
+        }
+        Ok(created)
+    }
+
+    fn persist(&self, topic: &Topic) -> Result<()> {
+        let value = serde_json::to_vec(&topic.record()).map_err(|e| Error::Storage(e.to_string()))?;
+        self.store.meta_put(&meta_key(&topic.name), &value)
+    }
+
+    /// Deletes topics and their data; every name must exist.
+    pub fn delete(&self, names: &[String]) -> Result<Vec<String>> {
+        let _admin = self.admin.lock();
+        for n in names {
+            self.get(n)?;
+        }
+        let mut deleted = Vec::new();
+        for n in names {
+            let Some(topic) = self.map.write().remove(n) else { continue };
+            self.store.meta_delete(&meta_key(n))?;
+            for p in topic.partitions() {
+                let dir_name = Partition::dir_name(n, p.id);
+                self.store.drop_cf(&Store::partition_cf_name(&dir_name))?;
+                let dir = self.data_dir.join(&dir_name);
+                if dir.exists() {
+                    std::fs::remove_dir_all(&dir)?;
+                }
+            }
+            tracing::info!(topic = %n, "deleted topic");
+            deleted.push(n.clone());
+        }
+        Ok(deleted)
+    }
+
+    /// Sets and removes config overrides; returns the resulting overrides.
+    pub fn alter_configs(
+        &self,
+        name: &str,
+        set: BTreeMap<String, String>,
+        delete: &[String],
+        validate_only: bool,
+    ) -> Result<BTreeMap<String, String>> {
+        let _admin = self.admin.lock();
+        let topic = self.get(name)?;
+        let mut overrides = topic.overrides();
+        for k in delete {
+            if !crate::config::TOPIC_KEYS.iter().any(|(key, _)| key == k) {
+                return Err(Error::UnknownConfig(k.clone()));
+            }
+            overrides.remove(k);
+        }
+        overrides.extend(set);
+        let config = TopicConfig::resolve(&self.defaults, &overrides)?;
+        if validate_only {
+            return Ok(overrides);
+        }
+        *topic.overrides.write() = overrides.clone();
+        *topic.config.write() = Arc::new(config);
+        self.persist(&topic)?;
+        Ok(overrides)
+    }
+
+    /// Grows a topic to `total` partitions.
+    pub fn create_partitions(&self, name: &str, total: u32, validate_only: bool, now_ms: i64) -> Result<u32> {
+        let _admin = self.admin.lock();
+        let topic = self.get(name)?;
+        let current = topic.partition_count();
+        if total < current {
+            return Err(Error::InvalidPartitions(format!(
+                "topic '{name}' has {current} partitions; the count can only grow (asked for {total})"
+            )));
+        }
+        if total == current {
+            return Err(Error::InvalidPartitions(format!("topic '{name}' already has {current} partitions")));
+        }
+        if total > MAX_PARTITIONS {
+            return Err(Error::InvalidPartitions(format!("at most {MAX_PARTITIONS} partitions per topic")));
+        }
+        if validate_only {
+            return Ok(total);
+        }
+        let config = topic.config();
+        let mut added = Vec::new();
+        for p in current..total {
+            added.push(self.open_partition(name, p, &config, now_ms)?);
+        }
+        topic.partitions.write().extend(added);
+        self.persist(&topic)?;
+        Ok(total)
+    }
+
+    /// Clean shutdown of every partition log.
+    pub fn close_all(&self) {
+        for topic in self.list() {
+            for p in topic.partitions() {
+                if let Err(e) = p.with_log(|log| log.close()) {
+                    tracing::error!(topic = %p.topic, partition = p.id, error = %e, "closing partition");
+                }
+            }
+        }
+        if let Err(e) = self.store.sync() {
+            tracing::error!(error = %e, "syncing the store");
+        }
+    }
+}

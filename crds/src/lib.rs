@@ -1,0 +1,1 @@
+//! Custom resource types (filled by the operator issue).

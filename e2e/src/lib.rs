@@ -1,0 +1,251 @@
+//! Harness for Tributary's black-box tests: starts real `tributary-broker`
+//! processes on loopback (each on ports the OS picks, with its own data
+//! directory), stops them gently (SIGTERM) or not (SIGKILL), and runs the
+//! `tributary` CLI.
+//!
+//! The binaries are found next to the test executable's `deps/` folder (the
+//! workspace's target directory), or in `TRIBUTARY_BIN_DIR`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+/// Directory holding the workspace's built binaries.
+pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("TRIBUTARY_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test>-<hash>
+    exe.parent().and_then(Path::parent).expect("target/<profile> directory").to_path_buf()
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} not built; run the tests with `cargo test --release --workspace` (or set TRIBUTARY_BIN_DIR)",
+        path.display()
+    );
+    path
+}
+
+/// Settings that make background work quick enough to observe in a test.
+pub const FAST_MAINTENANCE: &str = "retention_check_interval_ms = 200\ncleaner_interval_ms = 200\n";
+
+/// A broker process and its data directory.
+pub struct Broker {
+    child: Option<Child>,
+    root: PathBuf,
+    extra_config: String,
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl Broker {
+    /// Starts a broker in a fresh temporary directory.
+    pub fn start() -> Result<Broker> {
+        Self::start_with(FAST_MAINTENANCE)
+    }
+
+    /// Starts a broker with extra TOML settings.
+    pub fn start_with(config: &str) -> Result<Broker> {
+        let tmp = tempfile::Builder::new().prefix("tributary-e2e-").tempdir()?;
+        let mut b = Broker {
+            child: None,
+            root: tmp.path().to_path_buf(),
+            extra_config: config.to_string(),
+            grpc: "127.0.0.1:0".parse()?,
+            http: "127.0.0.1:0".parse()?,
+            _tmp: Some(tmp),
+        };
+        b.spawn()?;
+        Ok(b)
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.root.join("data")
+    }
+
+    pub fn bootstrap(&self) -> String {
+        self.grpc.to_string()
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.root.join("broker.log")
+    }
+
+    /// Everything the broker process logged so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let config_path = self.root.join("broker.toml");
+        // Restarts reuse the ports of the first start so clients can reconnect.
+        let listen = if self.grpc.port() == 0 { "127.0.0.1:0".to_string() } else { self.grpc.to_string() };
+        let http = if self.http.port() == 0 { "127.0.0.1:0".to_string() } else { self.http.to_string() };
+        std::fs::write(&config_path, &self.extra_config)?;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path())?;
+        let child = Command::new(bin("tributary-broker"))
+            .arg("--config")
+            .arg(&config_path)
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .arg("--listen")
+            .arg(&listen)
+            .arg("--http-listen")
+            .arg(&http)
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .context("starting tributary-broker")?;
+        self.child = Some(child);
+        let already = self.logs().matches("broker ready").count();
+        self.wait_ready(already)
+    }
+
+    fn wait_ready(&mut self, ready_lines_before: usize) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let logs = self.logs();
+            if logs.matches("broker ready").count() > ready_lines_before {
+                let line = logs.lines().filter(|l| l.contains("broker ready")).last().unwrap_or_default();
+                self.grpc = field(line, "grpc=").context("ready line without grpc=")?;
+                self.http = field(line, "http=").context("ready line without http=")?;
+                return Ok(());
+            }
+            if let Some(child) = self.child.as_mut() {
+                if let Some(status) = child.try_wait()? {
+                    bail!("broker exited with {status} before it was ready:\n{logs}");
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("broker not ready after 60 s:\n{logs}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL: no chance to flush or write its clean-shutdown marker.
+    pub fn kill9(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn terminate(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: kill(2) on a child pid we own; no memory is touched.
+            unsafe {
+                libc::kill(child.id() as i32, libc::SIGTERM);
+            }
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                if let Some(status) = child.try_wait()? {
+                    if !status.success() {
+                        bail!("broker exited with {status} on SIGTERM:\n{}", self.logs());
+                    }
+                    return Ok(());
+                }
+                if Instant::now() > deadline {
+                    child.kill()?;
+                    bail!("broker did not stop within 30 s of SIGTERM");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts the broker again on the same data directory and ports.
+    pub fn restart(&mut self) -> Result<()> {
+        self.spawn()
+    }
+
+    /// Files of one partition's directory with a given extension.
+    pub fn segment_files(&self, topic: &str, partition: u32) -> Vec<PathBuf> {
+        let dir = self.data_dir().join(format!("{topic}-{partition}"));
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+            .unwrap_or_default();
+        files.retain(|p| p.extension().is_some_and(|e| e == "log"));
+        files.sort();
+        files
+    }
+
+    /// GET on the broker's HTTP port; returns (status, body).
+    pub fn http_get(&self, path: &str) -> Result<(u16, String)> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(self.http)?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        write!(s, "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", self.http)?;
+        let mut resp = String::new();
+        s.read_to_string(&mut resp)?;
+        let status = resp.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        Ok((status, body))
+    }
+
+    /// Runs the `tributary` CLI against this broker with `stdin` as input.
+    pub fn cli(&self, args: &[&str], stdin: &str) -> Result<Output> {
+        run_cli(&self.bootstrap(), args, stdin)
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.kill9();
+    }
+}
+
+fn field<T: std::str::FromStr>(line: &str, key: &str) -> Option<T> {
+    let start = line.find(key)? + key.len();
+    line[start..].split_whitespace().next()?.trim_matches('"').parse().ok()
+}
+
+/// Runs the `tributary` CLI with `--bootstrap` and feeds `stdin`.
+pub fn run_cli(bootstrap: &str, args: &[&str], stdin: &str) -> Result<Output> {
+    use std::io::Write;
+    let mut child = Command::new(bin("tributary"))
+        .arg("--bootstrap")
+        .arg(bootstrap)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting tributary")?;
+    if let Some(mut input) = child.stdin.take() {
+        input.write_all(stdin.as_bytes())?;
+    }
+    Ok(child.wait_with_output()?)
+}
+
+/// Polls `check` every 50 ms until it returns Some or `timeout` passes.
+pub async fn eventually<T, F, Fut>(timeout: Duration, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

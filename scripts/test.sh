@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Runs every test: unit and property tests, and the black-box suite that
+# starts real broker processes on 127.0.0.1. Extra arguments go to cargo test.
+cd "$(dirname "$0")/.."
+source scripts/env.sh
+exec cargo test --release --workspace "$@"
