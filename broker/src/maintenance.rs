@@ -43,8 +43,8 @@ fn flush_and_gauges(state: &BrokerState) {
             let (due, stats) = p.with_log(|log| {
                 (log.due_flush(&config, now), (log.size_bytes(), log.log_start_offset(), log.log_end_offset()))
             });
-            if let Some(file) = due {
-                if let Err(e) = file.sync_data() {
+            if let Some(ticket) = due {
+                if let Err(e) = ticket.sync() {
                     tracing::error!(topic = %p.topic, partition = p.id, error = %e, "fsync failed");
                 }
             }

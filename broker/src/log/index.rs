@@ -36,6 +36,7 @@ const META: u8 = b'm';
 pub const META_LOG_START: &str = "log_start";
 pub const META_CLEAN_SHUTDOWN: &str = "clean_shutdown";
 pub const META_CLEANER_CHECKPOINT: &str = "cleaner_checkpoint";
+pub const META_RECOVERY_POINT: &str = "recovery_point";
 
 fn key_u64(kind: u8, n: u64) -> [u8; 9] {
     let mut k = [0u8; 9];

@@ -56,7 +56,25 @@ pub struct AppendInfo {
     pub records: i64,
     /// Set when the flush policy wants the segment fsynced before the
     /// producer is answered; the caller syncs it outside the partition lock.
-    pub sync: Option<Arc<File>>,
+    pub sync: Option<FlushTicket>,
+}
+
+/// An fsync owed by the flush policy, done outside the partition lock.
+pub struct FlushTicket {
+    file: Arc<File>,
+    index: PartitionIndex,
+    point: recovery::RecoveryPoint,
+}
+
+impl FlushTicket {
+    /// fsyncs the segment, then records the new recovery point (after the
+    /// sync, so it never claims more than is on disk).
+    pub fn sync(self) -> Result<()> {
+        self.file.sync_data()?;
+        let mut w = IndexWrites::new();
+        self.index.put_meta(&mut w, index::META_RECOVERY_POINT, &self.point.encode())?;
+        self.index.write(w)
+    }
 }
 
 /// What a read has to fetch, found under the partition lock and read
@@ -181,29 +199,37 @@ impl PartitionLog {
         active.next_offset = next;
         active.max_timestamp = active.max_timestamp.max(max_ts);
         active.first_append_ms.get_or_insert(now_ms);
-        let file = active.file.clone();
         self.index.write(w)?;
         self.log_end_offset = next;
         self.unflushed += records;
-        let sync = if self.unflushed >= config.flush_messages {
-            self.unflushed = 0;
-            self.last_flush_ms = now_ms;
-            Some(file)
-        } else {
-            None
-        };
+        let sync = if self.unflushed >= config.flush_messages { Some(self.flush_ticket(now_ms)) } else { None };
         Ok(AppendInfo { base_offset, last_offset: next - 1, records, sync })
     }
 
     /// The active segment's file when `flush.ms` has passed with records
     /// still unflushed; the caller fsyncs it.
-    pub fn due_flush(&mut self, config: &TopicConfig, now_ms: i64) -> Option<Arc<File>> {
+    pub fn due_flush(&mut self, config: &TopicConfig, now_ms: i64) -> Option<FlushTicket> {
         if self.unflushed > 0 && now_ms - self.last_flush_ms >= config.flush_ms {
-            self.unflushed = 0;
-            self.last_flush_ms = now_ms;
-            return Some(self.active().file.clone());
+            return Some(self.flush_ticket(now_ms));
         }
         None
+    }
+
+    fn flush_ticket(&mut self, now_ms: i64) -> FlushTicket {
+        self.unflushed = 0;
+        self.last_flush_ms = now_ms;
+        let next_offset = self.log_end_offset;
+        let index = self.index.clone();
+        let active = self.active();
+        FlushTicket {
+            file: active.file.clone(),
+            index,
+            point: recovery::RecoveryPoint {
+                base_offset: active.base_offset,
+                position: active.size,
+                next_offset,
+            },
+        }
     }
 
     fn maybe_roll(&mut self, incoming: u64, config: &TopicConfig, now_ms: i64) -> Result<()> {
@@ -231,6 +257,8 @@ impl PartitionLog {
         let (base, max_ts) = (active.base_offset, active.max_timestamp);
         let mut w = IndexWrites::new();
         self.index.put_segment_max_ts(&mut w, base, max_ts)?;
+        let point = recovery::RecoveryPoint { base_offset: next, position: 0, next_offset: next };
+        self.index.put_meta(&mut w, index::META_RECOVERY_POINT, &point.encode())?;
         // Durable: also makes every index entry of the closed segment durable.
         self.index.write_durable(w)?;
         let segment = Segment::create(&self.dir, next)?;

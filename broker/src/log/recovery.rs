@@ -2,11 +2,11 @@
 //!
 //! After a clean shutdown a marker in the column family says where the log
 //! ends and nothing is scanned. Otherwise the tail of the active segment is
-//! re-read from the last index entry that still points at a valid batch:
-//! every batch is checked (length, CRC32C, offsets following on), the file is
-//! truncated at the first torn or corrupt one, and index entries past the new
-//! end are dropped. Closed segments were fsynced when they were rolled, so
-//! they are trusted.
+//! re-read from the recovery point (the end of the last fsync, recorded after
+//! each one): every batch is checked (length, CRC32C, offsets following on),
+//! the file is truncated at the first torn or corrupt one, and index entries
+//! past the new end are dropped. Closed segments were fsynced when they were
+//! rolled, so they are trusted.
 //!
 //! What this promises: every batch whose append returned is in the file (the
 //! write happened before the answer), so a killed process loses nothing that
@@ -23,6 +23,33 @@ use super::segment::{self, Segment};
 use super::PartitionLog;
 use crate::config::TopicConfig;
 use crate::error::{Error, Result};
+
+/// The end of the last fsync: `position` bytes of the segment at
+/// `base_offset`, holding offsets below `next_offset`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecoveryPoint {
+    pub base_offset: i64,
+    pub position: u64,
+    pub next_offset: i64,
+}
+
+impl RecoveryPoint {
+    pub fn encode(&self) -> [u8; 24] {
+        let mut v = [0u8; 24];
+        v[..8].copy_from_slice(&(self.base_offset as u64).to_be_bytes());
+        v[8..16].copy_from_slice(&self.position.to_be_bytes());
+        v[16..].copy_from_slice(&(self.next_offset as u64).to_be_bytes());
+        v
+    }
+
+    pub fn decode(b: &[u8]) -> Option<Self> {
+        if b.len() != 24 {
+            return None;
+        }
+        let n = |i: usize| u64::from_be_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
+        Some(RecoveryPoint { base_offset: n(0) as i64, position: n(1), next_offset: n(2) as i64 })
+    }
+}
 
 /// Where the log ended at a clean shutdown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,28 +197,14 @@ impl PartitionLog {
         let index = self.index.clone();
         let seg = self.active();
         let (base, size) = (seg.base_offset, seg.size);
-        let mut stale = IndexWrites::new();
 
-        // Start at the last index entry in this segment that points at a
-        // batch that is really there.
-        let mut start: (u64, i64) = (0, base);
-        let mut probe = i64::MAX;
-        while let Some((offset, pos)) = index.offset_floor(probe)? {
-            if offset < base {
-                break;
-            }
-            let pos = u64::from(pos);
-            match segment::header_at(&seg.file, pos, size)? {
-                Some(h) if h.base_offset == offset && pos + h.total_len() as u64 <= size => {
-                    start = (pos, offset);
-                    break;
-                }
-                _ => {
-                    index.delete_offsets(&mut stale, offset, offset + 1)?;
-                    probe = offset - 1;
-                }
-            }
-        }
+        // Start at the recovery point: the end of what was last fsynced. Up
+        // to there the bytes are known good; after it a power loss may have
+        // left anything, so every batch is checked.
+        let start: (u64, i64) = match index.meta(index::META_RECOVERY_POINT)?.as_deref().and_then(RecoveryPoint::decode) {
+            Some(rp) if rp.base_offset == base && rp.position <= size => (rp.position, rp.next_offset),
+            _ => (0, base),
+        };
 
         // Max timestamp of the part that is not re-read: header by header.
         let mut max_ts = i64::MIN;
@@ -207,6 +220,7 @@ impl PartitionLog {
         let (mut pos, mut next) = start;
         let mut since_index = 0u64;
         // Time entries from the re-read part are rebuilt below.
+        let mut stale = IndexWrites::new();
         index.delete_time_from_offset(&mut stale, start.1)?;
         index.write(stale)?;
         let mut time_max = index.last_time()?.map_or(i64::MIN, |(ts, _)| ts);

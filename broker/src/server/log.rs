@@ -102,8 +102,8 @@ impl LogService {
             let labels = TopicLabels { topic: partition.topic.clone() };
             self.state.metrics.bytes_in.get_or_create(&labels).inc_by(records.len() as u64);
             self.state.metrics.records_in.get_or_create(&labels).inc_by(info.records as u64);
-            if let Some(file) = info.sync {
-                syncs.push(file);
+            if let Some(ticket) = info.sync {
+                syncs.push(ticket);
             }
             let resp = v1::PartitionProduceResponse {
                 partition: partition.id,
@@ -119,9 +119,9 @@ impl LogService {
         // Phase 3: the flush policy's fsyncs, off the async threads, before
         // the producer hears "stored".
         if req.acks != 0 && !syncs.is_empty() {
-            tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-                for f in syncs {
-                    f.sync_data()?;
+            tokio::task::spawn_blocking(move || -> Result<(), Error> {
+                for ticket in syncs {
+                    ticket.sync()?;
                 }
                 Ok(())
             })
