@@ -26,7 +26,8 @@ fn open(dir: &std::path::Path) -> PartitionLog {
     let store = Store::open(&dir.join("rocksdb"), 8 << 20, 32 << 20).expect("store");
     store.create_cf("p/bench-0").expect("cf");
     let index = PartitionIndex::new(Arc::clone(&store), "p/bench-0".into());
-    PartitionLog::open(dir.join("bench-0"), "bench".into(), 0, index, &TopicConfig::default(), 0).expect("log")
+    PartitionLog::open(dir.join("bench-0"), "bench".into(), 0, index, &TopicConfig::default(), 0)
+        .expect("log")
 }
 
 fn append(c: &mut Criterion) {

@@ -64,8 +64,7 @@ impl BrokerConfig {
     /// Topic settings every topic starts from: built-ins overridden by
     /// `topic_defaults`.
     pub fn topic_defaults(&self) -> TopicConfig {
-        TopicConfig::resolve(&TopicConfig::default(), &self.topic_defaults)
-            .unwrap_or_default()
+        TopicConfig::resolve(&TopicConfig::default(), &self.topic_defaults).unwrap_or_default()
     }
 
     pub fn advertised(&self) -> String {
@@ -293,7 +292,8 @@ mod tests {
 
     #[test]
     fn broker_file_is_checked() {
-        let c = BrokerConfig::from_toml("node_id = 3\n[topic_defaults]\n\"retention.ms\" = \"1000\"\n").unwrap();
+        let c =
+            BrokerConfig::from_toml("node_id = 3\n[topic_defaults]\n\"retention.ms\" = \"1000\"\n").unwrap();
         assert_eq!(c.node_id, 3);
         assert_eq!(c.topic_defaults().retention_ms, 1000);
         assert!(BrokerConfig::from_toml("nodeid = 3").is_err());

@@ -75,7 +75,9 @@ impl Broker {
     pub async fn start(mut config: BrokerConfig) -> anyhow::Result<Broker> {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
-        let grpc = TcpListener::bind(config.listen).await.with_context(|| format!("binding gRPC {}", config.listen))?;
+        let grpc = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding gRPC {}", config.listen))?;
         let http = TcpListener::bind(config.http_listen)
             .await
             .with_context(|| format!("binding HTTP {}", config.http_listen))?;
@@ -88,13 +90,16 @@ impl Broker {
             config.block_cache_bytes,
             config.write_buffer_bytes,
         )
-        .with_context(|| format!("opening the index store in {} (is another broker using it?)", config.data_dir.display()))?;
+        .with_context(|| {
+            format!("opening the index store in {} (is another broker using it?)", config.data_dir.display())
+        })?;
         let defaults = config.topic_defaults();
         let data_dir = config.data_dir.clone();
         let topics = tokio::task::spawn_blocking(move || Topics::load(store, &data_dir, defaults, now_ms()))
             .await?
             .context("loading topics")?;
-        let state = Arc::new(BrokerState { config, topics, metrics: Metrics::new(), ready: AtomicBool::new(false) });
+        let state =
+            Arc::new(BrokerState { config, topics, metrics: Metrics::new(), ready: AtomicBool::new(false) });
 
         let (trigger, shutdown) = shutdown::channel();
         let mut tasks = maintenance::spawn(state.clone(), shutdown.clone());

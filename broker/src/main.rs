@@ -35,7 +35,8 @@ struct Args {
 fn load_config(args: Args) -> anyhow::Result<BrokerConfig> {
     let mut config = match &args.config {
         Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            let text =
+                std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
             BrokerConfig::from_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
         }
         None => BrokerConfig::default(),

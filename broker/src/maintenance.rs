@@ -41,7 +41,10 @@ fn flush_and_gauges(state: &BrokerState) {
         let config = topic.config();
         for p in topic.partitions() {
             let (due, stats) = p.with_log(|log| {
-                (log.due_flush(&config, now), (log.size_bytes(), log.log_start_offset(), log.log_end_offset()))
+                (
+                    log.due_flush(&config, now),
+                    (log.size_bytes(), log.log_start_offset(), log.log_end_offset()),
+                )
             });
             if let Some(ticket) = due {
                 if let Err(e) = ticket.sync() {
@@ -90,7 +93,9 @@ fn cleaning_pass(state: &BrokerState) {
                 })
                 .and_then(|done| match done {
                     None => Ok(None),
-                    Some((cleaned, stats)) => p.with_log(|log| log.swap_cleaned(cleaned)).map(|_| Some(stats)),
+                    Some((cleaned, stats)) => {
+                        p.with_log(|log| log.swap_cleaned(cleaned)).map(|_| Some(stats))
+                    }
                 });
             match result {
                 Ok(Some(stats)) => tracing::info!(
@@ -104,7 +109,9 @@ fn cleaning_pass(state: &BrokerState) {
                     "compacted"
                 ),
                 Ok(None) => {}
-                Err(e) => tracing::error!(topic = %p.topic, partition = p.id, error = %e, "compaction failed"),
+                Err(e) => {
+                    tracing::error!(topic = %p.topic, partition = p.id, error = %e, "compaction failed")
+                }
             }
         }
     }

@@ -66,7 +66,11 @@ impl Metrics {
         registry.register("request_errors", "gRPC requests answered with an error", m.request_errors.clone());
         registry.register("log_size_bytes", "Bytes of segment files per partition", m.log_size_bytes.clone());
         registry.register("log_end_offset", "Next offset per partition", m.log_end_offset.clone());
-        registry.register("log_start_offset", "First stored offset per partition", m.log_start_offset.clone());
+        registry.register(
+            "log_start_offset",
+            "First stored offset per partition",
+            m.log_start_offset.clone(),
+        );
         Metrics { registry, ..m }
     }
 

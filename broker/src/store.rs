@@ -10,8 +10,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use rocksdb::{
-    BlockBasedOptions, BoundColumnFamily, Cache, ColumnFamilyDescriptor, MultiThreaded, Options,
-    WriteBatch, WriteBufferManager, WriteOptions,
+    BlockBasedOptions, BoundColumnFamily, Cache, ColumnFamilyDescriptor, MultiThreaded, Options, WriteBatch,
+    WriteBufferManager, WriteOptions,
 };
 
 use crate::error::{Error, Result};
@@ -32,11 +32,8 @@ impl Store {
     pub fn open(dir: &Path, block_cache_bytes: usize, write_buffer_bytes: usize) -> Result<Arc<Store>> {
         std::fs::create_dir_all(dir)?;
         let cache = Cache::new_lru_cache(block_cache_bytes);
-        let write_buffers = WriteBufferManager::new_write_buffer_manager_with_cache(
-            write_buffer_bytes,
-            false,
-            cache.clone(),
-        );
+        let write_buffers =
+            WriteBufferManager::new_write_buffer_manager_with_cache(write_buffer_bytes, false, cache.clone());
         let mut table = BlockBasedOptions::default();
         table.set_block_cache(&cache);
         table.set_bloom_filter(10.0, false);
@@ -64,10 +61,8 @@ impl Store {
                 names.push(required.to_string());
             }
         }
-        let descriptors = names
-            .iter()
-            .map(|n| ColumnFamilyDescriptor::new(n, cf_options.clone()))
-            .collect::<Vec<_>>();
+        let descriptors =
+            names.iter().map(|n| ColumnFamilyDescriptor::new(n, cf_options.clone())).collect::<Vec<_>>();
         let db = Db::open_cf_descriptors(&db_options, dir, descriptors)?;
         Ok(Arc::new(Store { db, cf_options, _cache: cache, _write_buffers: write_buffers }))
     }

@@ -37,9 +37,7 @@ pub fn init(service: &'static str) -> anyhow::Result<Telemetry> {
     } else {
         None
     };
-    let otel = provider
-        .as_ref()
-        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer(service)));
+    let otel = provider.as_ref().map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer(service)));
     tracing_subscriber::registry().with(filter).with(fmt).with(otel).try_init()?;
     Ok(Telemetry { provider })
 }

@@ -151,12 +151,19 @@ impl Topics {
         Ok(topics)
     }
 
-    fn open_partition(&self, topic: &str, p: u32, config: &TopicConfig, now_ms: i64) -> Result<Arc<Partition>> {
+    fn open_partition(
+        &self,
+        topic: &str,
+        p: u32,
+        config: &TopicConfig,
+        now_ms: i64,
+    ) -> Result<Arc<Partition>> {
         let dir_name = Partition::dir_name(topic, p);
         let cf = Store::partition_cf_name(&dir_name);
         self.store.create_cf(&cf)?;
         let index = PartitionIndex::new(self.store.clone(), cf);
-        let log = PartitionLog::open(self.data_dir.join(&dir_name), topic.to_string(), p, index, config, now_ms)?;
+        let log =
+            PartitionLog::open(self.data_dir.join(&dir_name), topic.to_string(), p, index, config, now_ms)?;
         Ok(Partition::new(log))
     }
 
@@ -170,9 +177,9 @@ impl Topics {
         for entry in std::fs::read_dir(&self.data_dir)? {
             let entry = entry?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            let looks_like_partition = name
-                .rsplit_once('-')
-                .is_some_and(|(t, p)| !t.is_empty() && !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+            let looks_like_partition = name.rsplit_once('-').is_some_and(|(t, p)| {
+                !t.is_empty() && !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())
+            });
             if looks_like_partition && entry.path().is_dir() && !expected.contains(&name) {
                 tracing::warn!(dir = %entry.path().display(), "removing data of a deleted topic");
                 std::fs::remove_dir_all(entry.path())?;

@@ -182,11 +182,8 @@ fn retention_by_bytes_and_time_deletes_whole_segments() {
 #[test]
 fn compaction_keeps_latest_per_key_with_original_offsets() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(&[
-        ("cleanup.policy", "compact"),
-        ("segment.bytes", "1024"),
-        ("delete.retention.ms", "1000"),
-    ]);
+    let cfg =
+        config(&[("cleanup.policy", "compact"), ("segment.bytes", "1024"), ("delete.retention.ms", "1000")]);
     let mut log = open(dir.path(), &cfg);
     // 3 keys x 20 versions, two records per batch, then a tombstone for k1.
     for round in 0..20 {
@@ -198,7 +195,8 @@ fn compaction_keeps_latest_per_key_with_original_offsets() {
     }
     let tomb = log.append(&batch(&[(Some("k1"), None, NOW)]), &cfg, NOW).unwrap().base_offset;
     for i in 0..20 {
-        log.append(&batch(&[(Some(&format!("f{i}")), Some("filler-filler-filler"), NOW)]), &cfg, NOW).unwrap();
+        log.append(&batch(&[(Some(&format!("f{i}")), Some("filler-filler-filler"), NOW)]), &cfg, NOW)
+            .unwrap();
     }
     let before = read_all(&log, 0);
 

@@ -57,7 +57,12 @@ async fn snapshot(log: &mut Log, topic: &str, partitions: u32) -> Vec<(i64, Byte
                 max_wait_ms: 0,
                 min_bytes: 0,
                 max_bytes: 1 << 20,
-                partitions: vec![FetchPartition { topic: topic.into(), partition: p, offset: 0, max_bytes: 1 << 20 }],
+                partitions: vec![FetchPartition {
+                    topic: topic.into(),
+                    partition: p,
+                    offset: 0,
+                    max_bytes: 1 << 20,
+                }],
             })
             .await
             .unwrap()
@@ -78,35 +83,55 @@ async fn bad_topic_requests_are_refused_with_clear_errors() {
     let b = Broker::start().unwrap();
     let (_, mut admin) = clients(&b).await;
     for bad in ["", ".", "..", "with space", "slash/name", &"x".repeat(250)] {
-        let r = admin.create_topics(CreateTopicsRequest { topics: vec![spec(bad, 1, &[])], validate_only: false }).await;
+        let r = admin
+            .create_topics(CreateTopicsRequest { topics: vec![spec(bad, 1, &[])], validate_only: false })
+            .await;
         assert_status(r, Code::InvalidArgument, "invalid topic name");
     }
-    let r = admin.create_topics(CreateTopicsRequest { topics: vec![spec("t", 0, &[])], validate_only: false }).await;
+    let r = admin
+        .create_topics(CreateTopicsRequest { topics: vec![spec("t", 0, &[])], validate_only: false })
+        .await;
     assert_status(r, Code::InvalidArgument, "partitions");
     let mut rf3 = spec("t", 1, &[]);
     rf3.replication_factor = 3;
     let r = admin.create_topics(CreateTopicsRequest { topics: vec![rf3], validate_only: false }).await;
     assert_status(r, Code::InvalidArgument, "replication factor 3");
     let r = admin
-        .create_topics(CreateTopicsRequest { topics: vec![spec("t", 1, &[("retention.ms", "soon")])], validate_only: false })
+        .create_topics(CreateTopicsRequest {
+            topics: vec![spec("t", 1, &[("retention.ms", "soon")])],
+            validate_only: false,
+        })
         .await;
     assert_status(r, Code::InvalidArgument, "retention.ms");
     let r = admin
-        .create_topics(CreateTopicsRequest { topics: vec![spec("t", 1, &[("retention.hours", "1")])], validate_only: false })
+        .create_topics(CreateTopicsRequest {
+            topics: vec![spec("t", 1, &[("retention.hours", "1")])],
+            validate_only: false,
+        })
         .await;
     assert_status(r, Code::InvalidArgument, "unknown config 'retention.hours'");
     // One bad topic in a request creates none of them.
     let r = admin
-        .create_topics(CreateTopicsRequest { topics: vec![spec("good", 1, &[]), spec("bad name", 1, &[])], validate_only: false })
+        .create_topics(CreateTopicsRequest {
+            topics: vec![spec("good", 1, &[]), spec("bad name", 1, &[])],
+            validate_only: false,
+        })
         .await;
     assert_status(r, Code::InvalidArgument, "bad name");
     let listed = admin.describe_topics(DescribeTopicsRequest { names: vec![] }).await.unwrap().into_inner();
     assert!(listed.topics.is_empty(), "nothing may be created: {:?}", listed.topics);
 
-    admin.create_topics(CreateTopicsRequest { topics: vec![spec("t", 2, &[])], validate_only: false }).await.unwrap();
-    let r = admin.create_topics(CreateTopicsRequest { topics: vec![spec("t", 2, &[])], validate_only: false }).await;
+    admin
+        .create_topics(CreateTopicsRequest { topics: vec![spec("t", 2, &[])], validate_only: false })
+        .await
+        .unwrap();
+    let r = admin
+        .create_topics(CreateTopicsRequest { topics: vec![spec("t", 2, &[])], validate_only: false })
+        .await;
     assert_status(r, Code::AlreadyExists, "already exists");
-    let r = admin.create_partitions(CreatePartitionsRequest { name: "t".into(), total_count: 1, validate_only: false }).await;
+    let r = admin
+        .create_partitions(CreatePartitionsRequest { name: "t".into(), total_count: 1, validate_only: false })
+        .await;
     assert_status(r, Code::InvalidArgument, "can only grow");
     let r = admin
         .alter_topic_configs(AlterTopicConfigsRequest {
@@ -119,13 +144,18 @@ async fn bad_topic_requests_are_refused_with_clear_errors() {
     assert_status(r, Code::InvalidArgument, "segment.bytes");
     let r = admin.delete_topics(DeleteTopicsRequest { names: vec!["nope".into()] }).await;
     assert_status(r, Code::NotFound, "unknown topic 'nope'");
-    let d = admin.describe_topics(DescribeTopicsRequest { names: vec!["t".into()] }).await.unwrap().into_inner();
+    let d =
+        admin.describe_topics(DescribeTopicsRequest { names: vec!["t".into()] }).await.unwrap().into_inner();
     assert_eq!(d.topics[0].partitions.len(), 2);
     assert!(d.topics[0].configs.is_empty());
 
     // Growing works and is kept.
-    admin.create_partitions(CreatePartitionsRequest { name: "t".into(), total_count: 4, validate_only: false }).await.unwrap();
-    let d = admin.describe_topics(DescribeTopicsRequest { names: vec!["t".into()] }).await.unwrap().into_inner();
+    admin
+        .create_partitions(CreatePartitionsRequest { name: "t".into(), total_count: 4, validate_only: false })
+        .await
+        .unwrap();
+    let d =
+        admin.describe_topics(DescribeTopicsRequest { names: vec!["t".into()] }).await.unwrap().into_inner();
     assert_eq!(d.topics[0].partitions.len(), 4);
 }
 
@@ -135,7 +165,10 @@ async fn bad_produce_requests_change_nothing() {
     let (mut log, mut admin) = clients(&b).await;
     admin
         .create_topics(CreateTopicsRequest {
-            topics: vec![spec("t", 2, &[("max.message.bytes", "1000")]), spec("c", 1, &[("cleanup.policy", "compact")])],
+            topics: vec![
+                spec("t", 2, &[("max.message.bytes", "1000")]),
+                spec("c", 1, &[("cleanup.policy", "compact")]),
+            ],
             validate_only: false,
         })
         .await
@@ -144,19 +177,39 @@ async fn bad_produce_requests_change_nothing() {
     log.produce(produce("t", 1, batch(&["c"], None))).await.unwrap();
     let before = snapshot(&mut log, "t", 2).await;
 
-    assert_status(log.produce(produce("nope", 0, batch(&["x"], None))).await, Code::NotFound, "unknown topic 'nope'");
-    assert_status(log.produce(produce("t", 7, batch(&["x"], None))).await, Code::NotFound, "unknown partition 7");
+    assert_status(
+        log.produce(produce("nope", 0, batch(&["x"], None))).await,
+        Code::NotFound,
+        "unknown topic 'nope'",
+    );
+    assert_status(
+        log.produce(produce("t", 7, batch(&["x"], None))).await,
+        Code::NotFound,
+        "unknown partition 7",
+    );
     let big = "x".repeat(2000);
-    assert_status(log.produce(produce("t", 0, batch(&[&big], None))).await, Code::InvalidArgument, "max.message.bytes");
+    assert_status(
+        log.produce(produce("t", 0, batch(&[&big], None))).await,
+        Code::InvalidArgument,
+        "max.message.bytes",
+    );
 
     let mut corrupt = batch(&["hello"], None).to_vec();
     let last = corrupt.len() - 1;
     corrupt[last] ^= 0xff;
     assert_status(log.produce(produce("t", 0, corrupt.into())).await, Code::InvalidArgument, "CRC32C");
     let cut = batch(&["hello"], None);
-    assert_status(log.produce(produce("t", 0, cut.slice(..cut.len() - 3))).await, Code::InvalidArgument, "truncated");
+    assert_status(
+        log.produce(produce("t", 0, cut.slice(..cut.len() - 3))).await,
+        Code::InvalidArgument,
+        "truncated",
+    );
     assert_status(log.produce(produce("t", 0, Bytes::new())).await, Code::InvalidArgument, "no records");
-    assert_status(log.produce(produce("c", 0, batch(&["v"], None))).await, Code::InvalidArgument, "needs a key");
+    assert_status(
+        log.produce(produce("c", 0, batch(&["v"], None))).await,
+        Code::InvalidArgument,
+        "needs a key",
+    );
     let mut bad_acks = produce("t", 0, batch(&["x"], None));
     bad_acks.acks = 5;
     assert_status(log.produce(bad_acks).await, Code::InvalidArgument, "acks");
@@ -174,7 +227,12 @@ async fn bad_produce_requests_change_nothing() {
             max_wait_ms: 0,
             min_bytes: 0,
             max_bytes: 1000,
-            partitions: vec![FetchPartition { topic: "nope".into(), partition: 0, offset: 0, max_bytes: 1000 }],
+            partitions: vec![FetchPartition {
+                topic: "nope".into(),
+                partition: 0,
+                offset: 0,
+                max_bytes: 1000,
+            }],
         })
         .await;
     assert_status(r, Code::NotFound, "unknown topic");
@@ -206,7 +264,10 @@ async fn http_port_serves_health_readiness_and_metrics() {
     assert_eq!(b.http_get("/healthz").unwrap().0, 200);
     assert_eq!(b.http_get("/readyz").unwrap().0, 200);
     let (mut log, mut admin) = clients(&b).await;
-    admin.create_topics(CreateTopicsRequest { topics: vec![spec("m", 1, &[])], validate_only: false }).await.unwrap();
+    admin
+        .create_topics(CreateTopicsRequest { topics: vec![spec("m", 1, &[])], validate_only: false })
+        .await
+        .unwrap();
     log.produce(produce("m", 0, batch(&["a", "b", "c"], None))).await.unwrap();
     snapshot(&mut log, "m", 1).await;
     let (status, body) = b.http_get("/metrics").unwrap();

@@ -21,7 +21,8 @@ fn consumer_config(b: &Broker) -> ConsumerConfig {
 
 async fn create(b: &Broker, topic: &str, partitions: u32, configs: &[(&str, &str)]) {
     let admin = Admin::connect(&b.bootstrap()).await.expect("admin connects");
-    let configs: BTreeMap<String, String> = configs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let configs: BTreeMap<String, String> =
+        configs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     admin.create_topic(topic, partitions, 1, configs).await.expect("topic created");
 }
 
@@ -167,7 +168,8 @@ async fn kill_9_during_produce_loses_no_acknowledged_record() {
         .unwrap();
         for i in 0..100_000u32 {
             let value = format!("value-{i}");
-            let Ok(fut) = p.send(ProducerRecord::new("durable", value.clone()).key(format!("{i}"))).await else {
+            let Ok(fut) = p.send(ProducerRecord::new("durable", value.clone()).key(format!("{i}"))).await
+            else {
                 break;
             };
             let tx = tx.clone();

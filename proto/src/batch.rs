@@ -144,8 +144,9 @@ impl Compression {
                 lz4_flex::block::decompress(&data[4..], size)
                     .map_err(|e| BatchError::Decompress(e.to_string()))
             }
-            Compression::Zstd => zstd::bulk::decompress(data, limit)
-                .map_err(|e| BatchError::Decompress(e.to_string())),
+            Compression::Zstd => {
+                zstd::bulk::decompress(data, limit).map_err(|e| BatchError::Decompress(e.to_string()))
+            }
         }
     }
 }
@@ -411,9 +412,7 @@ impl RecordIter {
         }
         let mut headers = Vec::with_capacity(count as usize);
         for _ in 0..count {
-            let key = self
-                .read_bytes(end)?
-                .ok_or(BatchError::Invalid("record header with a null key"))?;
+            let key = self.read_bytes(end)?.ok_or(BatchError::Invalid("record header with a null key"))?;
             let key = String::from_utf8(key.to_vec())
                 .map_err(|_| BatchError::Invalid("record header key is not UTF-8"))?;
             let value = self.read_bytes(end)?;
@@ -606,9 +605,8 @@ impl BatchBuilder {
     /// Finishes the batch: compresses the records and writes header and CRC.
     /// The base offset is 0 and the leader epoch -1 until a broker stamps them.
     pub fn build(self) -> Bytes {
-        let BatchBuilder {
-            mut buf, compression, base_timestamp, max_timestamp, count, last_delta, producer
-        } = self;
+        let BatchBuilder { mut buf, compression, base_timestamp, max_timestamp, count, last_delta, producer } =
+            self;
         if compression != Compression::None {
             let packed = compression.compress(&buf[HEADER_LEN..]);
             buf.truncate(HEADER_LEN);
@@ -625,10 +623,8 @@ impl BatchBuilder {
         buf[BASE_TIMESTAMP_AT..BASE_TIMESTAMP_AT + 8].copy_from_slice(&base_timestamp.to_be_bytes());
         buf[MAX_TIMESTAMP_AT..MAX_TIMESTAMP_AT + 8].copy_from_slice(&max_timestamp.to_be_bytes());
         buf[PRODUCER_ID_AT..PRODUCER_ID_AT + 8].copy_from_slice(&producer.producer_id.to_be_bytes());
-        buf[PRODUCER_EPOCH_AT..PRODUCER_EPOCH_AT + 2]
-            .copy_from_slice(&producer.producer_epoch.to_be_bytes());
-        buf[BASE_SEQUENCE_AT..BASE_SEQUENCE_AT + 4]
-            .copy_from_slice(&producer.base_sequence.to_be_bytes());
+        buf[PRODUCER_EPOCH_AT..PRODUCER_EPOCH_AT + 2].copy_from_slice(&producer.producer_epoch.to_be_bytes());
+        buf[BASE_SEQUENCE_AT..BASE_SEQUENCE_AT + 4].copy_from_slice(&producer.base_sequence.to_be_bytes());
         buf[RECORD_COUNT_AT..RECORD_COUNT_AT + 4].copy_from_slice(&count.to_be_bytes());
         let crc = crc32c::crc32c(&buf[ATTRIBUTES_AT..]);
         buf[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
@@ -673,8 +669,7 @@ mod tests {
             let headers: Vec<(&str, Option<&[u8]>)> =
                 i.headers.iter().map(|(k, v)| (k.as_str(), v.as_deref())).collect();
             let before = b.size();
-            let expect =
-                b.record_size(i.timestamp, i.key.as_deref(), i.value.as_deref(), &headers);
+            let expect = b.record_size(i.timestamp, i.key.as_deref(), i.value.as_deref(), &headers);
             b.append(i.timestamp, i.key.as_deref(), i.value.as_deref(), &headers);
             assert_eq!(b.size() - before, expect);
         }

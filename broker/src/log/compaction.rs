@@ -100,10 +100,7 @@ impl PartitionLog {
             .meta_i64(index::META_CLEANER_CHECKPOINT)?
             .unwrap_or(self.log_start_offset)
             .max(self.log_start_offset);
-        let tombstones_due = self
-            .index
-            .meta_i64(META_TOMBSTONE_DUE)?
-            .is_some_and(|due| due <= now_ms);
+        let tombstones_due = self.index.meta_i64(META_TOMBSTONE_DUE)?.is_some_and(|due| due <= now_ms);
         if targets.is_empty() || (dirty_from >= first_uncleanable && !tombstones_due) {
             return Ok(None);
         }
@@ -121,10 +118,7 @@ impl PartitionLog {
     /// meanwhile is skipped (its cleaned file removed).
     pub fn swap_cleaned(&mut self, cleaned: Vec<Cleaned>) -> Result<()> {
         for c in cleaned {
-            let live = self
-                .segments
-                .get(&c.base)
-                .is_some_and(|s| Arc::ptr_eq(&s.file, &c.old_file));
+            let live = self.segments.get(&c.base).is_some_and(|s| Arc::ptr_eq(&s.file, &c.old_file));
             if !live {
                 fs::remove_file(&c.cleaned_path).ok();
                 continue;

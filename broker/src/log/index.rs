@@ -102,7 +102,11 @@ impl PartitionIndex {
     }
 
     pub fn put_time(&self, w: &mut IndexWrites, timestamp: i64, offset: i64) -> Result<()> {
-        w.batch.put_cf(&self.store.cf(&self.cf)?, key_u64(TIME, ts_key(timestamp)), (offset as u64).to_be_bytes());
+        w.batch.put_cf(
+            &self.store.cf(&self.cf)?,
+            key_u64(TIME, ts_key(timestamp)),
+            (offset as u64).to_be_bytes(),
+        );
         w.empty = false;
         Ok(())
     }

@@ -80,7 +80,10 @@ impl FlushTicket {
 /// What a read has to fetch, found under the partition lock and read
 /// without it.
 pub enum Locate {
-    OutOfRange { start: i64, end: i64 },
+    OutOfRange {
+        start: i64,
+        end: i64,
+    },
     /// The offset is the log end: nothing to read yet.
     AtEnd,
     Read(ReadPlan),
@@ -202,7 +205,8 @@ impl PartitionLog {
         self.index.write(w)?;
         self.log_end_offset = next;
         self.unflushed += records;
-        let sync = if self.unflushed >= config.flush_messages { Some(self.flush_ticket(now_ms)) } else { None };
+        let sync =
+            if self.unflushed >= config.flush_messages { Some(self.flush_ticket(now_ms)) } else { None };
         Ok(AppendInfo { base_offset, last_offset: next - 1, records, sync })
     }
 

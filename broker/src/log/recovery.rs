@@ -201,10 +201,11 @@ impl PartitionLog {
         // Start at the recovery point: the end of what was last fsynced. Up
         // to there the bytes are known good; after it a power loss may have
         // left anything, so every batch is checked.
-        let start: (u64, i64) = match index.meta(index::META_RECOVERY_POINT)?.as_deref().and_then(RecoveryPoint::decode) {
-            Some(rp) if rp.base_offset == base && rp.position <= size => (rp.position, rp.next_offset),
-            _ => (0, base),
-        };
+        let start: (u64, i64) =
+            match index.meta(index::META_RECOVERY_POINT)?.as_deref().and_then(RecoveryPoint::decode) {
+                Some(rp) if rp.base_offset == base && rp.position <= size => (rp.position, rp.next_offset),
+                _ => (0, base),
+            };
 
         // Max timestamp of the part that is not re-read: header by header.
         let mut max_ts = i64::MIN;

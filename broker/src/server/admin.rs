@@ -19,7 +19,12 @@ impl AdminService {
         AdminService { state }
     }
 
-    fn finish<T>(&self, rpc: &'static str, start: Instant, r: Result<T, Error>) -> Result<Response<T>, Status> {
+    fn finish<T>(
+        &self,
+        rpc: &'static str,
+        start: Instant,
+        r: Result<T, Error>,
+    ) -> Result<Response<T>, Status> {
         self.state.metrics.observe(rpc, start.elapsed().as_secs_f64(), r.is_ok());
         r.map(Response::new).map_err(Status::from)
     }

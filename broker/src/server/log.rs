@@ -30,7 +30,12 @@ impl LogService {
         LogService { state }
     }
 
-    fn finish<T>(&self, rpc: &'static str, start: Instant, r: Result<T, Error>) -> Result<Response<T>, Status> {
+    fn finish<T>(
+        &self,
+        rpc: &'static str,
+        start: Instant,
+        r: Result<T, Error>,
+    ) -> Result<Response<T>, Status> {
         self.state.metrics.observe(rpc, start.elapsed().as_secs_f64(), r.is_ok());
         r.map(Response::new).map_err(Status::from)
     }
@@ -113,7 +118,8 @@ impl LogService {
             };
             match out.iter_mut().find(|t| t.name == partition.topic) {
                 Some(t) => t.partitions.push(resp),
-                None => out.push(v1::TopicProduceResponse { name: partition.topic.clone(), partitions: vec![resp] }),
+                None => out
+                    .push(v1::TopicProduceResponse { name: partition.topic.clone(), partitions: vec![resp] }),
             }
         }
         // Phase 3: the flush policy's fsyncs, off the async threads, before
@@ -135,15 +141,13 @@ impl LogService {
         &self,
         req: &'r v1::FetchRequest,
     ) -> Result<Vec<(Arc<Partition>, &'r v1::FetchPartition)>, Error> {
-        req.partitions
-            .iter()
-            .map(|p| Ok((self.state.topics.partition(&p.topic, p.partition)?, p)))
-            .collect()
+        req.partitions.iter().map(|p| Ok((self.state.topics.partition(&p.topic, p.partition)?, p))).collect()
     }
 
     async fn fetch_inner(&self, req: v1::FetchRequest) -> Result<v1::FetchResponse, Error> {
         let targets = self.resolve_fetch(&req)?;
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(u64::from(req.max_wait_ms)).min(MAX_WAIT);
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_millis(u64::from(req.max_wait_ms)).min(MAX_WAIT);
         let max_total = if req.max_bytes == 0 { 50 << 20 } else { req.max_bytes as usize };
         loop {
             // Subscribe before reading so an append in between still wakes us.
@@ -280,7 +284,10 @@ impl LogService {
 
 #[tonic::async_trait]
 impl Log for LogService {
-    async fn produce(&self, request: Request<v1::ProduceRequest>) -> Result<Response<v1::ProduceResponse>, Status> {
+    async fn produce(
+        &self,
+        request: Request<v1::ProduceRequest>,
+    ) -> Result<Response<v1::ProduceResponse>, Status> {
         let start = Instant::now();
         let r = self.produce_inner(request.into_inner()).await;
         self.finish("produce", start, r)
@@ -301,7 +308,10 @@ impl Log for LogService {
         self.finish("list_offsets", start, r)
     }
 
-    async fn metadata(&self, request: Request<v1::MetadataRequest>) -> Result<Response<v1::MetadataResponse>, Status> {
+    async fn metadata(
+        &self,
+        request: Request<v1::MetadataRequest>,
+    ) -> Result<Response<v1::MetadataResponse>, Status> {
         let start = Instant::now();
         let r = self.metadata_inner(request.into_inner());
         self.finish("metadata", start, r)

@@ -24,7 +24,11 @@ use crate::BrokerState;
 /// Largest gRPC message either way: a produce or fetch of many partitions.
 const MAX_MESSAGE: usize = 256 << 20;
 
-pub async fn serve_grpc(state: Arc<BrokerState>, listener: TcpListener, mut shutdown: Shutdown) -> anyhow::Result<()> {
+pub async fn serve_grpc(
+    state: Arc<BrokerState>,
+    listener: TcpListener,
+    mut shutdown: Shutdown,
+) -> anyhow::Result<()> {
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
         // Big HTTP/2 windows and frames: batches are ~100 KiB to MiBs, and
@@ -48,7 +52,11 @@ pub async fn serve_grpc(state: Arc<BrokerState>, listener: TcpListener, mut shut
     Ok(())
 }
 
-pub async fn serve_http(state: Arc<BrokerState>, listener: TcpListener, mut shutdown: Shutdown) -> anyhow::Result<()> {
+pub async fn serve_http(
+    state: Arc<BrokerState>,
+    listener: TcpListener,
+    mut shutdown: Shutdown,
+) -> anyhow::Result<()> {
     let app = axum::Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))

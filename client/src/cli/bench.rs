@@ -1,0 +1,301 @@
+//! `tributary bench produce|consume`: throughput and latency against an
+//! existing topic, printed as one line of JSON on stdout (a progress bar on
+//! stderr only when it is a terminal).
+//!
+//! Every number is measured, from the first send (or fetch) to the last
+//! acknowledgement (or record read): nothing is extrapolated.
+
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use bytes::Bytes;
+use clap::{Args, Subcommand};
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use tributary_client::{
+    Acks, Admin, Compression, Consumer, ConsumerConfig, Error, LatencySummary, OffsetSpec, Producer,
+    ProducerConfig, ProducerRecord,
+};
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Produce N fixed-size records as fast as possible (the topic must exist).
+    Produce(BenchProduceArgs),
+    /// Read N records from the start of every partition of a topic.
+    Consume(BenchConsumeArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct BenchProduceArgs {
+    /// Topic to write to; it must exist.
+    #[arg(long)]
+    pub topic: String,
+    /// Records to send in total.
+    #[arg(long)]
+    pub records: u64,
+    /// Bytes per record value (no key).
+    #[arg(long, default_value_t = 100)]
+    pub record_size: usize,
+    /// 0, 1 or all.
+    #[arg(long, default_value = "all")]
+    pub acks: Acks,
+    /// Independent producers (own connections and buffers) splitting the records.
+    #[arg(long, default_value_t = 1)]
+    pub producers: usize,
+    /// Batch size in bytes [default: 262144].
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// none, lz4 or zstd.
+    #[arg(long, default_value = "none")]
+    pub compression: Compression,
+    /// How long a batch waits for more records, in ms.
+    #[arg(long, default_value_t = 5)]
+    pub linger_ms: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchConsumeArgs {
+    /// Topic to read from the start of every partition.
+    #[arg(long)]
+    pub topic: String,
+    /// Records to read; the topic must hold at least this many.
+    #[arg(long)]
+    pub records: u64,
+    /// Most bytes per partition in one fetch.
+    #[arg(long, default_value_t = 4 << 20)]
+    pub max_partition_bytes: u32,
+    /// Give up when no record arrived for this many ms.
+    #[arg(long, default_value_t = 10_000)]
+    pub idle_timeout_ms: u64,
+}
+
+/// The JSON line. `mb_per_sec` counts record values in MB (10^6 bytes).
+#[derive(Serialize, Debug)]
+struct BenchResult {
+    records: u64,
+    bytes: u64,
+    seconds: f64,
+    records_per_sec: f64,
+    mb_per_sec: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    p999_ms: f64,
+}
+
+impl BenchResult {
+    fn new(records: u64, bytes: u64, elapsed: Duration, latency: Option<LatencySummary>) -> Self {
+        let seconds = elapsed.as_secs_f64().max(1e-9);
+        let latency = latency.unwrap_or(LatencySummary {
+            count: 0,
+            p50_ms: 0.0,
+            p99_ms: 0.0,
+            p999_ms: 0.0,
+            max_ms: 0.0,
+        });
+        BenchResult {
+            records,
+            bytes,
+            seconds,
+            records_per_sec: records as f64 / seconds,
+            mb_per_sec: bytes as f64 / 1e6 / seconds,
+            p50_ms: latency.p50_ms,
+            p99_ms: latency.p99_ms,
+            p999_ms: latency.p999_ms,
+        }
+    }
+}
+
+pub async fn run(bootstrap: &str, cmd: BenchCommand) -> anyhow::Result<()> {
+    let result = match cmd {
+        BenchCommand::Produce(args) => produce(bootstrap, args).await?,
+        BenchCommand::Consume(args) => consume(bootstrap, args).await?,
+    };
+    println!("{}", serde_json::to_string(&result)?);
+    Ok(())
+}
+
+fn progress(total: u64) -> Option<ProgressBar> {
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = ProgressBar::new(total);
+    if let Ok(style) = ProgressStyle::with_template("{bar:40} {pos}/{len} records  {per_sec}  eta {eta}") {
+        bar.set_style(style);
+    }
+    Some(bar)
+}
+
+/// Fails with a message that says how to fix it when the topic is missing.
+async fn require_topic(bootstrap: &str, topic: &str) -> anyhow::Result<()> {
+    let admin = Admin::connect(bootstrap).await?;
+    match admin.partitions(topic).await {
+        Ok(_) => Ok(()),
+        Err(Error::Status { code: tonic::Code::NotFound, .. }) => bail!(
+            "topic '{topic}' does not exist; the benchmark creates nothing: \
+             run `tributary topic create {topic} --partitions N` first"
+        ),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Produce latency is send→ack per record: from the `send` call (so
+/// including any wait for buffer memory) to the broker's acknowledgement of
+/// the record's batch.
+async fn produce(bootstrap: &str, args: BenchProduceArgs) -> anyhow::Result<BenchResult> {
+    if args.producers == 0 {
+        bail!("--producers must be at least 1");
+    }
+    require_topic(bootstrap, &args.topic).await?;
+    let config = ProducerConfig {
+        bootstrap: bootstrap.to_string(),
+        acks: args.acks,
+        linger: Duration::from_millis(args.linger_ms),
+        batch_size: args.batch_size.unwrap_or(ProducerConfig::default().batch_size),
+        compression: args.compression,
+        record_latency: true,
+        ..ProducerConfig::default()
+    };
+    // One value for every record, never freed: cloning a static `Bytes` is
+    // free, where a shared refcount would bounce between the cores.
+    let value = Bytes::from_static(Box::leak(vec![b'x'; args.record_size].into_boxed_slice()));
+    let mut producers = Vec::with_capacity(args.producers);
+    for _ in 0..args.producers {
+        producers.push(Producer::connect(config.clone()).await?);
+    }
+    let bar = progress(args.records);
+    let sent = Arc::new(AtomicU64::new(0));
+    let ticker = bar.clone().map(|bar| {
+        let sent = sent.clone();
+        tokio::spawn(async move {
+            loop {
+                bar.set_position(sent.load(Ordering::Relaxed));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    });
+
+    let start = Instant::now();
+    let per = args.records / args.producers as u64;
+    let extra = args.records % args.producers as u64;
+    let mut tasks = Vec::with_capacity(args.producers);
+    for (i, producer) in producers.iter().enumerate() {
+        let count = per + u64::from((i as u64) < extra);
+        let producer = producer.clone();
+        let topic = args.topic.clone();
+        let value = value.clone();
+        let sent = sent.clone();
+        tasks.push(tokio::spawn(async move {
+            for n in 0..count {
+                let record = ProducerRecord {
+                    topic: topic.clone(),
+                    partition: None,
+                    key: None,
+                    value: Some(value.clone()),
+                    headers: Vec::new(),
+                    timestamp: None,
+                };
+                // Outcomes are counted by the producer (delivery_report).
+                drop(producer.send(record).await?);
+                if n % 4096 == 4095 {
+                    sent.fetch_add(4096, Ordering::Relaxed);
+                }
+            }
+            producer.flush().await?;
+            Ok::<(), Error>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let elapsed = start.elapsed();
+    if let Some(t) = ticker {
+        t.abort();
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+
+    let mut acknowledged = 0;
+    let mut latency: Option<Histogram<u64>> = None;
+    for p in &producers {
+        let report = p.delivery_report();
+        if report.failed > 0 {
+            let why = report.first_error.map_or_else(|| "unknown error".to_string(), |e| e.to_string());
+            bail!("{why}; {} of {} records failed", report.failed, args.records);
+        }
+        acknowledged += report.acknowledged;
+        if let Some(h) = p.latency_histogram() {
+            match latency.as_mut() {
+                Some(all) => {
+                    let _ = all.add(&h);
+                }
+                None => latency = Some(h),
+            }
+        }
+    }
+    for p in producers {
+        p.close().await?;
+    }
+    let summary = latency.as_ref().map(LatencySummary::from_micros);
+    Ok(BenchResult::new(acknowledged, acknowledged * args.record_size as u64, elapsed, summary))
+}
+
+/// Consume latency is per fetch, not per record: how long each
+/// `poll_batches` call that returned data waited for it (what prefetching
+/// did not hide of the broker's read and the transfer). Throughput counts
+/// record values decoded, up to `--records`.
+async fn consume(bootstrap: &str, args: BenchConsumeArgs) -> anyhow::Result<BenchResult> {
+    require_topic(bootstrap, &args.topic).await?;
+    let mut consumer = Consumer::connect(ConsumerConfig {
+        bootstrap: bootstrap.to_string(),
+        max_partition_bytes: args.max_partition_bytes,
+        max_bytes: 32 << 20,
+        ..ConsumerConfig::default()
+    })
+    .await?;
+    consumer.assign_all(&args.topic, OffsetSpec::Earliest).await?;
+    let bar = progress(args.records);
+    let mut latency = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)?;
+    let idle_limit = Duration::from_millis(args.idle_timeout_ms);
+    let mut records = 0u64;
+    let mut bytes = 0u64;
+    let start = Instant::now();
+    let mut last_data = Instant::now();
+    while records < args.records {
+        let asked = Instant::now();
+        let fetched = consumer.poll_batches(Duration::from_secs(1)).await?;
+        let waited = asked.elapsed();
+        let before = records;
+        for f in &fetched {
+            f.for_each_record(|r| {
+                if records < args.records {
+                    records += 1;
+                    bytes += r.value.as_ref().map_or(0, |v| v.len() as u64);
+                }
+            })?;
+        }
+        if records > before {
+            latency.saturating_record(waited.as_micros().max(1) as u64);
+            last_data = Instant::now();
+            if let Some(bar) = &bar {
+                bar.set_position(records);
+            }
+        } else if last_data.elapsed() >= idle_limit {
+            bail!(
+                "only {records} of {} records in topic '{}' after waiting {} ms for more",
+                args.records,
+                args.topic,
+                args.idle_timeout_ms
+            );
+        }
+    }
+    let elapsed = start.elapsed();
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    Ok(BenchResult::new(records, bytes, elapsed, Some(LatencySummary::from_micros(&latency))))
+}

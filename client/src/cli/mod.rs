@@ -1,0 +1,196 @@
+//! The `tributary` command line: argument definitions and dispatch. Each
+//! command family lives in its own module; pure parsing helpers in `args`.
+
+pub mod args;
+pub mod bench;
+pub mod consume;
+pub mod produce;
+pub mod topic;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "tributary",
+    version,
+    about = "Tributary client: manage topics, produce, consume, benchmark"
+)]
+pub struct Cli {
+    /// Broker address to connect to.
+    #[arg(
+        long,
+        global = true,
+        env = "TRIBUTARY_BOOTSTRAP",
+        default_value = "127.0.0.1:7070",
+        value_name = "HOST:PORT"
+    )]
+    pub bootstrap: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create, list, describe, alter, grow and delete topics.
+    #[command(subcommand)]
+    Topic(topic::TopicCommand),
+    /// Produce one record per line of stdin.
+    Produce(produce::ProduceArgs),
+    /// Print records of a topic, one value per line.
+    Consume(consume::ConsumeArgs),
+    /// Measure produce or consume throughput and latency.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Topic(cmd) => topic::run(&cli.bootstrap, cmd).await,
+        Command::Produce(args) => produce::run(&cli.bootstrap, args).await,
+        Command::Consume(args) => consume::run(&cli.bootstrap, args).await,
+        Command::Bench(cmd) => bench::run(&cli.bootstrap, cmd).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cli {
+        match Cli::try_parse_from(args) {
+            Ok(cli) => cli,
+            Err(e) => panic!("{args:?} did not parse: {e}"),
+        }
+    }
+
+    #[test]
+    fn produce_flags() {
+        let cli = parse(&[
+            "tributary",
+            "--bootstrap",
+            "b:1",
+            "produce",
+            "t",
+            "--key-separator",
+            ":",
+            "--header",
+            "a=1",
+            "--header",
+            "b=x=y",
+            "--acks",
+            "0",
+            "--partition",
+            "2",
+            "--compression",
+            "zstd",
+            "--linger-ms",
+            "7",
+        ]);
+        assert_eq!(cli.bootstrap, "b:1");
+        let Command::Produce(p) = cli.command else { panic!("not produce") };
+        assert_eq!(p.topic, "t");
+        assert_eq!(p.key_separator.as_deref(), Some(":"));
+        assert_eq!(p.headers, vec![("a".into(), "1".into()), ("b".into(), "x=y".into())]);
+        assert_eq!(p.acks, tributary_client::Acks::None);
+        assert_eq!(p.partition, Some(2));
+        assert_eq!(p.compression, tributary_client::Compression::Zstd);
+        assert_eq!(p.linger_ms, 7);
+    }
+
+    #[test]
+    fn bad_header_is_refused() {
+        assert!(Cli::try_parse_from(["tributary", "produce", "t", "--header", "novalue"]).is_err());
+        assert!(Cli::try_parse_from(["tributary", "produce", "t", "--acks", "2"]).is_err());
+    }
+
+    #[test]
+    fn topic_create_configs() {
+        let cli = parse(&[
+            "tributary",
+            "topic",
+            "create",
+            "orders",
+            "--partitions",
+            "3",
+            "--replication-factor",
+            "1",
+            "--config",
+            "retention.ms=1000",
+            "--config",
+            "cleanup.policy=compact",
+        ]);
+        let Command::Topic(topic::TopicCommand::Create { name, partitions, replication_factor, configs }) =
+            cli.command
+        else {
+            panic!("not topic create")
+        };
+        assert_eq!(name, "orders");
+        assert_eq!(partitions, 3);
+        assert_eq!(replication_factor, 1);
+        assert_eq!(
+            configs,
+            vec![("retention.ms".into(), "1000".into()), ("cleanup.policy".into(), "compact".into())]
+        );
+    }
+
+    #[test]
+    fn topic_alter_and_add_partitions() {
+        let cli = parse(&["tributary", "topic", "alter", "t", "--config", "a=b", "--delete-config", "c"]);
+        let Command::Topic(topic::TopicCommand::Alter { configs, delete, .. }) = cli.command else {
+            panic!("not topic alter")
+        };
+        assert_eq!(configs, vec![("a".into(), "b".into())]);
+        assert_eq!(delete, vec!["c".to_string()]);
+        let cli = parse(&["tributary", "topic", "add-partitions", "t", "--total", "8"]);
+        assert!(matches!(cli.command, Command::Topic(topic::TopicCommand::AddPartitions { total: 8, .. })));
+    }
+
+    #[test]
+    fn consume_flags() {
+        let cli = parse(&[
+            "tributary",
+            "consume",
+            "t",
+            "--offset",
+            "42",
+            "--max-messages",
+            "10",
+            "--print-key",
+            "--print-offset",
+        ]);
+        let Command::Consume(c) = cli.command else { panic!("not consume") };
+        assert_eq!(c.start(), tributary_client::OffsetSpec::Offset(42));
+        assert_eq!(c.max_messages, Some(10));
+        assert!(c.print_key && c.print_offset && !c.print_headers);
+        let cli = parse(&["tributary", "consume", "t", "--from-beginning"]);
+        let Command::Consume(c) = cli.command else { panic!("not consume") };
+        assert_eq!(c.start(), tributary_client::OffsetSpec::Earliest);
+        let cli = parse(&["tributary", "consume", "t"]);
+        let Command::Consume(c) = cli.command else { panic!("not consume") };
+        assert_eq!(c.start(), tributary_client::OffsetSpec::Latest);
+    }
+
+    #[test]
+    fn bench_flags() {
+        let cli = parse(&[
+            "tributary",
+            "bench",
+            "produce",
+            "--topic",
+            "t",
+            "--records",
+            "1000",
+            "--record-size",
+            "100",
+            "--producers",
+            "2",
+            "--acks",
+            "1",
+        ]);
+        let Command::Bench(bench::BenchCommand::Produce(b)) = cli.command else {
+            panic!("not bench produce")
+        };
+        assert_eq!((b.records, b.record_size, b.producers), (1000, 100, 2));
+        assert_eq!(b.acks, tributary_client::Acks::Leader);
+    }
+}

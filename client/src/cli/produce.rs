@@ -1,0 +1,122 @@
+//! `tributary produce TOPIC`: one record per stdin line.
+//!
+//! Records are sent as fast as stdin delivers them (batched by the
+//! producer); the command waits for every acknowledgement at the end and
+//! fails unless all records were acknowledged.
+
+use std::io::BufRead;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use clap::Args;
+use tokio::sync::mpsc;
+use tributary_client::{Acks, Compression, Producer, ProducerConfig, ProducerRecord};
+
+use super::args::{parse_key_value, split_key, strip_newline};
+
+#[derive(Args, Debug)]
+pub struct ProduceArgs {
+    /// Topic to write to (it must exist).
+    pub topic: String,
+    /// Split each line at the first SEP: before it the key, after it the
+    /// value. Lines without SEP are sent without a key.
+    #[arg(long, value_name = "SEP")]
+    pub key_separator: Option<String>,
+    /// 0 (don't wait), 1 (leader appended) or all (every in-sync replica).
+    #[arg(long, default_value = "all")]
+    pub acks: Acks,
+    /// A header on every record, KEY=VALUE (repeatable).
+    #[arg(long = "header", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    pub headers: Vec<(String, String)>,
+    /// Send every record to this partition (default: by key, or spread).
+    #[arg(long)]
+    pub partition: Option<u32>,
+    /// none, lz4 or zstd.
+    #[arg(long, default_value = "none")]
+    pub compression: Compression,
+    /// How long a batch waits for more records, in ms.
+    #[arg(long, default_value_t = 5)]
+    pub linger_ms: u64,
+}
+
+pub async fn run(bootstrap: &str, args: ProduceArgs) -> anyhow::Result<()> {
+    let producer = Producer::connect(ProducerConfig {
+        bootstrap: bootstrap.to_string(),
+        acks: args.acks,
+        linger: Duration::from_millis(args.linger_ms),
+        compression: args.compression,
+        ..ProducerConfig::default()
+    })
+    .await?;
+    let headers: Vec<(String, Option<Bytes>)> =
+        args.headers.iter().map(|(k, v)| (k.clone(), Some(Bytes::copy_from_slice(v.as_bytes())))).collect();
+    let separator = args.key_separator.as_deref().map(str::as_bytes);
+
+    let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+    std::thread::spawn(move || read_lines(tx));
+    let mut total: u64 = 0;
+    let mut refused = None;
+    'read: while let Some(chunk) = rx.recv().await {
+        for line in chunk.context("cannot read stdin")? {
+            let text = strip_newline(&line);
+            let (key, value) = match separator {
+                Some(sep) => split_key(text, sep),
+                None => (None, text),
+            };
+            let record = ProducerRecord {
+                topic: args.topic.clone(),
+                partition: args.partition,
+                key: key.map(Bytes::copy_from_slice),
+                value: Some(Bytes::copy_from_slice(value)),
+                headers: headers.clone(),
+                timestamp: None,
+            };
+            total += 1;
+            // Outcomes are counted by the producer; the futures are not needed.
+            if let Err(e) = producer.send(record).await {
+                // Not even buffered (unknown topic, bad partition): stop reading.
+                refused = Some(e);
+                break 'read;
+            }
+        }
+    }
+    producer.flush().await?;
+    let report = producer.delivery_report();
+    producer.close().await?;
+    if report.acknowledged < total {
+        let first = refused.or(report.first_error);
+        let why = first.map_or_else(|| "records were not acknowledged".to_string(), |e| e.to_string());
+        bail!("{why}; {} of {total} records acknowledged", report.acknowledged);
+    }
+    Ok(())
+}
+
+/// Reads stdin on its own thread (blocking reads stay off the runtime) and
+/// passes lines on in chunks: everything already read, up to 1024 lines, so
+/// piped input moves in bulk and typed input goes out line by line.
+fn read_lines(tx: mpsc::Sender<std::io::Result<Vec<Vec<u8>>>>) {
+    let mut reader = std::io::BufReader::with_capacity(1 << 16, std::io::stdin());
+    let mut chunk = Vec::new();
+    loop {
+        let mut line = Vec::new();
+        match reader.read_until(b'\n', &mut line) {
+            Ok(0) => break,
+            Ok(_) => {
+                chunk.push(line);
+                if (chunk.len() >= 1024 || reader.buffer().is_empty())
+                    && tx.blocking_send(Ok(std::mem::take(&mut chunk))).is_err()
+                {
+                    return;
+                }
+            }
+            Err(e) => {
+                let _ = tx.blocking_send(Err(e));
+                return;
+            }
+        }
+    }
+    if !chunk.is_empty() {
+        let _ = tx.blocking_send(Ok(chunk));
+    }
+}

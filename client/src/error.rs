@@ -1,0 +1,178 @@
+//! The client's one error type.
+//!
+//! Every failure a caller can see — a broker's refusal, a connection that
+//! cannot be made, a timeout, a batch that fails its checksum — becomes one
+//! [`Error`] whose `Display` is a single line a person can act on. The CLI
+//! prints it as it is, after `error: `.
+
+use std::fmt;
+
+/// Why a client call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// The broker refused the call with a gRPC status; `message` is the
+    /// broker's own explanation.
+    #[error("{}: {message}", code_name(*code))]
+    Status { code: tonic::Code, message: String },
+    /// The broker could not be reached (or the connection broke); the message
+    /// names the address.
+    #[error("{0}")]
+    Transport(String),
+    /// No answer in time; the message says to what and how long we waited.
+    #[error("{0}")]
+    Timeout(String),
+    /// The caller asked for something impossible, caught before any request.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// The broker sent bytes that are not a valid record batch.
+    #[error("corrupt data from the broker: {0}")]
+    Corrupt(String),
+    /// A consumer's position is outside what the partition holds (deleted by
+    /// retention, or not written yet).
+    #[error(
+        "offset {offset} is out of range for {topic}-{partition} (valid: {start}..={end}); \
+         seek to an offset in that range, or start from earliest or latest"
+    )]
+    OffsetOutOfRange { topic: String, partition: u32, offset: i64, start: i64, end: i64 },
+    /// The producer was closed (or dropped) before this record could be sent.
+    #[error("the producer is closed")]
+    Closed,
+}
+
+/// The crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// True when trying the same call again later may succeed: the broker is
+    /// unavailable or restarting, the connection broke, or a deadline passed.
+    /// Bad input, unknown topics and internal broker errors are not retried.
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            Error::Transport(_) | Error::Timeout(_) => true,
+            Error::Status { code, .. } => matches!(
+                code,
+                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Aborted
+            ),
+            Error::InvalidArgument(_)
+            | Error::Corrupt(_)
+            | Error::OffsetOutOfRange { .. }
+            | Error::Closed => false,
+        }
+    }
+
+    /// Converts a gRPC status from a call to the broker at `addr`.
+    ///
+    /// A status the broker sent carries only its message; one that tonic made
+    /// up on this side from an I/O or HTTP/2 error has a source chain, and is
+    /// reported as a transport problem naming the address.
+    pub(crate) fn from_status(status: tonic::Status, addr: &str) -> Error {
+        use std::error::Error as _;
+        if status.source().is_some() {
+            let mut text = one_line(status.message());
+            append_sources(&mut text, status.source());
+            return Error::Transport(format!("cannot reach the broker at {addr}: {text}"));
+        }
+        Error::Status { code: status.code(), message: one_line(status.message()) }
+    }
+
+    /// A `Status` with a given code, for conditions the broker reports inside
+    /// a successful response (per-partition error codes).
+    pub(crate) fn status(code: tonic::Code, message: impl fmt::Display) -> Error {
+        Error::Status { code, message: one_line(&message.to_string()) }
+    }
+}
+
+/// A per-partition error code in a response, or `None` for `NONE`.
+pub(crate) fn partition_error(e: Option<&tributary_proto::v1::PartitionError>) -> Option<Error> {
+    use tonic::Code;
+    use tributary_proto::v1::ErrorCode;
+    let e = e?;
+    let code = match ErrorCode::try_from(e.code) {
+        Ok(ErrorCode::None) => return None,
+        Ok(ErrorCode::OffsetOutOfRange) => Code::OutOfRange,
+        // Leadership moves are transient: retry.
+        Ok(ErrorCode::NotLeader) => Code::Unavailable,
+        Ok(ErrorCode::UnknownTopicOrPartition) => Code::NotFound,
+        Ok(ErrorCode::CorruptMessage) => Code::DataLoss,
+        Ok(ErrorCode::StorageError) => Code::Internal,
+        Err(_) => Code::Unknown,
+    };
+    let message = if e.message.is_empty() { format!("error code {}", e.code) } else { e.message.clone() };
+    Some(Error::status(code, message))
+}
+
+impl From<tributary_proto::batch::BatchError> for Error {
+    fn from(e: tributary_proto::batch::BatchError) -> Self {
+        Error::Corrupt(e.to_string())
+    }
+}
+
+/// Appends an error's causes as ": cause: deeper cause", skipping repeats.
+pub(crate) fn append_sources(text: &mut String, mut source: Option<&(dyn std::error::Error + 'static)>) {
+    while let Some(s) = source {
+        let part = one_line(&s.to_string());
+        if !part.is_empty() && !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = s.source();
+    }
+}
+
+/// Collapses whitespace runs (newlines included) to single spaces: every
+/// message ends up on one terminal line.
+pub fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Short lower-case names, so a message reads "not found: unknown topic 'x'".
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code;
+    match code {
+        Code::Ok => "ok",
+        Code::Cancelled => "cancelled",
+        Code::Unknown => "error",
+        Code::InvalidArgument => "invalid argument",
+        Code::DeadlineExceeded => "deadline exceeded",
+        Code::NotFound => "not found",
+        Code::AlreadyExists => "already exists",
+        Code::PermissionDenied => "permission denied",
+        Code::ResourceExhausted => "resource exhausted",
+        Code::FailedPrecondition => "failed precondition",
+        Code::Aborted => "aborted",
+        Code::OutOfRange => "out of range",
+        Code::Unimplemented => "unimplemented",
+        Code::Internal => "broker error",
+        Code::Unavailable => "unavailable",
+        Code::DataLoss => "data loss",
+        Code::Unauthenticated => "unauthenticated",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broker_status_shows_code_name_and_message() {
+        let e = Error::from_status(tonic::Status::not_found("unknown topic 'x'"), "127.0.0.1:7070");
+        assert_eq!(e.to_string(), "not found: unknown topic 'x'");
+        assert!(!e.is_retriable());
+    }
+
+    #[test]
+    fn retriable_codes() {
+        assert!(Error::status(tonic::Code::Unavailable, "shutting down").is_retriable());
+        assert!(Error::status(tonic::Code::DeadlineExceeded, "late").is_retriable());
+        assert!(!Error::status(tonic::Code::Internal, "disk").is_retriable());
+        assert!(!Error::status(tonic::Code::InvalidArgument, "bad").is_retriable());
+        assert!(Error::Transport("x".into()).is_retriable());
+        assert!(Error::Timeout("x".into()).is_retriable());
+    }
+
+    #[test]
+    fn messages_are_one_line() {
+        let e = Error::status(tonic::Code::Internal, "a\nb\n");
+        assert_eq!(e.to_string(), "broker error: a b");
+    }
+}
