@@ -117,7 +117,7 @@ impl Broker {
         loop {
             let logs = self.logs();
             if logs.matches("broker ready").count() > ready_lines_before {
-                let line = logs.lines().filter(|l| l.contains("broker ready")).last().unwrap_or_default();
+                let line = logs.lines().rev().find(|l| l.contains("broker ready")).unwrap_or_default();
                 self.grpc = field(line, "grpc=").context("ready line without grpc=")?;
                 self.http = field(line, "http=").context("ready line without http=")?;
                 return Ok(());

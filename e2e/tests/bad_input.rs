@@ -290,3 +290,47 @@ fn tributary_e2e_wait_gauge(b: &Broker) -> String {
     }
     b.http_get("/metrics").unwrap().1
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetch_returns_the_stored_batch_bytes_as_produced() {
+    let b = Broker::start().unwrap();
+    let (mut log, mut admin) = clients(&b).await;
+    admin
+        .create_topics(CreateTopicsRequest { topics: vec![spec("raw", 1, &[])], validate_only: false })
+        .await
+        .unwrap();
+    let mut builder = BatchBuilder::new(Compression::Zstd, 1_700_000_000_000);
+    for i in 0..100 {
+        builder.append(
+            1_700_000_000_000 + i,
+            Some(b"k"),
+            Some(format!("value {i}").as_bytes()),
+            &[("h", Some(b"v"))],
+        );
+    }
+    let sent = builder.build();
+    log.produce(produce("raw", 0, batch(&["first"], None))).await.unwrap();
+    log.produce(produce("raw", 0, sent.clone())).await.unwrap();
+    let fetched = log
+        .fetch(FetchRequest {
+            max_wait_ms: 0,
+            min_bytes: 0,
+            max_bytes: 1 << 20,
+            partitions: vec![FetchPartition {
+                topic: "raw".into(),
+                partition: 0,
+                offset: 1,
+                max_bytes: 1 << 20,
+            }],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let got = &fetched.partitions[0].records;
+    // The broker stamped the base offset (1) and leader epoch (0), outside
+    // the CRC; every other byte is the producer's, still compressed.
+    assert_eq!(got.len(), sent.len());
+    assert_eq!(i64::from_be_bytes(got[..8].try_into().unwrap()), 1);
+    assert_eq!(&got[8..12], &sent[8..12]);
+    assert_eq!(&got[16..], &sent[16..]);
+}
