@@ -3,4 +3,6 @@
 # starts real broker processes on 127.0.0.1. Extra arguments go to cargo test.
 cd "$(dirname "$0")/.."
 source scripts/env.sh
+# The black-box tests run the built binaries: build them for this checkout first.
+cargo build --release --workspace --bins
 exec cargo test --release --workspace "$@"
