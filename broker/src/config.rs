@@ -31,6 +31,11 @@ pub struct BrokerConfig {
     /// Memtable budget shared by every column family (RocksDB write buffer
     /// manager), so memory stays bounded with thousands of partitions.
     pub write_buffer_bytes: usize,
+    /// Partitions of the internal `__consumer_offsets` topic.
+    pub offsets_topic_partitions: u32,
+    /// Committed offsets of a group that has been empty this long are
+    /// deleted (Kafka's `offsets.retention.minutes`).
+    pub offsets_retention_minutes: f64,
     /// Topic config defaults, by Kafka-style key (`retention.ms` = "...").
     pub topic_defaults: BTreeMap<String, String>,
 }
@@ -47,6 +52,8 @@ impl Default for BrokerConfig {
             cleaner_interval_ms: 15_000,
             block_cache_bytes: 64 << 20,
             write_buffer_bytes: 128 << 20,
+            offsets_topic_partitions: 8,
+            offsets_retention_minutes: 7.0 * 24.0 * 60.0,
             topic_defaults: BTreeMap::new(),
         }
     }

@@ -31,6 +31,16 @@ pub enum Error {
     InvalidRequest(String),
     #[error("offset {offset} is out of range for {topic}-{partition} (valid: {start}..={end})")]
     OffsetOutOfRange { topic: String, partition: u32, offset: i64, start: i64, end: i64 },
+    #[error("out of order sequence from producer {producer_id} on {topic}-{partition}: expected sequence {expected}, got {got}")]
+    OutOfOrderSequence { topic: String, partition: u32, producer_id: i64, expected: i32, got: i32 },
+    #[error("producer {producer_id} is fenced on {topic}-{partition}: its epoch {got} is older than the current {current_epoch}")]
+    InvalidProducerEpoch { topic: String, partition: u32, producer_id: i64, current_epoch: i16, got: i16 },
+    #[error("unknown group '{0}'")]
+    UnknownGroup(String),
+    #[error("group '{0}' has {1} active member(s); stop its consumers first")]
+    GroupNotEmpty(String, usize),
+    #[error("{0}")]
+    CommitRejected(String),
     #[error("storage error: {0}")]
     Storage(String),
     #[error("broker is shutting down")]
@@ -64,8 +74,12 @@ impl From<Error> for tonic::Status {
             | Error::CorruptBatch { .. }
             | Error::InvalidRequest(_) => Code::InvalidArgument,
             Error::TopicExists(_) => Code::AlreadyExists,
-            Error::UnknownTopic(_) | Error::UnknownPartition { .. } => Code::NotFound,
+            Error::UnknownTopic(_) | Error::UnknownPartition { .. } | Error::UnknownGroup(_) => {
+                Code::NotFound
+            }
+            Error::GroupNotEmpty(..) | Error::CommitRejected(_) => Code::FailedPrecondition,
             Error::OffsetOutOfRange { .. } => Code::OutOfRange,
+            Error::OutOfOrderSequence { .. } | Error::InvalidProducerEpoch { .. } => Code::FailedPrecondition,
             Error::Storage(_) => Code::Internal,
             Error::ShuttingDown => Code::Unavailable,
         };

@@ -20,10 +20,12 @@
 
 pub mod config;
 pub mod error;
+pub mod groups;
 pub mod log;
 pub mod maintenance;
 pub mod metrics;
 pub mod partition;
+pub mod producer_ids;
 pub mod server;
 pub mod shutdown;
 pub mod store;
@@ -57,6 +59,8 @@ pub struct BrokerState {
     pub config: BrokerConfig,
     pub topics: Topics,
     pub metrics: Metrics,
+    pub producer_ids: producer_ids::ProducerIds,
+    pub coordinator: groups::Coordinator,
     pub ready: AtomicBool,
 }
 
@@ -95,11 +99,26 @@ impl Broker {
         })?;
         let defaults = config.topic_defaults();
         let data_dir = config.data_dir.clone();
-        let topics = tokio::task::spawn_blocking(move || Topics::load(store, &data_dir, defaults, now_ms()))
-            .await?
-            .context("loading topics")?;
-        let state =
-            Arc::new(BrokerState { config, topics, metrics: Metrics::new(), ready: AtomicBool::new(false) });
+        let producer_ids = producer_ids::ProducerIds::load(store.clone())?;
+        let offsets_partitions = config.offsets_topic_partitions;
+        let retention = std::time::Duration::from_secs_f64(config.offsets_retention_minutes.max(0.0) * 60.0);
+        let (topics, coordinator) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            let topics =
+                Topics::load(store.clone(), &data_dir, defaults, now_ms()).context("loading topics")?;
+            let offsets = groups::offsets::OffsetStore::open(store, &topics, offsets_partitions)
+                .context("loading committed offsets")?;
+            let coordinator = groups::Coordinator::load(offsets, retention).context("loading groups")?;
+            Ok((topics, coordinator))
+        })
+        .await??;
+        let state = Arc::new(BrokerState {
+            config,
+            topics,
+            metrics: Metrics::new(),
+            producer_ids,
+            coordinator,
+            ready: AtomicBool::new(false),
+        });
 
         let (trigger, shutdown) = shutdown::channel();
         let mut tasks = maintenance::spawn(state.clone(), shutdown.clone());

@@ -13,6 +13,7 @@ pub fn spawn(state: Arc<BrokerState>, shutdown: Shutdown) -> Vec<tokio::task::Jo
     let cleaner = Duration::from_millis(state.config.cleaner_interval_ms.max(10));
     vec![
         tokio::spawn(every(Duration::from_millis(100), state.clone(), shutdown.clone(), flush_and_gauges)),
+        tokio::spawn(every(Duration::from_millis(100), state.clone(), shutdown.clone(), group_sessions)),
         tokio::spawn(every(retention, state.clone(), shutdown.clone(), retention_pass)),
         tokio::spawn(every(cleaner, state, shutdown, cleaning_pass)),
     ]
@@ -56,6 +57,10 @@ fn flush_and_gauges(state: &BrokerState) {
             }
         }
     }
+}
+
+fn group_sessions(state: &BrokerState) {
+    state.coordinator.tick(&state.topics);
 }
 
 fn retention_pass(state: &BrokerState) {

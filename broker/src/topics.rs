@@ -207,8 +207,14 @@ impl Topics {
         all
     }
 
-    fn validate_new(&self, t: &NewTopic) -> Result<TopicConfig> {
+    fn validate_new(&self, t: &NewTopic, internal: bool) -> Result<TopicConfig> {
         validate_topic_name(&t.name)?;
+        if !internal && t.name.starts_with("__") {
+            return Err(Error::InvalidTopicName {
+                name: t.name.clone(),
+                reason: "names starting with '__' are reserved for internal topics",
+            });
+        }
         if self.map.read().contains_key(&t.name) {
             return Err(Error::TopicExists(t.name.clone()));
         }
@@ -237,7 +243,7 @@ impl Topics {
             if !seen.insert(t.name.clone()) {
                 return Err(Error::InvalidRequest(format!("topic '{}' is named twice", t.name)));
             }
-            let config = self.validate_new(&t)?;
+            let config = self.validate_new(&t, false)?;
             checked.push((t, config));
         }
         if validate_only {
@@ -245,6 +251,20 @@ impl Topics {
         }
         let mut created = Vec::new();
         for (t, config) in checked {
+            created.push(self.create_checked(t, config, now_ms)?);
+        }
+        Ok(created)
+    }
+
+    /// Creates an internal topic (such as `__consumer_offsets`).
+    pub fn create_internal(&self, t: NewTopic, now_ms: i64) -> Result<()> {
+        let _admin = self.admin.lock();
+        let config = self.validate_new(&t, true)?;
+        self.create_checked(t, config, now_ms).map(|_| ())
+    }
+
+    fn create_checked(&self, t: NewTopic, config: TopicConfig, now_ms: i64) -> Result<String> {
+        {
             let mut partitions = Vec::new();
             for p in 0..t.partitions {
                 partitions.push(self.open_partition(&t.name, p, &config, now_ms)?);
@@ -260,9 +280,8 @@ impl Topics {
             self.persist(&topic)?;
             self.map.write().insert(t.name.clone(), topic);
             tracing::info!(topic = %t.name, partitions = t.partitions, "created topic");
-            created.push(t.name);
+            Ok(t.name)
         }
-        Ok(created)
     }
 
     fn persist(&self, topic: &Topic) -> Result<()> {

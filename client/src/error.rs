@@ -95,6 +95,7 @@ pub(crate) fn partition_error(e: Option<&tributary_proto::v1::PartitionError>) -
         Ok(ErrorCode::UnknownTopicOrPartition) => Code::NotFound,
         Ok(ErrorCode::CorruptMessage) => Code::DataLoss,
         Ok(ErrorCode::StorageError) => Code::Internal,
+        Ok(_) => Code::FailedPrecondition,
         Err(_) => Code::Unknown,
     };
     let message = if e.message.is_empty() { format!("error code {}", e.code) } else { e.message.clone() };

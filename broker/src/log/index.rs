@@ -11,6 +11,7 @@
 //! 's' base_offset:u64     -> max_timestamp:i64  per closed segment, for retention.ms
 //! 'e' epoch:u32           -> start_offset:u64   leader-epoch checkpoints
 //! 'k' key bytes           -> offset:u64         compacted topics: latest offset per key
+//! 'p' producer_id:u64     -> entry              idempotent producers' last batches
 //! 'm' name                -> value              partition metadata (log start, cleaner
 //!                                                checkpoint, clean-shutdown marker)
 //! ```
@@ -32,6 +33,7 @@ const SEGMENT: u8 = b's';
 const EPOCH: u8 = b'e';
 const KEY: u8 = b'k';
 const META: u8 = b'm';
+const PRODUCER: u8 = b'p';
 
 pub const META_LOG_START: &str = "log_start";
 pub const META_CLEAN_SHUTDOWN: &str = "clean_shutdown";
@@ -299,6 +301,30 @@ impl PartitionIndex {
 
     pub fn meta_i64(&self, name: &str) -> Result<Option<i64>> {
         Ok(self.meta(name)?.and_then(|v| read_u64(&v)).map(|v| v as i64))
+    }
+
+    // ---- idempotent producers ----
+
+    pub fn put_producer(&self, w: &mut IndexWrites, producer_id: i64, entry: &[u8]) -> Result<()> {
+        w.batch.put_cf(&self.store.cf(&self.cf)?, key_u64(PRODUCER, producer_id as u64), entry);
+        w.empty = false;
+        Ok(())
+    }
+
+    /// Every stored producer entry: `(producer_id, encoded entry)`.
+    pub fn producers(&self) -> Result<Vec<(i64, Vec<u8>)>> {
+        let cf = self.store.cf(&self.cf)?;
+        let mut out = Vec::new();
+        for item in self.store.db().iterator_cf(&cf, IteratorMode::From(&[PRODUCER], Direction::Forward)) {
+            let (k, v) = item?;
+            if k.len() != 9 || k[0] != PRODUCER {
+                break;
+            }
+            if let Some(pid) = read_u64(&k[1..]) {
+                out.push((pid as i64, v.to_vec()));
+            }
+        }
+        Ok(out)
     }
 
     // ---- compaction key map ----

@@ -13,6 +13,7 @@
 
 pub mod compaction;
 pub mod index;
+pub mod producer_state;
 pub mod recovery;
 pub mod retention;
 pub mod segment;
@@ -24,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tributary_proto::batch::{self, set_base_offset, set_leader_epoch, BatchHeader, Batches};
+use tributary_proto::batch::{self, set_base_offset, set_leader_epoch, Batches};
 
 use crate::config::TopicConfig;
 use crate::error::{Error, Result};
@@ -47,11 +48,17 @@ pub struct PartitionLog {
     /// Records appended since the last fsync, and when that was.
     unflushed: i64,
     last_flush_ms: i64,
+    /// Idempotent producers' recent batches.
+    producers: producer_state::ProducerStates,
 }
 
 /// Where an append landed.
 pub struct AppendInfo {
+    /// Offset of the first batch (for a retried batch: the offset it got
+    /// the first time).
     pub base_offset: i64,
+    /// Base offset of each batch, in the order sent.
+    pub batch_base_offsets: Vec<i64>,
     pub last_offset: i64,
     pub records: i64,
     /// Set when the flush policy wants the segment fsynced before the
@@ -164,37 +171,89 @@ impl PartitionLog {
     }
 
     /// Appends batches that were already validated (`batch::verify`),
-    /// stamping each with its offset and the leader epoch.
+    /// stamping each with its offset and the leader epoch. Batches an
+    /// idempotent producer already wrote are skipped (their first offsets are
+    /// reported); a sequence gap or a fenced epoch refuses the whole call
+    /// before anything is written.
     pub fn append(&mut self, data: &[u8], config: &TopicConfig, now_ms: i64) -> Result<AppendInfo> {
         self.maybe_roll(data.len() as u64, config, now_ms)?;
-        let mut buf = data.to_vec();
-        let base_offset = self.log_end_offset;
-        let mut next = base_offset;
+        let mut buf = Vec::with_capacity(data.len());
+        let mut next = self.log_end_offset;
         let mut records = 0i64;
         let mut max_ts = i64::MIN;
         let mut w = IndexWrites::new();
         let segment_pos = self.active().size;
         let segment_was_empty = segment_pos == 0;
-        let mut pos = 0usize;
-        while pos < buf.len() {
-            let header = BatchHeader::parse(&buf[pos..])
-                .map_err(|e| Error::Storage(format!("append of an unvalidated batch: {e}")))?;
-            let len = header.total_len();
+        let mut batch_base_offsets = Vec::new();
+        // Checked against a copy so a refused call leaves the state as it was.
+        let mut producers_touched = Vec::new();
+        for b in Batches::new(data) {
+            let (header, bytes) =
+                b.map_err(|e| Error::Storage(format!("append of an unvalidated batch: {e}")))?;
+            match self.producers.check(&header) {
+                producer_state::SeqCheck::Append => {}
+                producer_state::SeqCheck::Duplicate { base_offset } => {
+                    batch_base_offsets.push(base_offset);
+                    continue;
+                }
+                producer_state::SeqCheck::OutOfOrder { expected, got } => {
+                    self.rollback_producers(producers_touched);
+                    return Err(Error::OutOfOrderSequence {
+                        topic: self.topic.clone(),
+                        partition: self.partition,
+                        producer_id: header.producer_id,
+                        expected,
+                        got,
+                    });
+                }
+                producer_state::SeqCheck::Fenced { current_epoch, got } => {
+                    self.rollback_producers(producers_touched);
+                    return Err(Error::InvalidProducerEpoch {
+                        topic: self.topic.clone(),
+                        partition: self.partition,
+                        producer_id: header.producer_id,
+                        current_epoch,
+                        got,
+                    });
+                }
+            }
+            if header.producer_id >= 0 {
+                producers_touched.push((header.producer_id, self.producers.get(header.producer_id).cloned()));
+                self.producers.record(&header, next);
+            }
+            let pos = buf.len();
+            buf.extend_from_slice(bytes);
             set_base_offset(&mut buf[pos..], next);
             set_leader_epoch(&mut buf[pos..], self.leader_epoch);
             if (segment_was_empty && pos == 0) || self.bytes_since_index >= config.index_interval_bytes {
                 self.index.put_offset(&mut w, next, (segment_pos + pos as u64) as u32)?;
                 self.bytes_since_index = 0;
             }
-            self.bytes_since_index += len as u64;
+            self.bytes_since_index += bytes.len() as u64;
             if header.max_timestamp > self.time_index_max {
                 self.index.put_time(&mut w, header.max_timestamp, next)?;
                 self.time_index_max = header.max_timestamp;
             }
+            batch_base_offsets.push(next);
             max_ts = max_ts.max(header.max_timestamp);
             next += i64::from(header.last_offset_delta) + 1;
             records += i64::from(header.record_count);
-            pos += len;
+        }
+        for (pid, _) in &producers_touched {
+            if let Some(entry) = self.producers.get(*pid) {
+                self.index.put_producer(&mut w, *pid, &entry.encode())?;
+            }
+        }
+        let base_offset = batch_base_offsets.first().copied().unwrap_or(self.log_end_offset);
+        if buf.is_empty() {
+            // Only retries of batches already stored: nothing to write.
+            return Ok(AppendInfo {
+                base_offset,
+                batch_base_offsets,
+                last_offset: next - 1,
+                records: 0,
+                sync: None,
+            });
         }
         let active = self.active();
         // Data first, index second: an index entry never points past the file.
@@ -207,7 +266,17 @@ impl PartitionLog {
         self.unflushed += records;
         let sync =
             if self.unflushed >= config.flush_messages { Some(self.flush_ticket(now_ms)) } else { None };
-        Ok(AppendInfo { base_offset, last_offset: next - 1, records, sync })
+        Ok(AppendInfo { base_offset, batch_base_offsets, last_offset: next - 1, records, sync })
+    }
+
+    /// Undoes producer-state changes of a refused append (newest first).
+    fn rollback_producers(&mut self, touched: Vec<(i64, Option<producer_state::ProducerEntry>)>) {
+        for (pid, before) in touched.into_iter().rev() {
+            match before {
+                Some(entry) => self.producers.insert(pid, entry),
+                None => self.producers.remove(pid),
+            }
+        }
     }
 
     /// The active segment's file when `flush.ms` has passed with records

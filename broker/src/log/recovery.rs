@@ -140,7 +140,13 @@ impl PartitionLog {
             time_index_max: i64::MIN,
             unflushed: 0,
             last_flush_ms: now_ms,
+            producers: Default::default(),
         };
+        for (pid, bytes) in log.index.producers()? {
+            if let Some(entry) = super::producer_state::ProducerEntry::decode(&bytes) {
+                log.producers.insert(pid, entry);
+            }
+        }
 
         if files.is_empty() {
             let start = stored_start.unwrap_or(0);
@@ -225,6 +231,7 @@ impl PartitionLog {
         index.delete_time_from_offset(&mut stale, start.1)?;
         index.write(stale)?;
         let mut time_max = index.last_time()?.map_or(i64::MIN, |(ts, _)| ts);
+        let mut rescanned = Vec::new();
         loop {
             match read_valid_batch(seg, pos, size)? {
                 Some((h, len)) if h.base_offset >= next => {
@@ -240,6 +247,7 @@ impl PartitionLog {
                     max_ts = max_ts.max(h.max_timestamp);
                     next = h.next_offset();
                     pos += len;
+                    rescanned.push(h);
                 }
                 _ => break,
             }
@@ -256,6 +264,17 @@ impl PartitionLog {
         seg.next_offset = next;
         seg.max_timestamp = max_ts;
         self.bytes_since_index = since_index;
+        // Producer state may predate batches that were appended but whose
+        // state write was lost: replay what was re-read.
+        for h in &rescanned {
+            if h.producer_id >= 0
+                && matches!(self.producers.check(h), super::producer_state::SeqCheck::Append)
+            {
+                if let Some(entry) = self.producers.record(h, h.base_offset) {
+                    index.put_producer(&mut w, h.producer_id, &entry.encode())?;
+                }
+            }
+        }
 
         // Forget index entries for what is no longer in the log.
         index.write(w)?;

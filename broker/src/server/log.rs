@@ -82,6 +82,13 @@ fn validate_produce(topic: &str, partition: u32, data: &[u8], config: &TopicConf
     Ok(records)
 }
 
+fn push_response(out: &mut Vec<v1::TopicProduceResponse>, topic: &str, resp: v1::PartitionProduceResponse) {
+    match out.iter_mut().find(|t| t.name == topic) {
+        Some(t) => t.partitions.push(resp),
+        None => out.push(v1::TopicProduceResponse { name: topic.to_string(), partitions: vec![resp] }),
+    }
+}
+
 impl LogService {
     async fn produce_inner(&self, req: v1::ProduceRequest) -> Result<v1::ProduceResponse, Error> {
         if !matches!(req.acks, -1..=1) {
@@ -103,24 +110,42 @@ impl LogService {
         let mut syncs = Vec::new();
         let mut out: Vec<v1::TopicProduceResponse> = Vec::new();
         for (partition, config, records) in work {
-            let info = partition.append(&records, &config, now)?;
+            let info = match partition.append(&records, &config, now) {
+                Ok(info) => info,
+                // Sequence problems are the producer's to handle, per
+                // partition; the other partitions of the request go on.
+                Err(e @ (Error::OutOfOrderSequence { .. } | Error::InvalidProducerEpoch { .. })) => {
+                    let code = match e {
+                        Error::OutOfOrderSequence { .. } => v1::ErrorCode::OutOfOrderSequence,
+                        _ => v1::ErrorCode::InvalidProducerEpoch,
+                    };
+                    let resp = v1::PartitionProduceResponse {
+                        partition: partition.id,
+                        base_offset: -1,
+                        log_start_offset: -1,
+                        error: Some(v1::PartitionError { code: code as i32, message: e.to_string() }),
+                        batch_base_offsets: Vec::new(),
+                    };
+                    push_response(&mut out, &partition.topic, resp);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             let labels = TopicLabels { topic: partition.topic.clone() };
             self.state.metrics.bytes_in.get_or_create(&labels).inc_by(records.len() as u64);
             self.state.metrics.records_in.get_or_create(&labels).inc_by(info.records as u64);
             if let Some(ticket) = info.sync {
                 syncs.push(ticket);
             }
+            let acked = req.acks != 0;
             let resp = v1::PartitionProduceResponse {
                 partition: partition.id,
-                base_offset: if req.acks == 0 { -1 } else { info.base_offset },
+                base_offset: if acked { info.base_offset } else { -1 },
                 log_start_offset: -1,
                 error: None,
+                batch_base_offsets: if acked { info.batch_base_offsets } else { Vec::new() },
             };
-            match out.iter_mut().find(|t| t.name == partition.topic) {
-                Some(t) => t.partitions.push(resp),
-                None => out
-                    .push(v1::TopicProduceResponse { name: partition.topic.clone(), partitions: vec![resp] }),
-            }
+            push_response(&mut out, &partition.topic, resp);
         }
         // Phase 3: the flush policy's fsyncs, off the async threads, before
         // the producer hears "stored".
@@ -315,5 +340,18 @@ impl Log for LogService {
         let start = Instant::now();
         let r = self.metadata_inner(request.into_inner());
         self.finish("metadata", start, r)
+    }
+
+    async fn init_producer_id(
+        &self,
+        _request: Request<v1::InitProducerIdRequest>,
+    ) -> Result<Response<v1::InitProducerIdResponse>, Status> {
+        let start = Instant::now();
+        let r = self
+            .state
+            .producer_ids
+            .allocate()
+            .map(|producer_id| v1::InitProducerIdResponse { producer_id, producer_epoch: 0 });
+        self.finish("init_producer_id", start, r)
     }
 }

@@ -2,6 +2,7 @@
 //! HTTP port (`/healthz`, `/readyz`, `/metrics`).
 
 pub mod admin;
+pub mod group;
 pub mod log;
 
 use std::net::SocketAddr;
@@ -16,6 +17,7 @@ use axum::routing::get;
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 use tributary_proto::v1::admin_server::AdminServer;
+use tributary_proto::v1::group_server::GroupServer;
 use tributary_proto::v1::log_server::LogServer;
 
 use crate::shutdown::Shutdown;
@@ -39,6 +41,11 @@ pub async fn serve_grpc(
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .add_service(
             LogServer::new(log::LogService::new(state.clone()))
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+        )
+        .add_service(
+            GroupServer::new(group::GroupService::new(state.clone()))
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
         )

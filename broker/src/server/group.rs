@@ -1,0 +1,198 @@
+//! The `Group` service: consumer-group membership and offsets, thin over
+//! [`crate::groups::Coordinator`]. Calls that write (commits, group records)
+//! run on the blocking pool: they append to `__consumer_offsets` and fsync.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tonic::{Request, Response, Status};
+use tributary_proto::v1::{self, group_server::Group};
+
+use crate::error::Error;
+use crate::groups::ResetTo;
+use crate::BrokerState;
+
+pub struct GroupService {
+    state: Arc<BrokerState>,
+}
+
+impl GroupService {
+    pub fn new(state: Arc<BrokerState>) -> Self {
+        GroupService { state }
+    }
+
+    fn finish<T>(
+        &self,
+        rpc: &'static str,
+        start: Instant,
+        r: Result<T, Error>,
+    ) -> Result<Response<T>, Status> {
+        self.state.metrics.observe(rpc, start.elapsed().as_secs_f64(), r.is_ok());
+        r.map(Response::new).map_err(Status::from)
+    }
+
+    /// Runs `f` on the blocking pool with the broker state.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&BrokerState) -> Result<T, Error> + Send + 'static,
+    ) -> Result<T, Error> {
+        let state = self.state.clone();
+        tokio::task::spawn_blocking(move || f(&state)).await.map_err(|e| Error::Storage(e.to_string()))?
+    }
+}
+
+#[tonic::async_trait]
+impl Group for GroupService {
+    async fn find_coordinator(
+        &self,
+        request: Request<v1::FindCoordinatorRequest>,
+    ) -> Result<Response<v1::FindCoordinatorResponse>, Status> {
+        let start = Instant::now();
+        let req = request.into_inner();
+        let r = if req.group_id.is_empty() {
+            Err(Error::InvalidRequest("group_id must not be empty".into()))
+        } else {
+            // One broker: it coordinates every group. With replication this
+            // becomes the leader of the group's __consumer_offsets partition.
+            Ok(v1::FindCoordinatorResponse {
+                node_id: self.state.config.node_id,
+                address: self.state.config.advertised(),
+            })
+        };
+        self.finish("find_coordinator", start, r)
+    }
+
+    async fn join_group(
+        &self,
+        request: Request<v1::JoinGroupRequest>,
+    ) -> Result<Response<v1::JoinGroupResponse>, Status> {
+        let start = Instant::now();
+        let host = request.remote_addr().map(|a| a.ip().to_string()).unwrap_or_default();
+        let req = request.into_inner();
+        // Waits (asynchronously) for the rebalance. The member whose join
+        // completes it also writes the group record: one short append.
+        let r = self.state.coordinator.join(&self.state.topics, req, host).await;
+        self.finish("join_group", start, r)
+    }
+
+    async fn sync_group(
+        &self,
+        request: Request<v1::SyncGroupRequest>,
+    ) -> Result<Response<v1::SyncGroupResponse>, Status> {
+        let start = Instant::now();
+        let r = self.state.coordinator.sync(&request.into_inner());
+        self.finish("sync_group", start, r)
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<v1::HeartbeatRequest>,
+    ) -> Result<Response<v1::HeartbeatResponse>, Status> {
+        let start = Instant::now();
+        let r = self.state.coordinator.heartbeat(&request.into_inner());
+        self.finish("heartbeat", start, r)
+    }
+
+    async fn leave_group(
+        &self,
+        request: Request<v1::LeaveGroupRequest>,
+    ) -> Result<Response<v1::LeaveGroupResponse>, Status> {
+        let start = Instant::now();
+        let req = request.into_inner();
+        let r = self
+            .blocking(move |s| s.coordinator.leave(&s.topics, &req))
+            .await
+            .map(|_| v1::LeaveGroupResponse {});
+        self.finish("leave_group", start, r)
+    }
+
+    async fn commit_offsets(
+        &self,
+        request: Request<v1::CommitOffsetsRequest>,
+    ) -> Result<Response<v1::CommitOffsetsResponse>, Status> {
+        let start = Instant::now();
+        let req = request.into_inner();
+        let r = self
+            .blocking(move |s| s.coordinator.commit(&s.topics, &req))
+            .await
+            .map(|_| v1::CommitOffsetsResponse {});
+        self.finish("commit_offsets", start, r)
+    }
+
+    async fn fetch_offsets(
+        &self,
+        request: Request<v1::FetchOffsetsRequest>,
+    ) -> Result<Response<v1::FetchOffsetsResponse>, Status> {
+        let start = Instant::now();
+        let r = self.state.coordinator.fetch_offsets(&request.into_inner());
+        self.finish("fetch_offsets", start, r)
+    }
+
+    async fn list_groups(
+        &self,
+        _request: Request<v1::ListGroupsRequest>,
+    ) -> Result<Response<v1::ListGroupsResponse>, Status> {
+        let start = Instant::now();
+        let r = Ok(self.state.coordinator.list());
+        self.finish("list_groups", start, r)
+    }
+
+    async fn describe_group(
+        &self,
+        request: Request<v1::DescribeGroupRequest>,
+    ) -> Result<Response<v1::DescribeGroupResponse>, Status> {
+        let start = Instant::now();
+        let req = request.into_inner();
+        let r = self.blocking(move |s| s.coordinator.describe(&s.topics, &req.group_id)).await;
+        self.finish("describe_group", start, r)
+    }
+
+    async fn delete_group(
+        &self,
+        request: Request<v1::DeleteGroupRequest>,
+    ) -> Result<Response<v1::DeleteGroupResponse>, Status> {
+        let start = Instant::now();
+        let req = request.into_inner();
+        let r = self
+            .blocking(move |s| s.coordinator.delete(&s.topics, &req.group_id))
+            .await
+            .map(|_| v1::DeleteGroupResponse {});
+        self.finish("delete_group", start, r)
+    }
+
+    async fn reset_offsets(
+        &self,
+        request: Request<v1::ResetOffsetsRequest>,
+    ) -> Result<Response<v1::ResetOffsetsResponse>, Status> {
+        use v1::reset_offsets_request::To;
+        let start = Instant::now();
+        let req = request.into_inner();
+        let to = match req.to {
+            Some(To::Earliest(_)) => Ok(ResetTo::Earliest),
+            Some(To::Latest(_)) => Ok(ResetTo::Latest),
+            Some(To::TimestampMs(ts)) => Ok(ResetTo::Timestamp(ts)),
+            Some(To::Offset(o)) => Ok(ResetTo::Offset(o)),
+            None => Err(Error::InvalidRequest(
+                "say where to reset to: earliest, latest, timestamp or offset".into(),
+            )),
+        };
+        let r = match to {
+            Ok(to) => {
+                self.blocking(move |s| {
+                    s.coordinator.reset(
+                        &s.topics,
+                        &req.group_id,
+                        &req.topic,
+                        &req.partitions,
+                        to,
+                        req.dry_run,
+                    )
+                })
+                .await
+            }
+            Err(e) => Err(e),
+        }
+        .map(|offsets| v1::ResetOffsetsResponse { offsets });
+        self.finish("reset_offsets", start, r)
+    }
+}
