@@ -447,3 +447,42 @@ async fn idempotent_batches_are_written_once_and_in_sequence() {
     let after = c.log.init_producer_id(InitProducerIdRequest {}).await.unwrap().into_inner();
     assert!(after.producer_id > other.producer_id);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offsets_of_long_empty_groups_expire_and_internal_names_are_reserved() {
+    let b =
+        Broker::start_with(&format!("{}offsets_retention_minutes = 0.02\n", tributary_e2e::FAST_MAINTENANCE))
+            .unwrap();
+    let mut c = clients(&b).await;
+    topic(&mut c, "t", 1).await;
+    c.group.commit_offsets(commit("brief", "", -1, 0, 1)).await.unwrap();
+    let gone = tributary_e2e::eventually(Duration::from_secs(10), || {
+        let mut g = c.group.clone();
+        async move {
+            g.list_groups(ListGroupsRequest {}).await.unwrap().into_inner().groups.is_empty().then_some(())
+        }
+    })
+    .await;
+    assert!(gone.is_some(), "an empty group's offsets expire after offsets.retention.minutes");
+    let err = c
+        .group
+        .fetch_offsets(FetchOffsetsRequest { group_id: "brief".into(), partitions: vec![] })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+
+    let err = c
+        .admin
+        .create_topics(CreateTopicsRequest {
+            topics: vec![TopicSpec {
+                name: "__consumer_offsets".into(),
+                partitions: 1,
+                replication_factor: 1,
+                configs: HashMap::new(),
+            }],
+            validate_only: false,
+        })
+        .await
+        .unwrap_err();
+    assert!(err.message().contains("reserved"), "{}", err.message());
+}
