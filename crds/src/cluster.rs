@@ -15,8 +15,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::conditions::{conditions_schema, Condition};
 
-/// Default number of brokers.
-pub const DEFAULT_REPLICAS: i32 = 3;
+/// Default number of brokers: 1 while brokers do not replicate (the
+/// operator runs at most one per Cluster until then; see
+/// operator/src/cluster.rs). Raise with replication.
+pub const DEFAULT_REPLICAS: i32 = 1;
 /// Default volume size for each broker.
 pub const DEFAULT_STORAGE_SIZE: &str = "10Gi";
 /// Default gRPC port (the broker's own default).
@@ -69,6 +71,9 @@ pub const TOPIC_CONFIG_KEYS: &[&str] = &[
 #[serde(rename_all = "camelCase")]
 pub struct ClusterSpec {
     /// Number of brokers. Broker ids are the pod ordinals 0..replicas-1.
+    /// Until brokers replicate, the operator runs 1 broker per Cluster and
+    /// reports `Stalled` (`ReplicationNotAvailable`) when more are declared;
+    /// it never removes a running broker (`ScaleDownRequiresDrain`).
     #[serde(default = "default_replicas")]
     #[schemars(range(min = 1, max = 1000))]
     pub replicas: i32,

@@ -148,7 +148,7 @@ mod tests {
     fn cluster_and_mirror_link_rules() {
         let c = schema_of(&Cluster::crd());
         let spec = &c["properties"]["spec"]["properties"];
-        assert_eq!(spec["replicas"]["default"], 3);
+        assert_eq!(spec["replicas"]["default"], 1);
         assert_eq!(spec["replicas"]["minimum"].as_f64(), Some(1.0));
         assert_eq!(spec["tier"]["enum"], serde_json::json!(["Local", "Aggregate"]));
         assert_eq!(rules(&spec["storage"]["properties"]["storageClassName"]), ["self == oldSelf"]);
@@ -173,7 +173,7 @@ mod tests {
         )
         .expect("parses");
         assert_eq!(c.spec, ClusterSpec::default());
-        assert_eq!(c.spec.replicas, 3);
+        assert_eq!(c.spec.replicas, 1);
         assert_eq!(c.spec.storage.size, "10Gi");
         assert_eq!(c.spec.listeners.grpc_port, 7070);
         assert_eq!(c.spec.listeners.http_port, 7071);

@@ -72,7 +72,8 @@ def test_operator_objects_follow_the_example(generated):
     sts = [o for o in generated if o["kind"] == "StatefulSet"]
     local = next(s for s in sts if s["metadata"]["name"] == "local-a")
     assert local["metadata"]["namespace"] == "streaming"
-    assert local["spec"]["replicas"] == 3
+    # One broker per Cluster until brokers replicate.
+    assert local["spec"]["replicas"] == 1
     pvc = local["spec"]["volumeClaimTemplates"][0]
     assert pvc["spec"]["resources"]["requests"]["storage"] == "50Gi"
     assert pvc["metadata"]["annotations"]["argocd.argoproj.io/sync-options"] == "Prune=false"

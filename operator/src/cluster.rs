@@ -12,6 +12,11 @@
 //! strategy is `OnDelete`: brokers are restarted by the operator one at a
 //! time, only when no partition would become under-replicated, rather than
 //! by the StatefulSet controller.
+//!
+//! How many brokers run is decided by [`replica_plan`], not copied from
+//! `spec.replicas`: until brokers replicate, a Cluster runs at most
+//! [`MAX_BROKERS_WITHOUT_REPLICATION`] broker, and a scale-down never removes
+//! a running broker whose partitions were not drained first.
 
 use std::collections::BTreeMap;
 
@@ -35,6 +40,7 @@ use crate::labels::{
     client_service_name, common_labels, config_map_name, headless_service_name, selector_labels,
     CONFIG_HASH_ANNOTATION, POD_INDEX_LABEL,
 };
+use crate::topic_plan::{Outcome, Verdict};
 
 /// Where the broker keeps its data inside the container.
 pub const DATA_DIR: &str = "/var/lib/tributary";
@@ -46,6 +52,114 @@ pub const CONFIG_FILE: &str = "broker.toml";
 pub const DEFAULT_IMAGE_REPOSITORY: &str = "tributary/tributary";
 /// UID/GID the broker runs as (the image's `tributary` user).
 pub const BROKER_UID: i64 = 10001;
+
+/// Most brokers one Cluster runs until brokers replicate.
+///
+/// Each broker is still its own single-node log (replication is a later
+/// milestone): N brokers behind one client Service would be N unrelated logs,
+/// with admin calls and records landing on whichever broker the Service
+/// picks. So the operator runs one broker per Cluster and reports the Cluster
+/// `Stalled` with reason [`REPLICATION_NOT_AVAILABLE`] when more are
+/// declared; local mode does the same. When replication lands, delete this
+/// constant and the cap in [`replica_plan`] (and the tests that name it);
+/// the scale-down rule there stays.
+pub const MAX_BROKERS_WITHOUT_REPLICATION: i32 = 1;
+
+/// `Stalled` reason: more brokers declared than run until replication lands.
+pub const REPLICATION_NOT_AVAILABLE: &str = "ReplicationNotAvailable";
+/// `Stalled` reason: fewer brokers declared than run, and the leaving
+/// brokers' partitions cannot be drained first.
+pub const SCALE_DOWN_REQUIRES_DRAIN: &str = "ScaleDownRequiresDrain";
+
+/// How many brokers to run, and why that differs from `spec.replicas`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaPlan {
+    /// `spec.replicas` of the StatefulSet to apply.
+    pub replicas: i32,
+    /// A `Stalled` verdict when `replicas` is not what the Cluster declares.
+    pub held: Option<Verdict>,
+}
+
+/// The brokers a Cluster declaring `declared` runs (for a Topic's
+/// replication-factor check): the cap while brokers do not replicate.
+pub fn runnable_brokers(declared: i32) -> i32 {
+    declared.min(MAX_BROKERS_WITHOUT_REPLICATION)
+}
+
+/// The StatefulSet's replicas for a Cluster declaring `declared` brokers when
+/// its StatefulSet runs `running` (`None` before it exists).
+pub fn replica_plan(declared: i32, running: Option<i32>) -> ReplicaPlan {
+    plan_replicas(declared, running, Some(MAX_BROKERS_WITHOUT_REPLICATION))
+}
+
+/// [`replica_plan`] with the broker cap as a parameter (`None`: no cap, as
+/// once replication lands), so the scale-down rule is tested without it.
+///
+/// - The target is `declared`, capped.
+/// - Scale-down: when the target is below what runs, the running count is
+///   kept. The leaving brokers' partitions must be drained to the remaining
+///   brokers first, and draining needs replication, so the operator refuses
+///   (`ScaleDownRequiresDrain`) rather than delete brokers with data. This
+///   also holds when the cap alone lowers the target (brokers started before
+///   the cap existed keep running).
+/// - Otherwise the target runs; when the cap lowered it, the verdict says so
+///   (`ReplicationNotAvailable`).
+pub fn plan_replicas(declared: i32, running: Option<i32>, cap: Option<i32>) -> ReplicaPlan {
+    let target = cap.map_or(declared, |cap| declared.min(cap));
+    let stalled = |reason, message| Some(Verdict { outcome: Outcome::Stalled, reason, message });
+    match running {
+        Some(running) if running > target => {
+            let leaving = if running - target == 1 {
+                format!("broker {target}")
+            } else {
+                format!("brokers {target} to {}", running - 1)
+            };
+            let (why, todo) = if declared < running {
+                (
+                    format!("spec.replicas is {declared}"),
+                    format!(
+                        "set spec.replicas back to {running}, or move the topics off {leaving} and scale the \
+                         Cluster's StatefulSet down to {target} by hand"
+                    ),
+                )
+            } else {
+                (
+                    format!(
+                        "brokers do not form a replicated cluster yet, so a Cluster runs at most {target} \
+                         broker(s)"
+                    ),
+                    format!(
+                        "move the topics off {leaving}, scale the Cluster's StatefulSet down to {target} by hand, \
+                         then set replicas: {target}"
+                    ),
+                )
+            };
+            ReplicaPlan {
+                replicas: running,
+                held: stalled(
+                    SCALE_DOWN_REQUIRES_DRAIN,
+                    format!(
+                        "{running} broker(s) are running and {why}; removing {leaving} needs their \
+                         partitions drained to the remaining brokers first, which needs replication (not \
+                         available yet). Keeping {running} broker(s): {todo}"
+                    ),
+                ),
+            }
+        }
+        _ if target < declared => ReplicaPlan {
+            replicas: target,
+            held: stalled(
+                REPLICATION_NOT_AVAILABLE,
+                format!(
+                    "brokers do not form a replicated cluster yet (each would be a separate log behind one \
+                     Service), so {target} of the {declared} declared brokers is running; set replicas: \
+                     {target} until replication lands"
+                ),
+            ),
+        },
+        _ => ReplicaPlan { replicas: declared, held: None },
+    }
+}
 
 /// What the operator was started with that shapes generated objects.
 #[derive(Clone, Debug)]
@@ -77,6 +191,8 @@ pub enum DesiredError {
 /// Everything the operator applies for one Cluster, in apply order.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DesiredCluster {
+    /// How many brokers the StatefulSet runs, and why not `spec.replicas`.
+    pub replicas: ReplicaPlan,
     pub config_map: ConfigMap,
     pub headless_service: Service,
     pub client_service: Service,
@@ -118,20 +234,27 @@ pub fn image(cluster: &Cluster, defaults: &Defaults) -> String {
     }
 }
 
-/// Builds every object for `cluster`.
-pub fn desired(cluster: &Cluster, defaults: &Defaults) -> Result<DesiredCluster, DesiredError> {
+/// Builds every object for `cluster`, whose StatefulSet currently runs
+/// `running` brokers (`None` when it does not exist yet).
+pub fn desired(
+    cluster: &Cluster,
+    defaults: &Defaults,
+    running: Option<i32>,
+) -> Result<DesiredCluster, DesiredError> {
     let name = cluster.metadata.name.as_deref().ok_or(DesiredError::MissingMetadata("name"))?;
     let namespace =
         cluster.metadata.namespace.as_deref().ok_or(DesiredError::MissingMetadata("namespace"))?;
     let owner = cluster.controller_owner_ref(&()).ok_or(DesiredError::MissingMetadata("uid"))?;
     let config = broker_toml(cluster)?;
+    let replicas = replica_plan(cluster.spec.replicas, running);
     let ctx =
         Ctx { cluster, name, namespace, owner, labels: common_labels(name, cluster.spec.tier.as_str()) };
     Ok(DesiredCluster {
+        stateful_set: ctx.stateful_set(&image(cluster, defaults), &config, replicas.replicas),
+        replicas,
         config_map: ctx.config_map(&config),
         headless_service: ctx.headless_service(),
         client_service: ctx.client_service(),
-        stateful_set: ctx.stateful_set(&image(cluster, defaults), &config),
         pod_disruption_budget: ctx.pod_disruption_budget(),
     })
 }
@@ -504,11 +627,11 @@ impl Ctx<'_> {
         }
     }
 
-    fn stateful_set(&self, image: &str, config: &str) -> StatefulSet {
+    fn stateful_set(&self, image: &str, config: &str, replicas: i32) -> StatefulSet {
         StatefulSet {
             metadata: self.meta(client_service_name(self.name)),
             spec: Some(StatefulSetSpec {
-                replicas: Some(self.cluster.spec.replicas),
+                replicas: Some(replicas),
                 service_name: Some(headless_service_name(self.name)),
                 selector: self.selector(),
                 // Brokers find each other to form the metadata quorum: start
@@ -541,7 +664,7 @@ mod tests {
     }
 
     fn build(spec: ClusterSpec) -> DesiredCluster {
-        desired(&cluster(spec), &Defaults::default()).expect("desired objects")
+        desired(&cluster(spec), &Defaults::default(), None).expect("desired objects")
     }
 
     fn pod_spec(d: &DesiredCluster) -> &PodSpec {
@@ -578,9 +701,9 @@ mod tests {
     fn missing_uid_is_an_error_not_a_panic() {
         let mut c = cluster(ClusterSpec::default());
         c.metadata.uid = None;
-        assert_eq!(desired(&c, &Defaults::default()), Err(DesiredError::MissingMetadata("uid")));
+        assert_eq!(desired(&c, &Defaults::default(), None), Err(DesiredError::MissingMetadata("uid")));
         c.metadata.namespace = None;
-        assert_eq!(desired(&c, &Defaults::default()), Err(DesiredError::MissingMetadata("namespace")));
+        assert_eq!(desired(&c, &Defaults::default(), None), Err(DesiredError::MissingMetadata("namespace")));
     }
 
     #[test]
@@ -623,13 +746,14 @@ mod tests {
 
     #[test]
     fn stateful_set_shape() {
-        let mut spec = ClusterSpec { replicas: 5, ..ClusterSpec::default() };
+        let mut spec = ClusterSpec { replicas: 1, ..ClusterSpec::default() };
         spec.storage.size = "200Gi".into();
         spec.storage.storage_class_name = Some("fast".into());
         spec.storage.annotations.insert("argocd.argoproj.io/sync-options".into(), "Prune=false".into());
         let d = build(spec);
         let s = d.stateful_set.spec.as_ref().expect("spec");
-        assert_eq!(s.replicas, Some(5));
+        assert_eq!(s.replicas, Some(1));
+        assert_eq!(d.replicas, ReplicaPlan { replicas: 1, held: None });
         assert_eq!(s.service_name.as_deref(), Some("events-brokers"));
         assert_eq!(s.pod_management_policy.as_deref(), Some("Parallel"));
         assert_eq!(s.update_strategy.as_ref().and_then(|u| u.type_.as_deref()), Some("OnDelete"));
@@ -737,6 +861,84 @@ mod tests {
             pod_spec(&d).containers[0].image.as_deref(),
             Some("registry.example/tributary@sha256:abc")
         );
+    }
+
+    fn held(p: &ReplicaPlan) -> (i32, Option<&'static str>) {
+        (p.replicas, p.held.as_ref().map(|v| v.reason))
+    }
+
+    #[test]
+    fn one_broker_runs_until_replication_lands() {
+        assert_eq!(MAX_BROKERS_WITHOUT_REPLICATION, 1);
+        assert_eq!(held(&replica_plan(1, None)), (1, None));
+        assert_eq!(held(&replica_plan(1, Some(1))), (1, None));
+        assert_eq!(
+            held(&replica_plan(1, Some(0))),
+            (1, None),
+            "a StatefulSet scaled to 0 by hand comes back"
+        );
+        for running in [None, Some(0), Some(1)] {
+            let p = replica_plan(3, running);
+            assert_eq!(held(&p), (1, Some(REPLICATION_NOT_AVAILABLE)), "running {running:?}");
+            let v = p.held.expect("verdict");
+            assert_eq!(v.outcome, Outcome::Stalled);
+            assert!(v.message.contains("do not form a replicated cluster yet"), "{}", v.message);
+            assert!(v.message.contains("1 of the 3 declared brokers is running"), "{}", v.message);
+            assert!(v.message.contains("set replicas: 1"), "{}", v.message);
+        }
+        assert_eq!(runnable_brokers(3), 1);
+        assert_eq!(runnable_brokers(1), 1);
+    }
+
+    #[test]
+    fn the_capped_stateful_set_runs_one_broker_and_says_why() {
+        let d = build(ClusterSpec { replicas: 3, ..ClusterSpec::default() });
+        assert_eq!(d.stateful_set.spec.as_ref().and_then(|s| s.replicas), Some(1));
+        assert_eq!(d.replicas.held.map(|v| v.reason), Some(REPLICATION_NOT_AVAILABLE));
+        // Default replicas (3) are capped the same way.
+        assert_eq!(build(ClusterSpec::default()).replicas.replicas, 1);
+    }
+
+    #[test]
+    fn scale_down_keeps_the_running_brokers_until_they_can_be_drained() {
+        // Without the cap (as once replication lands).
+        let plan = |declared, running| plan_replicas(declared, running, None);
+        assert_eq!(held(&plan(5, None)), (5, None), "a new cluster");
+        assert_eq!(held(&plan(5, Some(3))), (5, None), "scale-up");
+        assert_eq!(held(&plan(3, Some(3))), (3, None), "steady");
+        assert_eq!(held(&plan(2, Some(3))), (3, Some(SCALE_DOWN_REQUIRES_DRAIN)));
+        assert_eq!(held(&plan(1, Some(5))), (5, Some(SCALE_DOWN_REQUIRES_DRAIN)));
+        let one = plan(2, Some(3)).held.expect("verdict");
+        assert_eq!(one.outcome, Outcome::Stalled);
+        assert!(one.message.contains("spec.replicas is 2"), "{}", one.message);
+        assert!(one.message.contains("removing broker 2 "), "{}", one.message);
+        assert!(one.message.contains("Keeping 3 broker(s)"), "{}", one.message);
+        assert!(one.message.contains("set spec.replicas back to 3"), "{}", one.message);
+        let many = plan(1, Some(5)).held.expect("verdict");
+        assert!(many.message.contains("removing brokers 1 to 4 "), "{}", many.message);
+        assert!(many.message.contains("down to 1 by hand"), "{}", many.message);
+
+        // With the cap: declared below what runs is a scale-down first.
+        assert_eq!(held(&plan_replicas(2, Some(3), Some(1))), (3, Some(SCALE_DOWN_REQUIRES_DRAIN)));
+        assert_eq!(held(&replica_plan(1, Some(3))), (3, Some(SCALE_DOWN_REQUIRES_DRAIN)));
+        // Brokers started before the cap keep running: removing them would
+        // strand their topics.
+        let upgraded = replica_plan(3, Some(3));
+        assert_eq!(held(&upgraded), (3, Some(SCALE_DOWN_REQUIRES_DRAIN)));
+        let message = upgraded.held.expect("verdict").message;
+        assert!(message.contains("do not form a replicated cluster yet"), "{message}");
+        assert!(message.contains("then set replicas: 1"), "{message}");
+        // A larger cap lets brokers up to it run.
+        assert_eq!(held(&plan_replicas(5, Some(3), Some(4))), (4, Some(REPLICATION_NOT_AVAILABLE)));
+        assert_eq!(held(&plan_replicas(5, Some(4), Some(4))), (4, Some(REPLICATION_NOT_AVAILABLE)));
+    }
+
+    #[test]
+    fn a_running_stateful_set_is_not_scaled_down() {
+        let c = cluster(ClusterSpec { replicas: 1, ..ClusterSpec::default() });
+        let d = desired(&c, &Defaults::default(), Some(2)).expect("desired");
+        assert_eq!(d.stateful_set.spec.as_ref().and_then(|s| s.replicas), Some(2));
+        assert_eq!(d.replicas.held.map(|v| v.reason), Some(SCALE_DOWN_REQUIRES_DRAIN));
     }
 
     #[test]

@@ -1,18 +1,18 @@
 //! Local mode: the same Cluster, Topic and MirrorLink manifests, run on one
 //! machine without Kubernetes (`tributary-operator local -f DIR`).
 //!
-//! Each Cluster becomes `replicas` `tributary-broker` processes with their
-//! own data directory and ports on 127.0.0.1, configured from the same
-//! `broker.toml` the operator puts in a ConfigMap. Topics are reconciled by
-//! the same plan the controller uses ([`crate::topic_plan`]) through the same
-//! gRPC admin client ([`crate::admin::GrpcBrokers`]), against the cluster's
-//! first broker. MirrorLinks get the controller's checks. The manifests are
-//! read again every few seconds, so an edited file converges like an applied
-//! one; status is printed when it changes and kept in `state.json` under the
-//! state directory. Ctrl-C (or SIGTERM) stops every broker cleanly.
-//!
-//! Until the brokers form a cluster (the replication issue), the brokers of
-//! a multi-broker Cluster run side by side without sharing topics.
+//! Each Cluster becomes `tributary-broker` processes with their own data
+//! directory and ports on 127.0.0.1, configured from the same `broker.toml`
+//! the operator puts in a ConfigMap, as many as the controller would run
+//! ([`crate::cluster::replica_plan`]): one until brokers replicate, with the
+//! same `Stalled` reason printed and kept in `state.json` when more are
+//! declared. Topics are reconciled by the same plan the controller uses
+//! ([`crate::topic_plan`]) through the same gRPC admin client
+//! ([`crate::admin::GrpcBrokers`]). MirrorLinks get the controller's checks.
+//! The manifests are read again every few seconds, so an edited file
+//! converges like an applied one; status is printed when it changes and kept
+//! in `state.json` under the state directory. Ctrl-C (or SIGTERM) stops every
+//! broker cleanly.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -31,7 +31,7 @@ use tokio::process::{Child, Command};
 use tributary_crds::{Cluster, MirrorLink, Topic, TopicStatus};
 
 use crate::admin::{AdminError, Brokers, GrpcBrokers};
-use crate::cluster::broker_toml;
+use crate::cluster::{broker_toml, replica_plan, ReplicaPlan};
 use crate::controller::topic::older_claimant;
 use crate::mirror_plan::{self, ClustersSeen};
 use crate::topic_plan::{self, ClusterView, Outcome, PlanInput, Verdict};
@@ -149,7 +149,24 @@ struct LocalBroker {
 
 struct LocalCluster {
     cluster: Cluster,
+    /// How many brokers run, and the `Stalled` verdict when not `replicas`.
+    plan: ReplicaPlan,
     brokers: Vec<LocalBroker>,
+}
+
+/// The brokers local mode runs for `cluster`: the controller's plan for a
+/// Cluster with no StatefulSet yet (local brokers start afresh each run).
+pub fn local_replicas(cluster: &Cluster) -> ReplicaPlan {
+    replica_plan(cluster.spec.replicas, None)
+}
+
+/// The line printed for a Cluster once its brokers are ready.
+pub fn cluster_line(key: &str, brokers: usize, bootstrap: &str, plan: &ReplicaPlan) -> String {
+    let ready = format!("cluster {key}: {brokers} broker(s) ready, bootstrap {bootstrap}");
+    match &plan.held {
+        Some(v) => format!("{ready}; {:?} {}: {}", v.outcome, v.reason, v.message),
+        None => ready,
+    }
 }
 
 impl LocalCluster {
@@ -263,13 +280,14 @@ async fn start_clusters(
         }
         let dir = opts.state_dir.join(&ns).join(c.name_any());
         let config = broker_toml(c)?;
+        let plan = local_replicas(c);
         let mut brokers = Vec::new();
-        for node in 0..c.spec.replicas {
+        for node in 0..plan.replicas {
             let p =
                 ports(opts.base_port, index, node).with_context(|| format!("Cluster {k}: out of ports"))?;
             brokers.push(start_broker(opts, &dir, &config, node, p).await?);
         }
-        let mut lc = LocalCluster { cluster: c.clone(), brokers };
+        let mut lc = LocalCluster { cluster: c.clone(), plan, brokers };
         for b in &mut lc.brokers {
             if let Err(e) = wait_ready(b, Duration::from_secs(60)).await {
                 stop_all(&mut out).await;
@@ -279,11 +297,7 @@ async fn start_clusters(
                 return Err(e.context(format!("Cluster {k}")));
             }
         }
-        println!(
-            "cluster {k}: {} broker(s) ready, bootstrap {}",
-            lc.brokers.len(),
-            lc.address().unwrap_or_default()
-        );
+        println!("{}", cluster_line(&k, lc.brokers.len(), &lc.address().unwrap_or_default(), &lc.plan));
         out.insert(k, lc);
     }
     Ok(out)
@@ -404,6 +418,11 @@ fn write_state(
     let state = serde_json::json!({
         "clusters": clusters.iter().map(|(k, c)| (k.clone(), serde_json::json!({
             "bootstrap": c.address(),
+            "replicas": c.cluster.spec.replicas,
+            "runningBrokers": c.brokers.len(),
+            "outcome": format!("{:?}", c.plan.held.as_ref().map_or(Outcome::Ready, |v| v.outcome)),
+            "reason": c.plan.held.as_ref().map(|v| v.reason),
+            "message": c.plan.held.as_ref().map(|v| v.message.clone()),
             "brokers": c.brokers.iter().map(|b| serde_json::json!({
                 "nodeId": b.node_id,
                 "grpc": b.grpc.to_string(),
@@ -471,7 +490,7 @@ pub async fn run(opts: LocalOptions) -> anyhow::Result<()> {
     let result = loop {
         let addresses: BTreeMap<String, (i32, String)> = clusters
             .iter()
-            .filter_map(|(k, c)| c.address().map(|a| (k.clone(), (c.cluster.spec.replicas, a))))
+            .filter_map(|(k, c)| c.address().map(|a| (k.clone(), (c.brokers.len() as i32, a))))
             .collect();
         let topics = reconcile_topics(&manifests, &addresses, &brokers, Timestamp::now()).await;
         let links = link_reports(&manifests);
@@ -549,6 +568,31 @@ mod tests {
             .expect("write");
         assert!(read_manifests(&dir, "dev").is_err());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn cluster_with(replicas: i32) -> Cluster {
+        Cluster::new("c", tributary_crds::ClusterSpec { replicas, ..Default::default() })
+    }
+
+    #[test]
+    fn one_local_broker_runs_until_replication_lands() {
+        let one = local_replicas(&cluster_with(1));
+        assert_eq!((one.replicas, &one.held), (1, &None));
+        assert_eq!(
+            cluster_line("dev/c", 1, "127.0.0.1:17070", &one),
+            "cluster dev/c: 1 broker(s) ready, bootstrap 127.0.0.1:17070"
+        );
+
+        let three = local_replicas(&cluster_with(3));
+        assert_eq!(three.replicas, 1, "the same cap as the controller");
+        let line = cluster_line("dev/c", 1, "127.0.0.1:17070", &three);
+        assert!(
+            line.starts_with(
+                "cluster dev/c: 1 broker(s) ready, bootstrap 127.0.0.1:17070; Stalled ReplicationNotAvailable: "
+            ),
+            "{line}"
+        );
+        assert!(line.contains("set replicas: 1"), "{line}");
     }
 
     #[test]

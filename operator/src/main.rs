@@ -180,7 +180,7 @@ fn render_clusters(file: &PathBuf, namespace: &str, defaults: &cluster::Defaults
         let mut c: Cluster = serde_json::from_value(value).context("reading a Cluster")?;
         c.metadata.namespace.get_or_insert_with(|| namespace.to_string());
         c.metadata.uid.get_or_insert_with(|| "00000000-0000-0000-0000-000000000000".to_string());
-        for obj in cluster::desired(&c, defaults)?.to_values()? {
+        for obj in cluster::desired(&c, defaults, None)?.to_values()? {
             out.push_str("---\n");
             out.push_str(&serde_norway::to_string(&obj)?);
         }

@@ -37,7 +37,8 @@ pub struct ObservedTopic {
 pub enum ClusterView {
     /// No Cluster of that name in the Topic's namespace.
     Missing,
-    /// The Cluster exists with this many brokers (its `spec.replicas`).
+    /// The Cluster exists and runs this many brokers (its `spec.replicas`,
+    /// capped by [`crate::cluster::runnable_brokers`] until brokers replicate).
     Present { brokers: i32 },
 }
 
@@ -148,8 +149,8 @@ pub fn plan(input: PlanInput<'_>) -> TopicPlan {
     let rf_too_high = spec.replication_factor > brokers;
     let rf_message = || {
         format!(
-            "replicationFactor {} is more than the {brokers} broker(s) of Cluster '{}'; lower replicationFactor \
-             or add brokers",
+            "replicationFactor {} is more than the {brokers} broker(s) Cluster '{}' runs; lower \
+             replicationFactor, or add brokers if the Cluster's conditions say it can run more",
             spec.replication_factor, spec.cluster_ref.name
         )
     };

@@ -391,9 +391,24 @@ fn cluster(replicas: i32, generation: i64) -> Cluster {
     .expect("cluster")
 }
 
-/// The five server-side applies of a Cluster's objects, in order; the
+const STATEFULSET: &str = "/apis/apps/v1/namespaces/ns/statefulsets/events";
+
+/// The read of the running StatefulSet (`running` replicas, or none yet),
+/// then the five server-side applies of a Cluster's objects, in order; the
 /// StatefulSet is answered with `sts_status`.
-async fn expect_cluster_objects(api: &mut ApiServer, sts_status: Value) -> Value {
+async fn expect_cluster_objects(api: &mut ApiServer, running: Option<i32>, sts_status: Value) -> Value {
+    api.expect("GET", STATEFULSET, |_| match running {
+        Some(replicas) => json!({
+            "apiVersion": "apps/v1", "kind": "StatefulSet",
+            "metadata": {"name": "events", "namespace": "ns"},
+            "spec": {"replicas": replicas, "selector": {}, "template": {}, "serviceName": "events-brokers"},
+        }),
+        None => json!({
+            "kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404,
+            "message": "statefulsets.apps \"events\" not found",
+        }),
+    })
+    .await;
     let applied = [
         "/api/v1/namespaces/ns/configmaps/events-config",
         "/api/v1/namespaces/ns/services/events-brokers",
@@ -405,7 +420,7 @@ async fn expect_cluster_objects(api: &mut ApiServer, sts_status: Value) -> Value
         assert_eq!(body["metadata"]["ownerReferences"][0]["uid"], "c-1");
     }
     let (_, sts) = api
-        .expect("PATCH", "/apis/apps/v1/namespaces/ns/statefulsets/events", |b| {
+        .expect("PATCH", STATEFULSET, |b| {
             let mut s = b.clone();
             s["status"] = sts_status;
             s
@@ -433,18 +448,19 @@ const CLUSTER_STATUS: &str = "/apis/tributary.dev/v1alpha1/namespaces/ns/cluster
 
 #[tokio::test]
 async fn a_cluster_applies_its_objects_then_reports_ready_brokers() {
-    let c = cluster(3, 3);
+    let c = cluster(1, 3);
     let (ctx, mut api) = setup(Arc::new(FakeBrokers::default()), vec![]);
     let echo = serde_json::to_value(&c).expect("json");
     let server = tokio::spawn(async move {
         let sts = expect_cluster_objects(
             &mut api,
-            json!({"replicas": 3, "readyReplicas": 3, "updateRevision": "rev-2"}),
+            Some(1),
+            json!({"replicas": 1, "readyReplicas": 1, "updateRevision": "rev-2"}),
         )
         .await;
         assert_eq!(sts["spec"]["template"]["spec"]["containers"][0]["command"], json!(["tributary-broker"]));
-        let (query, _) =
-            api.expect("GET", "/api/v1/namespaces/ns/pods", |_| pod_list(&["rev-2", "rev-2", "rev-2"])).await;
+        assert_eq!(sts["spec"]["replicas"], 1);
+        let (query, _) = api.expect("GET", "/api/v1/namespaces/ns/pods", |_| pod_list(&["rev-2"])).await;
         assert!(query.contains("labelSelector="), "{query}");
         let (_, patch) = api.expect("PATCH", CLUSTER_STATUS, |_| echo).await;
         api.done().await;
@@ -454,27 +470,29 @@ async fn a_cluster_applies_its_objects_then_reports_ready_brokers() {
     assert_eq!(action, Action::requeue(Duration::from_secs(300)));
     let patch = server.await.expect("api server");
     let status = &patch["status"];
-    assert_eq!(status["readyBrokers"], 3);
+    assert_eq!(status["readyBrokers"], 1);
     assert_eq!(status["observedGeneration"], 3);
     assert_eq!(status["bootstrap"], "events.ns.svc:7070");
     assert_eq!(condition(status, "Ready")["status"], "True");
     assert_eq!(condition(status, "Ready")["reason"], "BrokersReady");
+    assert_eq!(condition(status, "Stalled")["status"], "False");
 }
 
 #[tokio::test]
 async fn an_outdated_broker_is_restarted_one_at_a_time() {
-    let c = cluster(2, 4);
+    let c = cluster(1, 4);
     let (ctx, mut api) = setup(Arc::new(FakeBrokers::default()), vec![]);
     let echo = serde_json::to_value(&c).expect("json");
     let server = tokio::spawn(async move {
         expect_cluster_objects(
             &mut api,
-            json!({"replicas": 2, "readyReplicas": 2, "updateRevision": "rev-2"}),
+            Some(1),
+            json!({"replicas": 1, "readyReplicas": 1, "updateRevision": "rev-2"}),
         )
         .await;
-        api.expect("GET", "/api/v1/namespaces/ns/pods", |_| pod_list(&["rev-1", "rev-1"])).await;
-        api.expect("DELETE", "/api/v1/namespaces/ns/pods/events-1", |_| {
-            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "events-1", "namespace": "ns"}})
+        api.expect("GET", "/api/v1/namespaces/ns/pods", |_| pod_list(&["rev-1"])).await;
+        api.expect("DELETE", "/api/v1/namespaces/ns/pods/events-0", |_| {
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "events-0", "namespace": "ns"}})
         })
         .await;
         let (_, event) = api.expect("POST", EVENTS, |b| b.clone()).await;
@@ -496,17 +514,18 @@ async fn an_outdated_broker_is_restarted_one_at_a_time() {
 
 #[tokio::test]
 async fn a_roll_waits_for_an_unready_broker() {
-    let c = cluster(2, 4);
+    let c = cluster(1, 4);
     let (ctx, mut api) = setup(Arc::new(FakeBrokers::default()), vec![]);
     let echo = serde_json::to_value(&c).expect("json");
     let server = tokio::spawn(async move {
         expect_cluster_objects(
             &mut api,
-            json!({"replicas": 2, "readyReplicas": 1, "updateRevision": "rev-2"}),
+            Some(1),
+            json!({"replicas": 1, "readyReplicas": 0, "updateRevision": "rev-2"}),
         )
         .await;
         api.expect("GET", "/api/v1/namespaces/ns/pods", |_| {
-            let mut pods = pod_list(&["rev-1", "rev-1"]);
+            let mut pods = pod_list(&["rev-1"]);
             pods["items"][0]["status"]["conditions"][0]["status"] = json!("False");
             pods
         })
@@ -520,4 +539,110 @@ async fn a_roll_waits_for_an_unready_broker() {
     let patch = server.await.expect("api server");
     assert!(patch["status"]["rollBlocked"].as_str().is_some_and(|r| r.contains("events-0")), "{patch}");
     assert_eq!(condition(&patch["status"], "Reconciling")["reason"], "RollBlocked");
+}
+
+#[tokio::test]
+async fn a_cluster_declaring_three_brokers_runs_one_and_reports_stalled() {
+    let c = cluster(3, 2);
+    let (ctx, mut api) = setup(Arc::new(FakeBrokers::default()), vec![]);
+    let echo = serde_json::to_value(&c).expect("json");
+    let server = tokio::spawn(async move {
+        let sts = expect_cluster_objects(
+            &mut api,
+            None,
+            json!({"replicas": 1, "readyReplicas": 1, "updateRevision": "rev-1"}),
+        )
+        .await;
+        assert_eq!(sts["spec"]["replicas"], 1, "one broker until brokers replicate");
+        api.expect("GET", "/api/v1/namespaces/ns/pods", |_| pod_list(&["rev-1"])).await;
+        let (_, event) = api.expect("POST", EVENTS, |b| b.clone()).await;
+        assert_eq!(
+            (event["type"].as_str(), event["reason"].as_str()),
+            (Some("Warning"), Some("ReplicationNotAvailable"))
+        );
+        let (_, patch) = api.expect("PATCH", CLUSTER_STATUS, |_| echo).await;
+        api.done().await;
+        patch
+    });
+    let action = controller::cluster::reconcile(Arc::new(c), ctx).await.expect("reconcile");
+    assert_eq!(action, Action::requeue(Duration::from_secs(300)));
+    let patch = server.await.expect("api server");
+    let status = &patch["status"];
+    let stalled = condition(status, "Stalled");
+    assert_eq!(
+        (stalled["status"].as_str(), stalled["reason"].as_str()),
+        (Some("True"), Some("ReplicationNotAvailable"))
+    );
+    let message = stalled["message"].as_str().unwrap_or_default();
+    assert!(message.contains("do not form a replicated cluster yet"), "{message}");
+    assert!(message.contains("1 of the 3 declared brokers is running"), "{message}");
+    assert!(message.contains("set replicas: 1"), "{message}");
+    assert_eq!(stalled["observedGeneration"], 2);
+    let ready = condition(status, "Ready");
+    assert_eq!(
+        (ready["status"].as_str(), ready["reason"].as_str()),
+        (Some("False"), Some("ReplicationNotAvailable")),
+        "Ready never claims the declared three brokers"
+    );
+    assert_eq!(condition(status, "Reconciling")["status"], "False");
+    assert_eq!(status["readyBrokers"], 1);
+}
+
+#[tokio::test]
+async fn a_scale_down_keeps_the_running_brokers_and_reports_stalled_once() {
+    let c = cluster(1, 5);
+    let (ctx, mut api) = setup(Arc::new(FakeBrokers::default()), vec![]);
+    let echo = serde_json::to_value(&c).expect("json");
+    let server = tokio::spawn(async move {
+        let sts = expect_cluster_objects(
+            &mut api,
+            Some(2),
+            json!({"replicas": 2, "readyReplicas": 2, "updateRevision": "rev-1"}),
+        )
+        .await;
+        assert_eq!(sts["spec"]["replicas"], 2, "the running count is kept");
+        api.expect("GET", "/api/v1/namespaces/ns/pods", |_| pod_list(&["rev-1", "rev-1"])).await;
+        let (_, event) = api.expect("POST", EVENTS, |b| b.clone()).await;
+        assert_eq!(
+            (event["type"].as_str(), event["reason"].as_str()),
+            (Some("Warning"), Some("ScaleDownRequiresDrain"))
+        );
+        let (_, patch) = api.expect("PATCH", CLUSTER_STATUS, |_| echo).await;
+        api.done().await;
+        patch
+    });
+    controller::cluster::reconcile(Arc::new(c.clone()), ctx).await.expect("reconcile");
+    let patch = server.await.expect("api server");
+    let stalled = condition(&patch["status"], "Stalled");
+    assert_eq!(
+        (stalled["status"].as_str(), stalled["reason"].as_str()),
+        (Some("True"), Some("ScaleDownRequiresDrain"))
+    );
+    let message = stalled["message"].as_str().unwrap_or_default();
+    assert!(message.contains("spec.replicas is 1"), "{message}");
+    assert!(message.contains("Keeping 2 broker(s)"), "{message}");
+    assert!(message.contains("set spec.replicas back to 2"), "{message}");
+    assert_eq!(condition(&patch["status"], "Ready")["status"], "False");
+
+    // The next pass, with that status stored: same objects, no second Event.
+    let mut again = c;
+    again.status = Some(serde_json::from_value(patch["status"].clone()).expect("status"));
+    let (ctx, mut api) = setup(Arc::new(FakeBrokers::default()), vec![]);
+    let echo = serde_json::to_value(&again).expect("json");
+    let server = tokio::spawn(async move {
+        let sts = expect_cluster_objects(
+            &mut api,
+            Some(2),
+            json!({"replicas": 2, "readyReplicas": 2, "updateRevision": "rev-1"}),
+        )
+        .await;
+        assert_eq!(sts["spec"]["replicas"], 2);
+        api.expect("GET", "/api/v1/namespaces/ns/pods", |_| pod_list(&["rev-1", "rev-1"])).await;
+        let (_, patch) = api.expect("PATCH", CLUSTER_STATUS, |_| echo).await;
+        api.done().await;
+        patch
+    });
+    controller::cluster::reconcile(Arc::new(again), ctx).await.expect("reconcile");
+    let patch = server.await.expect("api server");
+    assert_eq!(condition(&patch["status"], "Stalled")["reason"], "ScaleDownRequiresDrain");
 }

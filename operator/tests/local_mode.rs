@@ -1,6 +1,8 @@
 //! End to end: `tributary-operator local` runs real broker processes from
 //! manifests, creates the declared topics, and converges when a manifest
-//! changes (more partitions, new config), through the controller's plan.
+//! changes (more partitions, new config), through the controller's plan;
+//! a Cluster declaring more brokers than run until replication lands gets
+//! one broker and the same `Stalled` reason as in Kubernetes.
 //!
 //! Needs the `tributary-broker` binary: `$TRIBUTARY_BROKER_BIN`, or the one
 //! cargo built next to this test's operator binary. Without it the test says
@@ -34,6 +36,13 @@ spec:
   partitions: {partitions}
   replicationFactor: 1
   config: {{{config}}}
+---
+# Brokers do not replicate yet: local mode runs one broker and says why.
+apiVersion: tributary.dev/v1alpha1
+kind: Cluster
+metadata: {{name: wide}}
+spec:
+  replicas: 3
 ---
 apiVersion: tributary.dev/v1alpha1
 kind: Topic
@@ -80,7 +89,11 @@ fn local_mode_creates_grows_and_converges() {
 
     write(manifests(3, r#"retention.ms: "86400000""#));
     let out = run_once(dir.path(), &broker, base_port);
-    assert!(line(&out, "cluster default/dev:").contains("1 broker(s) ready"), "{out}");
+    let dev = line(&out, "cluster default/dev:");
+    assert!(dev.contains("1 broker(s) ready") && !dev.contains("Stalled"), "{out}");
+    let wide = line(&out, "cluster default/wide:");
+    assert!(wide.contains("1 broker(s) ready"), "{out}");
+    assert!(wide.contains("Stalled ReplicationNotAvailable") && wide.contains("set replicas: 1"), "{out}");
     assert!(line(&out, "topic default/clicks:").contains("Ready Created (partitions 3, rf 1)"), "{out}");
     let copies = line(&out, "topic default/copies:");
     assert!(copies.contains("Stalled ReplicationFactorTooHigh"), "{out}");
@@ -107,4 +120,12 @@ fn local_mode_creates_grows_and_converges() {
             .expect("json");
     assert_eq!(state["topics"]["default/clicks"]["partitions"], 5);
     assert_eq!(state["clusters"]["default/dev"]["bootstrap"], format!("127.0.0.1:{base_port}"));
+    assert_eq!(state["clusters"]["default/dev"]["outcome"], "Ready");
+    let wide = &state["clusters"]["default/wide"];
+    assert_eq!(wide["brokers"].as_array().map(Vec::len), Some(1), "{wide}");
+    assert_eq!((wide["replicas"].as_i64(), wide["runningBrokers"].as_i64()), (Some(3), Some(1)));
+    assert_eq!(
+        (wide["outcome"].as_str(), wide["reason"].as_str()),
+        (Some("Stalled"), Some("ReplicationNotAvailable"))
+    );
 }

@@ -1,5 +1,8 @@
-//! Reconciles a Cluster: applies its objects, restarts one outdated broker
-//! when that is safe, and reports brokers and conditions in its status.
+//! Reconciles a Cluster: reads how many brokers its StatefulSet runs, applies
+//! its objects (with the broker count [`crate::cluster::replica_plan`]
+//! decides: capped until brokers replicate, never scaled down without a
+//! drain), restarts one outdated broker when that is safe, and reports
+//! brokers and conditions in its status.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,7 +17,7 @@ use tributary_crds::conditions::Condition;
 use tributary_crds::{Cluster, ClusterStatus};
 
 use super::{apply_status, Context, Error};
-use crate::cluster::{desired, image, DesiredCluster};
+use crate::cluster::{desired, image, DesiredCluster, ReplicaPlan};
 use crate::labels::{client_service_name, selector_labels, FIELD_MANAGER};
 use crate::roll::{decide, RollDecision};
 use crate::topic_plan::{conditions, Outcome, Verdict};
@@ -34,7 +37,12 @@ async fn apply(cluster: &Cluster, ctx: &Context) -> Result<Action, Error> {
     let ns = cluster.namespace().unwrap_or_default();
     let name = cluster.name_any();
     let api: Api<Cluster> = Api::namespaced(ctx.client.clone(), &ns);
-    let objects = match desired(cluster, &ctx.defaults) {
+    // What runs now: a scale-down keeps it until the leaving brokers drain.
+    let running = Api::<StatefulSet>::namespaced(ctx.client.clone(), &ns)
+        .get_opt(&client_service_name(&name))
+        .await?
+        .map(|s| s.spec.and_then(|spec| spec.replicas).unwrap_or(1));
+    let objects = match desired(cluster, &ctx.defaults, running) {
         Ok(o) => o,
         Err(e) => {
             let verdict =
@@ -61,16 +69,31 @@ async fn apply(cluster: &Cluster, ctx: &Context) -> Result<Action, Error> {
         .await;
     }
 
-    let verdict = cluster_verdict(cluster, &sts, &decision);
+    if let Some(held) = &objects.replicas.held {
+        let was_stalled_for = cluster
+            .status
+            .as_ref()
+            .and_then(|s| {
+                tributary_crds::conditions::find_condition(&s.conditions, tributary_crds::conditions::STALLED)
+            })
+            .filter(|c| c.is_true())
+            .map(|c| c.reason.clone());
+        if was_stalled_for.as_deref() != Some(held.reason) {
+            ctx.event(cluster, true, held.reason, held.message.clone()).await;
+        }
+    }
+    let verdict = cluster_verdict(cluster, &sts, &decision, &objects.replicas);
     let roll_blocked = match &decision {
         RollDecision::Blocked { reason, .. } => Some(reason.clone()),
         _ => None,
     };
     apply_status(&api, cluster, &status(cluster, ctx, Some(&sts), &verdict, roll_blocked)).await?;
+    // A roll goes on while the Cluster is Stalled for its broker count.
+    let rolling = decision != RollDecision::UpToDate;
     Ok(match verdict.outcome {
-        Outcome::Ready => Action::requeue(Duration::from_secs(300)),
         Outcome::Progressing => Action::requeue(Duration::from_secs(15)),
-        Outcome::Stalled => Action::requeue(Duration::from_secs(300)),
+        Outcome::Stalled if rolling => Action::requeue(Duration::from_secs(15)),
+        Outcome::Ready | Outcome::Stalled => Action::requeue(Duration::from_secs(300)),
     })
 }
 
@@ -105,8 +128,15 @@ fn typed<K: k8s_openapi::Resource + serde::Serialize>(obj: &K) -> Result<serde_j
     Ok(v)
 }
 
-/// What to report about a Cluster given its StatefulSet and the roll.
-pub fn cluster_verdict(cluster: &Cluster, sts: &StatefulSet, decision: &RollDecision) -> Verdict {
+/// What to report about a Cluster given its StatefulSet, the roll, and the
+/// broker count the StatefulSet was given. `Ready` is only ever reported for
+/// the declared broker count: a capped or held count is `Stalled`.
+pub fn cluster_verdict(
+    cluster: &Cluster,
+    sts: &StatefulSet,
+    decision: &RollDecision,
+    replicas: &ReplicaPlan,
+) -> Verdict {
     if cluster.spec.listeners.tls.is_some() {
         return Verdict {
             outcome: Outcome::Stalled,
@@ -114,7 +144,10 @@ pub fn cluster_verdict(cluster: &Cluster, sts: &StatefulSet, decision: &RollDeci
             message: "spec.listeners.tls is set, but the broker does not serve TLS yet; remove it".into(),
         };
     }
-    let want = cluster.spec.replicas;
+    if let Some(held) = &replicas.held {
+        return held.clone();
+    }
+    let want = replicas.replicas;
     let s = sts.status.clone().unwrap_or_default();
     let ready = s.ready_replicas.unwrap_or(0);
     let progressing = |reason, message| Verdict { outcome: Outcome::Progressing, reason, message };
@@ -163,5 +196,43 @@ fn status(
             cluster.spec.listeners.grpc_port
         )),
         roll_blocked,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::replica_plan;
+    use k8s_openapi::api::apps::v1::StatefulSetStatus;
+    use tributary_crds::ClusterSpec;
+
+    fn sts(replicas: i32, ready: i32) -> StatefulSet {
+        StatefulSet {
+            status: Some(StatefulSetStatus {
+                replicas,
+                ready_replicas: Some(ready),
+                ..StatefulSetStatus::default()
+            }),
+            ..StatefulSet::default()
+        }
+    }
+
+    fn verdict(declared: i32, running: Option<i32>, s: &StatefulSet) -> Verdict {
+        let c = Cluster::new("events", ClusterSpec { replicas: declared, ..ClusterSpec::default() });
+        cluster_verdict(&c, s, &RollDecision::UpToDate, &replica_plan(declared, running))
+    }
+
+    #[test]
+    fn ready_only_for_the_declared_broker_count() {
+        let v = verdict(1, Some(1), &sts(1, 1));
+        assert_eq!((v.outcome, v.reason), (Outcome::Ready, "BrokersReady"));
+        let v = verdict(1, Some(1), &sts(1, 0));
+        assert_eq!((v.outcome, v.reason), (Outcome::Progressing, "WaitingForBrokers"));
+        // Three declared, one runs and is ready: not Ready.
+        let v = verdict(3, Some(1), &sts(1, 1));
+        assert_eq!((v.outcome, v.reason), (Outcome::Stalled, "ReplicationNotAvailable"));
+        // One declared, two run: the scale-down waits for a drain.
+        let v = verdict(1, Some(2), &sts(2, 2));
+        assert_eq!((v.outcome, v.reason), (Outcome::Stalled, "ScaleDownRequiresDrain"));
     }
 }

@@ -12,6 +12,7 @@ use tributary_crds::{Cluster, Topic};
 
 use super::{apply_status, Context, Error};
 use crate::admin::AdminError;
+use crate::cluster::runnable_brokers;
 use crate::labels::client_service_name;
 use crate::topic_plan::{
     conditions, plan, plan_delete, status_after, ClusterView, Outcome, PlanInput, TopicPlan, Verdict,
@@ -76,11 +77,15 @@ async fn apply(topic: &Topic, api: &Api<Topic>, ctx: &Context) -> Result<Action,
     let cluster = find_cluster(topic, ctx).await?;
     let (view, observed, address) = match &cluster {
         None => (ClusterView::Missing, None, None),
-        Some(c) if conflict.is_some() => (ClusterView::Present { brokers: c.spec.replicas }, None, None),
+        Some(c) if conflict.is_some() => {
+            (ClusterView::Present { brokers: runnable_brokers(c.spec.replicas) }, None, None)
+        }
         Some(c) => {
             let address = cluster_address(c);
             match ctx.brokers.describe(&address, topic.topic_name()).await {
-                Ok(o) => (ClusterView::Present { brokers: c.spec.replicas }, o, Some(address)),
+                Ok(o) => {
+                    (ClusterView::Present { brokers: runnable_brokers(c.spec.replicas) }, o, Some(address))
+                }
                 Err(e) => {
                     // Say so in the status, then retry with backoff.
                     let verdict = Verdict {
@@ -158,7 +163,7 @@ async fn cleanup(topic: &Topic, ctx: &Context) -> Result<Action, Error> {
             // An unreachable cluster fails the cleanup: the finalizer stays
             // and the deletion is retried with backoff.
             let observed = ctx.brokers.describe(&address, topic.topic_name()).await?;
-            (ClusterView::Present { brokers: c.spec.replicas }, observed, Some(address))
+            (ClusterView::Present { brokers: runnable_brokers(c.spec.replicas) }, observed, Some(address))
         }
     };
     let p = plan_delete(topic, view, observed.as_ref(), conflict.as_deref());
