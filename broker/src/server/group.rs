@@ -27,8 +27,7 @@ impl GroupService {
         start: Instant,
         r: Result<T, Error>,
     ) -> Result<Response<T>, Status> {
-        self.state.metrics.observe(rpc, start.elapsed().as_secs_f64(), r.is_ok());
-        r.map(Response::new).map_err(Status::from)
+        super::respond(&self.state, rpc, start, r)
     }
 
     /// Runs `f` on the blocking pool with the broker state.

@@ -88,6 +88,18 @@ async fn metrics(State(state): State<Arc<BrokerState>>) -> impl IntoResponse {
     )
 }
 
+/// Every handler ends here: records the call's latency and outcome, and maps
+/// the broker's error to its gRPC status.
+fn respond<T>(
+    state: &BrokerState,
+    rpc: &'static str,
+    start: std::time::Instant,
+    r: Result<T, crate::error::Error>,
+) -> Result<tonic::Response<T>, tonic::Status> {
+    state.metrics.observe(rpc, start.elapsed().as_secs_f64(), r.is_ok());
+    r.map(tonic::Response::new).map_err(tonic::Status::from)
+}
+
 pub fn local_addr(l: &TcpListener) -> SocketAddr {
     l.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
 }
