@@ -20,9 +20,10 @@ use bytes::Bytes;
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
 use tokio::sync::Semaphore;
-use tributary_proto::batch::{BatchBuilder, Compression};
+use tributary_proto::batch::{BatchBuilder, Compression, ProducerStamp};
 
 use crate::error::{Error, Result};
+use crate::idempotence::SequenceState;
 use crate::partitioner::StickyPartition;
 
 /// Where the broker put a record.
@@ -82,6 +83,10 @@ pub(crate) struct Delivered {
     /// [`crate::split`]), by index, ascending. Stored records after a hole
     /// move up one offset per hole. Usually empty (no allocation).
     holes: Vec<(u32, Error)>,
+    /// When the stored records went out as several batches (a split), where
+    /// each batch landed: (index among the stored records, base offset),
+    /// ascending. Empty: every stored record follows `base`.
+    runs: Vec<(u32, i64)>,
 }
 
 impl Delivered {
@@ -93,8 +98,10 @@ impl Delivered {
         if self.base < 0 {
             return Ok(-1);
         }
-        let before = self.holes.partition_point(|h| h.0 < index);
-        Ok(self.base + i64::from(index) - before as i64)
+        let stored = index - self.holes.partition_point(|h| h.0 < index) as u32;
+        let run = self.runs.partition_point(|r| r.0 <= stored);
+        let (first, base) = if run == 0 { (0, self.base) } else { self.runs[run - 1] };
+        Ok(base + i64::from(stored - first))
     }
 }
 
@@ -264,9 +271,14 @@ impl Batch {
 
     /// The finished batch bytes; compresses on first call, so that work
     /// happens in the sender task rather than under the partition lock.
-    pub fn build(&mut self) -> Bytes {
+    /// `stamp` (an idempotent producer's id, epoch and sequence) is written
+    /// on that first call; later calls return the same bytes.
+    pub fn build(&mut self, stamp: Option<ProducerStamp>) -> Bytes {
         match std::mem::replace(&mut self.payload, Payload::Taken) {
-            Payload::Open(b) => {
+            Payload::Open(mut b) => {
+                if let Some(stamp) = stamp {
+                    b.set_producer(stamp);
+                }
                 let bytes = b.build();
                 self.payload = Payload::Built(bytes.clone());
                 bytes
@@ -290,13 +302,16 @@ impl Batch {
 
     /// Settles every record of the batch: `Ok(base_offset)` or the error.
     pub fn complete(&mut self, result: Result<i64>) {
-        self.settle(result.map(|base| Delivered { base, holes: Vec::new() }));
+        self.settle(result.map(|base| Delivered { base, holes: Vec::new(), runs: Vec::new() }));
     }
 
-    /// Settles a batch stored except for the records in `holes` (ascending
-    /// indexes, each with why it was refused).
-    pub fn complete_with_holes(&mut self, base: i64, holes: Vec<(u32, Error)>) {
-        self.settle(Ok(Delivered { base, holes }));
+    /// Settles a batch that was re-sent as several smaller ones: stored
+    /// except for the records in `holes` (ascending indexes, each with why it
+    /// failed); `runs` says where each smaller batch landed (index among the
+    /// stored records, base offset; ascending, the first at index 0).
+    pub fn complete_split(&mut self, holes: Vec<(u32, Error)>, runs: Vec<(u32, i64)>) {
+        let base = runs.first().map_or(-1, |r| r.1);
+        self.settle(Ok(Delivered { base, holes, runs }));
     }
 
     fn settle(&mut self, result: Result<Delivered>) {
@@ -369,6 +384,9 @@ pub(crate) struct PartitionState {
     /// Which of the producer's connections this partition's requests use.
     pub connection: usize,
     pub inner: Mutex<PartitionInner>,
+    /// The idempotent producer's sequence; only the partition's sender task
+    /// touches it (one at a time), so the lock is never contended.
+    pub sequence: Mutex<SequenceState>,
 }
 
 #[derive(Default)]
@@ -443,8 +461,14 @@ fn try_take(acct: &Accounting, bytes: usize) -> bool {
 const SMALL_BATCH: usize = 16 << 10;
 
 impl PartitionState {
-    pub fn new(topic: Arc<TopicMeta>, partition: u32, connection: usize) -> Self {
-        PartitionState { topic, partition, connection, inner: Mutex::new(PartitionInner::default()) }
+    pub fn new(topic: Arc<TopicMeta>, partition: u32, connection: usize, sequence: SequenceState) -> Self {
+        PartitionState {
+            topic,
+            partition,
+            connection,
+            inner: Mutex::new(PartitionInner::default()),
+            sequence: Mutex::new(sequence),
+        }
     }
 
     /// Encodes one record into the open batch, closing the batch first when
@@ -591,15 +615,31 @@ mod tests {
     #[test]
     fn offsets_skip_holes() {
         let refused = Error::InvalidArgument("too large".into());
-        let d = Delivered { base: 100, holes: vec![(1, refused.clone()), (3, refused.clone())] };
+        let d =
+            Delivered { base: 100, holes: vec![(1, refused.clone()), (3, refused.clone())], runs: vec![] };
         assert_eq!(d.offset(0), Ok(100));
         assert_eq!(d.offset(1), Err(refused.clone()));
         assert_eq!(d.offset(2), Ok(101));
         assert_eq!(d.offset(3), Err(refused));
         assert_eq!(d.offset(4), Ok(102));
-        let plain = Delivered { base: 7, holes: Vec::new() };
+        let plain = Delivered { base: 7, holes: Vec::new(), runs: Vec::new() };
         assert_eq!(plain.offset(5), Ok(12));
-        let acks0 = Delivered { base: -1, holes: Vec::new() };
+        let acks0 = Delivered { base: -1, holes: Vec::new(), runs: Vec::new() };
         assert_eq!(acks0.offset(5), Ok(-1));
+    }
+
+    #[test]
+    fn split_batches_land_where_the_broker_put_them() {
+        let refused = Error::InvalidArgument("too large".into());
+        // Records 0..6; record 2 too large; stored 0,1 | 3,4 | 5 in three
+        // batches at 10, 50 and 90 (other producers wrote in between).
+        let d =
+            Delivered { base: 10, holes: vec![(2, refused.clone())], runs: vec![(0, 10), (2, 50), (4, 90)] };
+        assert_eq!(d.offset(0), Ok(10));
+        assert_eq!(d.offset(1), Ok(11));
+        assert_eq!(d.offset(2), Err(refused));
+        assert_eq!(d.offset(3), Ok(50));
+        assert_eq!(d.offset(4), Ok(51));
+        assert_eq!(d.offset(5), Ok(90));
     }
 }

@@ -1,15 +1,33 @@
 //! Topic lifecycle: create, describe, alter, grow, delete — thin calls on
 //! the broker's `Admin` service, plus the few `Log` lookups (topic list,
-//! offsets) an operator needs next to them.
+//! offsets) an operator needs next to them, and consumer-group
+//! administration (list, describe, reset offsets, delete) on the `Group`
+//! service of each group's coordinator.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tributary_proto::v1;
 
 use crate::connection::Connection;
+use crate::coordinator::Coordinators;
 use crate::error::{Error, Result};
 use crate::metadata::{self, OffsetSpec};
+
+/// Where [`Admin::reset_offsets`] moves a group's committed offsets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResetTo {
+    /// The first offset each partition still stores.
+    Earliest,
+    /// The end of each partition: only new records are read.
+    Latest,
+    /// The first record at or after this time (ms since the epoch); the end
+    /// where there is none.
+    Timestamp(i64),
+    /// This offset in every partition.
+    Offset(i64),
+}
 
 /// How long an admin call may take.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -18,12 +36,14 @@ const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Clone, Debug)]
 pub struct Admin {
     conn: Connection,
+    coordinators: Arc<Coordinators>,
 }
 
 impl Admin {
     /// Connects to `bootstrap` ("host:port", `http://` optional).
     pub async fn connect(bootstrap: &str) -> Result<Admin> {
-        Ok(Admin { conn: Connection::open(bootstrap).await? })
+        let conn = Connection::open(bootstrap).await?;
+        Ok(Admin { coordinators: Arc::new(Coordinators::new(conn.clone())), conn })
     }
 
     pub async fn create_topic(
@@ -135,5 +155,96 @@ impl Admin {
     /// Partition numbers of a topic, ascending.
     pub async fn partitions(&self, topic: &str) -> Result<Vec<u32>> {
         metadata::partitions(&self.conn, ADMIN_TIMEOUT, topic).await
+    }
+
+    /// Every consumer group the broker coordinates, sorted by id.
+    pub async fn list_groups(&self) -> Result<Vec<v1::GroupListing>> {
+        let c = &self.conn;
+        let response = c
+            .call("a list-groups request", ADMIN_TIMEOUT, c.group().list_groups(v1::ListGroupsRequest {}))
+            .await?;
+        let mut groups = response.groups;
+        groups.sort_by(|a, b| a.group_id.cmp(&b.group_id));
+        Ok(groups)
+    }
+
+    /// A group's state, generation, members with their partitions, and per
+    /// partition the committed offset, log end and lag (members sorted by
+    /// id, partitions by topic and number).
+    pub async fn describe_group(&self, group: &str) -> Result<v1::DescribeGroupResponse> {
+        let c = self.coordinator(group).await?;
+        let request = v1::DescribeGroupRequest { group_id: group.to_string() };
+        let mut d =
+            c.call("a describe-group request", ADMIN_TIMEOUT, c.group().describe_group(request)).await?;
+        d.members.sort_by(|a, b| a.member_id.cmp(&b.member_id));
+        d.offsets.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        Ok(d)
+    }
+
+    /// Deletes a group and its committed offsets; only while it has no
+    /// members.
+    pub async fn delete_group(&self, group: &str) -> Result<()> {
+        let c = self.coordinator(group).await?;
+        let request = v1::DeleteGroupRequest { group_id: group.to_string() };
+        c.call("a delete-group request", ADMIN_TIMEOUT, c.group().delete_group(request)).await?;
+        Ok(())
+    }
+
+    /// Moves the group's committed offsets of every partition of `topic`;
+    /// only while the group has no members. With `dry_run` nothing changes.
+    /// Returns the offsets it set (or would set), sorted by partition.
+    pub async fn reset_offsets(
+        &self,
+        group: &str,
+        topic: &str,
+        to: ResetTo,
+        dry_run: bool,
+    ) -> Result<Vec<v1::OffsetEntry>> {
+        use v1::reset_offsets_request::To;
+        let to = match to {
+            ResetTo::Earliest => To::Earliest(true),
+            ResetTo::Latest => To::Latest(true),
+            ResetTo::Timestamp(ms) if ms < 0 => {
+                return Err(Error::InvalidArgument(format!(
+                    "timestamp {ms} is negative; give ms since the epoch"
+                )))
+            }
+            ResetTo::Timestamp(ms) => To::TimestampMs(ms),
+            ResetTo::Offset(n) if n < 0 => {
+                return Err(Error::InvalidArgument(format!("offset {n} is negative; give 0 or more")))
+            }
+            ResetTo::Offset(n) => To::Offset(n),
+        };
+        let c = self.coordinator(group).await?;
+        let request = v1::ResetOffsetsRequest {
+            group_id: group.to_string(),
+            topic: topic.to_string(),
+            partitions: Vec::new(),
+            to: Some(to),
+            dry_run,
+        };
+        let response =
+            c.call("a reset-offsets request", ADMIN_TIMEOUT, c.group().reset_offsets(request)).await?;
+        let mut offsets = response.offsets;
+        offsets.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        Ok(offsets)
+    }
+
+    /// Every offset the group committed, sorted by topic and partition.
+    pub async fn fetch_offsets(&self, group: &str) -> Result<Vec<v1::OffsetEntry>> {
+        let c = self.coordinator(group).await?;
+        let request = v1::FetchOffsetsRequest { group_id: group.to_string(), partitions: Vec::new() };
+        let response =
+            c.call("a fetch-offsets request", ADMIN_TIMEOUT, c.group().fetch_offsets(request)).await?;
+        let mut offsets = response.offsets;
+        offsets.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        Ok(offsets)
+    }
+
+    async fn coordinator(&self, group: &str) -> Result<Connection> {
+        if group.trim().is_empty() {
+            return Err(Error::InvalidArgument("the group id is empty".into()));
+        }
+        self.coordinators.for_group(group, ADMIN_TIMEOUT).await
     }
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use tonic::transport::{Channel, Endpoint};
 use tributary_proto::v1::admin_client::AdminClient;
+use tributary_proto::v1::group_client::GroupClient;
 use tributary_proto::v1::log_client::LogClient;
 
 use crate::error::{Error, Result};
@@ -47,6 +48,12 @@ impl Connection {
 
     pub fn admin(&self) -> AdminClient<Channel> {
         AdminClient::new(self.channel.clone())
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE)
+    }
+
+    pub fn group(&self) -> GroupClient<Channel> {
+        GroupClient::new(self.channel.clone())
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE)
     }

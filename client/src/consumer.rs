@@ -105,6 +105,25 @@ impl FetchedBatches {
     }
 }
 
+/// Every record of `fetched`, decoded, in order.
+pub(crate) fn decode(fetched: &[FetchedBatches]) -> Result<Vec<ConsumerRecord>> {
+    let mut out = Vec::new();
+    for f in fetched {
+        f.for_each_record(|r| {
+            out.push(ConsumerRecord {
+                topic: f.topic.clone(),
+                partition: f.partition,
+                offset: r.offset,
+                timestamp: r.timestamp,
+                key: r.key.clone(),
+                value: r.value.clone(),
+                headers: r.headers.iter().map(|h| (h.key.clone(), h.value.clone())).collect(),
+            })
+        })?;
+    }
+    Ok(out)
+}
+
 struct Assignment {
     topic: String,
     partition: u32,
@@ -148,7 +167,12 @@ impl std::fmt::Debug for Consumer {
 impl Consumer {
     pub async fn connect(config: ConsumerConfig) -> Result<Consumer> {
         let conn = Connection::open(&config.bootstrap).await?;
-        Ok(Consumer { conn, config, assignments: Vec::new(), pending: None, rotation: 0 })
+        Ok(Self::with_connection(conn, config))
+    }
+
+    /// A consumer on an open connection (the group consumer's fetcher).
+    pub(crate) fn with_connection(conn: Connection, config: ConsumerConfig) -> Consumer {
+        Consumer { conn, config, assignments: Vec::new(), pending: None, rotation: 0 }
     }
 
     /// Reads `topic`/`partition` from `from` on (Earliest/Latest/Timestamp
@@ -204,6 +228,21 @@ impl Consumer {
         }
     }
 
+    /// Stops reading this partition (nothing happens if it was not
+    /// assigned).
+    pub fn unassign(&mut self, topic: &str, partition: u32) {
+        let before = self.assignments.len();
+        self.assignments.retain(|a| !(a.topic == topic && a.partition == partition));
+        if self.assignments.len() != before {
+            self.cancel_prefetch();
+        }
+    }
+
+    /// Whether any partition is assigned.
+    pub(crate) fn has_assignments(&self) -> bool {
+        !self.assignments.is_empty()
+    }
+
     fn cancel_prefetch(&mut self) {
         if let Some(p) = self.pending.take() {
             p.task.abort();
@@ -226,21 +265,7 @@ impl Consumer {
     /// none arrived in time.
     pub async fn poll(&mut self, timeout: Duration) -> Result<Vec<ConsumerRecord>> {
         let fetched = self.poll_batches(timeout).await?;
-        let mut out = Vec::new();
-        for f in &fetched {
-            f.for_each_record(|r| {
-                out.push(ConsumerRecord {
-                    topic: f.topic.clone(),
-                    partition: f.partition,
-                    offset: r.offset,
-                    timestamp: r.timestamp,
-                    key: r.key.clone(),
-                    value: r.value.clone(),
-                    headers: r.headers.iter().map(|h| (h.key.clone(), h.value.clone())).collect(),
-                })
-            })?;
-        }
-        Ok(out)
+        decode(&fetched)
     }
 
     /// Like [`Consumer::poll`], but returns each partition's batches raw

@@ -37,6 +37,11 @@ pub enum Error {
     /// The producer was closed (or dropped) before this record could be sent.
     #[error("the producer is closed")]
     Closed,
+    /// Another process joined the consumer group with this consumer's
+    /// static group instance id and took its place; this consumer cannot go
+    /// on (fatal: every later call reports it too).
+    #[error("{0}")]
+    Fenced(String),
 }
 
 /// The crate's result type.
@@ -56,7 +61,8 @@ impl Error {
             Error::InvalidArgument(_)
             | Error::Corrupt(_)
             | Error::OffsetOutOfRange { .. }
-            | Error::Closed => false,
+            | Error::Closed
+            | Error::Fenced(_) => false,
         }
     }
 
@@ -95,7 +101,17 @@ pub(crate) fn partition_error(e: Option<&tributary_proto::v1::PartitionError>) -
         Ok(ErrorCode::UnknownTopicOrPartition) => Code::NotFound,
         Ok(ErrorCode::CorruptMessage) => Code::DataLoss,
         Ok(ErrorCode::StorageError) => Code::Internal,
-        Ok(_) => Code::FailedPrecondition,
+        // Group and producer-state outcomes are handled where they occur
+        // (group membership, the producer's sender); should one reach here
+        // it is a refusal, not something to retry as is.
+        Ok(
+            ErrorCode::RebalanceInProgress
+            | ErrorCode::UnknownMemberId
+            | ErrorCode::IllegalGeneration
+            | ErrorCode::FencedInstanceId
+            | ErrorCode::OutOfOrderSequence
+            | ErrorCode::InvalidProducerEpoch,
+        ) => Code::FailedPrecondition,
         Err(_) => Code::Unknown,
     };
     let message = if e.message.is_empty() { format!("error code {}", e.code) } else { e.message.clone() };

@@ -1,11 +1,13 @@
 //! Tributary's Rust client: a batching [`Producer`], a [`Consumer`] of
-//! assigned partitions, and an [`Admin`] client for topics.
+//! assigned partitions, a [`GroupConsumer`] that shares topics with the
+//! other members of a consumer group, and an [`Admin`] client for topics and
+//! groups.
 //!
-//! All three talk gRPC to a broker (services `Log` and `Admin` of
+//! All of them talk gRPC to a broker (services `Log`, `Group` and `Admin` of
 //! `tributary.v1`). Records travel as record batches in the format of
 //! [`tributary_proto::batch`]: the producer encodes records straight into a
 //! batch per partition, the broker stores those bytes as they are, and the
-//! consumer decodes them from the fetched buffer without copying.
+//! consumers decode them from the fetched buffer without copying.
 //!
 //! ```no_run
 //! use tributary_client::{Producer, ProducerConfig, ProducerRecord};
@@ -18,21 +20,47 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Delivery guarantees
+//!
+//! * **The producer is idempotent by default**
+//!   ([`ProducerConfig::enable_idempotence`]). At connect it gets a producer
+//!   id from the broker and numbers every partition's records; a batch
+//!   retried after its answer was lost (a connection cut after the broker
+//!   appended) is recognised by the broker and stored once, at the offset it
+//!   got the first time, and batches of a partition cannot be reordered by
+//!   retries. A batch the broker calls out of sequence, or fenced by a newer
+//!   epoch, fails without a retry and says so. It costs no extra round trip
+//!   per batch (measured: within noise of the throughput without it). With
+//!   `acks = 0` nothing is retried and idempotence does not apply.
+//! * **Group consumers read at least once.** A member commits the position
+//!   after the records `poll` already returned: at the auto-commit interval,
+//!   before it gives partitions up in a rebalance, and on close. A member
+//!   that dies between a poll and its next commit has those records read
+//!   again by the partition's next owner; no record is skipped. Within a
+//!   group each partition has one owner per generation; different groups
+//!   each read everything. See [`group`].
+//!
 //! How the pieces fit:
 //! * `connection`: opening gRPC channels (window sizes,
 //!   message limits) — the one place that knows transport settings.
 //! * [`partitioner`]: murmur2 of the key (Kafka-compatible), sticky without.
 //! * `accumulator`: per-partition batches and the completions records wait on.
 //! * `sender`: the linger timer and the per-partition request loop;
+//!   `idempotence` the producer id and sequence rules it follows;
 //!   `split` re-encodes a batch too large for its topic.
 //! * [`producer`], [`consumer`], [`admin`]: the public clients.
+//! * [`group`]: the group consumer (membership, assignment, commits);
+//!   `coordinator` finds the broker that coordinates a group.
 //! * [`error`]: the one error type, one actionable line each.
 
 mod accumulator;
 pub mod admin;
 pub(crate) mod connection;
 pub mod consumer;
+pub(crate) mod coordinator;
 pub mod error;
+pub mod group;
+pub(crate) mod idempotence;
 pub mod metadata;
 pub mod partitioner;
 pub mod producer;
@@ -40,9 +68,10 @@ pub(crate) mod sender;
 mod split;
 
 pub use accumulator::{DeliveryFuture, RecordMetadata};
-pub use admin::Admin;
+pub use admin::{Admin, ResetTo};
 pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, FetchedBatches};
 pub use error::{Error, Result};
+pub use group::{Assignor, GroupConfig, GroupConsumer, OffsetReset, RebalanceListener, TopicPartition};
 pub use metadata::OffsetSpec;
 pub use producer::{Acks, DeliveryReport, LatencySummary, Producer, ProducerConfig, ProducerRecord};
 pub use tributary_proto;

@@ -6,6 +6,10 @@
 //! appends the record to its partition's open batch (`accumulator`).
 //! Batches close when full or after `linger`; the `sender` tasks send them
 //! and settle every record's [`DeliveryFuture`] from the broker's answer.
+//!
+//! The producer is idempotent unless told otherwise
+//! ([`ProducerConfig::enable_idempotence`]): a retry after a lost answer
+//! does not store a record twice.
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -26,6 +30,7 @@ use crate::accumulator::{
 };
 use crate::connection::Connection;
 use crate::error::{Error, Result};
+use crate::idempotence::{self, SequenceState};
 use crate::partitioner::{self, StickyPartition};
 use crate::sender;
 
@@ -104,6 +109,15 @@ pub struct ProducerConfig {
     pub max_in_flight: usize,
     /// Record send→ack latency of every record (see [`Producer::latency`]).
     pub record_latency: bool,
+    /// Idempotent producer (default on): the producer gets an id from the
+    /// broker at connect and numbers each partition's records, so a batch
+    /// retried after a lost answer is stored once, not twice, and keeps its
+    /// place in the partition. Batches per request are then capped at 5
+    /// (what the broker remembers per producer and partition). A batch the
+    /// broker calls out of sequence, or fenced by a newer epoch, fails
+    /// without a retry. Has no effect with `acks = 0`, where nothing is
+    /// retried. Turn it off only for a broker without `InitProducerId`.
+    pub enable_idempotence: bool,
 }
 
 impl Default for ProducerConfig {
@@ -120,6 +134,7 @@ impl Default for ProducerConfig {
             request_timeout: Duration::from_secs(30),
             max_in_flight: 5,
             record_latency: false,
+            enable_idempotence: true,
         }
     }
 }
@@ -261,6 +276,8 @@ pub(crate) struct Shared {
     pub closed: AtomicBool,
     pub acct: Arc<Accounting>,
     runtime: tokio::runtime::Handle,
+    /// Producer id and epoch from the broker; `None` without idempotence.
+    identity: Option<(i64, i16)>,
 }
 
 impl Shared {
@@ -270,6 +287,16 @@ impl Shared {
 
     pub fn spawn_sender(self: &Arc<Self>, part: &Arc<PartitionState>) {
         self.runtime.spawn(sender::run_partition(self.clone(), part.clone()));
+    }
+
+    /// Whether batches carry producer id and sequence numbers.
+    pub fn idempotent(&self) -> bool {
+        self.identity.is_some()
+    }
+
+    /// A new producer id, for a partition that used up its epochs.
+    pub async fn new_producer_id(&self) -> Result<(i64, i16)> {
+        idempotence::init_producer_id(self.connection(0), self.config.request_timeout).await
     }
 
     fn stop(&self) {
@@ -328,7 +355,8 @@ impl Shared {
         let mut registry = self.partitions.write();
         for p in partitions.len() as u32..count {
             // Spread partitions over the connections as they appear.
-            let part = Arc::new(PartitionState::new(meta.clone(), p, registry.len()));
+            let sequence = SequenceState::start(self.identity);
+            let part = Arc::new(PartitionState::new(meta.clone(), p, registry.len(), sequence));
             registry.push(part.clone());
             partitions.push(part);
         }
@@ -530,6 +558,11 @@ impl Producer {
         for _ in 0..CONNECTIONS {
             connections.push(Connection::open(&config.bootstrap).await?);
         }
+        let identity = if config.enable_idempotence && config.acks != Acks::None {
+            Some(idempotence::init_producer_id(&connections[0], config.request_timeout).await?)
+        } else {
+            None
+        };
         let shared = Arc::new(Shared {
             limits: BatchLimits {
                 batch_size: config.batch_size,
@@ -547,6 +580,7 @@ impl Producer {
             exhausted: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             runtime,
+            identity,
         });
         shared.runtime.spawn(sender::linger_loop(shared.clone()));
         Ok(Producer { handle: Arc::new(Handle { shared }) })
@@ -685,5 +719,6 @@ mod tests {
         assert_eq!(c.buffer_memory, 64 * 1024 * 1024);
         assert_eq!(c.retries, 5);
         assert_eq!(c.max_in_flight, 5);
+        assert!(c.enable_idempotence);
     }
 }

@@ -9,6 +9,11 @@
 //! together in the next one (up to `max_in_flight` of them), which the broker
 //! appends in order. Retries resend the same request before anything newer,
 //! so they cannot reorder either.
+//!
+//! With idempotence (the default) the batches of a request are stamped with
+//! the partition's sequence numbers as they are taken, so a retry whose
+//! first attempt was stored after all is recognised by the broker and not
+//! written twice; `idempotence` holds the rules.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -19,8 +24,9 @@ use tributary_proto::v1;
 
 use crate::accumulator::{Batch, PartitionState};
 use crate::error::{partition_error, Error, Result};
+use crate::idempotence::{self, Sequence, SequenceState};
 use crate::producer::{Acks, Shared};
-use crate::split;
+use crate::split::{self, Split};
 
 /// Upper bound on one Produce request's record bytes (the broker accepts
 /// 256 MiB messages; a smaller request keeps latency even).
@@ -80,7 +86,12 @@ pub(crate) async fn linger_loop(shared: Arc<Shared>) {
 /// Sends one partition's closed batches, a request at a time, until none
 /// are left.
 pub(crate) async fn run_partition(shared: Arc<Shared>, part: Arc<PartitionState>) {
-    let max_batches = shared.config.max_in_flight.max(1);
+    let mut max_batches = shared.config.max_in_flight.max(1);
+    if shared.idempotent() {
+        // The broker recognises a retry among the last few batches of a
+        // producer only.
+        max_batches = max_batches.min(MAX_IDEMPOTENT_BATCHES);
+    }
     let max_bytes = MAX_REQUEST_BYTES.max(shared.limits.batch_size);
     loop {
         let mut batches = part.take_for_request(shared.limits.linger, max_batches, max_bytes);
@@ -91,9 +102,30 @@ pub(crate) async fn run_partition(shared: Arc<Shared>, part: Arc<PartitionState>
     }
 }
 
+/// Batches the broker remembers per idempotent producer and partition: the
+/// most one request may carry, or a retry of it could not be recognised.
+const MAX_IDEMPOTENT_BATCHES: usize = 5;
+
 async fn deliver(shared: &Shared, part: &PartitionState, batches: &mut [Batch]) {
-    let payloads: Vec<Bytes> = batches.iter_mut().map(Batch::build).collect();
-    let Err(e) = send_group(shared, part, batches, &payloads).await else { return };
+    let counts: Vec<u32> = batches.iter().map(Batch::records).collect();
+    let total: u64 = counts.iter().map(|&c| u64::from(c)).sum();
+    let mut seq = match sequence(shared, part, total).await {
+        Ok(seq) => seq,
+        Err(e) => {
+            for batch in batches.iter_mut() {
+                batch.complete(Err(e.clone()));
+            }
+            return;
+        }
+    };
+    let payloads: Vec<Bytes> = batches
+        .iter_mut()
+        .map(|b| {
+            let stamp = seq.as_mut().map(|s| s.take(b.records()));
+            b.build(stamp)
+        })
+        .collect();
+    let Err(e) = send_group(shared, part, batches, &payloads, seq).await else { return };
     if !refused(&e) {
         for batch in batches.iter_mut() {
             batch.complete(Err(e.clone()));
@@ -106,13 +138,54 @@ async fn deliver(shared: &Shared, part: &PartitionState, batches: &mut [Batch]) 
     }
     // The broker refuses a request as a whole and then stores nothing, so
     // resending the batches one by one is safe, and only the one at fault
-    // (say, too large for max.message.bytes) fails.
+    // (say, too large for max.message.bytes) fails. Their sequence numbers
+    // were not used: each is re-stamped from where the partition stands.
     for (batch, payload) in batches.iter_mut().zip(&payloads) {
-        let one = std::slice::from_mut(batch);
-        match send_group(shared, part, one, std::slice::from_ref(payload)).await {
+        let count = batch.records();
+        let sent = match restamped(shared, part, payload, u64::from(count)).await {
+            Ok((payload, after)) => {
+                send_group(shared, part, std::slice::from_mut(batch), &[payload], after).await
+            }
+            Err(e) => Err(e),
+        };
+        match sent {
             Ok(()) => {}
             Err(e) if refused(&e) => settle_refused(shared, part, batch, payload, e).await,
             Err(e) => batch.complete(Err(e)),
+        }
+    }
+}
+
+/// The partition's sequence for a request of `records` records (`None`
+/// without idempotence), asking the broker for a new producer id first when
+/// the partition used up its epochs.
+async fn sequence(shared: &Shared, part: &PartitionState, records: u64) -> Result<Option<Sequence>> {
+    let state = *part.sequence.lock();
+    match state {
+        SequenceState::Off => Ok(None),
+        SequenceState::Ready(s) if s.room_for(records) => Ok(Some(s)),
+        SequenceState::Ready(_) | SequenceState::NeedsProducerId => {
+            let (producer_id, epoch) = shared.new_producer_id().await?;
+            let fresh = Sequence::new(producer_id, epoch);
+            *part.sequence.lock() = SequenceState::Ready(fresh);
+            Ok(Some(fresh))
+        }
+    }
+}
+
+/// `payload` (whole batches of `records` records in all) stamped with the
+/// partition's next sequences, and the sequence to keep once it is stored.
+async fn restamped(
+    shared: &Shared,
+    part: &PartitionState,
+    payload: &Bytes,
+    records: u64,
+) -> Result<(Bytes, Option<Sequence>)> {
+    match sequence(shared, part, records).await? {
+        None => Ok((payload.clone(), None)),
+        Some(mut seq) => {
+            let stamped = idempotence::restamp(payload, &mut seq)?;
+            Ok((stamped, Some(seq)))
         }
     }
 }
@@ -137,17 +210,7 @@ async fn settle_refused(
             if payload.len() > limit {
                 if let Ok(smaller) = split::split(payload, shared.limits.compression, limit) {
                     if smaller.holes.len() < batch.records() as usize {
-                        match send_records(shared, part, smaller.payload).await {
-                            Ok(base) => {
-                                let holes = smaller
-                                    .holes
-                                    .into_iter()
-                                    .map(|(index, size)| (index, too_large(part, size, limit)))
-                                    .collect();
-                                batch.complete_with_holes(base, holes);
-                            }
-                            Err(e) => batch.complete(Err(e)),
-                        }
+                        send_split(shared, part, batch, smaller, limit).await;
                         return;
                     }
                 }
@@ -155,6 +218,48 @@ async fn settle_refused(
         }
     }
     batch.complete(Err(error));
+}
+
+/// Sends a split batch's smaller batches, a few per request (as many as an
+/// idempotent producer's retry can be recognised among), and settles the
+/// original batch: each record with its offset, or why it failed. A request
+/// that fails fails its records and every record after them.
+async fn send_split(shared: &Shared, part: &PartitionState, batch: &mut Batch, smaller: Split, limit: usize) {
+    let mut holes: Vec<(u32, Error)> =
+        smaller.holes.iter().map(|&(index, size)| (index, too_large(part, size, limit))).collect();
+    let sent_indexes: Vec<u32> =
+        (0..batch.records()).filter(|i| smaller.holes.binary_search_by_key(i, |h| h.0).is_err()).collect();
+    let mut runs: Vec<(u32, i64)> = Vec::new();
+    let mut done = 0u32;
+    let mut failed: Option<Error> = None;
+    for chunk in smaller.batches.chunks(MAX_IDEMPOTENT_BATCHES) {
+        let counts: Vec<u32> = chunk.iter().map(|(_, c)| *c).collect();
+        let records: u32 = counts.iter().sum();
+        if failed.is_none() {
+            let payload = concat(&chunk.iter().map(|(b, _)| b.clone()).collect::<Vec<_>>());
+            let sent = match restamped(shared, part, &payload, u64::from(records)).await {
+                Ok((payload, after)) => send_records(shared, part, payload, &counts, after).await,
+                Err(e) => Err(e),
+            };
+            match sent {
+                Ok(offsets) => {
+                    for (count, offset) in counts.iter().zip(offsets) {
+                        runs.push((done, offset));
+                        done += count;
+                    }
+                    continue;
+                }
+                Err(e) => failed = Some(e),
+            }
+        }
+        if let Some(e) = &failed {
+            let range = done as usize..(done + records) as usize;
+            holes.extend(sent_indexes.get(range).unwrap_or_default().iter().map(|&i| (i, e.clone())));
+            done += records;
+        }
+    }
+    holes.sort_by_key(|h| h.0);
+    batch.complete_split(holes, runs);
 }
 
 fn too_large(part: &PartitionState, size: usize, limit: usize) -> Error {
@@ -168,16 +273,8 @@ fn too_large(part: &PartitionState, size: usize, limit: usize) -> Error {
     )
 }
 
-/// One Produce request for `batches` (all of one partition, in order).
-/// On success every batch is completed; on failure none is, and the error
-/// is returned.
-async fn send_group(
-    shared: &Shared,
-    part: &PartitionState,
-    batches: &mut [Batch],
-    payloads: &[Bytes],
-) -> Result<()> {
-    let records = match payloads {
+fn concat(payloads: &[Bytes]) -> Bytes {
+    match payloads {
         [one] => one.clone(),
         many => {
             let mut buf = BytesMut::with_capacity(many.iter().map(Bytes::len).sum());
@@ -186,7 +283,20 @@ async fn send_group(
             }
             buf.freeze()
         }
-    };
+    }
+}
+
+/// One Produce request for `batches` (all of one partition, in order, built
+/// as `payloads`). On success every batch is completed and the partition's
+/// sequence moves to `after`; on failure none is, and the error is returned.
+async fn send_group(
+    shared: &Shared,
+    part: &PartitionState,
+    batches: &mut [Batch],
+    payloads: &[Bytes],
+    after: Option<Sequence>,
+) -> Result<()> {
+    let records = concat(payloads);
     if shared.config.acks == Acks::None {
         // Nobody waits for the broker with acks=0: the records count as
         // delivered once handed to the connection. The answer still paces
@@ -194,26 +304,44 @@ async fn send_group(
         for b in batches.iter_mut() {
             b.complete(Ok(-1));
         }
-        if let Err(e) = produce_once(shared, part, records).await {
+        let counts: Vec<u32> = batches.iter().map(Batch::records).collect();
+        if let Err(e) = produce_once(shared, part, records, &counts).await {
             tracing::warn!(topic = %part.topic.name, partition = part.partition, "acks=0 produce failed: {e}");
         }
         return Ok(());
     }
-    let mut next = send_records(shared, part, records).await?;
-    for b in batches.iter_mut() {
-        b.complete(Ok(next));
-        next += i64::from(b.records());
+    let counts: Vec<u32> = batches.iter().map(Batch::records).collect();
+    let offsets = send_records(shared, part, records, &counts, after).await?;
+    for (b, offset) in batches.iter_mut().zip(offsets) {
+        b.complete(Ok(offset));
     }
     Ok(())
 }
 
-/// Sends concatenated batches of one partition, retrying while the error is
-/// retriable; returns the base offset.
-async fn send_records(shared: &Shared, part: &PartitionState, records: Bytes) -> Result<i64> {
+/// Sends concatenated batches of one partition (`counts` records each),
+/// retrying the same bytes while the error is retriable; returns each
+/// batch's base offset.
+///
+/// Afterwards the partition's sequence is `after` when they were stored;
+/// when they were refused as bad input nothing was stored and it stays; on
+/// any other failure the broker may or may not have them, so the partition
+/// moves to a new epoch (see [`crate::idempotence`]).
+async fn send_records(
+    shared: &Shared,
+    part: &PartitionState,
+    records: Bytes,
+    counts: &[u32],
+    after: Option<Sequence>,
+) -> Result<Vec<i64>> {
     let mut attempt = 0u32;
     loop {
-        match produce_once(shared, part, records.clone()).await {
-            Ok(base_offset) => return Ok(base_offset),
+        match produce_once(shared, part, records.clone(), counts).await {
+            Ok(offsets) => {
+                if let Some(after) = after {
+                    *part.sequence.lock() = SequenceState::Ready(after);
+                }
+                return Ok(offsets);
+            }
             Err(e) if e.is_retriable() && attempt < shared.config.retries => {
                 attempt += 1;
                 let wait = backoff(shared.config.retry_backoff, attempt);
@@ -230,6 +358,9 @@ async fn send_records(shared: &Shared, part: &PartitionState, records: Bytes) ->
                     // Deleted topic or fewer partitions: look again next send.
                     part.topic.stale.store(true, Ordering::Relaxed);
                 }
+                if !refused(&e) {
+                    part.sequence.lock().fence();
+                }
                 return Err(e);
             }
         }
@@ -242,7 +373,14 @@ fn backoff(base: Duration, attempt: u32) -> Duration {
     base.saturating_mul(factor).min(MAX_BACKOFF.max(base))
 }
 
-async fn produce_once(shared: &Shared, part: &PartitionState, records: Bytes) -> Result<i64> {
+/// One Produce request; returns each batch's base offset (all -1 with
+/// acks = 0).
+async fn produce_once(
+    shared: &Shared,
+    part: &PartitionState,
+    records: Bytes,
+    counts: &[u32],
+) -> Result<Vec<i64>> {
     let request = v1::ProduceRequest {
         acks: shared.config.acks.wire(),
         timeout_ms: u32::try_from(shared.config.request_timeout.as_millis()).unwrap_or(u32::MAX),
@@ -267,10 +405,51 @@ async fn produce_once(shared: &Shared, part: &PartitionState, records: Bytes) ->
             format!("the produce response has no result for {}-{}", part.topic.name, part.partition),
         ));
     };
+    if let Some(e) = &entry.error {
+        if let Ok(code @ (v1::ErrorCode::OutOfOrderSequence | v1::ErrorCode::InvalidProducerEpoch)) =
+            v1::ErrorCode::try_from(e.code)
+        {
+            return Err(idempotence::sequence_error(code, &part.topic.name, part.partition, &e.message));
+        }
+    }
     if let Some(e) = partition_error(entry.error.as_ref()) {
         return Err(e);
     }
-    Ok(entry.base_offset)
+    batch_offsets(entry, counts).ok_or_else(|| {
+        Error::status(
+            tonic::Code::Internal,
+            format!(
+                "the produce response for {}-{} gives {} batch offsets for {} batches",
+                part.topic.name,
+                part.partition,
+                entry.batch_base_offsets.len(),
+                counts.len()
+            ),
+        )
+    })
+}
+
+/// Each batch's base offset: as the broker listed them (a retried batch it
+/// already had keeps the offset it got then), or, from a broker that does
+/// not list them, consecutive from the first. `None` when the list does not
+/// match the batches sent.
+fn batch_offsets(entry: &v1::PartitionProduceResponse, counts: &[u32]) -> Option<Vec<i64>> {
+    if !entry.batch_base_offsets.is_empty() {
+        return (entry.batch_base_offsets.len() == counts.len()).then(|| entry.batch_base_offsets.clone());
+    }
+    let mut next = entry.base_offset;
+    Some(
+        counts
+            .iter()
+            .map(|&c| {
+                let offset = next;
+                if next >= 0 {
+                    next += i64::from(c);
+                }
+                offset
+            })
+            .collect(),
+    )
 }
 
 #[cfg(test)]
@@ -285,5 +464,24 @@ mod tests {
         assert_eq!(backoff(b, 4), Duration::from_millis(800));
         assert_eq!(backoff(b, 30), MAX_BACKOFF);
         assert_eq!(backoff(Duration::from_secs(9), 3), Duration::from_secs(9));
+    }
+
+    fn answer(base: i64, listed: &[i64]) -> v1::PartitionProduceResponse {
+        v1::PartitionProduceResponse {
+            partition: 0,
+            base_offset: base,
+            log_start_offset: 0,
+            error: None,
+            batch_base_offsets: listed.to_vec(),
+        }
+    }
+
+    #[test]
+    fn batch_offsets_come_from_the_broker_list_when_there_is_one() {
+        // The second batch was a retry the broker already had at 3.
+        assert_eq!(batch_offsets(&answer(10, &[3, 10]), &[2, 5]), Some(vec![3, 10]));
+        assert_eq!(batch_offsets(&answer(10, &[]), &[2, 5, 1]), Some(vec![10, 12, 17]));
+        assert_eq!(batch_offsets(&answer(-1, &[]), &[2, 5]), Some(vec![-1, -1]));
+        assert_eq!(batch_offsets(&answer(10, &[10]), &[2, 5]), None);
     }
 }

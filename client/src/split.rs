@@ -4,17 +4,19 @@
 //! A topic's limit can be below the producer's `batch_size`, and one large
 //! record can push an otherwise small batch over it. Rather than failing
 //! every record that happened to share the batch, the producer resends the
-//! same records in smaller batches, all in one request (so they still get
-//! consecutive offsets), and only a record too large on its own fails.
+//! same records in smaller batches, and only a record too large on its own
+//! fails. The smaller batches are built without a producer stamp: the
+//! sender stamps them with the partition's sequence when it sends them.
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use tributary_proto::batch::{self, BatchBuilder, BatchError, Compression, HEADER_LEN};
 
 /// The records of one batch, re-encoded.
 #[derive(Debug)]
 pub(crate) struct Split {
-    /// Concatenated batches, each within the limit.
-    pub payload: Bytes,
+    /// Batches in record order, each within the limit, with their record
+    /// counts.
+    pub batches: Vec<(Bytes, u32)>,
     /// Records too large to send even alone: (index, ascending; bytes as a
     /// batch of their own).
     pub holes: Vec<(u32, usize)>,
@@ -29,7 +31,7 @@ pub(crate) fn split(built: &Bytes, compression: Compression, limit: usize) -> Re
         Compression::None => limit,
         _ => limit.saturating_sub(limit / 32 + 64),
     };
-    let mut payload = BytesMut::new();
+    let mut batches = Vec::new();
     let mut holes = Vec::new();
     let mut current: Option<BatchBuilder> = None;
     for (index, record) in batch::records(built)?.enumerate() {
@@ -52,7 +54,8 @@ pub(crate) fn split(built: &Bytes, compression: Compression, limit: usize) -> Re
             .is_some_and(|b| b.size() + b.record_size(r.timestamp, key, value, &headers) <= target);
         if !fits {
             if let Some(full) = current.take() {
-                payload.extend_from_slice(&full.build());
+                let count = full.record_count() as u32;
+                batches.push((full.build(), count));
             }
             current = Some(BatchBuilder::with_capacity(compression, r.timestamp, target.min(1 << 20)));
         }
@@ -61,9 +64,10 @@ pub(crate) fn split(built: &Bytes, compression: Compression, limit: usize) -> Re
         }
     }
     if let Some(last) = current {
-        payload.extend_from_slice(&last.build());
+        let count = last.record_count() as u32;
+        batches.push((last.build(), count));
     }
-    Ok(Split { payload: payload.freeze(), holes })
+    Ok(Split { batches, holes })
 }
 
 #[cfg(test)]
@@ -80,11 +84,13 @@ mod tests {
         b.build()
     }
 
-    fn decode(payload: &Bytes) -> Vec<(usize, i64, usize)> {
+    fn decode(split: &Split) -> Vec<(usize, i64, usize)> {
         let mut out = Vec::new();
-        for b in Batches::new(payload) {
+        let payload = Bytes::from(split.batches.iter().flat_map(|(b, _)| b.to_vec()).collect::<Vec<u8>>());
+        for (i, b) in Batches::new(&payload).enumerate() {
             let (_, slice) = b.unwrap();
-            batch::verify(slice).unwrap();
+            let header = batch::verify(slice).unwrap();
+            assert_eq!(header.record_count as u32, split.batches[i].1);
             for r in batch::records(&payload.slice_ref(slice)).unwrap() {
                 let r = r.unwrap();
                 let key = String::from_utf8(r.key.unwrap().to_vec()).unwrap();
@@ -102,7 +108,7 @@ mod tests {
         assert_eq!(split.holes.len(), 1);
         assert_eq!(split.holes[0].0, 1);
         assert!(split.holes[0].1 > 3000);
-        let got = decode(&split.payload);
+        let got = decode(&split);
         assert_eq!(got, vec![(0, 1000, 10), (2, 1002, 10), (3, 1003, 10)]);
     }
 
@@ -112,10 +118,10 @@ mod tests {
             let built = batch(&[100; 200], compression);
             let split = split(&built, compression, 1500).unwrap();
             assert!(split.holes.is_empty());
-            let sizes: Vec<usize> = Batches::new(&split.payload).map(|b| b.unwrap().1.len()).collect();
+            let sizes: Vec<usize> = split.batches.iter().map(|(b, _)| b.len()).collect();
             assert!(sizes.len() > 10, "{sizes:?}");
             assert!(sizes.iter().all(|&s| s <= 1500), "{sizes:?}");
-            let got = decode(&split.payload);
+            let got = decode(&split);
             assert_eq!(got.len(), 200);
             assert!(got.iter().enumerate().all(|(i, r)| r.0 == i && r.1 == 1000 + i as i64));
         }

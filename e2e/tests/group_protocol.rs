@@ -195,6 +195,14 @@ async fn cooperative_rebalance_never_hands_out_an_owned_partition() {
     assert!(got.is_empty(), "{got:?}");
     assert_eq!(keep.len(), 3, "member 1 keeps its share: {keep:?}");
 
+    // While giving up the other three, member 1 may still commit their final
+    // positions (nobody else owns them yet)...
+    let revoked = tps(&owned1).difference(&keep).next().unwrap().1;
+    c.group.commit_offsets(commit("g", &m1, gen, revoked, 1)).await.unwrap();
+    // ...but member 2 may not commit what it does not own.
+    let err = c.group.commit_offsets(commit("g", &second.member_id, gen, revoked, 1)).await.unwrap_err();
+    assert!(err.message().contains("not assigned"), "{}", err.message());
+
     // Member 1 revokes the other three and rejoins with what it kept.
     let kept: Vec<TopicPartitions> =
         vec![TopicPartitions { topic: "t".into(), partitions: keep.iter().map(|(_, p)| *p).collect() }];

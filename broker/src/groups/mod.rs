@@ -10,7 +10,8 @@
 //! withheld until its previous owner has given it up (rejoined without it),
 //! so no partition ever has two owners in one generation. Commits are
 //! accepted only from members of the current generation, for partitions they
-//! own ([`offsets`] stores them).
+//! own — or, with a cooperative strategy, are giving up and nobody owns yet,
+//! so their final positions can be committed ([`offsets`] stores them).
 //!
 //! State lives under one mutex that is never held across an await; a member
 //! waiting for a rebalance to complete waits on a watch channel.
@@ -64,6 +65,10 @@ struct Member {
     /// Joined during the current rebalance.
     rejoined: bool,
     assignment: Vec<Tp>,
+    /// Cooperative: partitions the member owned that this generation
+    /// withholds from everyone until it gives them up. It may still commit
+    /// them (its final positions) while it revokes.
+    revoking: Vec<Tp>,
 }
 
 struct Group {
@@ -296,6 +301,7 @@ impl Coordinator {
                 last_seen: now,
                 rejoined: true,
                 assignment: g.members.get(&member_id).map(|m| m.assignment.clone()).unwrap_or_default(),
+                revoking: Vec::new(),
             };
             g.members.insert(member_id.clone(), member);
             if let Some(inst) = instance {
@@ -553,7 +559,8 @@ impl Coordinator {
                 }
                 let m = &g.members[&req.member_id];
                 for (t, p, _) in &entries {
-                    if !m.assignment.iter().any(|(at, ap)| at == t && ap == p) {
+                    let owns = |tps: &[Tp]| tps.iter().any(|(at, ap)| at == t && ap == p);
+                    if !owns(&m.assignment) && !owns(&m.revoking) {
                         return Err(Error::CommitRejected(format!(
                             "commit rejected: {t}-{p} is not assigned to member '{}' in generation {}",
                             req.member_id, g.generation
@@ -807,6 +814,11 @@ fn complete(g: &mut Group, topics: &Topics) {
     }
     for (id, m) in g.members.iter_mut() {
         m.assignment = target.remove(id).unwrap_or_default();
+    }
+    let assigned: std::collections::HashSet<Tp> =
+        g.members.values().flat_map(|m| m.assignment.iter().cloned()).collect();
+    for m in g.members.values_mut() {
+        m.revoking = m.owned.iter().filter(|tp| !assigned.contains(*tp)).cloned().collect();
     }
     g.leader = g.members.keys().next().cloned().unwrap_or_default();
     g.state = GroupState::Stable;

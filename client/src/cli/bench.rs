@@ -17,15 +17,16 @@ use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use tributary_client::{
-    Acks, Admin, Compression, Consumer, ConsumerConfig, Error, LatencySummary, OffsetSpec, Producer,
-    ProducerConfig, ProducerRecord,
+    Acks, Admin, Assignor, Compression, Consumer, ConsumerConfig, Error, GroupConfig, GroupConsumer,
+    LatencySummary, OffsetReset, OffsetSpec, Producer, ProducerConfig, ProducerRecord,
 };
 
 #[derive(Subcommand, Debug)]
 pub enum BenchCommand {
     /// Produce N fixed-size records as fast as possible (the topic must exist).
     Produce(BenchProduceArgs),
-    /// Read N records from the start of every partition of a topic.
+    /// Read N records from the start of every partition of a topic (or, with
+    /// --group, from the group's committed offsets, by C group members).
     Consume(BenchConsumeArgs),
 }
 
@@ -55,6 +56,10 @@ pub struct BenchProduceArgs {
     /// How long a batch waits for more records, in ms.
     #[arg(long, default_value_t = 5)]
     pub linger_ms: u64,
+    /// Produce without idempotence (no producer id or sequence numbers), to
+    /// measure what it costs.
+    #[arg(long)]
+    pub no_idempotence: bool,
 }
 
 #[derive(Args, Debug)]
@@ -71,6 +76,16 @@ pub struct BenchConsumeArgs {
     /// Give up when no record arrived for this many ms.
     #[arg(long, default_value_t = 10_000)]
     pub idle_timeout_ms: u64,
+    /// Read as members of this consumer group (starting from its committed
+    /// offsets, or the earliest where there are none; committing as they go).
+    #[arg(long)]
+    pub group: Option<String>,
+    /// Group members sharing the work (each its own connection).
+    #[arg(long, default_value_t = 1, requires = "group")]
+    pub consumers: usize,
+    /// How the group spreads partitions.
+    #[arg(long, default_value = "range", requires = "group")]
+    pub assignor: Assignor,
 }
 
 /// The JSON line. `mb_per_sec` counts record values in MB (10^6 bytes).
@@ -157,6 +172,7 @@ async fn produce(bootstrap: &str, args: BenchProduceArgs) -> anyhow::Result<Benc
         batch_size: args.batch_size.unwrap_or(ProducerConfig::default().batch_size),
         compression: args.compression,
         record_latency: true,
+        enable_idempotence: !args.no_idempotence,
         ..ProducerConfig::default()
     };
     // One value for every record, never freed: cloning a static `Bytes` is
@@ -250,6 +266,9 @@ async fn produce(bootstrap: &str, args: BenchProduceArgs) -> anyhow::Result<Benc
 /// record values decoded, up to `--records`.
 async fn consume(bootstrap: &str, args: BenchConsumeArgs) -> anyhow::Result<BenchResult> {
     require_topic(bootstrap, &args.topic).await?;
+    if let Some(group) = args.group.clone() {
+        return consume_group(bootstrap, &group, args).await;
+    }
     let mut consumer = Consumer::connect(ConsumerConfig {
         bootstrap: bootstrap.to_string(),
         max_partition_bytes: args.max_partition_bytes,
@@ -298,4 +317,129 @@ async fn consume(bootstrap: &str, args: BenchConsumeArgs) -> anyhow::Result<Benc
         bar.finish_and_clear();
     }
     Ok(BenchResult::new(records, bytes, elapsed, Some(LatencySummary::from_micros(&latency))))
+}
+
+/// What the members of a group bench share.
+struct GroupProgress {
+    wanted: u64,
+    records: AtomicU64,
+    bytes: AtomicU64,
+    /// When the last wanted record was read.
+    finished: std::sync::OnceLock<Instant>,
+    stop: std::sync::atomic::AtomicBool,
+}
+
+impl GroupProgress {
+    /// Counts a fetch's records up to `wanted` in all; true once done.
+    fn add(&self, sizes: &[u64]) -> bool {
+        let n = sizes.len() as u64;
+        let before = self.records.fetch_add(n, Ordering::Relaxed);
+        let take = n.min(self.wanted.saturating_sub(before)) as usize;
+        self.bytes.fetch_add(sizes[..take].iter().sum(), Ordering::Relaxed);
+        if before + n >= self.wanted {
+            let _ = self.finished.set(Instant::now());
+            return true;
+        }
+        false
+    }
+
+    fn counted(&self) -> u64 {
+        self.records.load(Ordering::Relaxed).min(self.wanted)
+    }
+}
+
+/// `--consumers` group members in one process, each on its own task and
+/// connection, reading until together they have `--records`. Time runs from
+/// the start of the first poll (joining the group included) to the last
+/// wanted record; latency is per fetch, merged over the members.
+async fn consume_group(bootstrap: &str, group: &str, args: BenchConsumeArgs) -> anyhow::Result<BenchResult> {
+    if args.consumers == 0 {
+        bail!("--consumers must be at least 1");
+    }
+    let mut members = Vec::with_capacity(args.consumers);
+    for _ in 0..args.consumers {
+        let mut config = GroupConfig::new(bootstrap, group);
+        config.assignor = args.assignor;
+        config.auto_offset_reset = OffsetReset::Earliest;
+        config.max_partition_bytes = args.max_partition_bytes;
+        config.heartbeat_interval = Duration::from_secs(1);
+        let mut member = GroupConsumer::connect(config).await?;
+        member.subscribe(&[args.topic.as_str()]).await?;
+        members.push(member);
+    }
+    let shared = Arc::new(GroupProgress {
+        wanted: args.records,
+        records: AtomicU64::new(0),
+        bytes: AtomicU64::new(0),
+        finished: std::sync::OnceLock::new(),
+        stop: std::sync::atomic::AtomicBool::new(false),
+    });
+    let bar = progress(args.records);
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(members.len());
+    for mut member in members {
+        let progress = shared.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latency = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)?;
+            let mut sizes = Vec::new();
+            while !progress.stop.load(Ordering::Relaxed) {
+                let asked = Instant::now();
+                let fetched = member.poll_batches(Duration::from_millis(200)).await?;
+                let waited = asked.elapsed();
+                sizes.clear();
+                for f in &fetched {
+                    f.for_each_record(|r| sizes.push(r.value.as_ref().map_or(0, |v| v.len() as u64)))?;
+                }
+                if !sizes.is_empty() {
+                    latency.saturating_record(waited.as_micros().max(1) as u64);
+                    if progress.add(&sizes) {
+                        progress.stop.store(true, Ordering::Relaxed);
+                    }
+                }
+            }
+            member.close().await?;
+            Ok::<_, anyhow::Error>(latency)
+        }));
+    }
+    let idle_limit = Duration::from_millis(args.idle_timeout_ms);
+    let mut last = 0;
+    let mut last_change = Instant::now();
+    while !shared.stop.load(Ordering::Relaxed) && !tasks.iter().any(|t| t.is_finished()) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = shared.counted();
+        if let Some(bar) = &bar {
+            bar.set_position(now);
+        }
+        if now != last {
+            last = now;
+            last_change = Instant::now();
+        } else if last_change.elapsed() >= idle_limit {
+            shared.stop.store(true, Ordering::Relaxed);
+        }
+    }
+    shared.stop.store(true, Ordering::Relaxed);
+    let mut latency = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)?;
+    for t in tasks {
+        let h = t.await??;
+        let _ = latency.add(&h);
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let Some(&finished) = shared.finished.get() else {
+        bail!(
+            "only {} of {} records read by group '{group}' from topic '{}' after waiting {} ms for more",
+            shared.counted(),
+            args.records,
+            args.topic,
+            args.idle_timeout_ms
+        );
+    };
+    let summary = LatencySummary::from_micros(&latency);
+    Ok(BenchResult::new(
+        shared.counted(),
+        shared.bytes.load(Ordering::Relaxed),
+        finished.duration_since(start),
+        Some(summary),
+    ))
 }

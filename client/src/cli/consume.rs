@@ -1,5 +1,11 @@
 //! `tributary consume TOPIC`: prints records, one value per line.
 //!
+//! Without `--group` it reads every partition (or one) from a position it
+//! is given. With `--group G` it is a member of consumer group G: it reads
+//! the partitions the group gives it, from the group's committed offsets,
+//! and commits what it printed (auto-commit, and on exit; with
+//! `--max-messages`, exactly the records it printed).
+//!
 //! Output is tab-separated, in this order when asked for:
 //! `PARTITION:OFFSET`, key, headers (`k=v,k2=v2`), then the value. Bytes
 //! that are not UTF-8 are printed lossily; a missing key or value prints as
@@ -10,7 +16,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
-use tributary_client::{Consumer, ConsumerConfig, ConsumerRecord, OffsetSpec};
+use tributary_client::{
+    Assignor, Consumer, ConsumerConfig, ConsumerRecord, GroupConfig, GroupConsumer, OffsetReset, OffsetSpec,
+    TopicPartition,
+};
 
 use super::args::parse_start_offset;
 
@@ -19,14 +28,35 @@ pub struct ConsumeArgs {
     /// Topic to read.
     pub topic: String,
     /// Read only this partition (default: all of them).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "group")]
     pub partition: Option<u32>,
     /// Where to start: earliest, latest or an offset [default: latest].
-    #[arg(long, value_name = "earliest|latest|N", value_parser = parse_start_offset)]
+    #[arg(long, value_name = "earliest|latest|N", value_parser = parse_start_offset, conflicts_with = "group")]
     pub offset: Option<OffsetSpec>,
-    /// Start from the earliest record (same as --offset earliest).
+    /// Start from the earliest record (same as --offset earliest). With
+    /// --group: where the group has no committed offset.
     #[arg(long, conflicts_with = "offset")]
     pub from_beginning: bool,
+    /// Consume as a member of this consumer group.
+    #[arg(long)]
+    pub group: Option<String>,
+    /// Static group membership: a restart with the same id within the
+    /// session timeout gets the same partitions without a rebalance.
+    #[arg(long, value_name = "ID", requires = "group")]
+    pub instance_id: Option<String>,
+    /// How the group spreads partitions: range, roundrobin or
+    /// cooperative-sticky (every member must use the same).
+    #[arg(long, default_value = "range", requires = "group")]
+    pub assignor: Assignor,
+    /// Group session timeout in ms: a member silent this long is evicted.
+    #[arg(long, default_value_t = 10_000, requires = "group")]
+    pub session_timeout_ms: u64,
+    /// How often the group member heartbeats, in ms.
+    #[arg(long, default_value_t = 3_000, requires = "group")]
+    pub heartbeat_interval_ms: u64,
+    /// How often the group member commits what it printed, in ms.
+    #[arg(long, default_value_t = 5_000, requires = "group")]
+    pub auto_commit_interval_ms: u64,
     /// Stop after this many records.
     #[arg(long)]
     pub max_messages: Option<u64>,
@@ -60,6 +90,9 @@ impl ConsumeArgs {
 const POLL: Duration = Duration::from_secs(1);
 
 pub async fn run(bootstrap: &str, args: ConsumeArgs) -> anyhow::Result<()> {
+    if let Some(group) = args.group.clone() {
+        return run_group(bootstrap, &group, args).await;
+    }
     let mut consumer =
         Consumer::connect(ConsumerConfig { bootstrap: bootstrap.to_string(), ..ConsumerConfig::default() })
             .await?;
@@ -103,16 +136,99 @@ pub async fn run(bootstrap: &str, args: ConsumeArgs) -> anyhow::Result<()> {
             format_record(&mut out, r, &args);
             printed += 1;
         }
-        let mut stdout = std::io::stdout().lock();
-        let written = stdout.write_all(&out).and_then(|()| stdout.flush());
-        match written {
-            Ok(()) => {}
-            // The reader went away (`| head`): that's a normal way to stop.
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
-            Err(e) => return Err(e).context("cannot write to stdout"),
+        if !write_out(&out)? {
+            return Ok(());
         }
     }
     Ok(())
+}
+
+/// Writes to stdout; false when the reader went away (`| head`), which is a
+/// normal way to stop.
+fn write_out(out: &[u8]) -> anyhow::Result<bool> {
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(out).and_then(|()| stdout.flush()) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+        Err(e) => Err(e).context("cannot write to stdout"),
+    }
+}
+
+/// As a group member. Records are printed before the next poll, so what
+/// auto-commit commits was printed; at --max-messages, partitions with
+/// records returned but not printed are moved back to the first of those
+/// before the final commit in `close`.
+async fn run_group(bootstrap: &str, group: &str, args: ConsumeArgs) -> anyhow::Result<()> {
+    let mut config = GroupConfig::new(bootstrap, group);
+    config.group_instance_id = args.instance_id.clone();
+    config.assignor = args.assignor;
+    config.session_timeout = Duration::from_millis(args.session_timeout_ms);
+    config.heartbeat_interval = Duration::from_millis(args.heartbeat_interval_ms);
+    config.auto_commit_interval = Duration::from_millis(args.auto_commit_interval_ms);
+    config.auto_offset_reset = if args.from_beginning { OffsetReset::Earliest } else { OffsetReset::Latest };
+    let mut consumer = GroupConsumer::connect(config).await?;
+    consumer.subscribe(&[args.topic.as_str()]).await?;
+    let idle_limit = args.timeout_ms.map(Duration::from_millis);
+    let mut printed: u64 = 0;
+    let mut last_record = Instant::now();
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    let mut out = Vec::with_capacity(64 << 10);
+    loop {
+        if args.max_messages.is_some_and(|max| printed >= max) {
+            break;
+        }
+        let wait = match idle_limit {
+            Some(limit) => {
+                let left = limit.saturating_sub(last_record.elapsed());
+                if left.is_zero() {
+                    break;
+                }
+                left.min(POLL)
+            }
+            None => POLL,
+        };
+        let records = tokio::select! {
+            r = consumer.poll(wait) => r?,
+            _ = &mut ctrl_c => break,
+        };
+        if records.is_empty() {
+            continue;
+        }
+        last_record = Instant::now();
+        out.clear();
+        let mut shown = 0;
+        for r in &records {
+            if args.max_messages.is_some_and(|max| printed >= max) {
+                break;
+            }
+            format_record(&mut out, r, &args);
+            printed += 1;
+            shown += 1;
+        }
+        for (tp, offset) in first_unprinted(&records[shown..]) {
+            consumer.seek(&tp, offset);
+        }
+        if !write_out(&out)? {
+            break;
+        }
+    }
+    consumer.close().await?;
+    Ok(())
+}
+
+/// Per partition, the offset of the first record in `rest` (records
+/// returned by poll but not printed).
+pub fn first_unprinted(rest: &[ConsumerRecord]) -> Vec<(TopicPartition, i64)> {
+    let mut firsts: Vec<(TopicPartition, i64)> = Vec::new();
+    for r in rest {
+        let tp = TopicPartition::new(r.topic.clone(), r.partition);
+        match firsts.iter_mut().find(|(t, _)| *t == tp) {
+            Some((_, o)) => *o = (*o).min(r.offset),
+            None => firsts.push((tp, r.offset)),
+        }
+    }
+    firsts
 }
 
 /// Appends one output line for `r`.
@@ -192,6 +308,35 @@ mod tests {
             "2:17\tk\ta=1,b\tv\u{fffd}\n"
         );
         assert_eq!(line(&["--print-key"]), "k\tv\u{fffd}\n");
+    }
+
+    #[test]
+    fn unprinted_records_rewind_each_partition_to_its_first() {
+        let at = |partition, offset| ConsumerRecord { partition, offset, ..record() };
+        let rest = [at(0, 7), at(0, 8), at(1, 3), at(0, 9)];
+        assert_eq!(
+            first_unprinted(&rest),
+            vec![(TopicPartition::new("t", 0), 7), (TopicPartition::new("t", 1), 3)]
+        );
+        assert!(first_unprinted(&[]).is_empty());
+    }
+
+    #[test]
+    fn group_flags() {
+        let c = args(&["--group", "g", "--instance-id", "i-1", "--assignor", "cooperative-sticky"]);
+        assert_eq!(c.group.as_deref(), Some("g"));
+        assert_eq!(c.instance_id.as_deref(), Some("i-1"));
+        assert_eq!(c.assignor, Assignor::CooperativeSticky);
+        assert_eq!(c.session_timeout_ms, 10_000);
+        let bad = |flags: &[&str]| {
+            let mut argv = vec!["tributary", "consume", "t"];
+            argv.extend_from_slice(flags);
+            crate::cli::Cli::try_parse_from(argv).is_err()
+        };
+        assert!(bad(&["--group", "g", "--offset", "3"]));
+        assert!(bad(&["--group", "g", "--partition", "0"]));
+        assert!(bad(&["--instance-id", "i"]));
+        assert!(bad(&["--group", "g", "--assignor", "sticky"]));
     }
 
     #[test]

@@ -4,7 +4,9 @@
 pub mod args;
 pub mod bench;
 pub mod consume;
+pub mod group;
 pub mod produce;
+pub mod table;
 pub mod topic;
 
 use clap::{Parser, Subcommand};
@@ -13,7 +15,7 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "tributary",
     version,
-    about = "Tributary client: manage topics, produce, consume, benchmark"
+    about = "Tributary client: manage topics and consumer groups, produce, consume, benchmark"
 )]
 pub struct Cli {
     /// Broker address to connect to.
@@ -36,8 +38,12 @@ pub enum Command {
     Topic(topic::TopicCommand),
     /// Produce one record per line of stdin.
     Produce(produce::ProduceArgs),
-    /// Print records of a topic, one value per line.
+    /// Print records of a topic, one value per line (as a consumer group
+    /// member with --group).
     Consume(consume::ConsumeArgs),
+    /// List, describe, reset offsets of and delete consumer groups.
+    #[command(subcommand)]
+    Group(group::GroupCommand),
     /// Measure produce or consume throughput and latency.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -48,6 +54,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Topic(cmd) => topic::run(&cli.bootstrap, cmd).await,
         Command::Produce(args) => produce::run(&cli.bootstrap, args).await,
         Command::Consume(args) => consume::run(&cli.bootstrap, args).await,
+        Command::Group(cmd) => group::run(&cli.bootstrap, cmd).await,
         Command::Bench(cmd) => bench::run(&cli.bootstrap, cmd).await,
     }
 }
@@ -168,6 +175,73 @@ mod tests {
         let cli = parse(&["tributary", "consume", "t"]);
         let Command::Consume(c) = cli.command else { panic!("not consume") };
         assert_eq!(c.start(), tributary_client::OffsetSpec::Latest);
+    }
+
+    #[test]
+    fn group_commands() {
+        let cli = parse(&["tributary", "group", "describe", "g"]);
+        assert!(
+            matches!(cli.command, Command::Group(group::GroupCommand::Describe { ref group }) if group == "g")
+        );
+        let cli = parse(&[
+            "tributary",
+            "group",
+            "reset-offsets",
+            "g",
+            "--topic",
+            "t",
+            "--to-offset",
+            "5",
+            "--dry-run",
+        ]);
+        let Command::Group(group::GroupCommand::ResetOffsets(r)) = cli.command else {
+            panic!("not reset-offsets")
+        };
+        assert_eq!(r.target(), tributary_client::ResetTo::Offset(5));
+        assert!(r.dry_run);
+        let cli = parse(&[
+            "tributary",
+            "group",
+            "reset-offsets",
+            "g",
+            "--topic",
+            "t",
+            "--to-datetime",
+            "2024-05-01T12:00:00Z",
+        ]);
+        let Command::Group(group::GroupCommand::ResetOffsets(r)) = cli.command else {
+            panic!("not reset-offsets")
+        };
+        assert_eq!(r.target(), tributary_client::ResetTo::Timestamp(1_714_564_800_000));
+        let cli = parse(&["tributary", "group", "reset-offsets", "g", "--topic", "t", "--to-earliest"]);
+        let Command::Group(group::GroupCommand::ResetOffsets(r)) = cli.command else {
+            panic!("not reset-offsets")
+        };
+        assert_eq!(r.target(), tributary_client::ResetTo::Earliest);
+        // Exactly one target.
+        assert!(Cli::try_parse_from(["tributary", "group", "reset-offsets", "g", "--topic", "t"]).is_err());
+        assert!(Cli::try_parse_from([
+            "tributary",
+            "group",
+            "reset-offsets",
+            "g",
+            "--topic",
+            "t",
+            "--to-earliest",
+            "--to-latest"
+        ])
+        .is_err());
+        assert!(Cli::try_parse_from([
+            "tributary",
+            "group",
+            "reset-offsets",
+            "g",
+            "--topic",
+            "t",
+            "--to-offset",
+            "-1"
+        ])
+        .is_err());
     }
 
     #[test]

@@ -94,7 +94,7 @@ pub fn describe(t: &TopicDescription) -> String {
     out.push_str(&format!("Partitions: {}\n", t.partitions.len()));
     out.push_str(&format!("Replication factor: {}\n\n", t.replication_factor));
     let ids = |v: &[i32]| v.iter().map(i32::to_string).collect::<Vec<_>>().join(",");
-    let mut rows = vec![[
+    let mut rows = vec![vec![
         "PARTITION".to_string(),
         "LEADER".into(),
         "REPLICAS".into(),
@@ -105,7 +105,7 @@ pub fn describe(t: &TopicDescription) -> String {
         "SEGMENTS".into(),
     ]];
     for p in &t.partitions {
-        rows.push([
+        rows.push(vec![
             p.partition.to_string(),
             p.leader.to_string(),
             ids(&p.replicas),
@@ -116,17 +116,7 @@ pub fn describe(t: &TopicDescription) -> String {
             p.segments.to_string(),
         ]);
     }
-    let mut widths = [0usize; 8];
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.len());
-        }
-    }
-    for row in &rows {
-        let cells: Vec<String> = row.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
-        out.push_str(cells.join("  ").trim_end());
-        out.push('\n');
-    }
+    out.push_str(&super::table::render(&rows));
     out.push_str("\nConfigs:\n");
     // Effective values, plus any override the broker did not list there.
     let mut all: BTreeMap<&str, &str> =
