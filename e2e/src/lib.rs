@@ -41,6 +41,7 @@ pub struct Broker {
     child: Option<Child>,
     root: PathBuf,
     extra_config: String,
+    env: Vec<(String, String)>,
     pub grpc: SocketAddr,
     pub http: SocketAddr,
     _tmp: Option<tempfile::TempDir>,
@@ -54,11 +55,17 @@ impl Broker {
 
     /// Starts a broker with extra TOML settings.
     pub fn start_with(config: &str) -> Result<Broker> {
+        Self::start_with_env(config, &[])
+    }
+
+    /// Starts a broker with extra TOML settings and environment variables.
+    pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Result<Broker> {
         let tmp = tempfile::Builder::new().prefix("tributary-e2e-").tempdir()?;
         let mut b = Broker {
             child: None,
             root: tmp.path().to_path_buf(),
             extra_config: config.to_string(),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             grpc: "127.0.0.1:0".parse()?,
             http: "127.0.0.1:0".parse()?,
             _tmp: Some(tmp),
@@ -102,6 +109,7 @@ impl Broker {
             .arg(&http)
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
             .env("NO_COLOR", "1")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))

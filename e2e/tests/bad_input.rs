@@ -334,3 +334,47 @@ async fn fetch_returns_the_stored_batch_bytes_as_produced() {
     assert_eq!(&got[8..12], &sent[8..12]);
     assert_eq!(&got[16..], &sent[16..]);
 }
+
+/// With `OTEL_EXPORTER_OTLP_ENDPOINT` set, request spans are exported over
+/// OTLP/gRPC: a stand-in collector sees the exporter's HTTP/2 connection and
+/// its request (headers are HPACK-compressed, so the test checks the frames
+/// arrive rather than reading the path). An unreachable collector never stops
+/// the broker from serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traces_are_exported_over_otlp_when_configured() {
+    use tokio::io::AsyncReadExt;
+    let collector = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", collector.local_addr().unwrap());
+    let b = Broker::start_with_env(
+        tributary_e2e::FAST_MAINTENANCE,
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint), ("OTEL_BSP_SCHEDULE_DELAY", "100")],
+    )
+    .unwrap();
+    let (mut log, mut admin) = clients(&b).await;
+    admin
+        .create_topics(CreateTopicsRequest { topics: vec![spec("traced", 1, &[])], validate_only: false })
+        .await
+        .unwrap();
+    log.produce(produce("traced", 0, batch(&["a"], None))).await.unwrap();
+
+    let seen = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        let (mut conn, _) = collector.accept().await.unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        // Preface (24 bytes) + SETTINGS, then the export's HEADERS and DATA.
+        while got.len() < 200 {
+            match conn.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        got
+    })
+    .await
+    .expect("the broker exported nothing within 20 s");
+    assert!(seen.starts_with(b"PRI * HTTP/2.0"), "not an HTTP/2 client");
+    assert!(seen.len() >= 200, "the exporter connected but sent no request ({} bytes)", seen.len());
+    // The collector never answers; the broker still serves.
+    drop(collector);
+    log.produce(produce("traced", 0, batch(&["b"], None))).await.unwrap();
+}

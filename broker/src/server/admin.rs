@@ -78,6 +78,7 @@ impl AdminService {
 
 #[tonic::async_trait]
 impl Admin for AdminService {
+    #[tracing::instrument(name = "create_topics", skip_all)]
     async fn create_topics(
         &self,
         request: Request<v1::CreateTopicsRequest>,
@@ -102,6 +103,7 @@ impl Admin for AdminService {
         self.finish("create_topics", start, r)
     }
 
+    #[tracing::instrument(name = "delete_topics", skip_all)]
     async fn delete_topics(
         &self,
         request: Request<v1::DeleteTopicsRequest>,
@@ -117,6 +119,7 @@ impl Admin for AdminService {
         self.finish("delete_topics", start, r)
     }
 
+    #[tracing::instrument(name = "describe_topics", skip_all)]
     async fn describe_topics(
         &self,
         request: Request<v1::DescribeTopicsRequest>,
@@ -126,6 +129,7 @@ impl Admin for AdminService {
         self.finish("describe_topics", start, r)
     }
 
+    #[tracing::instrument(name = "alter_topic_configs", skip_all)]
     async fn alter_topic_configs(
         &self,
         request: Request<v1::AlterTopicConfigsRequest>,
@@ -140,6 +144,7 @@ impl Admin for AdminService {
         self.finish("alter_topic_configs", start, r)
     }
 
+    #[tracing::instrument(name = "create_partitions", skip_all)]
     async fn create_partitions(
         &self,
         request: Request<v1::CreatePartitionsRequest>,

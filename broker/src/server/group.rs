@@ -42,6 +42,7 @@ impl GroupService {
 
 #[tonic::async_trait]
 impl Group for GroupService {
+    #[tracing::instrument(name = "find_coordinator", skip_all)]
     async fn find_coordinator(
         &self,
         request: Request<v1::FindCoordinatorRequest>,
@@ -61,6 +62,7 @@ impl Group for GroupService {
         self.finish("find_coordinator", start, r)
     }
 
+    #[tracing::instrument(name = "join_group", skip_all)]
     async fn join_group(
         &self,
         request: Request<v1::JoinGroupRequest>,
@@ -74,6 +76,7 @@ impl Group for GroupService {
         self.finish("join_group", start, r)
     }
 
+    #[tracing::instrument(name = "sync_group", skip_all)]
     async fn sync_group(
         &self,
         request: Request<v1::SyncGroupRequest>,
@@ -83,6 +86,7 @@ impl Group for GroupService {
         self.finish("sync_group", start, r)
     }
 
+    #[tracing::instrument(name = "heartbeat", skip_all)]
     async fn heartbeat(
         &self,
         request: Request<v1::HeartbeatRequest>,
@@ -92,6 +96,7 @@ impl Group for GroupService {
         self.finish("heartbeat", start, r)
     }
 
+    #[tracing::instrument(name = "leave_group", skip_all)]
     async fn leave_group(
         &self,
         request: Request<v1::LeaveGroupRequest>,
@@ -105,6 +110,7 @@ impl Group for GroupService {
         self.finish("leave_group", start, r)
     }
 
+    #[tracing::instrument(name = "commit_offsets", skip_all)]
     async fn commit_offsets(
         &self,
         request: Request<v1::CommitOffsetsRequest>,
@@ -118,6 +124,7 @@ impl Group for GroupService {
         self.finish("commit_offsets", start, r)
     }
 
+    #[tracing::instrument(name = "fetch_offsets", skip_all)]
     async fn fetch_offsets(
         &self,
         request: Request<v1::FetchOffsetsRequest>,
@@ -127,6 +134,7 @@ impl Group for GroupService {
         self.finish("fetch_offsets", start, r)
     }
 
+    #[tracing::instrument(name = "list_groups", skip_all)]
     async fn list_groups(
         &self,
         _request: Request<v1::ListGroupsRequest>,
@@ -136,6 +144,7 @@ impl Group for GroupService {
         self.finish("list_groups", start, r)
     }
 
+    #[tracing::instrument(name = "describe_group", skip_all)]
     async fn describe_group(
         &self,
         request: Request<v1::DescribeGroupRequest>,
@@ -146,6 +155,7 @@ impl Group for GroupService {
         self.finish("describe_group", start, r)
     }
 
+    #[tracing::instrument(name = "delete_group", skip_all)]
     async fn delete_group(
         &self,
         request: Request<v1::DeleteGroupRequest>,
@@ -159,6 +169,7 @@ impl Group for GroupService {
         self.finish("delete_group", start, r)
     }
 
+    #[tracing::instrument(name = "reset_offsets", skip_all)]
     async fn reset_offsets(
         &self,
         request: Request<v1::ResetOffsetsRequest>,

@@ -308,6 +308,7 @@ impl LogService {
 
 #[tonic::async_trait]
 impl Log for LogService {
+    #[tracing::instrument(name = "produce", skip_all)]
     async fn produce(
         &self,
         request: Request<v1::ProduceRequest>,
@@ -317,12 +318,14 @@ impl Log for LogService {
         self.finish("produce", start, r)
     }
 
+    #[tracing::instrument(name = "fetch", skip_all)]
     async fn fetch(&self, request: Request<v1::FetchRequest>) -> Result<Response<v1::FetchResponse>, Status> {
         let start = Instant::now();
         let r = self.fetch_inner(request.into_inner()).await;
         self.finish("fetch", start, r)
     }
 
+    #[tracing::instrument(name = "list_offsets", skip_all)]
     async fn list_offsets(
         &self,
         request: Request<v1::ListOffsetsRequest>,
@@ -332,6 +335,7 @@ impl Log for LogService {
         self.finish("list_offsets", start, r)
     }
 
+    #[tracing::instrument(name = "metadata", skip_all)]
     async fn metadata(
         &self,
         request: Request<v1::MetadataRequest>,
@@ -341,6 +345,7 @@ impl Log for LogService {
         self.finish("metadata", start, r)
     }
 
+    #[tracing::instrument(name = "init_producer_id", skip_all)]
     async fn init_producer_id(
         &self,
         _request: Request<v1::InitProducerIdRequest>,
