@@ -5,7 +5,7 @@
 //! [`crate::topic_plan`] decided, and tests put a fake behind it. The real one,
 //! [`GrpcBrokers`], keeps one lazily-connected channel per cluster address.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -38,6 +38,96 @@ pub trait Brokers: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Option<ObservedTopic>, AdminError>>;
     /// Makes one planned call.
     fn execute<'a>(&'a self, address: &'a str, call: &'a AdminCall) -> BoxFuture<'a, Result<(), AdminError>>;
+
+    /// The named topics that exist, by name, in as few calls as the brokers
+    /// allow; `names` empty means every topic. Topics that do not exist are
+    /// absent from the map. [`crate::admin_batch`] uses this to serve many
+    /// reconciles with one call.
+    ///
+    /// The default asks [`Brokers::describe`] for each name in turn and cannot
+    /// list every topic; [`GrpcBrokers`] makes one `DescribeTopics` call.
+    fn describe_many<'a>(
+        &'a self,
+        address: &'a str,
+        names: &'a [String],
+    ) -> BoxFuture<'a, Result<HashMap<String, ObservedTopic>, AdminError>> {
+        Box::pin(async move {
+            if names.is_empty() {
+                return Err(AdminError::Refused {
+                    call: "DescribeTopics".into(),
+                    message: "this admin client cannot list every topic".into(),
+                });
+            }
+            let mut found = HashMap::new();
+            for name in names {
+                if let Some(o) = self.describe(address, name).await? {
+                    found.insert(name.clone(), o);
+                }
+            }
+            Ok(found)
+        })
+    }
+
+    /// Creates all `topics`. Like the broker's `CreateTopics`, the real one
+    /// is all-or-nothing: one invalid topic refuses the whole call.
+    ///
+    /// The default makes one [`Brokers::execute`] per topic, stopping at the
+    /// first error; [`GrpcBrokers`] makes one `CreateTopics` call.
+    fn create_many<'a>(
+        &'a self,
+        address: &'a str,
+        topics: &'a [NewTopic],
+    ) -> BoxFuture<'a, Result<(), AdminError>> {
+        Box::pin(async move {
+            for t in topics {
+                self.execute(address, &t.to_call()).await?;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// A topic to create: the fields of [`AdminCall::Create`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewTopic {
+    pub name: String,
+    pub partitions: u32,
+    pub replication_factor: u32,
+    pub configs: BTreeMap<String, String>,
+}
+
+impl NewTopic {
+    /// The topic `call` creates, when it is a [`AdminCall::Create`].
+    pub fn from_call(call: &AdminCall) -> Option<NewTopic> {
+        match call {
+            AdminCall::Create { name, partitions, replication_factor, configs } => Some(NewTopic {
+                name: name.clone(),
+                partitions: *partitions,
+                replication_factor: *replication_factor,
+                configs: configs.clone(),
+            }),
+            _ => None,
+        }
+    }
+
+    /// The same creation as one planned call.
+    pub fn to_call(&self) -> AdminCall {
+        AdminCall::Create {
+            name: self.name.clone(),
+            partitions: self.partitions,
+            replication_factor: self.replication_factor,
+            configs: self.configs.clone(),
+        }
+    }
+
+    fn to_spec(&self) -> v1::TopicSpec {
+        v1::TopicSpec {
+            name: self.name.clone(),
+            partitions: self.partitions,
+            replication_factor: self.replication_factor,
+            configs: self.configs.clone().into_iter().collect(),
+        }
+    }
 }
 
 /// Summarizes a broker's description of a topic.
@@ -104,18 +194,13 @@ impl Brokers for GrpcBrokers {
         Box::pin(async move {
             let mut client = self.client(address)?;
             let result = match call.clone() {
-                AdminCall::Create { name, partitions, replication_factor, configs } => client
-                    .create_topics(v1::CreateTopicsRequest {
-                        topics: vec![v1::TopicSpec {
-                            name,
-                            partitions,
-                            replication_factor,
-                            configs: configs.into_iter().collect(),
-                        }],
-                        validate_only: false,
-                    })
-                    .await
-                    .map(drop),
+                AdminCall::Create { .. } => {
+                    let topics = NewTopic::from_call(call).map(|t| t.to_spec()).into_iter().collect();
+                    client
+                        .create_topics(v1::CreateTopicsRequest { topics, validate_only: false })
+                        .await
+                        .map(drop)
+                }
                 AdminCall::CreatePartitions { name, total } => client
                     .create_partitions(v1::CreatePartitionsRequest {
                         name,
@@ -142,6 +227,59 @@ impl Brokers for GrpcBrokers {
                 }
             };
             result.map_err(|s| status_error(address, call.name(), s))
+        })
+    }
+
+    fn describe_many<'a>(
+        &'a self,
+        address: &'a str,
+        names: &'a [String],
+    ) -> BoxFuture<'a, Result<HashMap<String, ObservedTopic>, AdminError>> {
+        Box::pin(async move {
+            let mut client = self.client(address)?;
+            let wanted: HashSet<&str> = names.iter().map(String::as_str).collect();
+            let keep = |topics: Vec<TopicDescription>| -> HashMap<String, ObservedTopic> {
+                topics
+                    .iter()
+                    .filter(|t| wanted.is_empty() || wanted.contains(t.name.as_str()))
+                    .map(|t| (t.name.clone(), observed_from(t)))
+                    .collect()
+            };
+            let request = v1::DescribeTopicsRequest { names: names.to_vec() };
+            match client.describe_topics(request).await {
+                Ok(r) => Ok(keep(r.into_inner().topics)),
+                // The broker answers NotFound when any one name is missing
+                // (a topic about to be created, usually). One name: that is
+                // the answer. Several: list every topic once and pick ours,
+                // rather than one call per name.
+                Err(s) if s.code() == Code::NotFound && names.len() == 1 => Ok(HashMap::new()),
+                Err(s) if s.code() == Code::NotFound && !names.is_empty() => {
+                    match client.describe_topics(v1::DescribeTopicsRequest { names: vec![] }).await {
+                        Ok(r) => Ok(keep(r.into_inner().topics)),
+                        Err(s) => Err(status_error(address, "DescribeTopics", s)),
+                    }
+                }
+                Err(s) => Err(status_error(address, "DescribeTopics", s)),
+            }
+        })
+    }
+
+    fn create_many<'a>(
+        &'a self,
+        address: &'a str,
+        topics: &'a [NewTopic],
+    ) -> BoxFuture<'a, Result<(), AdminError>> {
+        Box::pin(async move {
+            let mut client = self.client(address)?;
+            let request = v1::CreateTopicsRequest {
+                topics: topics.iter().map(NewTopic::to_spec).collect(),
+                validate_only: false,
+            };
+            client
+                .create_topics(request)
+                .await
+                .map(drop)
+                .map_err(|s| status_error(address, "CreateTopics", s))
         })
     }
 }

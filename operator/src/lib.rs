@@ -16,7 +16,8 @@
 //! - [`mirror_plan`]: a MirrorLink's checks, including the cycle check for
 //!   `Identity` naming.
 //! - [`controller`]: the kube-rs controllers that run these against the API
-//!   server; [`admin`] is their only way to the brokers; [`server`] and
+//!   server; [`admin`] is their only way to the brokers, and
+//!   [`admin_batch`] coalesces concurrent reconciles' calls; [`server`] and
 //!   [`metrics`] serve `/metrics`, `/healthz` and `/readyz`.
 //!
 //! - [`local`]: the same manifests run as local broker processes, with no
@@ -25,6 +26,7 @@
 //! The binary (`src/main.rs`) wires these into subcommands.
 
 pub mod admin;
+pub mod admin_batch;
 pub mod cluster;
 pub mod controller;
 pub mod crdgen;

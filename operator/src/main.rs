@@ -93,6 +93,10 @@ struct RunArgs {
     /// Image tag for Clusters that name neither image nor version.
     #[arg(long, env = "TRIBUTARY_BROKER_IMAGE_TAG", default_value = env!("CARGO_PKG_VERSION"))]
     image_tag: String,
+    /// How long a Topic reconcile's describe or create waits for others on
+    /// the same cluster to share one admin call (milliseconds).
+    #[arg(long, env = "TRIBUTARY_ADMIN_BATCH_WINDOW_MS", default_value_t = 20)]
+    admin_batch_window_ms: u64,
 }
 
 fn main() -> ExitCode {
@@ -140,6 +144,10 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         namespaces: args.namespaces,
         lease: args.leader_election.then_some(args.lease_name),
         defaults: cluster::Defaults { image_repository: args.image_repository, image_tag: args.image_tag },
+        admin_batch: tributary_operator::admin_batch::BatchConfig {
+            window: std::time::Duration::from_millis(args.admin_batch_window_ms),
+            ..Default::default()
+        },
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(controller::run(config))

@@ -23,6 +23,7 @@ use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 
 use crate::admin::{AdminError, Brokers};
+use crate::admin_batch::{AdminBatcher, BatchConfig};
 use crate::cluster::{Defaults, DesiredError};
 use crate::metrics::Metrics;
 
@@ -31,6 +32,9 @@ pub struct Context {
     pub client: Client,
     pub defaults: Defaults,
     pub brokers: Arc<dyn Brokers>,
+    /// `brokers` behind the batcher: concurrent Topic reconciles of one
+    /// cluster share their describe and create calls.
+    pub admin: AdminBatcher<dyn Brokers>,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     /// Every Topic the controller sees, to find two naming the same topic.
@@ -56,6 +60,7 @@ impl Context {
         Context {
             client,
             defaults,
+            admin: AdminBatcher::new(brokers.clone(), BatchConfig::default()),
             brokers,
             recorder,
             metrics,
@@ -64,6 +69,14 @@ impl Context {
             failures: Mutex::new(HashMap::new()),
             now: Timestamp::now,
         }
+    }
+
+    /// Uses `admin` (sharing its batches with other contexts), whose
+    /// brokers become this context's.
+    pub fn with_admin(mut self, admin: AdminBatcher<dyn Brokers>) -> Context {
+        self.brokers = admin.brokers().clone();
+        self.admin = admin;
+        self
     }
 
     fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
@@ -172,6 +185,8 @@ pub struct RunConfig {
     /// Lease name for leader election; `None` runs without election.
     pub lease: Option<String>,
     pub defaults: Defaults,
+    /// How Topic reconciles' admin calls are coalesced.
+    pub admin_batch: BatchConfig,
 }
 
 fn api_for<K>(client: &Client, namespaces: &[String]) -> kube::Api<K>
@@ -271,6 +286,8 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         instance: Some(identity),
     };
     let brokers: Arc<dyn Brokers> = Arc::new(crate::admin::GrpcBrokers::default());
+    // One batcher for every namespace's controllers.
+    let admin = AdminBatcher::new(brokers.clone(), config.admin_batch.clone());
     let scopes: Vec<Vec<String>> = if config.namespaces.is_empty() {
         vec![vec![]]
     } else {
@@ -281,17 +298,21 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         let defaults = config.defaults.clone();
         let metrics = metrics.clone();
         let brokers = brokers.clone();
+        let admin = admin.clone();
         let recorder = Recorder::new(client.clone(), reporter.clone());
         run_controllers(client.clone(), scope, move |topics, links| {
-            Arc::new(Context::new(
-                client.clone(),
-                defaults.clone(),
-                brokers.clone(),
-                recorder.clone(),
-                metrics.clone(),
-                topics,
-                links,
-            ))
+            Arc::new(
+                Context::new(
+                    client.clone(),
+                    defaults.clone(),
+                    brokers.clone(),
+                    recorder.clone(),
+                    metrics.clone(),
+                    topics,
+                    links,
+                )
+                .with_admin(admin.clone()),
+            )
         })
     }));
     match leadership {

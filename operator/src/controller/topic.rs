@@ -1,6 +1,10 @@
 //! Reconciles a Topic: makes the admin calls [`crate::topic_plan`] decides,
 //! holds a finalizer so deletion follows `deletionPolicy`, and reports what
 //! the brokers have in the status.
+//!
+//! Its describe and create calls go through the context's
+//! [`crate::admin_batch::AdminBatcher`], so that many Topics reconciled at
+//! once on one cluster share a few broker calls.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -82,7 +86,7 @@ async fn apply(topic: &Topic, api: &Api<Topic>, ctx: &Context) -> Result<Action,
         }
         Some(c) => {
             let address = cluster_address(c);
-            match ctx.brokers.describe(&address, topic.topic_name()).await {
+            match ctx.admin.describe(&address, topic.topic_name()).await {
                 Ok(o) => {
                     (ClusterView::Present { brokers: runnable_brokers(c.spec.replicas) }, o, Some(address))
                 }
@@ -110,7 +114,7 @@ async fn apply(topic: &Topic, api: &Api<Topic>, ctx: &Context) -> Result<Action,
     });
     if let Some(address) = &address {
         for call in &p.calls {
-            match ctx.brokers.execute(address, call).await {
+            match ctx.admin.execute(address, call).await {
                 Ok(()) => {}
                 // Refused calls fail the same way again: report, don't spin.
                 Err(e @ AdminError::Refused { .. }) => {
@@ -162,14 +166,14 @@ async fn cleanup(topic: &Topic, ctx: &Context) -> Result<Action, Error> {
             let address = cluster_address(c);
             // An unreachable cluster fails the cleanup: the finalizer stays
             // and the deletion is retried with backoff.
-            let observed = ctx.brokers.describe(&address, topic.topic_name()).await?;
+            let observed = ctx.admin.describe(&address, topic.topic_name()).await?;
             (ClusterView::Present { brokers: runnable_brokers(c.spec.replicas) }, observed, Some(address))
         }
     };
     let p = plan_delete(topic, view, observed.as_ref(), conflict.as_deref());
     if let Some(address) = &address {
         for call in &p.calls {
-            ctx.brokers.execute(address, call).await?;
+            ctx.admin.execute(address, call).await?;
         }
     }
     ctx.event(topic, false, if p.calls.is_empty() { "TopicKept" } else { "TopicDeleted" }, p.message).await;
