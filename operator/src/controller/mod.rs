@@ -227,7 +227,13 @@ async fn run_controllers(
         .shutdown_on_signal()
         .run(cluster::reconcile, error_policy, ctx.clone())
         .for_each(|_| futures::future::ready(()));
+    // A Cluster change (broker count, readiness) re-checks its Topics at
+    // once instead of at their next periodic requeue.
+    let topic_store = topics.store();
     let topics = topics
+        .watches(api_for::<Cluster>(&client, &namespaces), wc.clone(), move |cluster: Cluster| {
+            topic::topics_of_cluster(&topic_store.state(), &cluster)
+        })
         .shutdown_on_signal()
         .run(topic::reconcile, error_policy, ctx.clone())
         .for_each(|_| futures::future::ready(()));

@@ -227,3 +227,57 @@ mod tests {
         assert_eq!(cluster_address(&c), "events.prod.svc:7070");
     }
 }
+
+/// The Topic objects that name `cluster` (same namespace): what a change to
+/// that Cluster must re-check.
+pub fn topics_of_cluster(
+    topics: &[std::sync::Arc<tributary_crds::Topic>],
+    cluster: &tributary_crds::Cluster,
+) -> Vec<kube::runtime::reflector::ObjectRef<tributary_crds::Topic>> {
+    let name = cluster.metadata.name.as_deref().unwrap_or_default();
+    let namespace = cluster.metadata.namespace.as_deref();
+    topics
+        .iter()
+        .filter(|t| t.spec.cluster_ref.name == name && t.metadata.namespace.as_deref() == namespace)
+        .map(|t| kube::runtime::reflector::ObjectRef::from_obj(t.as_ref()))
+        .collect()
+}
+
+#[cfg(test)]
+mod cluster_watch_tests {
+    use super::topics_of_cluster;
+    use std::sync::Arc;
+    use tributary_crds::{Cluster, Topic};
+
+    fn topic(ns: &str, name: &str, cluster: &str) -> Arc<Topic> {
+        let t: Topic = serde_json::from_value(serde_json::json!({
+            "apiVersion": "tributary.dev/v1alpha1",
+            "kind": "Topic",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"clusterRef": {"name": cluster}, "partitions": 1, "replicationFactor": 1}
+        }))
+        .expect("valid Topic");
+        Arc::new(t)
+    }
+
+    #[test]
+    fn a_cluster_change_maps_to_its_own_topics_only() {
+        let cluster: Cluster = serde_json::from_value(serde_json::json!({
+            "apiVersion": "tributary.dev/v1alpha1",
+            "kind": "Cluster",
+            "metadata": {"name": "main", "namespace": "a"},
+            "spec": {}
+        }))
+        .expect("valid Cluster");
+        let topics = vec![
+            topic("a", "t1", "main"),
+            topic("a", "t2", "other"),
+            topic("b", "t3", "main"),
+            topic("a", "t4", "main"),
+        ];
+        let mut names: Vec<String> =
+            topics_of_cluster(&topics, &cluster).into_iter().map(|r| r.name).collect();
+        names.sort();
+        assert_eq!(names, vec!["t1", "t4"]);
+    }
+}
