@@ -100,6 +100,41 @@ pub async fn run(bootstrap: &str, args: ConsumeArgs) -> anyhow::Result<()> {
         Some(p) => consumer.assign(&args.topic, p, args.start()).await?,
         None => consumer.assign_all(&args.topic, args.start()).await?,
     }
+    print_records(&mut consumer, &args).await
+}
+
+/// Where `print_records` gets records: a standalone consumer or a group
+/// member.
+trait RecordSource {
+    async fn next_records(&mut self, wait: Duration) -> tributary_client::Result<Vec<ConsumerRecord>>;
+
+    /// Records that were returned but not printed (the --max-messages cut).
+    fn not_printed(&mut self, _rest: &[ConsumerRecord]) {}
+}
+
+impl RecordSource for Consumer {
+    async fn next_records(&mut self, wait: Duration) -> tributary_client::Result<Vec<ConsumerRecord>> {
+        self.poll(wait).await
+    }
+}
+
+impl RecordSource for GroupConsumer {
+    async fn next_records(&mut self, wait: Duration) -> tributary_client::Result<Vec<ConsumerRecord>> {
+        self.poll(wait).await
+    }
+
+    /// Moves each partition back to its first unprinted record, so the
+    /// final commit covers exactly what was printed.
+    fn not_printed(&mut self, rest: &[ConsumerRecord]) {
+        for (tp, offset) in first_unprinted(rest) {
+            self.seek(&tp, offset);
+        }
+    }
+}
+
+/// Prints records until --max-messages, --timeout-ms of silence, Ctrl-C or
+/// a closed stdout.
+async fn print_records(source: &mut impl RecordSource, args: &ConsumeArgs) -> anyhow::Result<()> {
     let idle_limit = args.timeout_ms.map(Duration::from_millis);
     let mut printed: u64 = 0;
     let mut last_record = Instant::now();
@@ -108,39 +143,41 @@ pub async fn run(bootstrap: &str, args: ConsumeArgs) -> anyhow::Result<()> {
     let mut out = Vec::with_capacity(64 << 10);
     loop {
         if args.max_messages.is_some_and(|max| printed >= max) {
-            break;
+            return Ok(());
         }
         let wait = match idle_limit {
             Some(limit) => {
                 let left = limit.saturating_sub(last_record.elapsed());
                 if left.is_zero() {
-                    break;
+                    return Ok(());
                 }
                 left.min(POLL)
             }
             None => POLL,
         };
         let records = tokio::select! {
-            r = consumer.poll(wait) => r?,
-            _ = &mut ctrl_c => break,
+            r = source.next_records(wait) => r?,
+            _ = &mut ctrl_c => return Ok(()),
         };
         if records.is_empty() {
             continue;
         }
         last_record = Instant::now();
         out.clear();
+        let mut shown = 0;
         for r in &records {
             if args.max_messages.is_some_and(|max| printed >= max) {
                 break;
             }
-            format_record(&mut out, r, &args);
+            format_record(&mut out, r, args);
             printed += 1;
+            shown += 1;
         }
+        source.not_printed(&records[shown..]);
         if !write_out(&out)? {
             return Ok(());
         }
     }
-    Ok(())
 }
 
 /// Writes to stdout; false when the reader went away (`| head`), which is a
@@ -168,52 +205,11 @@ async fn run_group(bootstrap: &str, group: &str, args: ConsumeArgs) -> anyhow::R
     config.auto_offset_reset = if args.from_beginning { OffsetReset::Earliest } else { OffsetReset::Latest };
     let mut consumer = GroupConsumer::connect(config).await?;
     consumer.subscribe(&[args.topic.as_str()]).await?;
-    let idle_limit = args.timeout_ms.map(Duration::from_millis);
-    let mut printed: u64 = 0;
-    let mut last_record = Instant::now();
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
-    let mut out = Vec::with_capacity(64 << 10);
-    loop {
-        if args.max_messages.is_some_and(|max| printed >= max) {
-            break;
-        }
-        let wait = match idle_limit {
-            Some(limit) => {
-                let left = limit.saturating_sub(last_record.elapsed());
-                if left.is_zero() {
-                    break;
-                }
-                left.min(POLL)
-            }
-            None => POLL,
-        };
-        let records = tokio::select! {
-            r = consumer.poll(wait) => r?,
-            _ = &mut ctrl_c => break,
-        };
-        if records.is_empty() {
-            continue;
-        }
-        last_record = Instant::now();
-        out.clear();
-        let mut shown = 0;
-        for r in &records {
-            if args.max_messages.is_some_and(|max| printed >= max) {
-                break;
-            }
-            format_record(&mut out, r, &args);
-            printed += 1;
-            shown += 1;
-        }
-        for (tp, offset) in first_unprinted(&records[shown..]) {
-            consumer.seek(&tp, offset);
-        }
-        if !write_out(&out)? {
-            break;
-        }
-    }
-    consumer.close().await?;
+    let printed = print_records(&mut consumer, &args).await;
+    // Commit what was printed and leave, even after an error.
+    let closed = consumer.close().await;
+    printed?;
+    closed?;
     Ok(())
 }
 
