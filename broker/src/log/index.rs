@@ -47,6 +47,14 @@ fn key_u64(kind: u8, n: u64) -> [u8; 9] {
     k
 }
 
+/// The compaction key map's RocksDB key for a record key.
+fn map_key(key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(key.len() + 1);
+    k.push(KEY);
+    k.extend_from_slice(key);
+    k
+}
+
 fn ts_key(ts: i64) -> u64 {
     (ts as u64) ^ (1 << 63)
 }
@@ -331,25 +339,19 @@ impl PartitionIndex {
 
     pub fn key_offset(&self, key: &[u8]) -> Result<Option<i64>> {
         let cf = self.store.cf(&self.cf)?;
-        let mut k = Vec::with_capacity(key.len() + 1);
-        k.push(KEY);
-        k.extend_from_slice(key);
+        let k = map_key(key);
         Ok(self.store.db().get_cf(&cf, k)?.and_then(|v| read_u64(&v)).map(|v| v as i64))
     }
 
     pub fn put_key_offset(&self, w: &mut IndexWrites, key: &[u8], offset: i64) -> Result<()> {
-        let mut k = Vec::with_capacity(key.len() + 1);
-        k.push(KEY);
-        k.extend_from_slice(key);
+        let k = map_key(key);
         w.batch.put_cf(&self.store.cf(&self.cf)?, k, (offset as u64).to_be_bytes());
         w.empty = false;
         Ok(())
     }
 
     pub fn delete_key(&self, w: &mut IndexWrites, key: &[u8]) -> Result<()> {
-        let mut k = Vec::with_capacity(key.len() + 1);
-        k.push(KEY);
-        k.extend_from_slice(key);
+        let k = map_key(key);
         w.batch.delete_cf(&self.store.cf(&self.cf)?, k);
         w.empty = false;
         Ok(())
