@@ -13,8 +13,10 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 
 missing=()
-# rocksdb's bindings are generated with bindgen, which loads libclang.
-if ! compgen -G "/usr/lib/llvm-*/lib/libclang.so*" >/dev/null && ! compgen -G "/usr/lib/*/libclang*.so*" >/dev/null; then
+# rocksdb's bindings are generated with bindgen, which loads libclang
+# itself (libclang.so / libclang-N.so; libclang-cpp does not count, and some
+# images ship it alone).
+if ! compgen -G "/usr/lib/llvm-*/lib/libclang.so*" >/dev/null && ! compgen -G "/usr/lib/*/libclang-[0-9]*.so*" >/dev/null && ! compgen -G "/usr/lib/*/libclang.so*" >/dev/null; then
   missing+=(libclang-dev)
 fi
 command -v c++ >/dev/null 2>&1 || missing+=(g++)

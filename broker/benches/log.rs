@@ -2,12 +2,11 @@
 //! partition log (segment file + RocksDB index), and reading them back the
 //! way a fetch does (index lookup, then one positioned read).
 
-use std::sync::Arc;
-
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use tributary_broker::config::TopicConfig;
+use tributary_broker::log::fs;
 use tributary_broker::log::index::PartitionIndex;
-use tributary_broker::log::{Locate, PartitionLog};
+use tributary_broker::log::{Locate, PartitionLog, ReadOutcome};
 use tributary_broker::store::Store;
 use tributary_proto::batch::{BatchBuilder, Compression};
 
@@ -25,8 +24,8 @@ fn batch() -> Vec<u8> {
 fn open(dir: &std::path::Path) -> PartitionLog {
     let store = Store::open(&dir.join("rocksdb"), 8 << 20, 32 << 20).expect("store");
     store.create_cf("p/bench-0").expect("cf");
-    let index = PartitionIndex::new(Arc::clone(&store), "p/bench-0".into());
-    PartitionLog::open(dir.join("bench-0"), "bench".into(), 0, index, &TopicConfig::default(), 0)
+    let index = PartitionIndex::new(store, "p/bench-0".into());
+    PartitionLog::open(fs::real(), dir.join("bench-0"), "bench".into(), 0, index, &TopicConfig::default(), 0)
         .expect("log")
 }
 
@@ -50,7 +49,10 @@ fn append(c: &mut Criterion) {
                 next
             },
             |offset| match log.locate(offset).expect("locate") {
-                Locate::Read(plan) => plan.read(110 * RECORDS as usize).expect("read"),
+                Locate::Read(plan) => match plan.read(110 * RECORDS as usize).expect("read") {
+                    ReadOutcome::Data(b) => b,
+                    _ => panic!("offset {offset} not readable"),
+                },
                 _ => panic!("offset {offset} not readable"),
             },
             BatchSize::SmallInput,

@@ -36,6 +36,13 @@ pub struct BrokerConfig {
     /// Committed offsets of a group that has been empty this long are
     /// deleted (Kafka's `offsets.retention.minutes`).
     pub offsets_retention_minutes: f64,
+    /// Largest fetch response, in bytes (a client's `max_bytes` above it is
+    /// capped; one batch larger than it is still returned whole).
+    pub fetch_max_bytes: u32,
+    /// Emergency reserve: a file of this size kept in the data directory and
+    /// removed when the disk fills, so the broker can still start, delete
+    /// topics and run retention. 0 disables it.
+    pub disk_reserve_bytes: u64,
     /// Topic config defaults, by Kafka-style key (`retention.ms` = "...").
     pub topic_defaults: BTreeMap<String, String>,
 }
@@ -54,6 +61,8 @@ impl Default for BrokerConfig {
             write_buffer_bytes: 128 << 20,
             offsets_topic_partitions: 8,
             offsets_retention_minutes: 7.0 * 24.0 * 60.0,
+            fetch_max_bytes: 50 << 20,
+            disk_reserve_bytes: 64 << 20,
             topic_defaults: BTreeMap::new(),
         }
     }
@@ -106,6 +115,8 @@ pub struct TopicConfig {
     pub flush_ms: i64,
     pub index_interval_bytes: u64,
     pub min_insync_replicas: i64,
+    /// Idempotent producers idle this long are forgotten.
+    pub producer_id_expiration_ms: i64,
 }
 
 impl Default for TopicConfig {
@@ -123,6 +134,7 @@ impl Default for TopicConfig {
             flush_ms: 1000,
             index_interval_bytes: 4096,
             min_insync_replicas: 1,
+            producer_id_expiration_ms: 24 * 3600 * 1000,
         }
     }
 }
@@ -133,7 +145,7 @@ pub const TOPIC_KEYS: &[(&str, &str)] = &[
     ("cleanup.policy", "delete | compact | compact,delete"),
     ("retention.ms", "delete segments whose newest record is older than this; -1 keeps forever"),
     ("retention.bytes", "delete oldest segments while a partition is larger than this; -1 no limit"),
-    ("segment.bytes", "roll to a new segment file at this size (>= 1024)"),
+    ("segment.bytes", "roll to a new segment file at this size (1024 to 2147483647)"),
     ("segment.ms", "roll to a new segment file at this age"),
     ("delete.retention.ms", "how long a compacted topic keeps tombstones"),
     ("min.compaction.lag.ms", "records younger than this are never compacted"),
@@ -142,7 +154,11 @@ pub const TOPIC_KEYS: &[(&str, &str)] = &[
     ("flush.ms", "fsync at least this often"),
     ("index.interval.bytes", "bytes between sparse offset-index entries"),
     ("min.insync.replicas", "replicas that must have a record before acks=all succeeds"),
+    ("producer.id.expiration.ms", "idempotent producers idle this long are forgotten"),
 ];
+
+/// Largest `segment.bytes`: index positions are 32-bit (Kafka's bound too).
+pub const MAX_SEGMENT_BYTES: i64 = i32::MAX as i64;
 
 fn parse_i64(key: &str, value: &str, min: i64) -> Result<i64> {
     let n: i64 = value.trim().parse().map_err(|_| Error::InvalidConfigValue {
@@ -189,7 +205,17 @@ impl TopicConfig {
                 "cleanup.policy" => c.cleanup_policy = parse_policy(value)?,
                 "retention.ms" => c.retention_ms = parse_i64(k, value, -1)?,
                 "retention.bytes" => c.retention_bytes = parse_i64(k, value, -1)?,
-                "segment.bytes" => c.segment_bytes = parse_i64(k, value, 1024)? as u64,
+                "segment.bytes" => {
+                    let n = parse_i64(k, value, 1024)?;
+                    if n > MAX_SEGMENT_BYTES {
+                        return Err(Error::InvalidConfigValue {
+                            key: k.to_string(),
+                            value: value.to_string(),
+                            reason: format!("must be at most {MAX_SEGMENT_BYTES}"),
+                        });
+                    }
+                    c.segment_bytes = n as u64;
+                }
                 "segment.ms" => c.segment_ms = parse_i64(k, value, 1)?,
                 "delete.retention.ms" => c.delete_retention_ms = parse_i64(k, value, 0)?,
                 "min.compaction.lag.ms" => c.min_compaction_lag_ms = parse_i64(k, value, 0)?,
@@ -198,6 +224,7 @@ impl TopicConfig {
                 "flush.ms" => c.flush_ms = parse_i64(k, value, 0)?,
                 "index.interval.bytes" => c.index_interval_bytes = parse_i64(k, value, 0)? as u64,
                 "min.insync.replicas" => c.min_insync_replicas = parse_i64(k, value, 1)?,
+                "producer.id.expiration.ms" => c.producer_id_expiration_ms = parse_i64(k, value, 1)?,
                 _ => return Err(Error::UnknownConfig(key.clone())),
             }
         }
@@ -224,6 +251,7 @@ impl TopicConfig {
             ("flush.ms", self.flush_ms.to_string()),
             ("index.interval.bytes", self.index_interval_bytes.to_string()),
             ("min.insync.replicas", self.min_insync_replicas.to_string()),
+            ("producer.id.expiration.ms", self.producer_id_expiration_ms.to_string()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
@@ -276,6 +304,8 @@ mod tests {
             ("retention.ms", "soon"),
             ("retention.ms", "-2"),
             ("segment.bytes", "10"),
+            ("segment.bytes", "2147483648"),
+            ("segment.bytes", "5000000000"),
             ("cleanup.policy", "shred"),
             ("flush.messages", "0"),
         ] {

@@ -43,21 +43,51 @@ pub enum Error {
     CommitRejected(String),
     #[error("storage error: {0}")]
     Storage(String),
+    #[error("disk full: {0}; free space by deleting topics or lowering retention")]
+    DiskFull(String),
+    #[error("partition {partition} is offline: {reason}; nothing more is acknowledged or served from it until the broker restarts and re-verifies its log")]
+    LogOffline { partition: String, reason: String },
+    #[error("topic '{0}' is internal: only the brokers write, alter or delete it")]
+    InternalTopic(String),
     #[error("broker is shutting down")]
     ShuttingDown,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+impl Error {
+    /// An I/O error with what was being done; a full disk says so.
+    pub fn from_io(context: &str, e: std::io::Error) -> Error {
+        if crate::log::fs::is_disk_full(&e) {
+            Error::DiskFull(format!("{context}: {e}"))
+        } else {
+            Error::Storage(format!("{context}: {e}"))
+        }
+    }
+
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, Error::DiskFull(_))
+    }
+}
+
 impl From<std::io::Error> for Error {
     fn from(e: std::io::Error) -> Self {
-        Error::Storage(e.to_string())
+        if crate::log::fs::is_disk_full(&e) {
+            Error::DiskFull(e.to_string())
+        } else {
+            Error::Storage(e.to_string())
+        }
     }
 }
 
 impl From<rocksdb::Error> for Error {
     fn from(e: rocksdb::Error) -> Self {
-        Error::Storage(format!("rocksdb: {e}"))
+        let text = e.to_string();
+        if text.contains("No space left on device") {
+            Error::DiskFull(format!("rocksdb: {text}"))
+        } else {
+            Error::Storage(format!("rocksdb: {text}"))
+        }
     }
 }
 
@@ -81,6 +111,9 @@ impl From<Error> for tonic::Status {
             Error::OffsetOutOfRange { .. } => Code::OutOfRange,
             Error::OutOfOrderSequence { .. } | Error::InvalidProducerEpoch { .. } => Code::FailedPrecondition,
             Error::Storage(_) => Code::Internal,
+            Error::DiskFull(_) => Code::ResourceExhausted,
+            Error::LogOffline { .. } => Code::Unavailable,
+            Error::InternalTopic(_) => Code::PermissionDenied,
             Error::ShuttingDown => Code::Unavailable,
         };
         tonic::Status::new(code, e.to_string())

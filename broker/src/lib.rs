@@ -19,6 +19,7 @@
 //! settings; [`error`] the one error type and its gRPC mapping.
 
 pub mod config;
+pub mod disk;
 pub mod error;
 pub mod groups;
 pub mod log;
@@ -61,6 +62,7 @@ pub struct BrokerState {
     pub metrics: Metrics,
     pub producer_ids: producer_ids::ProducerIds,
     pub coordinator: groups::Coordinator,
+    pub disk: disk::DiskReserve,
     pub ready: AtomicBool,
 }
 
@@ -76,7 +78,13 @@ pub struct Broker {
 impl Broker {
     /// Opens (recovering if needed) the data directory, binds both ports and
     /// starts serving.
-    pub async fn start(mut config: BrokerConfig) -> anyhow::Result<Broker> {
+    pub async fn start(config: BrokerConfig) -> anyhow::Result<Broker> {
+        Self::start_with_fs(config, log::fs::real()).await
+    }
+
+    /// Starts with segment files on `fs` (tests inject faults through it;
+    /// RocksDB always uses the real data directory).
+    pub async fn start_with_fs(mut config: BrokerConfig, fs: Arc<dyn log::fs::LogFs>) -> anyhow::Result<Broker> {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
         let grpc = TcpListener::bind(config.listen)
@@ -89,13 +97,20 @@ impl Broker {
         config.listen = grpc_addr;
         config.http_listen = http_addr;
 
+        // Before anything writes: a full disk must not stop the start.
+        let disk = disk::DiskReserve::open(&config.data_dir, config.disk_reserve_bytes);
         let store = store::Store::open(
             &config.data_dir.join(STORE_DIR),
             config.block_cache_bytes,
             config.write_buffer_bytes,
         )
-        .with_context(|| {
-            format!("opening the index store in {} (is another broker using it?)", config.data_dir.display())
+        .map_err(|e| {
+            let hint = if e.is_disk_full() {
+                "the disk is full: free space in it"
+            } else {
+                "is another broker using it?"
+            };
+            anyhow::anyhow!("opening the index store in {} ({hint}): {e}", config.data_dir.display())
         })?;
         let defaults = config.topic_defaults();
         let data_dir = config.data_dir.clone();
@@ -104,7 +119,7 @@ impl Broker {
         let retention = std::time::Duration::from_secs_f64(config.offsets_retention_minutes.max(0.0) * 60.0);
         let (topics, coordinator) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             let topics =
-                Topics::load(store.clone(), &data_dir, defaults, now_ms()).context("loading topics")?;
+                Topics::load(store.clone(), fs, &data_dir, defaults, now_ms()).context("loading topics")?;
             let offsets = groups::offsets::OffsetStore::open(store, &topics, offsets_partitions)
                 .context("loading committed offsets")?;
             let coordinator = groups::Coordinator::load(offsets, retention).context("loading groups")?;
@@ -117,6 +132,7 @@ impl Broker {
             metrics: Metrics::new(),
             producer_ids,
             coordinator,
+            disk,
             ready: AtomicBool::new(false),
         });
 

@@ -38,6 +38,9 @@ async fn every(period: Duration, state: Arc<BrokerState>, mut shutdown: Shutdown
 fn flush_and_gauges(state: &BrokerState) {
     let now = now_ms();
     let refresh_gauges = now / 1000 != (now - 100) / 1000;
+    if refresh_gauges {
+        state.disk.maintain();
+    }
     for topic in state.topics.list() {
         let config = topic.config();
         for p in topic.partitions() {
@@ -47,10 +50,9 @@ fn flush_and_gauges(state: &BrokerState) {
                     (log.size_bytes(), log.log_start_offset(), log.log_end_offset()),
                 )
             });
+            // A failure takes the log offline (and says so in the log).
             if let Some(ticket) = due {
-                if let Err(e) = ticket.sync() {
-                    tracing::error!(topic = %p.topic, partition = p.id, error = %e, "fsync failed");
-                }
+                let _ = ticket.sync();
             }
             if refresh_gauges {
                 state.metrics.set_partition(&p.topic, p.id, stats.0, stats.1, stats.2);
@@ -68,15 +70,11 @@ fn retention_pass(state: &BrokerState) {
     for topic in state.topics.list() {
         let config = topic.config();
         for p in topic.partitions() {
-            match p.with_log(|log| log.apply_retention(&config, now)) {
-                Ok(files) => {
-                    for f in files {
-                        if let Err(e) = std::fs::remove_file(&f) {
-                            tracing::warn!(file = %f.display(), error = %e, "removing a deleted segment");
-                        }
-                    }
-                }
-                Err(e) => tracing::error!(topic = %p.topic, partition = p.id, error = %e, "retention failed"),
+            if p.offline_reason().is_some() {
+                continue;
+            }
+            if let Err(e) = p.apply_retention(&config, now) {
+                tracing::error!(topic = %p.topic, partition = p.id, error = %e, "retention failed");
             }
         }
     }
@@ -90,6 +88,9 @@ fn cleaning_pass(state: &BrokerState) {
             continue;
         }
         for p in topic.partitions() {
+            if p.offline_reason().is_some() {
+                continue;
+            }
             let result = p
                 .with_log(|log| log.cleaning_plan(&config, now))
                 .and_then(|plan| match plan {

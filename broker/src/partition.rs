@@ -1,6 +1,11 @@
 //! One partition as the servers see it: its log behind a lock, and a watch
 //! channel that wakes long-polling fetches when the high watermark moves.
+//!
+//! Every method here may block on file I/O (and appends may fsync when a
+//! segment rolls): call them from blocking threads, never from an async
+//! worker (`tokio::task::spawn_blocking`).
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -9,13 +14,15 @@ use tokio::sync::watch;
 
 use crate::config::TopicConfig;
 use crate::error::{Error, Result};
-use crate::log::{AppendInfo, Locate, PartitionLog};
+use crate::log::fs::LogFs;
+use crate::log::{AppendInfo, Locate, LogShared, PartitionLog, ReadOutcome};
 
 pub struct Partition {
     pub topic: String,
     pub id: u32,
     log: Mutex<PartitionLog>,
-    high_watermark: watch::Sender<i64>,
+    shared: Arc<LogShared>,
+    fs: Arc<dyn LogFs>,
 }
 
 /// What a read found.
@@ -26,17 +33,17 @@ pub struct ReadResult {
 }
 
 impl Partition {
-    pub fn new(log: PartitionLog) -> Arc<Partition> {
-        let (tx, _) = watch::channel(log.high_watermark());
+    pub fn new(log: PartitionLog, fs: Arc<dyn LogFs>) -> Arc<Partition> {
         Arc::new(Partition {
             topic: log.topic.clone(),
             id: log.partition,
+            shared: log.shared().clone(),
             log: Mutex::new(log),
-            high_watermark: tx,
+            fs,
         })
     }
 
-    /// `<topic>-<partition>`: directory and column family name.
+    /// `<topic>-<partition>`: the partition's directory name.
     pub fn dir_name(topic: &str, partition: u32) -> String {
         format!("{topic}-{partition}")
     }
@@ -44,42 +51,79 @@ impl Partition {
     pub fn append(&self, data: &[u8], config: &TopicConfig, now_ms: i64) -> Result<AppendInfo> {
         let mut log = self.log.lock();
         let info = log.append(data, config, now_ms)?;
-        self.high_watermark.send_replace(log.high_watermark());
+        log.publish_high_watermark();
         Ok(info)
     }
 
-    /// Batches from `offset` on, up to `max_bytes` (at least one batch).
+    /// Batches from the first one holding an offset `>= offset`, up to
+    /// `max_bytes` (at least one batch). The lock is held only to find what
+    /// to read; a segment that holds nothing past `offset` (compaction
+    /// emptied its end) is skipped, so a reader below the high watermark
+    /// always gets data.
     pub fn read(&self, offset: i64, max_bytes: usize) -> Result<ReadResult> {
-        let (locate, high_watermark, log_start_offset) = {
-            let log = self.log.lock();
-            (log.locate(offset)?, log.high_watermark(), log.log_start_offset())
-        };
-        let records = match locate {
-            Locate::OutOfRange { start, end } => {
-                return Err(Error::OffsetOutOfRange {
-                    topic: self.topic.clone(),
-                    partition: self.id,
-                    offset,
-                    start,
-                    end,
-                })
-            }
-            Locate::AtEnd => Bytes::new(),
-            // The file read happens outside the lock.
-            Locate::Read(plan) => plan.read(max_bytes)?,
-        };
-        Ok(ReadResult { records, high_watermark, log_start_offset })
+        let mut at = offset;
+        loop {
+            let (locate, high_watermark, log_start_offset) = {
+                let log = self.log.lock();
+                (log.locate(at)?, log.high_watermark(), log.log_start_offset())
+            };
+            let records = match locate {
+                Locate::OutOfRange { start, end } => {
+                    return Err(Error::OffsetOutOfRange {
+                        topic: self.topic.clone(),
+                        partition: self.id,
+                        offset,
+                        start,
+                        end,
+                    })
+                }
+                Locate::AtEnd => Bytes::new(),
+                // The file read happens outside the lock.
+                Locate::Read(plan) => match plan.read(max_bytes)? {
+                    ReadOutcome::Data(b) => b,
+                    ReadOutcome::NotYet => Bytes::new(),
+                    ReadOutcome::Exhausted(next) if next > at => {
+                        at = next;
+                        continue;
+                    }
+                    ReadOutcome::Exhausted(_) => Bytes::new(),
+                },
+            };
+            return Ok(ReadResult { records, high_watermark, log_start_offset });
+        }
     }
 
     pub fn subscribe(&self) -> watch::Receiver<i64> {
-        self.high_watermark.subscribe()
+        self.shared.subscribe()
+    }
+
+    /// Why the partition's log is out of service, if it is.
+    pub fn offline_reason(&self) -> Option<String> {
+        self.shared.offline_reason()
     }
 
     /// Runs `f` on the log under the partition lock. Keep `f` short.
     pub fn with_log<R>(&self, f: impl FnOnce(&mut PartitionLog) -> R) -> R {
         let mut log = self.log.lock();
         let r = f(&mut log);
-        self.high_watermark.send_replace(log.high_watermark());
+        log.publish_high_watermark();
         r
+    }
+
+    /// Retention for this partition: rolls and deletes segments.
+    pub fn apply_retention(&self, config: &TopicConfig, now_ms: i64) -> Result<Vec<PathBuf>> {
+        self.with_log(|log| log.apply_retention(config, now_ms))
+    }
+
+    /// Stops all work on the partition before it is deleted: waits for an
+    /// append in progress (the lock), then refuses everything after,
+    /// including fsyncs and index writes of tickets already handed out.
+    pub fn fence(&self, why: &str) {
+        let _log = self.log.lock();
+        self.shared.fail(why.to_string());
+    }
+
+    pub fn fs(&self) -> &Arc<dyn LogFs> {
+        &self.fs
     }
 }

@@ -15,6 +15,7 @@ use rocksdb::{
 };
 
 use crate::error::{Error, Result};
+use crate::log::index_store::{IndexOp, IndexStore};
 
 type Db = rocksdb::DBWithThreadMode<MultiThreaded>;
 
@@ -71,13 +72,17 @@ impl Store {
         format!("{PARTITION_CF_PREFIX}{dir_name}")
     }
 
-    /// Directory names (`<topic>-<partition>`) of every partition column family.
+    /// Every partition column family's name.
     pub fn partition_cfs(&self, dir: &Path) -> Vec<String> {
         Db::list_cf(&Options::default(), dir)
             .unwrap_or_default()
             .into_iter()
-            .filter_map(|n| n.strip_prefix(PARTITION_CF_PREFIX).map(str::to_string))
+            .filter(|n| n.starts_with(PARTITION_CF_PREFIX))
             .collect()
+    }
+
+    pub fn has_cf(&self, name: &str) -> bool {
+        self.db.cf_handle(name).is_some()
     }
 
     pub fn create_cf(&self, name: &str) -> Result<()> {
@@ -149,5 +154,62 @@ impl Store {
             out.push((String::from_utf8_lossy(&k).into_owned(), v.to_vec()));
         }
         Ok(out)
+    }
+}
+
+/// Partition indexes live in the partition's column family.
+impl IndexStore for Store {
+    fn get(&self, cf: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.db.get_cf(&self.cf(cf)?, key)?)
+    }
+
+    fn range(
+        &self,
+        cf: &str,
+        from: &[u8],
+        to: &[u8],
+        reverse: bool,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<()> {
+        let handle = self.cf(cf)?;
+        let mut it = self.db.raw_iterator_cf(&handle);
+        if reverse {
+            it.seek_for_prev(to);
+            // `to` is exclusive.
+            if it.key() == Some(to) {
+                it.prev();
+            }
+        } else {
+            it.seek(from);
+        }
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            if k < from || k >= to || !visit(k, v) {
+                break;
+            }
+            if reverse {
+                it.prev();
+            } else {
+                it.next();
+            }
+        }
+        it.status()?;
+        Ok(())
+    }
+
+    fn write(&self, cf: &str, ops: &[IndexOp], durable: bool) -> Result<()> {
+        let handle = self.cf(cf)?;
+        let mut batch = WriteBatch::default();
+        for op in ops {
+            match op {
+                IndexOp::Put(k, v) => batch.put_cf(&handle, k, v),
+                IndexOp::Delete(k) => batch.delete_cf(&handle, k),
+                IndexOp::DeleteRange(from, to) => batch.delete_range_cf(&handle, from, to),
+            }
+        }
+        if durable {
+            self.write_durable(batch)
+        } else {
+            Store::write(self, batch)
+        }
     }
 }

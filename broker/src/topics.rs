@@ -4,9 +4,14 @@
 //! Admin changes are validated whole before anything is touched, then
 //! applied; they are serialised by one lock so two admin calls never
 //! interleave. Crash safety: a topic exists once its metadata record is
-//! written (fsynced). Partition directories and column families without a
-//! metadata record are leftovers of an interrupted create or delete and are
-//! removed on start.
+//! written (fsynced). Partition state is tied to the topic's id: each
+//! partition's column family is `p/<topic>-<partition>@<topic id>`, and its
+//! directory holds a `.topic-id` marker, so a topic deleted and re-created
+//! under the same name never sees its predecessor's state. Column families
+//! and directories of topics that no longer exist are leftovers of an
+//! interrupted create or delete and are removed on start — only those the
+//! broker knows it created (partition column families, directories with a
+//! marker).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -17,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{validate_topic_name, TopicConfig};
 use crate::error::{Error, Result};
+use crate::log::fs::LogFs;
 use crate::log::index::PartitionIndex;
 use crate::log::PartitionLog;
 use crate::partition::Partition;
@@ -90,8 +96,17 @@ pub struct NewTopic {
     pub configs: BTreeMap<String, String>,
 }
 
+/// The marker file in a partition directory: the id of its topic.
+const TOPIC_ID_FILE: &str = ".topic-id";
+
+/// Internal topics (`__` names) are written only by the brokers.
+pub fn is_internal(name: &str) -> bool {
+    name.starts_with("__")
+}
+
 pub struct Topics {
     store: Arc<Store>,
+    fs: Arc<dyn LogFs>,
     data_dir: PathBuf,
     defaults: TopicConfig,
     /// Brokers that can hold replicas (1 until replication lands).
@@ -115,15 +130,23 @@ fn new_topic_id() -> String {
 
 impl Topics {
     /// Loads every topic and recovers its partitions' logs.
-    pub fn load(store: Arc<Store>, data_dir: &Path, defaults: TopicConfig, now_ms: i64) -> Result<Topics> {
+    pub fn load(
+        store: Arc<Store>,
+        fs: Arc<dyn LogFs>,
+        data_dir: &Path,
+        defaults: TopicConfig,
+        now_ms: i64,
+    ) -> Result<Topics> {
         let topics = Topics {
             store,
+            fs,
             data_dir: data_dir.to_path_buf(),
             defaults,
             brokers: 1,
             map: RwLock::new(HashMap::new()),
             admin: Mutex::new(()),
         };
+        topics.fs.create_dir_all(data_dir)?;
         let mut expected = HashSet::new();
         for (_, value) in topics.store.meta_scan("topic/")? {
             let record: TopicRecord = serde_json::from_slice(&value)
@@ -131,8 +154,10 @@ impl Topics {
             let config = TopicConfig::resolve(&topics.defaults, &record.configs)?;
             let mut partitions = Vec::new();
             for p in 0..record.partitions {
+                let (partition, cf) = topics.open_partition(&record.name, &record.id, p, &config, now_ms)?;
+                expected.insert(cf);
                 expected.insert(Partition::dir_name(&record.name, p));
-                partitions.push(topics.open_partition(&record.name, p, &config, now_ms)?);
+                partitions.push(partition);
             }
             tracing::info!(topic = %record.name, partitions = record.partitions, "loaded topic");
             topics.map.write().insert(
@@ -151,39 +176,73 @@ impl Topics {
         Ok(topics)
     }
 
+    /// Opens (creating if new) one partition; returns it and its column
+    /// family's name.
     fn open_partition(
         &self,
         topic: &str,
+        topic_id: &str,
         p: u32,
         config: &TopicConfig,
         now_ms: i64,
-    ) -> Result<Arc<Partition>> {
+    ) -> Result<(Arc<Partition>, String)> {
         let dir_name = Partition::dir_name(topic, p);
-        let cf = Store::partition_cf_name(&dir_name);
+        let dir = self.data_dir.join(&dir_name);
+        // Topics created before ids were part of the name keep their
+        // column family.
+        let legacy = Store::partition_cf_name(&dir_name);
+        let cf = if self.store.has_cf(&legacy) {
+            legacy
+        } else {
+            Store::partition_cf_name(&format!("{dir_name}@{topic_id}"))
+        };
         self.store.create_cf(&cf)?;
-        let index = PartitionIndex::new(self.store.clone(), cf);
-        let log =
-            PartitionLog::open(self.data_dir.join(&dir_name), topic.to_string(), p, index, config, now_ms)?;
-        Ok(Partition::new(log))
+        if !self.fs.exists(&dir) {
+            self.fs.create_dir_all(&dir)?;
+            // The directory's own entry must survive a power loss too.
+            self.fs.sync_dir(&self.data_dir)?;
+        }
+        self.write_marker(&dir, topic_id)?;
+        let index = PartitionIndex::new(self.store.clone(), cf.clone());
+        let log = PartitionLog::open(self.fs.clone(), dir, topic.to_string(), p, index, config, now_ms)?;
+        Ok((Partition::new(log, self.fs.clone()), cf))
+    }
+
+    /// Records which topic a partition directory belongs to (durably: the
+    /// orphan clean-up trusts it).
+    fn write_marker(&self, dir: &Path, topic_id: &str) -> Result<()> {
+        let path = dir.join(TOPIC_ID_FILE);
+        if self.marker(dir).as_deref() == Some(topic_id) {
+            return Ok(());
+        }
+        let f = self.fs.create(&path)?;
+        f.write_all_at(topic_id.as_bytes(), 0)?;
+        f.sync()?;
+        self.fs.sync_dir(dir)?;
+        Ok(())
+    }
+
+    fn marker(&self, dir: &Path) -> Option<String> {
+        let f = self.fs.open(&dir.join(TOPIC_ID_FILE)).ok()?;
+        let bytes = crate::log::fs::read_exact_or_eof(&*f, 0, 64).ok()?;
+        String::from_utf8(bytes).ok()
     }
 
     fn remove_orphans(&self, expected: &HashSet<String>) -> Result<()> {
-        for dir_name in self.store.partition_cfs(&self.data_dir.join(crate::STORE_DIR)) {
-            if !expected.contains(&dir_name) {
-                tracing::warn!(partition = %dir_name, "dropping column family of a deleted topic");
-                self.store.drop_cf(&Store::partition_cf_name(&dir_name))?;
+        for cf in self.store.partition_cfs(&self.data_dir.join(crate::STORE_DIR)) {
+            if !expected.contains(&cf) {
+                tracing::warn!(column_family = %cf, "dropping column family of a deleted topic");
+                self.store.drop_cf(&cf)?;
             }
         }
-        for entry in std::fs::read_dir(&self.data_dir)? {
-            let entry = entry?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let looks_like_partition = name.rsplit_once('-').is_some_and(|(t, p)| {
-                !t.is_empty() && !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())
-            });
-            if looks_like_partition && entry.path().is_dir() && !expected.contains(&name) {
-                tracing::warn!(dir = %entry.path().display(), "removing data of a deleted topic");
-                std::fs::remove_dir_all(entry.path())?;
+        for name in self.fs.list(&self.data_dir)? {
+            let path = self.data_dir.join(&name);
+            if expected.contains(&name) || !self.fs.exists(&path.join(TOPIC_ID_FILE)) {
+                // Not a partition directory this broker made: leave it alone.
+                continue;
             }
+            tracing::warn!(dir = %path.display(), "removing data of a deleted topic");
+            self.fs.remove_dir_all(&path)?;
         }
         Ok(())
     }
@@ -209,7 +268,7 @@ impl Topics {
 
     fn validate_new(&self, t: &NewTopic, internal: bool) -> Result<TopicConfig> {
         validate_topic_name(&t.name)?;
-        if !internal && t.name.starts_with("__") {
+        if !internal && is_internal(&t.name) {
             return Err(Error::InvalidTopicName {
                 name: t.name.clone(),
                 reason: "names starting with '__' are reserved for internal topics",
@@ -265,13 +324,14 @@ impl Topics {
 
     fn create_checked(&self, t: NewTopic, config: TopicConfig, now_ms: i64) -> Result<String> {
         {
+            let id = new_topic_id();
             let mut partitions = Vec::new();
             for p in 0..t.partitions {
-                partitions.push(self.open_partition(&t.name, p, &config, now_ms)?);
+                partitions.push(self.open_partition(&t.name, &id, p, &config, now_ms)?.0);
             }
             let topic = Arc::new(Topic {
                 name: t.name.clone(),
-                id: new_topic_id(),
+                id,
                 replication_factor: t.replication_factor.max(1),
                 overrides: RwLock::new(t.configs),
                 config: RwLock::new(Arc::new(config)),
@@ -289,22 +349,43 @@ impl Topics {
         self.store.meta_put(&meta_key(&topic.name), &value)
     }
 
-    /// Deletes topics and their data; every name must exist.
+    /// Deletes topics and their data; every name must exist and none may
+    /// be internal.
+    ///
+    /// Order: fence each partition (an append in progress finishes, then
+    /// nothing more runs on it, in-flight fsync tickets included), delete
+    /// the files (that needs no free space, so it works on a full disk),
+    /// then the metadata, then the column families.
     pub fn delete(&self, names: &[String]) -> Result<Vec<String>> {
         let _admin = self.admin.lock();
         for n in names {
             self.get(n)?;
+            if is_internal(n) {
+                return Err(Error::InternalTopic(n.clone()));
+            }
         }
         let mut deleted = Vec::new();
         for n in names {
-            let Some(topic) = self.map.write().remove(n) else { continue };
+            let topic = self.get(n)?;
+            for p in topic.partitions() {
+                p.fence("the topic is being deleted");
+                let dir = self.data_dir.join(Partition::dir_name(n, p.id));
+                if self.fs.exists(&dir) {
+                    self.fs.remove_dir_all(&dir)?;
+                }
+            }
             self.store.meta_delete(&meta_key(n))?;
+            self.map.write().remove(n);
             for p in topic.partitions() {
                 let dir_name = Partition::dir_name(n, p.id);
-                self.store.drop_cf(&Store::partition_cf_name(&dir_name))?;
-                let dir = self.data_dir.join(&dir_name);
-                if dir.exists() {
-                    std::fs::remove_dir_all(&dir)?;
+                for cf in [
+                    Store::partition_cf_name(&format!("{dir_name}@{}", topic.id)),
+                    Store::partition_cf_name(&dir_name),
+                ] {
+                    // Left behind on failure: dropped at the next start.
+                    if let Err(e) = self.store.drop_cf(&cf) {
+                        tracing::warn!(column_family = %cf, error = %e, "dropping a deleted partition's index");
+                    }
                 }
             }
             tracing::info!(topic = %n, "deleted topic");
@@ -323,6 +404,9 @@ impl Topics {
     ) -> Result<BTreeMap<String, String>> {
         let _admin = self.admin.lock();
         let topic = self.get(name)?;
+        if is_internal(name) {
+            return Err(Error::InternalTopic(name.to_string()));
+        }
         let mut overrides = topic.overrides();
         for k in delete {
             if !crate::config::TOPIC_KEYS.iter().any(|(key, _)| key == k) {
@@ -345,6 +429,9 @@ impl Topics {
     pub fn create_partitions(&self, name: &str, total: u32, validate_only: bool, now_ms: i64) -> Result<u32> {
         let _admin = self.admin.lock();
         let topic = self.get(name)?;
+        if is_internal(name) {
+            return Err(Error::InternalTopic(name.to_string()));
+        }
         let current = topic.partition_count();
         if total < current {
             return Err(Error::InvalidPartitions(format!(
@@ -363,7 +450,7 @@ impl Topics {
         let config = topic.config();
         let mut added = Vec::new();
         for p in current..total {
-            added.push(self.open_partition(name, p, &config, now_ms)?);
+            added.push(self.open_partition(name, &topic.id, p, &config, now_ms)?.0);
         }
         topic.partitions.write().extend(added);
         self.persist(&topic)?;

@@ -1,73 +1,23 @@
 //! The storage engine in-process: append/read across segments, recovery of
 //! torn and corrupt tails, retention and compaction, without timing.
 
-use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
 
-use bytes::Bytes;
 use tributary_broker::config::TopicConfig;
+use tributary_broker::log::fs;
 use tributary_broker::log::index::PartitionIndex;
 use tributary_broker::log::{Locate, PartitionLog};
 use tributary_broker::store::Store;
-use tributary_proto::batch::{self, BatchBuilder, Batches, Compression};
+use tributary_proto::batch;
 
-const NOW: i64 = 1_700_000_000_000;
-
-fn config(pairs: &[(&str, &str)]) -> TopicConfig {
-    let m: BTreeMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-    TopicConfig::resolve(&TopicConfig::default(), &m).unwrap()
-}
+mod common;
+use common::{batch, config, read_all, value_batch, NOW};
 
 fn open(dir: &Path, config: &TopicConfig) -> PartitionLog {
     let store = Store::open(&dir.join("rocksdb"), 8 << 20, 32 << 20).unwrap();
     store.create_cf("p/t-0").unwrap();
-    let index = PartitionIndex::new(Arc::clone(&store), "p/t-0".into());
-    PartitionLog::open(dir.join("t-0"), "t".into(), 0, index, config, NOW).unwrap()
-}
-
-fn batch(records: &[(Option<&str>, Option<&str>, i64)]) -> Vec<u8> {
-    let mut b = BatchBuilder::new(Compression::Lz4, records[0].2);
-    for (k, v, ts) in records {
-        b.append(*ts, k.map(str::as_bytes), v.map(str::as_bytes), &[]);
-    }
-    b.build().to_vec()
-}
-
-fn value_batch(values: &[&str]) -> Vec<u8> {
-    let records: Vec<_> = values.iter().map(|v| (None, Some(*v), NOW)).collect();
-    batch(&records)
-}
-
-/// Every record from `from` on: (offset, key, value).
-fn read_all(log: &PartitionLog, from: i64) -> Vec<(i64, Option<String>, Option<String>)> {
-    let mut out = Vec::new();
-    let mut at = from;
-    loop {
-        let plan = match log.locate(at).unwrap() {
-            Locate::Read(plan) => plan,
-            Locate::AtEnd => return out,
-            Locate::OutOfRange { start, end } => panic!("{at} out of range {start}..={end}"),
-        };
-        let data = plan.read(1 << 20).unwrap();
-        if data.is_empty() {
-            return out;
-        }
-        let mut pos = 0;
-        for b in Batches::new(&data) {
-            let (h, slice) = b.unwrap();
-            let bytes = data.slice(pos..pos + slice.len());
-            pos += slice.len();
-            for r in batch::records(&bytes).unwrap() {
-                let r = r.unwrap();
-                if r.offset >= at {
-                    let s = |b: Option<Bytes>| b.map(|b| String::from_utf8_lossy(&b).into_owned());
-                    out.push((r.offset, s(r.key), s(r.value)));
-                }
-            }
-            at = h.next_offset();
-        }
-    }
+    let index = PartitionIndex::new(store, "p/t-0".into());
+    PartitionLog::open(fs::real(), dir.join("t-0"), "t".into(), 0, index, config, NOW).unwrap()
 }
 
 #[test]
@@ -88,6 +38,7 @@ fn reads_by_offset_across_segments() {
         assert_eq!(read_all(&log, from), expected[from as usize..].to_vec());
     }
     assert!(matches!(log.locate(200).unwrap(), Locate::AtEnd));
+    assert!(log.read(200, 1 << 20).unwrap().is_empty());
     assert!(matches!(log.locate(201).unwrap(), Locate::OutOfRange { .. }));
 }
 
@@ -233,4 +184,68 @@ fn compaction_keeps_latest_per_key_with_original_offsets() {
     let mut expect = after.clone();
     expect.push((next, Some("k9".into()), Some("z".into())));
     assert_eq!(read_all(&log, 0), expect);
+}
+
+/// Issue 7, defect 1: a cleaned segment's bytes end before its offset range
+/// does; a fetch there must go on to the next segment, not return nothing.
+#[test]
+fn compaction_never_strands_a_reader() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&[("cleanup.policy", "compact"), ("segment.bytes", "1024"), ("min.compaction.lag.ms", "0")]);
+    let mut log = open(dir.path(), &cfg);
+    log.append(&batch(&[(Some("a"), Some("first"), NOW)]), &cfg, NOW).unwrap();
+    for i in 1..=200 {
+        let v = format!("v{i}");
+        log.append(&batch(&[(Some("b"), Some(&v), NOW + i)]), &cfg, NOW + i).unwrap();
+    }
+    let plan = log.cleaning_plan(&cfg, NOW + 1_000).unwrap().expect("something to clean");
+    let (cleaned, stats) = plan.run().unwrap();
+    log.swap_cleaned(cleaned).unwrap();
+    assert!(stats.records_removed > 100, "{stats:?}");
+    let got = read_all(&log, 0);
+    assert_eq!(got.first().map(|r| r.2.as_deref()), Some(Some("first")));
+    assert_eq!(got.last().map(|r| r.2.clone()), Some(Some("v200".to_string())));
+    // From any offset a reader reaches the end.
+    for from in [1, 50, 150, 199, 200] {
+        assert_eq!(read_all(&log, from).last().map(|r| r.0), Some(200), "from {from}");
+    }
+    // A time lookup landing in an emptied range finds the next record.
+    assert_eq!(log.offset_for_time(NOW + 5).unwrap().map(|(o, _)| o), Some(200));
+    let kept: Vec<_> = got.iter().map(|r| r.0).collect();
+    assert!(kept.len() < 20, "{kept:?}");
+}
+
+/// Defect 8: retention deleting compacted records also forgets their keys.
+#[test]
+fn compaction_key_map_forgets_keys_retention_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&[
+        ("cleanup.policy", "compact,delete"),
+        ("segment.bytes", "1024"),
+        ("retention.ms", "60000"),
+        ("min.compaction.lag.ms", "0"),
+    ]);
+    let mut log = open(dir.path(), &cfg);
+    for i in 0..100 {
+        let k = format!("key-{i}");
+        log.append(&batch(&[(Some(&k), Some("v"), NOW)]), &cfg, NOW).unwrap();
+    }
+    let plan = log.cleaning_plan(&cfg, NOW + 10).unwrap().expect("plan");
+    let (cleaned, _) = plan.run().unwrap();
+    log.swap_cleaned(cleaned).unwrap();
+    assert!(log.index().key_offset(b"key-0").unwrap().is_some());
+    // Everything expires; later records keep the log alive.
+    let later = NOW + 3_600_000;
+    log.roll(&cfg, later).unwrap();
+    for i in 0..40 {
+        let k = format!("new-{i}");
+        log.append(&batch(&[(Some(&k), Some("v"), later)]), &cfg, later).unwrap();
+    }
+    log.apply_retention(&cfg, later).unwrap();
+    assert!(log.log_start_offset() >= 100);
+    if let Some(plan) = log.cleaning_plan(&cfg, later + 10).unwrap() {
+        let (cleaned, _) = plan.run().unwrap();
+        log.swap_cleaned(cleaned).unwrap();
+    }
+    assert_eq!(log.index().key_offset(b"key-0").unwrap(), None, "a deleted key stays in the key map");
 }

@@ -42,6 +42,8 @@ pub struct Broker {
     root: PathBuf,
     extra_config: String,
     env: Vec<(String, String)>,
+    /// Data directory elsewhere than `<root>/data` (e.g. on a small tmpfs).
+    data: Option<PathBuf>,
     pub grpc: SocketAddr,
     pub http: SocketAddr,
     _tmp: Option<tempfile::TempDir>,
@@ -66,6 +68,25 @@ impl Broker {
             root: tmp.path().to_path_buf(),
             extra_config: config.to_string(),
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            data: None,
+            grpc: "127.0.0.1:0".parse()?,
+            http: "127.0.0.1:0".parse()?,
+            _tmp: Some(tmp),
+        };
+        b.spawn()?;
+        Ok(b)
+    }
+
+    /// Starts a broker whose data directory is `data` (its log and config
+    /// stay in a temporary directory).
+    pub fn start_in(data: &Path, config: &str) -> Result<Broker> {
+        let tmp = tempfile::Builder::new().prefix("tributary-e2e-").tempdir()?;
+        let mut b = Broker {
+            child: None,
+            root: tmp.path().to_path_buf(),
+            extra_config: config.to_string(),
+            env: Vec::new(),
+            data: Some(data.to_path_buf()),
             grpc: "127.0.0.1:0".parse()?,
             http: "127.0.0.1:0".parse()?,
             _tmp: Some(tmp),
@@ -75,7 +96,7 @@ impl Broker {
     }
 
     pub fn data_dir(&self) -> PathBuf {
-        self.root.join("data")
+        self.data.clone().unwrap_or_else(|| self.root.join("data"))
     }
 
     pub fn bootstrap(&self) -> String {
@@ -256,4 +277,37 @@ where
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Every record of one partition from its log start up to the high
+/// watermark read when the call starts. Never stops at an empty poll: an
+/// empty response below the high watermark is a stranded consumer (the bug
+/// this helper exists to catch), so that fails after 20 s of no progress.
+pub async fn read_to_end(
+    bootstrap: &str,
+    topic: &str,
+    partition: u32,
+) -> Result<Vec<tributary_client::ConsumerRecord>> {
+    use tributary_client::{Admin, Consumer, ConsumerConfig, OffsetSpec};
+    let admin = Admin::connect(bootstrap).await?;
+    let end = admin.list_offsets(topic, partition, OffsetSpec::Latest).await?;
+    let mut c = Consumer::connect(ConsumerConfig { bootstrap: bootstrap.to_string(), ..Default::default() }).await?;
+    c.assign(topic, partition, OffsetSpec::Earliest).await?;
+    let mut out = Vec::new();
+    let mut last_progress = Instant::now();
+    while c.position(topic, partition).unwrap_or(0) < end {
+        let got = c.poll(Duration::from_millis(200)).await?;
+        if got.is_empty() {
+            if last_progress.elapsed() > Duration::from_secs(20) {
+                bail!(
+                    "{topic}-{partition}: stuck at offset {:?} below the high watermark {end} (empty fetches)",
+                    c.position(topic, partition)
+                );
+            }
+            continue;
+        }
+        last_progress = Instant::now();
+        out.extend(got);
+    }
+    Ok(out)
 }

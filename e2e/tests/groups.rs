@@ -850,17 +850,12 @@ async fn a_retry_after_a_lost_answer_is_written_once() {
     assert_eq!(third.offset, 2);
     producer.close().await.unwrap();
 
-    let mut c =
-        Consumer::connect(ConsumerConfig { bootstrap: b.bootstrap(), ..Default::default() }).await.unwrap();
-    c.assign("retried", 0, OffsetSpec::Earliest).await.unwrap();
-    let mut values = Vec::new();
-    loop {
-        let got = c.poll(Duration::from_millis(300)).await.unwrap();
-        if got.is_empty() {
-            break;
-        }
-        values.extend(got.into_iter().map(|r| String::from_utf8_lossy(&r.value.unwrap()).into_owned()));
-    }
+    let values: Vec<_> = tributary_e2e::read_to_end(&b.bootstrap(), "retried", 0)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| String::from_utf8_lossy(&r.value.unwrap()).into_owned())
+        .collect();
     assert_eq!(values, ["first", "second", "third"]);
 }
 

@@ -9,7 +9,7 @@ use tributary_client::{
     Acks, Admin, Consumer, ConsumerConfig, ConsumerRecord, OffsetSpec, Producer, ProducerConfig,
     ProducerRecord,
 };
-use tributary_e2e::{eventually, Broker};
+use tributary_e2e::{eventually, read_to_end, Broker};
 
 async fn create(b: &Broker, topic: &str, configs: &[(&str, &str)]) -> Admin {
     let admin = Admin::connect(&b.bootstrap()).await.unwrap();
@@ -33,18 +33,7 @@ async fn producer(b: &Broker) -> Producer {
 }
 
 async fn read_from_start(b: &Broker, topic: &str) -> Vec<ConsumerRecord> {
-    let mut c = Consumer::connect(ConsumerConfig { bootstrap: b.bootstrap(), ..ConsumerConfig::default() })
-        .await
-        .unwrap();
-    c.assign(topic, 0, OffsetSpec::Earliest).await.unwrap();
-    let mut out = Vec::new();
-    loop {
-        let got = c.poll(Duration::from_millis(300)).await.unwrap();
-        if got.is_empty() {
-            return out;
-        }
-        out.extend(got);
-    }
+    read_to_end(&b.bootstrap(), topic, 0).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,23 +11,28 @@
 //!    `<base>.log.cleaned` file holding only records that are the latest for
 //!    their key. Tombstones (null values) are kept until they are older than
 //!    `delete.retention.ms`, so consumers get to see the delete.
-//! 3. [`PartitionLog::swap_cleaned`] (locked, quick): rename each cleaned file
-//!    over its segment and re-point that segment's offset index.
+//! 3. [`PartitionLog::swap_cleaned`] (locked, quick): swap each cleaned file
+//!    in, crash-safely: `.cleaned` (fsynced) is renamed to `.swap` — from
+//!    then on recovery finishes the swap — then the segment's offset index
+//!    is rewritten for the new layout (durably, with the new size), then
+//!    `.swap` is renamed over the segment. Recovery removes a `.cleaned`
+//!    file (the original is intact) and completes a `.swap` file, rebuilding
+//!    that segment's index from the file.
 //!
 //! Offsets never change: a rewritten batch keeps its base offset and each
 //! record its offset delta. Appends and reads go on during step 2; reads that
 //! opened the old file keep reading it.
 
-use std::fs::{self, File};
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use tributary_proto::batch::{self, BatchBuilder, ProducerStamp};
 
+use super::fs::{self, LogFile, LogFs};
 use super::index::{self, IndexWrites, PartitionIndex};
-use super::segment::{self, Segment};
+use super::recovery::{CLEANED_SUFFIX, SWAP_SUFFIX};
+use super::segment;
 use super::PartitionLog;
 use crate::config::TopicConfig;
 use crate::error::{Error, Result};
@@ -36,12 +41,15 @@ use crate::error::{Error, Result};
 struct Target {
     base: i64,
     path: PathBuf,
-    file: Arc<File>,
+    file: Arc<dyn LogFile>,
     size: u64,
+    max_timestamp: i64,
 }
 
 pub struct CleaningPlan {
+    fs: Arc<dyn LogFs>,
     index: PartitionIndex,
+    log_start: i64,
     targets: Vec<Target>,
     /// Offsets in `[dirty_from, first_uncleanable)` are new since last pass.
     dirty_from: i64,
@@ -53,8 +61,9 @@ pub struct CleaningPlan {
 /// A rewritten segment, ready to swap in.
 pub struct Cleaned {
     base: i64,
-    old_file: Arc<File>,
+    old_file: Arc<dyn LogFile>,
     cleaned_path: PathBuf,
+    max_timestamp: i64,
     /// Offset-index entries of the new file.
     entries: Vec<(i64, u32)>,
     size: u64,
@@ -78,6 +87,7 @@ impl PartitionLog {
     /// Decides what a cleaning pass would do, or None when there is nothing
     /// to do.
     pub fn cleaning_plan(&self, config: &TopicConfig, now_ms: i64) -> Result<Option<CleaningPlan>> {
+        self.shared.check()?;
         if !config.cleanup_policy.compact {
             return Ok(None);
         }
@@ -93,6 +103,7 @@ impl PartitionLog {
                 path: seg.path.clone(),
                 file: seg.file.clone(),
                 size: seg.size,
+                max_timestamp: seg.max_timestamp,
             });
         }
         let dirty_from = self
@@ -105,7 +116,9 @@ impl PartitionLog {
             return Ok(None);
         }
         Ok(Some(CleaningPlan {
+            fs: self.fs.clone(),
             index: self.index.clone(),
+            log_start: self.log_start_offset,
             targets,
             dirty_from,
             first_uncleanable,
@@ -114,28 +127,53 @@ impl PartitionLog {
         }))
     }
 
-    /// Step 3: swaps rewritten segments in. A segment that retention deleted
-    /// meanwhile is skipped (its cleaned file removed).
+    /// Step 3: swaps rewritten segments in (see the module docs for the
+    /// crash-safe order). A segment that retention deleted meanwhile is
+    /// skipped (its cleaned file removed).
     pub fn swap_cleaned(&mut self, cleaned: Vec<Cleaned>) -> Result<()> {
+        self.shared.check()?;
         for c in cleaned {
             let live = self.segments.get(&c.base).is_some_and(|s| Arc::ptr_eq(&s.file, &c.old_file));
             if !live {
-                fs::remove_file(&c.cleaned_path).ok();
+                self.fs.remove_file(&c.cleaned_path).ok();
                 continue;
             }
-            let seg = self.segments.get_mut(&c.base).ok_or_else(|| storage("segment vanished"))?;
-            fs::rename(&c.cleaned_path, &seg.path)?;
-            let reopened = Segment::open(seg.path.clone(), c.base)?;
-            seg.file = reopened.file;
-            seg.size = c.size;
+            let path = self.segments.get(&c.base).map(|s| s.path.clone()).ok_or_else(|| storage("segment vanished"))?;
+            let next_offset = self.segments.get(&c.base).map_or(c.base, |s| s.next_offset);
+            let swap_path = fs::with_suffix(&path, SWAP_SUFFIX);
+            self.fs.rename(&c.cleaned_path, &swap_path)?;
+            self.fs.sync_dir(&self.dir)?;
             let mut w = IndexWrites::new();
-            self.index.delete_offsets(&mut w, c.base, seg.next_offset)?;
+            self.index.delete_offsets(&mut w, c.base, next_offset);
             for (offset, pos) in &c.entries {
-                self.index.put_offset(&mut w, *offset, *pos)?;
+                self.index.put_offset(&mut w, *offset, *pos);
             }
+            self.index.put_segment_meta(
+                &mut w,
+                c.base,
+                index::SegmentMeta { max_timestamp: c.max_timestamp, size: Some(c.size) },
+            );
             self.index.write_durable(w)?;
+            // From here the index describes the new file: failing to put it
+            // in place would serve wrong positions, so that takes the log
+            // offline (the next start finishes the swap).
+            let reopened = self.fs.rename(&swap_path, &path).and_then(|()| {
+                self.fs.sync_dir(&self.dir)?;
+                self.fs.open(&path)
+            });
+            match reopened {
+                Ok(file) => {
+                    if let Some(seg) = self.segments.get_mut(&c.base) {
+                        seg.file = file;
+                        seg.size = c.size;
+                    }
+                }
+                Err(e) => {
+                    self.shared.fail(format!("compaction swap of {} failed: {e}", path.display()));
+                    return self.shared.check();
+                }
+            }
         }
-        segment::sync_dir(&self.dir)?;
         Ok(())
     }
 }
@@ -157,21 +195,26 @@ impl CleaningPlan {
             }
         }
         // Advance the checkpoint and forget expired tombstones' keys (only if
-        // no newer record for the key has come since).
+        // no newer record for the key has come since), and keys whose
+        // records retention deleted (`compact,delete`), so the key map
+        // stays as large as the log, not as every key ever seen.
         let mut w = IndexWrites::new();
         for (key, offset) in expired_tombstones {
             if self.index.key_offset(&key)? == Some(offset) {
-                self.index.delete_key(&mut w, &key)?;
+                self.index.delete_key(&mut w, &key);
             }
+        }
+        for key in self.index.keys_below(self.log_start)? {
+            self.index.delete_key(&mut w, &key);
         }
         self.index.put_meta(
             &mut w,
             index::META_CLEANER_CHECKPOINT,
             &(self.first_uncleanable as u64).to_be_bytes(),
-        )?;
+        );
         match next_tombstone_due {
-            Some(due) => self.index.put_meta(&mut w, META_TOMBSTONE_DUE, &(due as u64).to_be_bytes())?,
-            None => self.index.delete_meta(&mut w, META_TOMBSTONE_DUE)?,
+            Some(due) => self.index.put_meta(&mut w, META_TOMBSTONE_DUE, &(due as u64).to_be_bytes()),
+            None => self.index.delete_meta(&mut w, META_TOMBSTONE_DUE),
         }
         self.index.write(w)?;
         Ok((out, stats))
@@ -182,7 +225,7 @@ impl CleaningPlan {
         let mut w = IndexWrites::new();
         let mut pending = 0usize;
         for t in &self.targets {
-            for_each_batch(&t.file, t.size, |batch_bytes| {
+            for_each_batch(&*t.file, t.size, |batch_bytes| {
                 let header = batch::BatchHeader::parse(batch_bytes).map_err(storage)?;
                 if header.next_offset() <= self.dirty_from || header.base_offset >= self.first_uncleanable {
                     return Ok(());
@@ -194,7 +237,7 @@ impl CleaningPlan {
                         continue;
                     }
                     if let Some(key) = &r.key {
-                        self.index.put_key_offset(&mut w, key, r.offset)?;
+                        self.index.put_key_offset(&mut w, key, r.offset);
                         pending += 1;
                     }
                 }
@@ -215,13 +258,14 @@ impl CleaningPlan {
         expired: &mut Vec<(Bytes, i64)>,
         next_due: &mut Option<i64>,
     ) -> Result<Option<Cleaned>> {
-        let cleaned_path = t.path.with_extension("log.cleaned");
-        let mut out = std::io::BufWriter::new(File::create(&cleaned_path)?);
+        let cleaned_path = fs::with_suffix(&t.path, CLEANED_SUFFIX);
+        let file = self.fs.create(&cleaned_path)?;
+        let mut out = ChunkWriter { file: &*file, buf: Vec::with_capacity(1 << 20), written: 0 };
         let mut entries = Vec::new();
         let mut size = 0u64;
         let mut changed = false;
         let mut seg_stats = CleaningStats { segments: 1, bytes_before: t.size, ..Default::default() };
-        for_each_batch(&t.file, t.size, |batch_bytes| {
+        for_each_batch(&*t.file, t.size, |batch_bytes| {
             let header = batch::BatchHeader::parse(batch_bytes).map_err(storage)?;
             let bytes = Bytes::copy_from_slice(batch_bytes);
             let mut keep = Vec::new();
@@ -265,27 +309,34 @@ impl CleaningPlan {
                 &rewritten
             };
             entries.push((header.base_offset, size as u32));
-            out.write_all(piece)?;
+            out.write(piece)?;
             size += piece.len() as u64;
             Ok(())
         })?;
-        let file = out.into_inner().map_err(|e| storage(e.error()))?;
+        out.flush()?;
         if !changed {
             drop(file);
-            fs::remove_file(&cleaned_path)?;
+            self.fs.remove_file(&cleaned_path)?;
             stats.records_kept += seg_stats.records_kept;
             stats.bytes_before += t.size;
             stats.bytes_after += t.size;
             return Ok(None);
         }
-        file.sync_all()?;
+        file.sync()?;
         seg_stats.bytes_after = size;
         stats.segments += 1;
         stats.records_kept += seg_stats.records_kept;
         stats.records_removed += seg_stats.records_removed;
         stats.bytes_before += seg_stats.bytes_before;
         stats.bytes_after += size;
-        Ok(Some(Cleaned { base: t.base, old_file: t.file.clone(), cleaned_path, entries, size }))
+        Ok(Some(Cleaned {
+            base: t.base,
+            old_file: t.file.clone(),
+            cleaned_path,
+            max_timestamp: t.max_timestamp,
+            entries,
+            size,
+        }))
     }
 }
 
@@ -311,8 +362,34 @@ fn reencode(header: &batch::BatchHeader, keep: &[batch::Record]) -> Result<Vec<u
     Ok(out)
 }
 
+/// Buffers sequential writes into ~1 MiB positioned writes.
+struct ChunkWriter<'a> {
+    file: &'a dyn LogFile,
+    buf: Vec<u8>,
+    written: u64,
+}
+
+impl ChunkWriter<'_> {
+    fn write(&mut self, data: &[u8]) -> Result<()> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= 1 << 20 {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        if !self.buf.is_empty() {
+            self.file.write_all_at(&self.buf, self.written)?;
+            self.written += self.buf.len() as u64;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+}
+
 /// Calls `f` with each whole batch of a segment, in order.
-fn for_each_batch(file: &File, size: u64, mut f: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
+fn for_each_batch(file: &dyn LogFile, size: u64, mut f: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
     let mut pos = 0u64;
     while let Some(h) = segment::header_at(file, pos, size)? {
         let len = h.total_len();

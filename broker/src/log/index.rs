@@ -8,24 +8,29 @@
 //!                                                offset -> its byte position in its segment
 //! 't' timestamp:u64*      -> offset:u64         time index: the first batch whose max
 //!                                                timestamp reached this value
-//! 's' base_offset:u64     -> max_timestamp:i64  per closed segment, for retention.ms
+//! 's' base_offset:u64     -> max_timestamp:i64, size:u64
+//!                                                per closed segment: retention.ms, and the
+//!                                                size its offset index was written for
 //! 'e' epoch:u32           -> start_offset:u64   leader-epoch checkpoints
 //! 'k' key bytes           -> offset:u64         compacted topics: latest offset per key
-//! 'p' producer_id:u64     -> entry              idempotent producers' last batches
+//! 'p' producer_id:u64     -> entry              idempotent producers (legacy: read once
+//!                                                on open, then replaced by snapshots)
+//! 'P' offset:u64          -> snapshot           every producer's state as of `offset`:
+//!                                                taken at each roll and at clean shutdown
 //! 'm' name                -> value              partition metadata (log start, cleaner
 //!                                                checkpoint, clean-shutdown marker)
 //! ```
 //! (*) timestamps are stored with the sign bit flipped so negative ones sort first.
 //!
-//! Everything except `m`, `e` and `k` can be rebuilt from the segment files,
-//! which is what recovery does for the tail of the log.
+//! Everything except `m`, `e`, `k` and `P` can be rebuilt from the segment
+//! files, which is what recovery does for the tail of the log. The store is
+//! reached through [`IndexStore`] so tests can fail its writes and lose what
+//! was not synced.
 
 use std::sync::Arc;
 
-use rocksdb::{Direction, IteratorMode, WriteBatch};
-
+use super::index_store::{IndexOp, IndexStore};
 use crate::error::Result;
-use crate::store::Store;
 
 const OFFSET: u8 = b'o';
 const TIME: u8 = b't';
@@ -34,24 +39,31 @@ const EPOCH: u8 = b'e';
 const KEY: u8 = b'k';
 const META: u8 = b'm';
 const PRODUCER: u8 = b'p';
+const SNAPSHOT: u8 = b'P';
 
 pub const META_LOG_START: &str = "log_start";
 pub const META_CLEAN_SHUTDOWN: &str = "clean_shutdown";
 pub const META_CLEANER_CHECKPOINT: &str = "cleaner_checkpoint";
 pub const META_RECOVERY_POINT: &str = "recovery_point";
 
-fn key_u64(kind: u8, n: u64) -> [u8; 9] {
-    let mut k = [0u8; 9];
-    k[0] = kind;
-    k[1..].copy_from_slice(&n.to_be_bytes());
+fn key_u64(kind: u8, n: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9);
+    k.push(kind);
+    k.extend_from_slice(&n.to_be_bytes());
     k
 }
 
-/// The compaction key map's RocksDB key for a record key.
+/// The compaction key map's key for a record key.
 fn map_key(key: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(key.len() + 1);
     k.push(KEY);
     k.extend_from_slice(key);
+    k
+}
+
+fn meta_key(name: &str) -> Vec<u8> {
+    let mut k = vec![META];
+    k.extend_from_slice(name.as_bytes());
     k
 }
 
@@ -71,240 +83,212 @@ fn read_u32(b: &[u8]) -> Option<u32> {
     Some(u32::from_be_bytes(b.get(..4)?.try_into().ok()?))
 }
 
+/// The number in a `kind`+u64 key.
+fn key_number(k: &[u8], kind: u8) -> Option<u64> {
+    if k.len() == 9 && k[0] == kind {
+        read_u64(&k[1..])
+    } else {
+        None
+    }
+}
+
+/// What the index knows of a closed segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentMeta {
+    pub max_timestamp: i64,
+    /// File size the segment's offset-index entries were written for; None
+    /// for entries written before sizes were recorded.
+    pub size: Option<u64>,
+}
+
 /// Handle on one partition's column family.
 #[derive(Clone)]
 pub struct PartitionIndex {
-    store: Arc<Store>,
+    store: Arc<dyn IndexStore>,
     cf: String,
 }
 
-/// Index changes gathered during an append, written in one RocksDB batch.
+/// Index changes gathered during an operation, written in one atomic batch.
+#[derive(Debug, Default)]
 pub struct IndexWrites {
-    batch: WriteBatch,
-    empty: bool,
+    ops: Vec<IndexOp>,
 }
 
 impl IndexWrites {
     pub fn new() -> Self {
-        IndexWrites { batch: WriteBatch::default(), empty: true }
+        IndexWrites { ops: Vec::new() }
     }
-}
 
-impl Default for IndexWrites {
-    fn default() -> Self {
-        Self::new()
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    fn put(&mut self, k: Vec<u8>, v: Vec<u8>) {
+        self.ops.push(IndexOp::Put(k, v));
+    }
+
+    fn delete(&mut self, k: Vec<u8>) {
+        self.ops.push(IndexOp::Delete(k));
     }
 }
 
 impl PartitionIndex {
-    pub fn new(store: Arc<Store>, cf: String) -> Self {
+    pub fn new(store: Arc<dyn IndexStore>, cf: String) -> Self {
         PartitionIndex { store, cf }
     }
 
-    pub fn store(&self) -> &Arc<Store> {
-        &self.store
+    pub fn cf_name(&self) -> &str {
+        &self.cf
     }
 
-    pub fn put_offset(&self, w: &mut IndexWrites, offset: i64, position: u32) -> Result<()> {
-        w.batch.put_cf(&self.store.cf(&self.cf)?, key_u64(OFFSET, offset as u64), position.to_be_bytes());
-        w.empty = false;
-        Ok(())
+    pub fn put_offset(&self, w: &mut IndexWrites, offset: i64, position: u32) {
+        w.put(key_u64(OFFSET, offset as u64), position.to_be_bytes().to_vec());
     }
 
-    pub fn put_time(&self, w: &mut IndexWrites, timestamp: i64, offset: i64) -> Result<()> {
-        w.batch.put_cf(
-            &self.store.cf(&self.cf)?,
-            key_u64(TIME, ts_key(timestamp)),
-            (offset as u64).to_be_bytes(),
-        );
-        w.empty = false;
-        Ok(())
+    pub fn put_time(&self, w: &mut IndexWrites, timestamp: i64, offset: i64) {
+        w.put(key_u64(TIME, ts_key(timestamp)), (offset as u64).to_be_bytes().to_vec());
     }
 
-    pub fn put_segment_max_ts(&self, w: &mut IndexWrites, base: i64, max_ts: i64) -> Result<()> {
-        w.batch.put_cf(&self.store.cf(&self.cf)?, key_u64(SEGMENT, base as u64), max_ts.to_be_bytes());
-        w.empty = false;
-        Ok(())
+    pub fn put_segment_meta(&self, w: &mut IndexWrites, base: i64, meta: SegmentMeta) {
+        let mut v = meta.max_timestamp.to_be_bytes().to_vec();
+        if let Some(size) = meta.size {
+            v.extend_from_slice(&size.to_be_bytes());
+        }
+        w.put(key_u64(SEGMENT, base as u64), v);
     }
 
-    pub fn put_meta(&self, w: &mut IndexWrites, name: &str, value: &[u8]) -> Result<()> {
-        let mut k = vec![META];
-        k.extend_from_slice(name.as_bytes());
-        w.batch.put_cf(&self.store.cf(&self.cf)?, k, value);
-        w.empty = false;
-        Ok(())
+    pub fn put_meta(&self, w: &mut IndexWrites, name: &str, value: &[u8]) {
+        w.put(meta_key(name), value.to_vec());
     }
 
-    pub fn delete_meta(&self, w: &mut IndexWrites, name: &str) -> Result<()> {
-        let mut k = vec![META];
-        k.extend_from_slice(name.as_bytes());
-        w.batch.delete_cf(&self.store.cf(&self.cf)?, k);
-        w.empty = false;
-        Ok(())
+    pub fn delete_meta(&self, w: &mut IndexWrites, name: &str) {
+        w.delete(meta_key(name));
     }
 
-    pub fn put_epoch(&self, w: &mut IndexWrites, epoch: i32, start_offset: i64) -> Result<()> {
-        let mut k = [0u8; 5];
-        k[0] = EPOCH;
-        k[1..].copy_from_slice(&(epoch as u32).to_be_bytes());
-        w.batch.put_cf(&self.store.cf(&self.cf)?, k, (start_offset as u64).to_be_bytes());
-        w.empty = false;
-        Ok(())
+    pub fn put_epoch(&self, w: &mut IndexWrites, epoch: i32, start_offset: i64) {
+        let mut k = vec![EPOCH];
+        k.extend_from_slice(&(epoch as u32).to_be_bytes());
+        w.put(k, (start_offset as u64).to_be_bytes().to_vec());
     }
 
     /// Removes offset-index entries for offsets in `[from, to)`.
-    pub fn delete_offsets(&self, w: &mut IndexWrites, from: i64, to: i64) -> Result<()> {
-        let cf = self.store.cf(&self.cf)?;
-        w.batch.delete_range_cf(&cf, key_u64(OFFSET, from.max(0) as u64), key_u64(OFFSET, to.max(0) as u64));
-        w.empty = false;
-        Ok(())
+    pub fn delete_offsets(&self, w: &mut IndexWrites, from: i64, to: i64) {
+        w.ops.push(IndexOp::DeleteRange(
+            key_u64(OFFSET, from.max(0) as u64),
+            key_u64(OFFSET, to.max(0) as u64),
+        ));
     }
 
-    pub fn delete_segment_meta(&self, w: &mut IndexWrites, base: i64) -> Result<()> {
-        w.batch.delete_cf(&self.store.cf(&self.cf)?, key_u64(SEGMENT, base as u64));
-        w.empty = false;
-        Ok(())
+    pub fn delete_segment_meta(&self, w: &mut IndexWrites, base: i64) {
+        w.delete(key_u64(SEGMENT, base as u64));
     }
 
     /// Removes time-index entries pointing at offsets `>= from` (they come
     /// last: the time index only grows with offsets).
     pub fn delete_time_from_offset(&self, w: &mut IndexWrites, from: i64) -> Result<()> {
-        let cf = self.store.cf(&self.cf)?;
-        let end = [TIME + 1];
-        let iter = self.store.db().iterator_cf(&cf, IteratorMode::From(&end, Direction::Reverse));
-        for item in iter {
-            let (k, v) = item?;
-            if k.first() != Some(&TIME) {
-                break;
+        let mut doomed = Vec::new();
+        self.store.range(&self.cf, &[TIME], &[TIME + 1], true, &mut |k, v| match read_u64(v) {
+            Some(off) if off as i64 >= from => {
+                doomed.push(k.to_vec());
+                true
             }
-            match read_u64(&v) {
-                Some(off) if off as i64 >= from => {
-                    w.batch.delete_cf(&cf, k);
-                    w.empty = false;
-                }
-                _ => break,
-            }
+            _ => false,
+        })?;
+        for k in doomed {
+            w.delete(k);
         }
         Ok(())
     }
 
     /// Removes time-index entries pointing at offsets `< before`.
     pub fn delete_time_below_offset(&self, w: &mut IndexWrites, before: i64) -> Result<()> {
-        let cf = self.store.cf(&self.cf)?;
-        let iter = self.store.db().iterator_cf(&cf, IteratorMode::From(&[TIME], Direction::Forward));
-        for item in iter {
-            let (k, v) = item?;
-            if k.first() != Some(&TIME) {
-                break;
+        let mut doomed = Vec::new();
+        self.store.range(&self.cf, &[TIME], &[TIME + 1], false, &mut |k, v| match read_u64(v) {
+            Some(off) if (off as i64) < before => {
+                doomed.push(k.to_vec());
+                true
             }
-            match read_u64(&v) {
-                Some(off) if (off as i64) < before => {
-                    w.batch.delete_cf(&cf, k);
-                    w.empty = false;
-                }
-                _ => break,
-            }
+            _ => false,
+        })?;
+        for k in doomed {
+            w.delete(k);
         }
         Ok(())
     }
 
     pub fn write(&self, w: IndexWrites) -> Result<()> {
-        if !w.empty {
-            self.store.write(w.batch)?;
+        if w.ops.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        self.store.write(&self.cf, &w.ops, false)
     }
 
     pub fn write_durable(&self, w: IndexWrites) -> Result<()> {
-        if !w.empty {
-            self.store.write_durable(w.batch)?;
+        if w.ops.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        self.store.write(&self.cf, &w.ops, true)
+    }
+
+    /// The first entry of kind `kind` in `[from, to)` (last when `reverse`).
+    fn first(&self, from: &[u8], to: &[u8], reverse: bool) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+        let mut found = None;
+        self.store.range(&self.cf, from, to, reverse, &mut |k, v| {
+            found = Some((k.to_vec(), v.to_vec()));
+            false
+        })?;
+        Ok(found)
     }
 
     /// The indexed batch with the greatest base offset `<= offset`, if any:
     /// `(base_offset, position)`.
     pub fn offset_floor(&self, offset: i64) -> Result<Option<(i64, u32)>> {
-        let cf = self.store.cf(&self.cf)?;
-        let mut it = self.store.db().raw_iterator_cf(&cf);
-        it.seek_for_prev(key_u64(OFFSET, offset.max(0) as u64));
-        if let (Some(k), Some(v)) = (it.key(), it.value()) {
-            if k.len() == 9 && k[0] == OFFSET {
-                if let (Some(off), Some(pos)) = (read_u64(&k[1..]), read_u32(v)) {
-                    return Ok(Some((off as i64, pos)));
-                }
-            }
-        }
-        it.status()?;
-        Ok(None)
+        let to = key_u64(OFFSET, offset.max(0) as u64 + 1);
+        Ok(self.first(&[OFFSET], &to, true)?.and_then(|(k, v)| {
+            let off = key_number(&k, OFFSET)?;
+            Some((off as i64, read_u32(&v)?))
+        }))
     }
 
     /// Every offset-index entry in `[from, to)`, ascending.
     pub fn offsets_in(&self, from: i64, to: i64) -> Result<Vec<(i64, u32)>> {
-        let cf = self.store.cf(&self.cf)?;
-        let start = key_u64(OFFSET, from.max(0) as u64);
         let mut out = Vec::new();
-        for item in self.store.db().iterator_cf(&cf, IteratorMode::From(&start, Direction::Forward)) {
-            let (k, v) = item?;
-            if k.len() != 9 || k[0] != OFFSET {
-                break;
+        let (from, to) = (key_u64(OFFSET, from.max(0) as u64), key_u64(OFFSET, to.max(0) as u64));
+        self.store.range(&self.cf, &from, &to, false, &mut |k, v| {
+            if let (Some(off), Some(pos)) = (key_number(k, OFFSET), read_u32(v)) {
+                out.push((off as i64, pos));
             }
-            let (Some(off), Some(pos)) = (read_u64(&k[1..]), read_u32(&v)) else { break };
-            if off as i64 >= to {
-                break;
-            }
-            out.push((off as i64, pos));
-        }
+            true
+        })?;
         Ok(out)
     }
 
     /// The first time-index entry with timestamp `>= ts`: `(timestamp, offset)`.
     pub fn time_ceiling(&self, ts: i64) -> Result<Option<(i64, i64)>> {
-        let cf = self.store.cf(&self.cf)?;
-        let mut it = self.store.db().raw_iterator_cf(&cf);
-        it.seek(key_u64(TIME, ts_key(ts)));
-        if let (Some(k), Some(v)) = (it.key(), it.value()) {
-            if k.len() == 9 && k[0] == TIME {
-                if let (Some(t), Some(off)) = (read_u64(&k[1..]), read_u64(v)) {
-                    return Ok(Some((ts_from_key(t), off as i64)));
-                }
-            }
-        }
-        it.status()?;
-        Ok(None)
+        let from = key_u64(TIME, ts_key(ts));
+        Ok(self.first(&from, &[TIME + 1], false)?.and_then(|(k, v)| {
+            Some((ts_from_key(key_number(&k, TIME)?), read_u64(&v)? as i64))
+        }))
     }
 
     /// The newest time-index entry: `(timestamp, offset)`.
     pub fn last_time(&self) -> Result<Option<(i64, i64)>> {
-        let cf = self.store.cf(&self.cf)?;
-        let mut it = self.store.db().raw_iterator_cf(&cf);
-        it.seek_for_prev([TIME, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
-        if let (Some(k), Some(v)) = (it.key(), it.value()) {
-            if k.len() == 9 && k[0] == TIME {
-                if let (Some(t), Some(off)) = (read_u64(&k[1..]), read_u64(v)) {
-                    return Ok(Some((ts_from_key(t), off as i64)));
-                }
-            }
-        }
-        it.status()?;
-        Ok(None)
+        Ok(self.first(&[TIME], &[TIME + 1], true)?.and_then(|(k, v)| {
+            Some((ts_from_key(key_number(&k, TIME)?), read_u64(&v)? as i64))
+        }))
     }
 
-    pub fn segment_max_ts(&self, base: i64) -> Result<Option<i64>> {
-        let cf = self.store.cf(&self.cf)?;
-        Ok(self
-            .store
-            .db()
-            .get_cf(&cf, key_u64(SEGMENT, base as u64))?
-            .and_then(|v| read_u64(&v))
-            .map(|v| v as i64))
+    pub fn segment_meta(&self, base: i64) -> Result<Option<SegmentMeta>> {
+        Ok(self.store.get(&self.cf, &key_u64(SEGMENT, base as u64))?.and_then(|v| {
+            Some(SegmentMeta {
+                max_timestamp: read_u64(&v)? as i64,
+                size: v.get(8..).and_then(read_u64),
+            })
+        }))
     }
 
     pub fn meta(&self, name: &str) -> Result<Option<Vec<u8>>> {
-        let cf = self.store.cf(&self.cf)?;
-        let mut k = vec![META];
-        k.extend_from_slice(name.as_bytes());
-        Ok(self.store.db().get_cf(&cf, k)?)
+        self.store.get(&self.cf, &meta_key(name))
     }
 
     pub fn meta_i64(&self, name: &str) -> Result<Option<i64>> {
@@ -313,48 +297,67 @@ impl PartitionIndex {
 
     // ---- idempotent producers ----
 
-    pub fn put_producer(&self, w: &mut IndexWrites, producer_id: i64, entry: &[u8]) -> Result<()> {
-        w.batch.put_cf(&self.store.cf(&self.cf)?, key_u64(PRODUCER, producer_id as u64), entry);
-        w.empty = false;
-        Ok(())
-    }
-
-    /// Every stored producer entry: `(producer_id, encoded entry)`.
-    pub fn producers(&self) -> Result<Vec<(i64, Vec<u8>)>> {
-        let cf = self.store.cf(&self.cf)?;
+    /// Legacy per-producer entries: `(producer_id, encoded entry)`.
+    pub fn legacy_producers(&self) -> Result<Vec<(i64, Vec<u8>)>> {
         let mut out = Vec::new();
-        for item in self.store.db().iterator_cf(&cf, IteratorMode::From(&[PRODUCER], Direction::Forward)) {
-            let (k, v) = item?;
-            if k.len() != 9 || k[0] != PRODUCER {
-                break;
-            }
-            if let Some(pid) = read_u64(&k[1..]) {
+        self.store.range(&self.cf, &[PRODUCER], &[PRODUCER + 1], false, &mut |k, v| {
+            if let Some(pid) = key_number(k, PRODUCER) {
                 out.push((pid as i64, v.to_vec()));
             }
-        }
+            true
+        })?;
         Ok(out)
+    }
+
+    pub fn delete_legacy_producers(&self, w: &mut IndexWrites) {
+        w.ops.push(IndexOp::DeleteRange(vec![PRODUCER], vec![PRODUCER + 1]));
+    }
+
+    pub fn put_producer_snapshot(&self, w: &mut IndexWrites, offset: i64, snapshot: Vec<u8>) {
+        w.put(key_u64(SNAPSHOT, offset as u64), snapshot);
+    }
+
+    /// The newest producer snapshot at or below `offset`: `(offset, bytes)`.
+    pub fn producer_snapshot_floor(&self, offset: i64) -> Result<Option<(i64, Vec<u8>)>> {
+        let to = key_u64(SNAPSHOT, offset.max(0) as u64 + 1);
+        Ok(self
+            .first(&[SNAPSHOT], &to, true)?
+            .and_then(|(k, v)| Some((key_number(&k, SNAPSHOT)? as i64, v))))
+    }
+
+    /// Removes snapshots for offsets in `[from, to)`.
+    pub fn delete_producer_snapshots(&self, w: &mut IndexWrites, from: i64, to: i64) {
+        w.ops.push(IndexOp::DeleteRange(
+            key_u64(SNAPSHOT, from.max(0) as u64),
+            key_u64(SNAPSHOT, to.max(0) as u64),
+        ));
     }
 
     // ---- compaction key map ----
 
     pub fn key_offset(&self, key: &[u8]) -> Result<Option<i64>> {
-        let cf = self.store.cf(&self.cf)?;
-        let k = map_key(key);
-        Ok(self.store.db().get_cf(&cf, k)?.and_then(|v| read_u64(&v)).map(|v| v as i64))
+        Ok(self.store.get(&self.cf, &map_key(key))?.and_then(|v| read_u64(&v)).map(|v| v as i64))
     }
 
-    pub fn put_key_offset(&self, w: &mut IndexWrites, key: &[u8], offset: i64) -> Result<()> {
-        let k = map_key(key);
-        w.batch.put_cf(&self.store.cf(&self.cf)?, k, (offset as u64).to_be_bytes());
-        w.empty = false;
-        Ok(())
+    pub fn put_key_offset(&self, w: &mut IndexWrites, key: &[u8], offset: i64) {
+        w.put(map_key(key), (offset as u64).to_be_bytes().to_vec());
     }
 
-    pub fn delete_key(&self, w: &mut IndexWrites, key: &[u8]) -> Result<()> {
-        let k = map_key(key);
-        w.batch.delete_cf(&self.store.cf(&self.cf)?, k);
-        w.empty = false;
-        Ok(())
+    pub fn delete_key(&self, w: &mut IndexWrites, key: &[u8]) {
+        w.delete(map_key(key));
+    }
+
+    /// Keys of the compaction key map whose latest offset is below `offset`
+    /// (their records are gone: retention deleted them).
+    pub fn keys_below(&self, offset: i64) -> Result<Vec<Vec<u8>>> {
+        let mut out = Vec::new();
+        self.store.range(&self.cf, &[KEY], &[KEY + 1], false, &mut |k, v| {
+            if read_u64(v).is_some_and(|o| (o as i64) < offset) {
+                out.push(k[1..].to_vec());
+            }
+            true
+        })?;
+        Ok(out)
     }
 }
 

@@ -6,36 +6,135 @@
 //! * [`recovery`]: opening a log after a clean or an unclean stop.
 //! * [`retention`]: rolling segments and deleting old ones.
 //! * [`compaction`]: keeping the latest record per key.
+//! * [`fs`] and [`index_store`]: the seams every file and index write goes
+//!   through; [`fault`] is their fault-injecting test implementation.
 //!
 //! `PartitionLog` is used under its partition's mutex. Appends and index
 //! updates happen inside it; reads only take it to find what to read (a file
 //! handle and a byte range), then read without it.
+//!
+//! Failure rules (they are what replication builds on):
+//! * An append happens whole or leaves no trace: on any failure the segment
+//!   is cut back to where it ended and no in-memory or index state moves.
+//! * An fsync failure takes the log offline (as Kafka marks a log directory
+//!   offline): after a failed fsync the page cache may have dropped the
+//!   data, so nothing that depended on it may be acknowledged or served
+//!   until a restart re-verifies the files.
 
 pub mod compaction;
+pub mod fault;
+pub mod fs;
 pub mod index;
+pub mod index_store;
 pub mod producer_state;
 pub mod recovery;
 pub mod retention;
 pub mod segment;
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use parking_lot::Mutex;
+use tokio::sync::watch;
 use tributary_proto::batch::{self, set_base_offset, set_leader_epoch, Batches};
 
 use crate::config::TopicConfig;
 use crate::error::{Error, Result};
+use fs::{LogFile, LogFs};
 use index::{IndexWrites, PartitionIndex};
 use segment::Segment;
+
+/// State a log shares with work done outside its lock (fsyncs, readers).
+pub struct LogShared {
+    /// `<topic>-<partition>`, for messages.
+    name: String,
+    /// Offsets below this are on disk (covered by a completed fsync).
+    durable_end: AtomicI64,
+    /// flush.messages=1: consumers see only what is durable.
+    visible_only_durable: AtomicBool,
+    /// Why the log is out of service, once it is.
+    offline: Mutex<Option<String>>,
+    /// The high watermark, for long-polling fetches.
+    hw: watch::Sender<i64>,
+}
+
+impl LogShared {
+    fn new(name: String, durable_end: i64) -> Arc<LogShared> {
+        let (hw, _) = watch::channel(durable_end);
+        Arc::new(LogShared {
+            name,
+            durable_end: AtomicI64::new(durable_end),
+            visible_only_durable: AtomicBool::new(false),
+            offline: Mutex::new(None),
+            hw,
+        })
+    }
+
+    /// Takes the log out of service (the first reason sticks).
+    pub fn fail(&self, reason: String) {
+        let mut offline = self.offline.lock();
+        if offline.is_none() {
+            tracing::error!(partition = %self.name, %reason, "log taken offline until restart");
+            *offline = Some(reason);
+        }
+    }
+
+    pub fn offline_reason(&self) -> Option<String> {
+        self.offline.lock().clone()
+    }
+
+    /// Err when the log is offline.
+    pub fn check(&self) -> Result<()> {
+        match &*self.offline.lock() {
+            None => Ok(()),
+            Some(reason) => Err(Error::LogOffline { partition: self.name.clone(), reason: reason.clone() }),
+        }
+    }
+
+    pub fn durable_end(&self) -> i64 {
+        self.durable_end.load(Ordering::Acquire)
+    }
+
+    fn mark_durable(&self, next_offset: i64) {
+        self.durable_end.fetch_max(next_offset, Ordering::AcqRel);
+        if self.visible_only_durable.load(Ordering::Acquire) {
+            self.publish_at_least(next_offset);
+        }
+    }
+
+    fn publish_at_least(&self, hw: i64) {
+        self.hw.send_if_modified(|v| {
+            if hw > *v {
+                *v = hw;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    pub fn publish(&self, hw: i64) {
+        self.hw.send_if_modified(|v| {
+            let changed = *v != hw;
+            *v = hw;
+            changed
+        });
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<i64> {
+        self.hw.subscribe()
+    }
+}
 
 pub struct PartitionLog {
     pub topic: String,
     pub partition: u32,
     dir: PathBuf,
+    fs: Arc<dyn LogFs>,
     index: PartitionIndex,
     segments: BTreeMap<i64, Segment>,
     log_start_offset: i64,
@@ -45,11 +144,12 @@ pub struct PartitionLog {
     bytes_since_index: u64,
     /// Largest timestamp the time index has an entry for.
     time_index_max: i64,
-    /// Records appended since the last fsync, and when that was.
+    /// Records appended since the last fsync was asked for, and when.
     unflushed: i64,
     last_flush_ms: i64,
     /// Idempotent producers' recent batches.
     producers: producer_state::ProducerStates,
+    shared: Arc<LogShared>,
 }
 
 /// Where an append landed.
@@ -68,19 +168,40 @@ pub struct AppendInfo {
 
 /// An fsync owed by the flush policy, done outside the partition lock.
 pub struct FlushTicket {
-    file: Arc<File>,
+    file: Arc<dyn LogFile>,
     index: PartitionIndex,
     point: recovery::RecoveryPoint,
+    shared: Arc<LogShared>,
 }
 
 impl FlushTicket {
     /// fsyncs the segment, then records the new recovery point (after the
-    /// sync, so it never claims more than is on disk).
+    /// sync, so it never claims more than is on disk). An fsync failure
+    /// takes the log offline; Ok means everything below the ticket's offset
+    /// is on disk.
     pub fn sync(self) -> Result<()> {
-        self.file.sync_data()?;
+        self.shared.check()?;
+        if let Err(e) = self.file.sync() {
+            self.shared.fail(format!("fsync failed: {e}"));
+            return self.shared.check();
+        }
+        // fsyncgate: once any fsync of this log failed, a later one that
+        // "succeeds" proves nothing about the pages the failure dropped.
+        self.shared.check()?;
+        self.shared.mark_durable(self.point.next_offset);
         let mut w = IndexWrites::new();
-        self.index.put_meta(&mut w, index::META_RECOVERY_POINT, &self.point.encode())?;
-        self.index.write(w)
+        self.index.put_meta(&mut w, index::META_RECOVERY_POINT, &self.point.encode());
+        // The recovery point only saves re-reading on the next unclean start;
+        // the data is durable whether or not it is recorded.
+        if let Err(e) = self.index.write(w) {
+            tracing::warn!(partition = %self.shared.name, error = %e, "recording the recovery point");
+        }
+        Ok(())
+    }
+
+    /// The offset this ticket makes durable (exclusive).
+    pub fn next_offset(&self) -> i64 {
+        self.point.next_offset
     }
 }
 
@@ -91,46 +212,64 @@ pub enum Locate {
         start: i64,
         end: i64,
     },
-    /// The offset is the log end: nothing to read yet.
+    /// The offset is the high watermark: nothing to read yet.
     AtEnd,
     Read(ReadPlan),
 }
 
 pub struct ReadPlan {
-    file: Arc<File>,
+    file: Arc<dyn LogFile>,
     /// Position to start looking for the batch that holds `target`.
     scan_from: u64,
     /// End of the readable bytes of this segment.
     end: u64,
     target: i64,
+    /// Batches starting at or above this are not visible yet.
+    high_watermark: i64,
+    /// Where the next segment's offsets begin: a reader that finds nothing
+    /// here (compaction emptied the range) goes on from there.
+    segment_next_offset: i64,
+}
+
+/// What one segment gave a read.
+pub enum ReadOutcome {
+    /// Whole batches, the first one holding an offset `>= target`.
+    Data(Bytes),
+    /// Nothing at or past `target` in this segment: go on at this offset.
+    Exhausted(i64),
+    /// The next batch is not visible yet (at the high watermark).
+    NotYet,
 }
 
 impl ReadPlan {
     /// Whole batches from the one holding `target` on, at most `max_bytes`
     /// (but always at least one batch, so a large batch can't wedge a reader).
-    pub fn read(&self, max_bytes: usize) -> io::Result<Bytes> {
+    pub fn read(&self, max_bytes: usize) -> io::Result<ReadOutcome> {
         let mut pos = self.scan_from;
         let first = loop {
-            let Some(h) = segment::header_at(&self.file, pos, self.end)? else {
-                return Ok(Bytes::new());
+            let Some(h) = segment::header_at(&*self.file, pos, self.end)? else {
+                return Ok(ReadOutcome::Exhausted(self.segment_next_offset));
             };
             if h.next_offset() > self.target {
                 break h;
             }
             pos += h.total_len() as u64;
         };
+        if first.base_offset >= self.high_watermark {
+            return Ok(ReadOutcome::NotYet);
+        }
         let available = (self.end - pos) as usize;
         let want = first.total_len().max(max_bytes).min(available);
-        let mut buf = segment::read_at(&self.file, pos, want)?;
+        let mut buf = segment::read_at(&*self.file, pos, want)?;
         let mut whole = 0;
         for b in Batches::new(&buf) {
             match b {
-                Ok((_, slice)) => whole += slice.len(),
-                Err(_) => break,
+                Ok((h, slice)) if h.base_offset < self.high_watermark => whole += slice.len(),
+                _ => break,
             }
         }
         buf.truncate(whole);
-        Ok(Bytes::from(buf))
+        Ok(ReadOutcome::Data(Bytes::from(buf)))
     }
 }
 
@@ -143,6 +282,10 @@ impl PartitionLog {
         &self.index
     }
 
+    pub fn shared(&self) -> &Arc<LogShared> {
+        &self.shared
+    }
+
     pub fn log_start_offset(&self) -> i64 {
         self.log_start_offset
     }
@@ -151,11 +294,20 @@ impl PartitionLog {
         self.log_end_offset
     }
 
-    /// Highest offset consumers may read up to (exclusive). Equal to the log
-    /// end on a single broker; replication will hold it back to what the
-    /// in-sync replicas have.
+    /// Highest offset consumers may read up to (exclusive): the log end, or
+    /// with `flush.messages=1` what is durable. Replication will also hold it
+    /// back to what the in-sync replicas have.
     pub fn high_watermark(&self) -> i64 {
-        self.log_end_offset
+        if self.shared.visible_only_durable.load(Ordering::Acquire) {
+            self.log_end_offset.min(self.shared.durable_end()).max(self.log_start_offset)
+        } else {
+            self.log_end_offset
+        }
+    }
+
+    /// Tells waiting fetches where the high watermark is now.
+    pub fn publish_high_watermark(&self) {
+        self.shared.publish(self.high_watermark());
     }
 
     pub fn size_bytes(&self) -> u64 {
@@ -166,38 +318,91 @@ impl PartitionLog {
         self.segments.len()
     }
 
+    /// The idempotent producers this log remembers.
+    pub fn producers(&self) -> &producer_state::ProducerStates {
+        &self.producers
+    }
+
     fn active(&mut self) -> &mut Segment {
         self.segments.values_mut().next_back().expect("a log always has an active segment")
+    }
+
+    fn active_ref(&self) -> &Segment {
+        self.segments.values().next_back().expect("a log always has an active segment")
+    }
+
+    /// Follows the topic's flush policy for visibility.
+    fn apply_visibility(&self, config: &TopicConfig) {
+        self.shared.visible_only_durable.store(config.flush_messages == 1, Ordering::Release);
     }
 
     /// Appends batches that were already validated (`batch::verify`),
     /// stamping each with its offset and the leader epoch. Batches an
     /// idempotent producer already wrote are skipped (their first offsets are
     /// reported); a sequence gap or a fenced epoch refuses the whole call
-    /// before anything is written.
+    /// before anything is written. On any error nothing changed.
     pub fn append(&mut self, data: &[u8], config: &TopicConfig, now_ms: i64) -> Result<AppendInfo> {
+        self.shared.check()?;
+        self.apply_visibility(config);
         self.maybe_roll(data.len() as u64, config, now_ms)?;
-        let mut buf = Vec::with_capacity(data.len());
-        let mut next = self.log_end_offset;
-        let mut records = 0i64;
-        let mut max_ts = i64::MIN;
-        let mut w = IndexWrites::new();
-        let segment_pos = self.active().size;
-        let segment_was_empty = segment_pos == 0;
-        let mut batch_base_offsets = Vec::new();
-        // Checked against a copy so a refused call leaves the state as it was.
-        let mut producers_touched = Vec::new();
+        let mut staged = self.stage(data, config)?;
+        if staged.buf.is_empty() {
+            // Only retries of batches already stored: nothing to write, but
+            // the answer must wait until the originals are durable when the
+            // flush policy says acknowledged means fsynced.
+            let sync = if config.flush_messages == 1 && self.shared.durable_end() < staged.dup_next {
+                Some(self.flush_ticket(now_ms))
+            } else {
+                None
+            };
+            return Ok(AppendInfo {
+                base_offset: staged.base_offset(self.log_end_offset),
+                batch_base_offsets: staged.batch_base_offsets,
+                last_offset: staged.next - 1,
+                records: 0,
+                sync,
+            });
+        }
+        self.write_staged(&mut staged, now_ms)?;
+        let records = staged.records;
+        self.unflushed += records;
+        let sync = if self.unflushed >= config.flush_messages { Some(self.flush_ticket(now_ms)) } else { None };
+        Ok(AppendInfo {
+            base_offset: staged.base_offset(self.log_end_offset),
+            batch_base_offsets: staged.batch_base_offsets,
+            last_offset: staged.next - 1,
+            records,
+            sync,
+        })
+    }
+
+    /// Builds what an append would write without changing anything.
+    fn stage(&self, data: &[u8], config: &TopicConfig) -> Result<Staged> {
+        let active = self.active_ref();
+        let segment_pos = active.size;
+        let mut st = Staged {
+            buf: Vec::with_capacity(data.len()),
+            index: IndexWrites::new(),
+            next: self.log_end_offset,
+            records: 0,
+            max_ts: i64::MIN,
+            bytes_since_index: self.bytes_since_index,
+            time_index_max: self.time_index_max,
+            batch_base_offsets: Vec::new(),
+            producers: producer_state::Overlay::default(),
+            dup_next: i64::MIN,
+        };
         for b in Batches::new(data) {
             let (header, bytes) =
                 b.map_err(|e| Error::Storage(format!("append of an unvalidated batch: {e}")))?;
-            match self.producers.check(&header) {
+            match st.producers.check(&self.producers, &header) {
                 producer_state::SeqCheck::Append => {}
-                producer_state::SeqCheck::Duplicate { base_offset } => {
-                    batch_base_offsets.push(base_offset);
+                producer_state::SeqCheck::Duplicate { base_offset, next_offset } => {
+                    st.batch_base_offsets.push(base_offset);
+                    st.dup_next = st.dup_next.max(next_offset);
                     continue;
                 }
                 producer_state::SeqCheck::OutOfOrder { expected, got } => {
-                    self.rollback_producers(producers_touched);
                     return Err(Error::OutOfOrderSequence {
                         topic: self.topic.clone(),
                         partition: self.partition,
@@ -207,7 +412,6 @@ impl PartitionLog {
                     });
                 }
                 producer_state::SeqCheck::Fenced { current_epoch, got } => {
-                    self.rollback_producers(producers_touched);
                     return Err(Error::InvalidProducerEpoch {
                         topic: self.topic.clone(),
                         partition: self.partition,
@@ -217,71 +421,62 @@ impl PartitionLog {
                     });
                 }
             }
-            if header.producer_id >= 0 {
-                producers_touched.push((header.producer_id, self.producers.get(header.producer_id).cloned()));
-                self.producers.record(&header, next);
+            st.producers.record(&self.producers, &header, st.next);
+            let pos = st.buf.len();
+            st.buf.extend_from_slice(bytes);
+            set_base_offset(&mut st.buf[pos..], st.next);
+            set_leader_epoch(&mut st.buf[pos..], self.leader_epoch);
+            if (segment_pos == 0 && pos == 0) || st.bytes_since_index >= config.index_interval_bytes {
+                self.index.put_offset(&mut st.index, st.next, (segment_pos + pos as u64) as u32);
+                st.bytes_since_index = 0;
             }
-            let pos = buf.len();
-            buf.extend_from_slice(bytes);
-            set_base_offset(&mut buf[pos..], next);
-            set_leader_epoch(&mut buf[pos..], self.leader_epoch);
-            if (segment_was_empty && pos == 0) || self.bytes_since_index >= config.index_interval_bytes {
-                self.index.put_offset(&mut w, next, (segment_pos + pos as u64) as u32)?;
-                self.bytes_since_index = 0;
+            st.bytes_since_index += bytes.len() as u64;
+            if header.max_timestamp > st.time_index_max {
+                self.index.put_time(&mut st.index, header.max_timestamp, st.next);
+                st.time_index_max = header.max_timestamp;
             }
-            self.bytes_since_index += bytes.len() as u64;
-            if header.max_timestamp > self.time_index_max {
-                self.index.put_time(&mut w, header.max_timestamp, next)?;
-                self.time_index_max = header.max_timestamp;
-            }
-            batch_base_offsets.push(next);
-            max_ts = max_ts.max(header.max_timestamp);
-            next += i64::from(header.last_offset_delta) + 1;
-            records += i64::from(header.record_count);
+            st.batch_base_offsets.push(st.next);
+            st.max_ts = st.max_ts.max(header.max_timestamp);
+            st.next += i64::from(header.last_offset_delta) + 1;
+            st.records += i64::from(header.record_count);
         }
-        for (pid, _) in &producers_touched {
-            if let Some(entry) = self.producers.get(*pid) {
-                self.index.put_producer(&mut w, *pid, &entry.encode())?;
-            }
-        }
-        let base_offset = batch_base_offsets.first().copied().unwrap_or(self.log_end_offset);
-        if buf.is_empty() {
-            // Only retries of batches already stored: nothing to write.
-            return Ok(AppendInfo {
-                base_offset,
-                batch_base_offsets,
-                last_offset: next - 1,
-                records: 0,
-                sync: None,
-            });
-        }
-        let active = self.active();
-        // Data first, index second: an index entry never points past the file.
-        active.append(&buf)?;
-        active.next_offset = next;
-        active.max_timestamp = active.max_timestamp.max(max_ts);
-        active.first_append_ms.get_or_insert(now_ms);
-        self.index.write(w)?;
-        self.log_end_offset = next;
-        self.unflushed += records;
-        let sync =
-            if self.unflushed >= config.flush_messages { Some(self.flush_ticket(now_ms)) } else { None };
-        Ok(AppendInfo { base_offset, batch_base_offsets, last_offset: next - 1, records, sync })
+        Ok(st)
     }
 
-    /// Undoes producer-state changes of a refused append (newest first).
-    fn rollback_producers(&mut self, touched: Vec<(i64, Option<producer_state::ProducerEntry>)>) {
-        for (pid, before) in touched.into_iter().rev() {
-            match before {
-                Some(entry) => self.producers.insert(pid, entry),
-                None => self.producers.remove(pid),
-            }
+    /// Writes a staged append: segment bytes first, index second (an index
+    /// entry never points past the file), then the in-memory state. A
+    /// failure cuts the segment back to where it was.
+    fn write_staged(&mut self, st: &mut Staged, now_ms: i64) -> Result<()> {
+        let index = self.index.clone();
+        let shared = self.shared.clone();
+        let active = self.active();
+        let before = active.size;
+        if let Err(e) = active.append(&st.buf) {
+            undo_write(active, before, &shared);
+            return Err(Error::from_io("appending to the segment", e));
         }
+        // Index entries are non-durable writes: cheap, and rebuilt from the
+        // segment files by recovery if a crash loses them.
+        if let Err(e) = index.write(std::mem::take(&mut st.index)) {
+            undo_write(active, before, &shared);
+            return Err(e);
+        }
+        active.next_offset = st.next;
+        active.max_timestamp = active.max_timestamp.max(st.max_ts);
+        active.first_append_ms.get_or_insert(now_ms);
+        self.log_end_offset = st.next;
+        self.bytes_since_index = st.bytes_since_index;
+        self.time_index_max = st.time_index_max;
+        st.producers.apply(&mut self.producers, now_ms);
+        Ok(())
     }
 
     /// The active segment's file when `flush.ms` has passed with records
     /// still unflushed; the caller fsyncs it.
     pub fn due_flush(&mut self, config: &TopicConfig, now_ms: i64) -> Option<FlushTicket> {
+        if self.shared.check().is_err() {
+            return None;
+        }
         if self.unflushed > 0 && now_ms - self.last_flush_ms >= config.flush_ms {
             return Some(self.flush_ticket(now_ms));
         }
@@ -293,15 +488,13 @@ impl PartitionLog {
         self.last_flush_ms = now_ms;
         let next_offset = self.log_end_offset;
         let index = self.index.clone();
+        let shared = self.shared.clone();
         let active = self.active();
         FlushTicket {
             file: active.file.clone(),
             index,
-            point: recovery::RecoveryPoint {
-                base_offset: active.base_offset,
-                position: active.size,
-                next_offset,
-            },
+            point: recovery::RecoveryPoint { base_offset: active.base_offset, position: active.size, next_offset },
+            shared,
         }
     }
 
@@ -313,34 +506,48 @@ impl PartitionLog {
         let too_big = active.size + incoming > config.segment_bytes;
         let too_old = active.first_append_ms.is_some_and(|t| now_ms - t >= config.segment_ms);
         if too_big || too_old {
-            self.roll()?;
+            self.roll(config, now_ms)?;
         }
         Ok(())
     }
 
-    /// Closes the active segment (fsynced, its max timestamp recorded) and
-    /// starts a new one at the log end.
-    pub fn roll(&mut self) -> Result<()> {
+    /// Closes the active segment (fsynced, its max timestamp and size
+    /// recorded, a producer-state snapshot taken at the new segment's base)
+    /// and starts a new one at the log end.
+    pub fn roll(&mut self, config: &TopicConfig, now_ms: i64) -> Result<()> {
+        self.shared.check()?;
         let next = self.log_end_offset;
+        let shared = self.shared.clone();
         let active = self.active();
         if active.is_empty() {
             return Ok(());
         }
-        active.file.sync_data()?;
-        let (base, max_ts) = (active.base_offset, active.max_timestamp);
+        if let Err(e) = active.file.sync() {
+            shared.fail(format!("fsync failed while rolling: {e}"));
+            return shared.check();
+        }
+        let meta = index::SegmentMeta { max_timestamp: active.max_timestamp, size: Some(active.size) };
+        let base = active.base_offset;
+        self.shared.mark_durable(next);
+        self.producers.expire(now_ms, config.producer_id_expiration_ms);
         let mut w = IndexWrites::new();
-        self.index.put_segment_max_ts(&mut w, base, max_ts)?;
+        self.index.put_segment_meta(&mut w, base, meta);
+        self.index.put_producer_snapshot(&mut w, next, self.producers.snapshot());
         let point = recovery::RecoveryPoint { base_offset: next, position: 0, next_offset: next };
-        self.index.put_meta(&mut w, index::META_RECOVERY_POINT, &point.encode())?;
+        self.index.put_meta(&mut w, index::META_RECOVERY_POINT, &point.encode());
         // Durable: also makes every index entry of the closed segment durable.
         self.index.write_durable(w)?;
-        let segment = Segment::create(&self.dir, next)?;
+        let segment = Segment::create(&*self.fs, &self.dir, next).map_err(|e| Error::from_io("rolling", e))?;
         self.segments.insert(next, segment);
+        self.unflushed = 0;
         Ok(())
     }
 
-    /// Finds what to read for `offset`.
+    /// Finds what to read for `offset`. A plan may come back `Exhausted`
+    /// (compaction left no batch past `offset` in that segment); the caller
+    /// locates again from where it says.
     pub fn locate(&self, offset: i64) -> Result<Locate> {
+        self.shared.check()?;
         let hw = self.high_watermark();
         if offset < self.log_start_offset || offset > hw {
             return Ok(Locate::OutOfRange { start: self.log_start_offset, end: hw });
@@ -351,10 +558,12 @@ impl PartitionLog {
         // The first segment at or after the one whose range holds `offset`
         // that still has data past it (compaction can empty ranges).
         let from = self.segments.range(..=offset).next_back().map_or(i64::MIN, |(b, _)| *b);
-        for (_, seg) in self.segments.range(from..) {
+        let mut segs = self.segments.range(from..).peekable();
+        while let Some((_, seg)) = segs.next() {
             if seg.next_offset <= offset || seg.is_empty() {
                 continue;
             }
+            let segment_next_offset = segs.peek().map_or(seg.next_offset, |(b, _)| **b);
             let scan_from = match self.index.offset_floor(offset)? {
                 Some((indexed, pos)) if indexed >= seg.base_offset && seg.base_offset <= offset => {
                     u64::from(pos)
@@ -366,9 +575,41 @@ impl PartitionLog {
                 scan_from,
                 end: seg.size,
                 target: offset,
+                high_watermark: hw,
+                segment_next_offset,
             }));
         }
         Ok(Locate::AtEnd)
+    }
+
+    /// Whole batches from the first one holding an offset `>= offset`, at
+    /// most `max_bytes` (at least one batch), going on past segments that
+    /// hold nothing at or after `offset`. Reads under the caller's lock: for
+    /// in-process use (lookups, tests); the servers read via
+    /// [`crate::partition::Partition::read`], which drops the lock for I/O.
+    pub fn read(&self, offset: i64, max_bytes: usize) -> Result<Bytes> {
+        let mut at = offset;
+        loop {
+            let plan = match self.locate(at)? {
+                Locate::Read(plan) => plan,
+                Locate::AtEnd => return Ok(Bytes::new()),
+                Locate::OutOfRange { start, end } => {
+                    return Err(Error::OffsetOutOfRange {
+                        topic: self.topic.clone(),
+                        partition: self.partition,
+                        offset: at,
+                        start,
+                        end,
+                    })
+                }
+            };
+            match plan.read(max_bytes)? {
+                ReadOutcome::Data(b) => return Ok(b),
+                ReadOutcome::NotYet => return Ok(Bytes::new()),
+                ReadOutcome::Exhausted(next) if next > at => at = next,
+                ReadOutcome::Exhausted(_) => return Ok(Bytes::new()),
+            }
+        }
     }
 
     /// First offset whose record timestamp is `>= ts`, with that timestamp.
@@ -378,13 +619,14 @@ impl PartitionLog {
         };
         let mut at = offset.max(self.log_start_offset);
         // The indexed batch is the first whose max timestamp reaches `ts`; the
-        // record is in it (or, after compaction, in a later batch).
+        // record is in it (or, after compaction, in a later batch, possibly
+        // in a later segment).
         loop {
-            let plan = match self.locate(at)? {
-                Locate::Read(plan) => plan,
-                _ => return Ok(None),
+            let data = match self.read(at, 1) {
+                Ok(d) => d,
+                Err(Error::OffsetOutOfRange { .. }) => return Ok(None),
+                Err(e) => return Err(e),
             };
-            let data = plan.read(1)?;
             let Some(Ok((header, _))) = Batches::new(&data).next() else {
                 return Ok(None);
             };
@@ -401,13 +643,20 @@ impl PartitionLog {
         }
     }
 
-    /// Clean shutdown: fsync the active segment and record where the log ends,
-    /// so the next start skips the recovery scan.
+    /// Clean shutdown: fsync the active segment, snapshot producer state at
+    /// the log end and record where the log ends, so the next start scans
+    /// nothing. An offline log gets no marker: its next start re-verifies.
     pub fn close(&mut self) -> Result<()> {
+        self.shared.check()?;
         let time_index_max = self.time_index_max;
         let bytes_since_index = self.bytes_since_index;
-        let active = self.active();
-        active.file.sync_all()?;
+        let end = self.log_end_offset;
+        let file = self.active_ref().file.clone();
+        if let Err(e) = file.sync() {
+            self.shared.fail(format!("fsync failed at shutdown: {e}"));
+            return self.shared.check();
+        }
+        let active = self.active_ref();
         let marker = recovery::CleanShutdown {
             base_offset: active.base_offset,
             size: active.size,
@@ -417,7 +666,8 @@ impl PartitionLog {
             bytes_since_index,
         };
         let mut w = IndexWrites::new();
-        self.index.put_meta(&mut w, index::META_CLEAN_SHUTDOWN, &marker.encode())?;
+        self.index.put_producer_snapshot(&mut w, end, self.producers.snapshot());
+        self.index.put_meta(&mut w, index::META_CLEAN_SHUTDOWN, &marker.encode());
         self.index.write_durable(w)
     }
 
@@ -430,5 +680,37 @@ impl PartitionLog {
             .take(n.saturating_sub(1))
             .map(|s| (s.base_offset, s.next_offset, s.max_timestamp, s.size))
             .collect()
+    }
+}
+
+/// An append as it will be written.
+struct Staged {
+    buf: Vec<u8>,
+    index: IndexWrites,
+    /// Log end after the append.
+    next: i64,
+    records: i64,
+    max_ts: i64,
+    bytes_since_index: u64,
+    time_index_max: i64,
+    batch_base_offsets: Vec<i64>,
+    producers: producer_state::Overlay,
+    /// For retried batches: the offset after the newest one.
+    dup_next: i64,
+}
+
+impl Staged {
+    fn base_offset(&self, log_end: i64) -> i64 {
+        self.batch_base_offsets.first().copied().unwrap_or(log_end)
+    }
+}
+
+/// Cuts a segment back after a failed append. If even that fails, the file
+/// may hold bytes past the log end that a later append would overwrite
+/// inconsistently: the log goes offline.
+fn undo_write(seg: &mut Segment, size: u64, shared: &LogShared) {
+    seg.size = size;
+    if let Err(e) = seg.file.set_len(size) {
+        shared.fail(format!("could not cut back a failed append: {e}"));
     }
 }

@@ -5,22 +5,34 @@
 //! re-read from the recovery point (the end of the last fsync, recorded after
 //! each one): every batch is checked (length, CRC32C, offsets following on),
 //! the file is truncated at the first torn or corrupt one, and index entries
-//! past the new end are dropped. Closed segments were fsynced when they were
-//! rolled, so they are trusted.
+//! past the new end are dropped. Producer state is rebuilt from the newest
+//! snapshot at or below the recovered end plus the batches after it, so it
+//! never remembers a batch the truncation removed.
+//!
+//! Closed segments were fsynced when they were rolled. Their offset index is
+//! checked against the size it was written for (compaction rewrites a
+//! segment, and a crash between the file swap and the index rewrite would
+//! otherwise leave positions into the old layout); a mismatch rebuilds that
+//! segment's index from the file. A compaction swap in flight is finished
+//! (`.swap` file present: the cleaned file is complete) or rolled back
+//! (`.cleaned` file: still being written), as Kafka does.
 //!
 //! What this promises: every batch whose append returned is in the file (the
 //! write happened before the answer), so a killed process loses nothing that
 //! was acknowledged; with `flush.messages=1` the segment was also fsynced
 //! before the answer, so a power loss loses nothing acknowledged either.
 
-use std::fs;
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use tributary_proto::batch::{self, BatchHeader, HEADER_LEN};
 
+use super::fs::{self, LogFs};
 use super::index::{self, IndexWrites, PartitionIndex};
+use super::producer_state::{ProducerEntry, ProducerStates};
 use super::segment::{self, Segment};
-use super::PartitionLog;
+use super::{LogShared, PartitionLog};
 use crate::config::TopicConfig;
 use crate::error::{Error, Result};
 
@@ -94,27 +106,49 @@ impl CleanShutdown {
     }
 }
 
-/// Segment files in `dir`, sorted by base offset. Leftovers of an interrupted
-/// compaction swap (`*.cleaned`) are removed: the original is still in place.
-fn list_segments(dir: &Path) -> Result<Vec<(i64, PathBuf)>> {
+/// Suffix of a compaction output that is being written.
+pub const CLEANED_SUFFIX: &str = ".cleaned";
+/// Suffix of a complete compaction output that is being swapped in.
+pub const SWAP_SUFFIX: &str = ".swap";
+
+/// Segment files in `dir`, sorted by base offset, and the bases whose file a
+/// compaction swap replaced during this call (their index must be rebuilt).
+/// An unfinished compaction output (`*.cleaned`) is removed: the original is
+/// still in place. A complete one (`*.swap`) replaces its original.
+fn list_segments(fs: &dyn LogFs, dir: &Path) -> Result<(Vec<(i64, PathBuf)>, BTreeSet<i64>)> {
+    let mut names = fs.list(dir)?;
+    names.sort();
+    let mut swapped = BTreeSet::new();
+    for name in &names {
+        let path = dir.join(name);
+        if name.ends_with(CLEANED_SUFFIX) {
+            tracing::warn!(file = %path.display(), "removing unfinished compaction output");
+            fs.remove_file(&path)?;
+        } else if let Some(log_name) = name.strip_suffix(SWAP_SUFFIX) {
+            if let Some(base) = segment::parse_file_name(log_name) {
+                tracing::warn!(file = %path.display(), "finishing an interrupted compaction swap");
+                fs.rename(&path, &dir.join(log_name))?;
+                swapped.insert(base);
+            }
+        }
+    }
+    if !swapped.is_empty() {
+        fs.sync_dir(dir)?;
+    }
     let mut found = Vec::new();
-    for entry in fs::read_dir(dir)? {
-        let entry = entry?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name.ends_with(".cleaned") {
-            tracing::warn!(file = %entry.path().display(), "removing unfinished compaction output");
-            fs::remove_file(entry.path())?;
-        } else if let Some(base) = segment::parse_file_name(&name) {
-            found.push((base, entry.path()));
+    for name in fs.list(dir)? {
+        if let Some(base) = segment::parse_file_name(&name) {
+            found.push((base, dir.join(name)));
         }
     }
     found.sort();
-    Ok(found)
+    Ok((found, swapped))
 }
 
 impl PartitionLog {
     /// Creates (if new) or recovers the log of one partition.
     pub fn open(
+        fs: Arc<dyn LogFs>,
         dir: PathBuf,
         topic: String,
         partition: u32,
@@ -122,15 +156,17 @@ impl PartitionLog {
         config: &TopicConfig,
         now_ms: i64,
     ) -> Result<PartitionLog> {
-        fs::create_dir_all(&dir)?;
-        let files = list_segments(&dir)?;
+        fs.create_dir_all(&dir)?;
+        let (files, swapped) = list_segments(&*fs, &dir)?;
         let stored_start = index.meta_i64(index::META_LOG_START)?;
         let clean = index.meta(index::META_CLEAN_SHUTDOWN)?.as_deref().and_then(CleanShutdown::decode);
+        let name = format!("{topic}-{partition}");
 
         let mut log = PartitionLog {
             topic,
             partition,
             dir: dir.clone(),
+            fs: fs.clone(),
             index,
             segments: Default::default(),
             log_start_offset: 0,
@@ -141,33 +177,45 @@ impl PartitionLog {
             unflushed: 0,
             last_flush_ms: now_ms,
             producers: Default::default(),
+            shared: LogShared::new(name, 0),
         };
-        for (pid, bytes) in log.index.producers()? {
-            if let Some(entry) = super::producer_state::ProducerEntry::decode(&bytes) {
-                log.producers.insert(pid, entry);
-            }
-        }
+        log.apply_visibility(config);
 
         if files.is_empty() {
             let start = stored_start.unwrap_or(0);
             let mut w = IndexWrites::new();
-            log.index.put_epoch(&mut w, 0, start)?;
+            log.index.put_epoch(&mut w, 0, start);
+            log.index.delete_legacy_producers(&mut w);
             log.index.write_durable(w)?;
-            log.segments.insert(start, Segment::create(&dir, start)?);
+            log.segments.insert(start, Segment::create(&*fs, &dir, start)?);
             log.log_start_offset = start;
             log.log_end_offset = start;
+            log.shared.durable_end.store(start, std::sync::atomic::Ordering::Release);
+            log.publish_high_watermark();
             return Ok(log);
         }
 
         let last = files.len() - 1;
         for (i, (base, path)) in files.iter().enumerate() {
-            let mut seg = Segment::open(path.clone(), *base)?;
+            let mut seg = Segment::open(&*fs, path.clone(), *base)?;
             if i < last {
                 seg.next_offset = files[i + 1].0;
-                seg.max_timestamp = match log.index.segment_max_ts(*base)? {
-                    Some(ts) => ts,
+                let meta = log.index.segment_meta(*base)?;
+                seg.max_timestamp = match meta {
+                    Some(m) => m.max_timestamp,
                     None => scan_max_timestamp(&seg)?,
                 };
+                let stale = swapped.contains(base)
+                    || match meta.and_then(|m| m.size) {
+                        Some(size) => size != seg.size,
+                        // Written before sizes were recorded: check the
+                        // entries themselves after an unclean stop.
+                        None => clean.is_none() && !offset_index_matches(&log.index, &seg)?,
+                    };
+                if stale {
+                    tracing::warn!(segment = %seg.path.display(), "offset index does not match the segment: rebuilding it");
+                    reindex_segment(&log.index, &seg, config)?;
+                }
             }
             log.segments.insert(*base, seg);
         }
@@ -180,22 +228,91 @@ impl PartitionLog {
                 active.max_timestamp = m.max_timestamp;
                 log.time_index_max = m.time_index_max;
                 log.bytes_since_index = m.bytes_since_index;
+                log.log_end_offset = m.next_offset;
+                log.load_producers_after_clean_stop(now_ms)?;
             }
             _ => {
                 tracing::info!(topic = %log.topic, partition = log.partition, "no clean-shutdown marker: checking the log tail");
                 log.recover_tail(config)?;
+                log.log_end_offset = log.active().next_offset;
+                // What survived a kill -9 may still be only in the page
+                // cache: make it durable before anything counts on it.
+                log.active().file.sync()?;
+                log.rebuild_producers(now_ms)?;
             }
         }
         let active = log.active();
         if !active.is_empty() {
             active.first_append_ms = Some(now_ms);
         }
-        log.log_end_offset = log.active().next_offset;
-        // From now on a crash must scan again.
+        let end = log.log_end_offset;
+        log.shared.durable_end.store(end, std::sync::atomic::Ordering::Release);
+        // From now on a crash must scan again; snapshots past the end
+        // describe data that is gone.
         let mut w = IndexWrites::new();
-        log.index.delete_meta(&mut w, index::META_CLEAN_SHUTDOWN)?;
+        log.index.delete_meta(&mut w, index::META_CLEAN_SHUTDOWN);
+        log.index.delete_legacy_producers(&mut w);
+        log.index.delete_producer_snapshots(&mut w, end + 1, i64::MAX);
         log.index.write_durable(w)?;
+        log.publish_high_watermark();
         Ok(log)
+    }
+
+    /// After a clean stop: the snapshot taken at the log end, or (data
+    /// directories from before snapshots) the per-producer entries.
+    fn load_producers_after_clean_stop(&mut self, now_ms: i64) -> Result<()> {
+        let end = self.log_end_offset;
+        if let Some((at, bytes)) = self.index.producer_snapshot_floor(end)? {
+            if at == end {
+                if let Some(states) = ProducerStates::from_snapshot(&bytes) {
+                    self.producers = states;
+                    return Ok(());
+                }
+            }
+        }
+        let legacy = self.index.legacy_producers()?;
+        if legacy.is_empty() {
+            return self.rebuild_producers(now_ms);
+        }
+        for (pid, bytes) in legacy {
+            if let Some(mut entry) = ProducerEntry::decode(&bytes) {
+                if entry.last_append_ms == 0 {
+                    entry.last_append_ms = now_ms;
+                }
+                self.producers.insert(pid, entry);
+            }
+        }
+        Ok(())
+    }
+
+    /// Producer state as the log says: the newest snapshot at or below the
+    /// log end, then every batch after it.
+    pub(crate) fn rebuild_producers(&mut self, now_ms: i64) -> Result<()> {
+        let end = self.log_end_offset;
+        let (from, mut states) = match self.index.producer_snapshot_floor(end)? {
+            Some((at, bytes)) => match ProducerStates::from_snapshot(&bytes) {
+                Some(states) => (at, states),
+                None => {
+                    tracing::warn!(topic = %self.topic, partition = self.partition, "damaged producer snapshot: replaying the whole log");
+                    (i64::MIN, ProducerStates::default())
+                }
+            },
+            None => (i64::MIN, ProducerStates::default()),
+        };
+        for seg in self.segments.values() {
+            if seg.next_offset <= from {
+                continue;
+            }
+            let mut pos = 0u64;
+            while let Some(h) = segment::header_at(&*seg.file, pos, seg.size)? {
+                if h.base_offset >= from && h.base_offset < end {
+                    states.replay(&h, now_ms);
+                }
+                pos += h.total_len() as u64;
+            }
+        }
+        self.producers = states;
+        Ok(())
     }
 
     /// Re-reads the active segment's tail; see the module docs.
@@ -217,7 +334,7 @@ impl PartitionLog {
         let mut max_ts = i64::MIN;
         let mut pos = 0u64;
         while pos < start.0 {
-            let Some(h) = segment::header_at(&seg.file, pos, start.0)? else { break };
+            let Some(h) = segment::header_at(&*seg.file, pos, start.0)? else { break };
             max_ts = max_ts.max(h.max_timestamp);
             pos += h.total_len() as u64;
         }
@@ -231,23 +348,21 @@ impl PartitionLog {
         index.delete_time_from_offset(&mut stale, start.1)?;
         index.write(stale)?;
         let mut time_max = index.last_time()?.map_or(i64::MIN, |(ts, _)| ts);
-        let mut rescanned = Vec::new();
         loop {
             match read_valid_batch(seg, pos, size)? {
                 Some((h, len)) if h.base_offset >= next => {
                     if pos == 0 || since_index >= config.index_interval_bytes {
-                        index.put_offset(&mut w, h.base_offset, pos as u32)?;
+                        index.put_offset(&mut w, h.base_offset, pos as u32);
                         since_index = 0;
                     }
                     since_index += len;
                     if h.max_timestamp > time_max {
-                        index.put_time(&mut w, h.max_timestamp, h.base_offset)?;
+                        index.put_time(&mut w, h.max_timestamp, h.base_offset);
                         time_max = h.max_timestamp;
                     }
                     max_ts = max_ts.max(h.max_timestamp);
                     next = h.next_offset();
                     pos += len;
-                    rescanned.push(h);
                 }
                 _ => break,
             }
@@ -264,22 +379,11 @@ impl PartitionLog {
         seg.next_offset = next;
         seg.max_timestamp = max_ts;
         self.bytes_since_index = since_index;
-        // Producer state may predate batches that were appended but whose
-        // state write was lost: replay what was re-read.
-        for h in &rescanned {
-            if h.producer_id >= 0
-                && matches!(self.producers.check(h), super::producer_state::SeqCheck::Append)
-            {
-                if let Some(entry) = self.producers.record(h, h.base_offset) {
-                    index.put_producer(&mut w, h.producer_id, &entry.encode())?;
-                }
-            }
-        }
 
         // Forget index entries for what is no longer in the log.
         index.write(w)?;
         let mut w = IndexWrites::new();
-        index.delete_offsets(&mut w, next, i64::MAX)?;
+        index.delete_offsets(&mut w, next, i64::MAX);
         index.delete_time_from_offset(&mut w, next)?;
         index.write_durable(w)?;
         self.time_index_max = index.last_time()?.map_or(i64::MIN, |(ts, _)| ts);
@@ -287,19 +391,53 @@ impl PartitionLog {
     }
 }
 
+/// True when every offset-index entry of a closed segment points at the
+/// start of the batch it names.
+fn offset_index_matches(index: &PartitionIndex, seg: &Segment) -> Result<bool> {
+    for (offset, pos) in index.offsets_in(seg.base_offset, seg.next_offset)? {
+        match segment::header_at(&*seg.file, u64::from(pos), seg.size)? {
+            Some(h) if h.base_offset == offset => {}
+            _ => return Ok(false),
+        }
+    }
+    Ok(true)
+}
+
+/// Rewrites a closed segment's offset index from its file.
+pub(crate) fn reindex_segment(index: &PartitionIndex, seg: &Segment, config: &TopicConfig) -> Result<()> {
+    let mut w = IndexWrites::new();
+    index.delete_offsets(&mut w, seg.base_offset, seg.next_offset);
+    let mut pos = 0u64;
+    let mut since = 0u64;
+    while let Some(h) = segment::header_at(&*seg.file, pos, seg.size)? {
+        if pos == 0 || since >= config.index_interval_bytes {
+            index.put_offset(&mut w, h.base_offset, pos as u32);
+            since = 0;
+        }
+        since += h.total_len() as u64;
+        pos += h.total_len() as u64;
+    }
+    index.put_segment_meta(
+        &mut w,
+        seg.base_offset,
+        index::SegmentMeta { max_timestamp: scan_max_timestamp(seg)?, size: Some(seg.size) },
+    );
+    index.write_durable(w)
+}
+
 /// The batch at `pos` if it is complete and its CRC matches: `(header, len)`.
 fn read_valid_batch(seg: &Segment, pos: u64, size: u64) -> Result<Option<(BatchHeader, u64)>> {
     if pos + HEADER_LEN as u64 > size {
         return Ok(None);
     }
-    let Some(h) = segment::header_at(&seg.file, pos, size)? else {
+    let Some(h) = segment::header_at(&*seg.file, pos, size)? else {
         return Ok(None);
     };
     let len = h.total_len() as u64;
     if pos + len > size {
         return Ok(None);
     }
-    let bytes = segment::read_at(&seg.file, pos, len as usize)?;
+    let bytes = fs::read_exact_or_eof(&*seg.file, pos, len as usize)?;
     match batch::verify(&bytes) {
         Ok(h) => Ok(Some((h, len))),
         Err(e) => {
@@ -313,7 +451,7 @@ fn read_valid_batch(seg: &Segment, pos: u64, size: u64) -> Result<Option<(BatchH
 fn scan_max_timestamp(seg: &Segment) -> Result<i64> {
     let mut max_ts = i64::MIN;
     let mut pos = 0u64;
-    while let Some(h) = segment::header_at(&seg.file, pos, seg.size).map_err(Error::from)? {
+    while let Some(h) = segment::header_at(&*seg.file, pos, seg.size).map_err(Error::from)? {
         max_ts = max_ts.max(h.max_timestamp);
         pos += h.total_len() as u64;
     }

@@ -3,20 +3,20 @@
 //!
 //! Bytes below `size` never change while the segment is live (compaction
 //! writes a new file and swaps it in), so readers read them without a lock,
-//! through a shared file handle.
+//! through a shared file handle. File operations go through [`LogFs`].
 
-use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tributary_proto::batch::{BatchHeader, HEADER_LEN};
 
+use super::fs::{self, LogFile, LogFs};
+
 pub struct Segment {
     pub base_offset: i64,
     pub path: PathBuf,
-    pub file: Arc<File>,
+    pub file: Arc<dyn LogFile>,
     /// Bytes of complete batches in the file.
     pub size: u64,
     /// Offset after the last record held (== `base_offset` when empty).
@@ -40,20 +40,16 @@ pub fn parse_file_name(name: &str) -> Option<i64> {
     stem.parse().ok()
 }
 
-/// fsyncs a directory so a created, renamed or removed entry survives a crash.
-pub fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
 impl Segment {
-    pub fn create(dir: &Path, base_offset: i64) -> io::Result<Segment> {
+    /// Creates an empty segment file and makes its directory entry durable.
+    pub fn create(fs: &dyn LogFs, dir: &Path, base_offset: i64) -> io::Result<Segment> {
         let path = dir.join(file_name(base_offset));
-        let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path)?;
-        sync_dir(dir)?;
+        let file = fs.create(&path)?;
+        fs.sync_dir(dir)?;
         Ok(Segment {
             base_offset,
             path,
-            file: Arc::new(file),
+            file,
             size: 0,
             next_offset: base_offset,
             max_timestamp: i64::MIN,
@@ -63,13 +59,13 @@ impl Segment {
 
     /// Opens an existing file; `next_offset` and `max_timestamp` are for the
     /// caller (recovery) to fill in.
-    pub fn open(path: PathBuf, base_offset: i64) -> io::Result<Segment> {
-        let file = OpenOptions::new().read(true).write(true).open(&path)?;
-        let size = file.metadata()?.len();
+    pub fn open(fs: &dyn LogFs, path: PathBuf, base_offset: i64) -> io::Result<Segment> {
+        let file = fs.open(&path)?;
+        let size = file.len()?;
         Ok(Segment {
             base_offset,
             path,
-            file: Arc::new(file),
+            file,
             size,
             next_offset: base_offset,
             max_timestamp: i64::MIN,
@@ -81,7 +77,8 @@ impl Segment {
         self.size == 0
     }
 
-    /// Appends whole batches at the end; returns the position they start at.
+    /// Writes whole batches at the end. `size` moves only when every byte
+    /// was written; after a failure the caller cuts the file back.
     pub fn append(&mut self, data: &[u8]) -> io::Result<u64> {
         let pos = self.size;
         self.file.write_all_at(data, pos)?;
@@ -89,33 +86,23 @@ impl Segment {
         Ok(pos)
     }
 
+    /// Cuts the file to `size` bytes and fsyncs it.
     pub fn truncate(&mut self, size: u64) -> io::Result<()> {
         self.file.set_len(size)?;
-        self.file.sync_all()?;
+        self.file.sync()?;
         self.size = size;
         Ok(())
     }
 }
 
 /// Reads up to `len` bytes at `pos` (fewer at the end of the file).
-pub fn read_at(file: &File, pos: u64, len: usize) -> io::Result<Vec<u8>> {
-    let mut buf = vec![0u8; len];
-    let mut filled = 0;
-    while filled < len {
-        match file.read_at(&mut buf[filled..], pos + filled as u64) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    buf.truncate(filled);
-    Ok(buf)
+pub fn read_at(file: &dyn LogFile, pos: u64, len: usize) -> io::Result<Vec<u8>> {
+    fs::read_exact_or_eof(file, pos, len)
 }
 
 /// The batch header at `pos`, or None when fewer than a header's bytes remain
 /// before `end` or the bytes there are not a batch header.
-pub fn header_at(file: &File, pos: u64, end: u64) -> io::Result<Option<BatchHeader>> {
+pub fn header_at(file: &dyn LogFile, pos: u64, end: u64) -> io::Result<Option<BatchHeader>> {
     if pos + HEADER_LEN as u64 > end {
         return Ok(None);
     }

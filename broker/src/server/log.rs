@@ -14,8 +14,10 @@ use tributary_proto::v1::{self, log_server::Log};
 
 use crate::config::TopicConfig;
 use crate::error::Error;
+use crate::log::FlushTicket;
 use crate::metrics::TopicLabels;
 use crate::partition::Partition;
+use crate::topics::is_internal;
 use crate::{now_ms, BrokerState};
 
 /// Longest a fetch may long-poll.
@@ -81,6 +83,59 @@ fn validate_produce(topic: &str, partition: u32, data: &[u8], config: &TopicConf
     Ok(records)
 }
 
+type ProduceWork = Vec<(Arc<Partition>, Arc<TopicConfig>, Bytes)>;
+
+/// Appends every partition's batches (blocking); returns the responses and
+/// the fsyncs owed before answering.
+fn append_all(
+    state: &BrokerState,
+    work: ProduceWork,
+    acks: i32,
+) -> Result<(Vec<v1::TopicProduceResponse>, Vec<FlushTicket>), Error> {
+    let now = now_ms();
+    let mut syncs = Vec::new();
+    let mut out: Vec<v1::TopicProduceResponse> = Vec::new();
+    for (partition, config, records) in work {
+        let info = match partition.append(&records, &config, now) {
+            Ok(info) => info,
+            // Sequence problems are the producer's to handle, per
+            // partition; the other partitions of the request go on.
+            Err(e @ (Error::OutOfOrderSequence { .. } | Error::InvalidProducerEpoch { .. })) => {
+                let code = match e {
+                    Error::OutOfOrderSequence { .. } => v1::ErrorCode::OutOfOrderSequence,
+                    _ => v1::ErrorCode::InvalidProducerEpoch,
+                };
+                let resp = v1::PartitionProduceResponse {
+                    partition: partition.id,
+                    base_offset: -1,
+                    log_start_offset: -1,
+                    error: Some(v1::PartitionError { code: code as i32, message: e.to_string() }),
+                    batch_base_offsets: Vec::new(),
+                };
+                push_response(&mut out, &partition.topic, resp);
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let labels = TopicLabels { topic: partition.topic.clone() };
+        state.metrics.bytes_in.get_or_create(&labels).inc_by(records.len() as u64);
+        state.metrics.records_in.get_or_create(&labels).inc_by(info.records as u64);
+        if let Some(ticket) = info.sync {
+            syncs.push(ticket);
+        }
+        let acked = acks != 0;
+        let resp = v1::PartitionProduceResponse {
+            partition: partition.id,
+            base_offset: if acked { info.base_offset } else { -1 },
+            log_start_offset: -1,
+            error: None,
+            batch_base_offsets: if acked { info.batch_base_offsets } else { Vec::new() },
+        };
+        push_response(&mut out, &partition.topic, resp);
+    }
+    Ok((out, syncs))
+}
+
 fn push_response(out: &mut Vec<v1::TopicProduceResponse>, topic: &str, resp: v1::PartitionProduceResponse) {
     match out.iter_mut().find(|t| t.name == topic) {
         Some(t) => t.partitions.push(resp),
@@ -97,6 +152,9 @@ impl LogService {
         let mut work = Vec::new();
         for t in req.topics {
             let topic = self.state.topics.get(&t.name)?;
+            if is_internal(&t.name) {
+                return Err(Error::InternalTopic(t.name));
+            }
             let config = topic.config();
             for p in t.partitions {
                 let partition = topic.partition(p.partition)?;
@@ -104,59 +162,36 @@ impl LogService {
                 work.push((partition, config.clone(), p.records));
             }
         }
-        // Phase 2: append.
-        let now = now_ms();
-        let mut syncs = Vec::new();
-        let mut out: Vec<v1::TopicProduceResponse> = Vec::new();
-        for (partition, config, records) in work {
-            let info = match partition.append(&records, &config, now) {
-                Ok(info) => info,
-                // Sequence problems are the producer's to handle, per
-                // partition; the other partitions of the request go on.
-                Err(e @ (Error::OutOfOrderSequence { .. } | Error::InvalidProducerEpoch { .. })) => {
-                    let code = match e {
-                        Error::OutOfOrderSequence { .. } => v1::ErrorCode::OutOfOrderSequence,
-                        _ => v1::ErrorCode::InvalidProducerEpoch,
-                    };
-                    let resp = v1::PartitionProduceResponse {
-                        partition: partition.id,
-                        base_offset: -1,
-                        log_start_offset: -1,
-                        error: Some(v1::PartitionError { code: code as i32, message: e.to_string() }),
-                        batch_base_offsets: Vec::new(),
-                    };
-                    push_response(&mut out, &partition.topic, resp);
-                    continue;
+        self.state.disk.check()?;
+        // Phase 2: append, on a blocking thread: appends write files and a
+        // roll fsyncs, which must never stall the async workers.
+        let state = self.state.clone();
+        let acks = req.acks;
+        let appended = tokio::task::spawn_blocking(move || append_all(&state, work, acks))
+            .await
+            .map_err(|e| Error::Storage(e.to_string()))?;
+        let (out, syncs) = match appended {
+            Ok(done) => done,
+            Err(e) => {
+                if e.is_disk_full() {
+                    self.state.disk.on_full();
                 }
-                Err(e) => return Err(e),
-            };
-            let labels = TopicLabels { topic: partition.topic.clone() };
-            self.state.metrics.bytes_in.get_or_create(&labels).inc_by(records.len() as u64);
-            self.state.metrics.records_in.get_or_create(&labels).inc_by(info.records as u64);
-            if let Some(ticket) = info.sync {
-                syncs.push(ticket);
+                return Err(e);
             }
-            let acked = req.acks != 0;
-            let resp = v1::PartitionProduceResponse {
-                partition: partition.id,
-                base_offset: if acked { info.base_offset } else { -1 },
-                log_start_offset: -1,
-                error: None,
-                batch_base_offsets: if acked { info.batch_base_offsets } else { Vec::new() },
-            };
-            push_response(&mut out, &partition.topic, resp);
-        }
+        };
         // Phase 3: the flush policy's fsyncs, off the async threads, before
-        // the producer hears "stored".
-        if req.acks != 0 && !syncs.is_empty() {
-            tokio::task::spawn_blocking(move || -> Result<(), Error> {
+        // the producer hears "stored". With acks=0 nobody waits, but the
+        // fsyncs still happen (and a failure still takes the log offline).
+        if !syncs.is_empty() {
+            let sync = tokio::task::spawn_blocking(move || -> Result<(), Error> {
                 for ticket in syncs {
                     ticket.sync()?;
                 }
                 Ok(())
-            })
-            .await
-            .map_err(|e| Error::Storage(e.to_string()))??;
+            });
+            if acks != 0 {
+                sync.await.map_err(|e| Error::Storage(e.to_string()))??;
+            }
         }
         Ok(v1::ProduceResponse { topics: out })
     }
@@ -172,21 +207,30 @@ impl LogService {
         let targets = self.resolve_fetch(&req)?;
         let deadline =
             tokio::time::Instant::now() + Duration::from_millis(u64::from(req.max_wait_ms)).min(MAX_WAIT);
-        let max_total = if req.max_bytes == 0 { 50 << 20 } else { req.max_bytes as usize };
+        // Never more than the broker's cap, whatever the client asks: the
+        // response is built in memory.
+        let cap = self.state.config.fetch_max_bytes.max(1) as usize;
+        let max_total = if req.max_bytes == 0 { cap } else { (req.max_bytes as usize).min(cap) };
+        let targets: Arc<Vec<_>> =
+            Arc::new(targets.into_iter().map(|(p, want)| (p, want.clone())).collect());
         loop {
             // Subscribe before reading so an append in between still wakes us.
             let mut watchers: Vec<_> = targets.iter().map(|(p, _)| p.subscribe()).collect();
-            let mut total = 0usize;
-            let mut out = Vec::with_capacity(targets.len());
-            for (partition, want) in &targets {
-                let budget = (max_total.saturating_sub(total)).min(if want.max_bytes == 0 {
-                    1 << 20
-                } else {
-                    want.max_bytes as usize
-                });
-                out.push(self.read_one(partition, want, budget, total == 0));
-                total += out.last().map_or(0, |r| r.records.len());
-            }
+            let reads = targets.clone();
+            // File reads on a blocking thread, like every other file access.
+            let (out, total) = tokio::task::spawn_blocking(move || {
+                let mut total = 0usize;
+                let mut out = Vec::with_capacity(reads.len());
+                for (partition, want) in reads.iter() {
+                    let asked = if want.max_bytes == 0 { 1 << 20 } else { want.max_bytes as usize };
+                    let budget = max_total.saturating_sub(total).min(asked);
+                    out.push(read_one(partition, want, budget, total == 0));
+                    total += out.last().map_or(0, |r: &v1::FetchPartitionResponse| r.records.len());
+                }
+                (out, total)
+            })
+            .await
+            .map_err(|e| Error::Storage(e.to_string()))?;
             let now = tokio::time::Instant::now();
             if total >= req.min_bytes as usize || now >= deadline || out.iter().any(|r| r.error.is_some()) {
                 for r in &out {
@@ -206,48 +250,6 @@ impl LogService {
                 _ = tokio::time::sleep_until(deadline) => {}
             }
         }
-    }
-
-    /// One partition's part of a fetch; out-of-range offsets become a
-    /// per-partition error so the other partitions still get their data.
-    fn read_one(
-        &self,
-        partition: &Partition,
-        want: &v1::FetchPartition,
-        budget: usize,
-        first: bool,
-    ) -> v1::FetchPartitionResponse {
-        let mut resp = v1::FetchPartitionResponse {
-            topic: want.topic.clone(),
-            partition: want.partition,
-            high_watermark: -1,
-            log_start_offset: -1,
-            records: Bytes::new(),
-            error: None,
-        };
-        // Only the first partition may exceed the budget (by one batch).
-        if budget == 0 && !first {
-            return resp;
-        }
-        match partition.read(want.offset, budget.max(1)) {
-            Ok(r) => {
-                resp.high_watermark = r.high_watermark;
-                resp.log_start_offset = r.log_start_offset;
-                resp.records = r.records;
-            }
-            Err(e) => {
-                let code = match e {
-                    Error::OffsetOutOfRange { start, end, .. } => {
-                        resp.log_start_offset = start;
-                        resp.high_watermark = end;
-                        v1::ErrorCode::OffsetOutOfRange
-                    }
-                    _ => v1::ErrorCode::StorageError,
-                };
-                resp.error = Some(v1::PartitionError { code: code as i32, message: e.to_string() });
-            }
-        }
-        resp
     }
 
     fn list_offsets_inner(&self, req: v1::ListOffsetsRequest) -> Result<v1::ListOffsetsResponse, Error> {
@@ -305,6 +307,48 @@ impl LogService {
         })
     }
 }
+
+/// One partition's part of a fetch; out-of-range offsets become a
+/// per-partition error so the other partitions still get their data.
+fn read_one(
+    partition: &Partition,
+    want: &v1::FetchPartition,
+    budget: usize,
+    first: bool,
+) -> v1::FetchPartitionResponse {
+    let mut resp = v1::FetchPartitionResponse {
+        topic: want.topic.clone(),
+        partition: want.partition,
+        high_watermark: -1,
+        log_start_offset: -1,
+        records: Bytes::new(),
+        error: None,
+    };
+    // Only the first partition may exceed the budget (by one batch).
+    if budget == 0 && !first {
+        return resp;
+    }
+    match partition.read(want.offset, budget.max(1)) {
+        Ok(r) => {
+            resp.high_watermark = r.high_watermark;
+            resp.log_start_offset = r.log_start_offset;
+            resp.records = r.records;
+        }
+        Err(e) => {
+            let code = match e {
+                Error::OffsetOutOfRange { start, end, .. } => {
+                    resp.log_start_offset = start;
+                    resp.high_watermark = end;
+                    v1::ErrorCode::OffsetOutOfRange
+                }
+                _ => v1::ErrorCode::StorageError,
+            };
+            resp.error = Some(v1::PartitionError { code: code as i32, message: e.to_string() });
+        }
+    }
+    resp
+}
+
 
 #[tonic::async_trait]
 impl Log for LogService {
