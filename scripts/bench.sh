@@ -5,13 +5,20 @@
 # default). Prints the two JSON result lines.
 #
 #   scripts/bench.sh [RECORDS] [PARTITIONS] [extra `bench produce` flags...]
+#
+# TRIBUTARY_BIN_DIR=DIR runs the binaries in DIR instead of building this
+# checkout (to compare against an earlier build in the same session).
 cd "$(dirname "$0")/.."
 source scripts/env.sh
 records="${1:-10000000}"
 partitions="${2:-2}"
 shift 2 || true
-cargo build --release -q -p tributary-broker -p tributary-client
-bin="$CARGO_TARGET_DIR/release"
+if [ -n "${TRIBUTARY_BIN_DIR:-}" ]; then
+  bin="$TRIBUTARY_BIN_DIR"
+else
+  cargo build --release -q --workspace --bins
+  bin="$CARGO_TARGET_DIR/release"
+fi
 dir="$(mktemp -d)"
 trap 'kill $broker 2>/dev/null; wait $broker 2>/dev/null; rm -rf "$dir"' EXIT
 "$bin/tributary-broker" --data-dir "$dir/data" --listen 127.0.0.1:17070 --http-listen 127.0.0.1:17071 2>"$dir/broker.log" &
