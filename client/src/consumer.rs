@@ -7,13 +7,27 @@
 //! ([`Consumer::poll_batches`]) for callers that want to skip the per-record
 //! structs. While the caller works through one answer the next fetch is
 //! already on its way (one prefetch), so the broker's read overlaps ours.
+//!
+//! # A batch that cannot be read
+//!
+//! A batch that fails its checksum, or whose records cannot be decoded
+//! although the checksum holds (a producer bug, a codec this client does not
+//! have), stops its partition there and only there. `poll` returns what came
+//! before it, in that partition and in the others; the partition's position
+//! stays at the first record not returned; the next `poll` fails with
+//! [`Error::CorruptRecord`] naming topic, partition and offset. From then on
+//! the partition is not fetched and polls take turns: the error, then the
+//! other partitions' records, then the error again, until the application
+//! moves on with [`Consumer::skip_corrupt`] or [`Consumer::seek`]. Nothing
+//! is skipped unless asked for, so a group consumer never commits past such
+//! a batch.
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tributary_proto::batch::{self, Batches, Record};
+use tributary_proto::batch::{self, BatchError, Batches, Record};
 use tributary_proto::v1;
 
 use crate::connection::Connection;
@@ -81,53 +95,159 @@ pub struct FetchedBatches {
 
 impl FetchedBatches {
     /// Decodes every record at or after `skip_below`, in offset order. Key
-    /// and value are slices of the fetched buffer, not copies.
-    pub fn for_each_record(&self, mut f: impl FnMut(&Record)) -> Result<()> {
-        for b in Batches::new(&self.records) {
-            let (header, slice) = b?;
-            if header.next_offset() <= self.skip_below {
-                continue;
-            }
-            let batch = self.records.slice_ref(slice);
-            for r in batch::records(&batch)? {
-                let r = r?;
-                if r.offset >= self.skip_below {
-                    f(&r);
-                }
-            }
-        }
-        Ok(())
+    /// and value are slices of the fetched buffer, not copies. A batch that
+    /// cannot be decoded ends the walk with [`Error::CorruptRecord`], after
+    /// `f` saw every record before it. The consumer's position has already
+    /// moved past all these batches: to stay at such a batch, `seek` the
+    /// partition back to the error's offset.
+    pub fn for_each_record(&self, f: impl FnMut(&Record)) -> Result<()> {
+        self.walk(f).map(|_| ()).map_err(|stuck| stuck.error(&self.topic, self.partition))
     }
 
     /// Number of batches (cheap: reads only their headers).
     pub fn batch_count(&self) -> usize {
         Batches::new(&self.records).filter(|b| b.is_ok()).count()
     }
+
+    /// Gives `f` every record at or after `skip_below`; returns the offset
+    /// after the last batch, or where the first batch that cannot be
+    /// decoded stopped the walk (the first offset `f` did not see) and why.
+    fn walk(&self, mut f: impl FnMut(&Record)) -> std::result::Result<i64, Stuck> {
+        let mut next = self.skip_below;
+        for b in Batches::new(&self.records) {
+            let (header, slice) = b.map_err(|e| Stuck::unchecked(next, &e))?;
+            if header.next_offset() <= self.skip_below {
+                continue;
+            }
+            // The header is covered by the checksum the fetch verified, so
+            // its offset range can be trusted: skipping goes past the batch.
+            let stuck = |next: i64, e: &BatchError| Stuck {
+                offset: next.max(header.base_offset),
+                skip_to: header.next_offset(),
+                reason: e.to_string(),
+            };
+            let batch = self.records.slice_ref(slice);
+            let mut last = header.base_offset - 1;
+            for r in batch::records(&batch).map_err(|e| stuck(next, &e))? {
+                let r = r.map_err(|e| stuck(next, &e))?;
+                // Offsets decide positions and commits: one outside the
+                // batch, or going backwards, must not move them.
+                if r.offset <= last || r.offset > header.last_offset() {
+                    return Err(stuck(
+                        next,
+                        &BatchError::Invalid("record offsets out of order or outside the batch"),
+                    ));
+                }
+                last = r.offset;
+                if r.offset >= self.skip_below {
+                    f(&r);
+                    next = r.offset + 1;
+                }
+            }
+            next = next.max(header.next_offset());
+        }
+        Ok(next)
+    }
 }
 
-/// Every record of `fetched`, decoded, in order.
-pub(crate) fn decode(fetched: &[FetchedBatches]) -> Result<Vec<ConsumerRecord>> {
-    let mut out = Vec::new();
-    for f in fetched {
-        f.for_each_record(|r| {
-            out.push(ConsumerRecord {
-                topic: f.topic.clone(),
-                partition: f.partition,
-                offset: r.offset,
-                timestamp: r.timestamp,
-                key: r.key.clone(),
-                value: r.value.clone(),
-                headers: r.headers.iter().map(|h| (h.key.clone(), h.value.clone())).collect(),
-            })
-        })?;
+impl ConsumerRecord {
+    fn new(from: &FetchedBatches, r: &Record) -> Self {
+        ConsumerRecord {
+            topic: from.topic.clone(),
+            partition: from.partition,
+            offset: r.offset,
+            timestamp: r.timestamp,
+            key: r.key.clone(),
+            value: r.value.clone(),
+            headers: r.headers.iter().map(|h| (h.key.clone(), h.value.clone())).collect(),
+        }
     }
-    Ok(out)
+}
+
+/// A batch a partition cannot get past.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Stuck {
+    /// The first offset not returned: the partition's position.
+    offset: i64,
+    /// Where [`Consumer::skip_corrupt`] goes on.
+    skip_to: i64,
+    reason: String,
+}
+
+impl Stuck {
+    /// A batch whose checksum failed, or that is cut short: its header
+    /// cannot say where it ends, so a skip goes one offset on.
+    fn unchecked(offset: i64, e: &BatchError) -> Stuck {
+        Stuck { offset, skip_to: offset + 1, reason: e.to_string() }
+    }
+
+    fn error(&self, topic: &str, partition: u32) -> Error {
+        Error::CorruptRecord {
+            topic: topic.to_string(),
+            partition,
+            offset: self.offset,
+            reason: self.reason.clone(),
+        }
+    }
+}
+
+/// One partition's part of an answer after the checksums were checked: the
+/// batches that passed (everything before the first one that did not),
+/// where the partition goes on after them, and the batch that failed, if
+/// one did.
+pub(crate) struct Checked {
+    index: usize,
+    fetched: FetchedBatches,
+    next: i64,
+    stuck: Option<Stuck>,
+}
+
+/// How a poll hands answers over: decoded records ([`Records`]) or raw
+/// batches ([`RawBatches`]).
+pub(crate) trait Delivery {
+    type Item;
+    /// Takes what one partition's part holds into `out`; returns where the
+    /// partition goes on, and the batch it cannot get past, if any.
+    fn take(part: Checked, out: &mut Vec<Self::Item>) -> (i64, Option<Stuck>);
+}
+
+/// Decoded records: a partition stops at the first batch that cannot be
+/// decoded, after the records before it.
+pub(crate) struct Records;
+
+impl Delivery for Records {
+    type Item = ConsumerRecord;
+
+    fn take(part: Checked, out: &mut Vec<ConsumerRecord>) -> (i64, Option<Stuck>) {
+        let f = &part.fetched;
+        match f.walk(|r| out.push(ConsumerRecord::new(f, r))) {
+            Ok(next) => (part.next.max(next), part.stuck),
+            Err(stuck) => (stuck.offset, Some(stuck)),
+        }
+    }
+}
+
+/// Raw batches: decoding, and what to do when it fails, are the caller's.
+pub(crate) struct RawBatches;
+
+impl Delivery for RawBatches {
+    type Item = FetchedBatches;
+
+    fn take(part: Checked, out: &mut Vec<FetchedBatches>) -> (i64, Option<Stuck>) {
+        if !part.fetched.records.is_empty() {
+            out.push(part.fetched);
+        }
+        (part.next, part.stuck)
+    }
 }
 
 struct Assignment {
     topic: String,
     partition: u32,
     position: i64,
+    /// A batch at `position` that cannot be read: the partition is not
+    /// fetched until the application skips it or seeks.
+    stuck: Option<Stuck>,
 }
 
 /// A fetch on its way, and the positions it asked for.
@@ -145,6 +265,10 @@ pub struct Consumer {
     /// Rotates which partition leads the request: only the first may exceed
     /// the byte budget, so every partition gets that turn.
     rotation: usize,
+    /// The next poll reports a stuck partition before fetching again.
+    report_due: bool,
+    /// Rotates which stuck partition is reported.
+    stuck_turn: usize,
 }
 
 impl Drop for Consumer {
@@ -172,7 +296,15 @@ impl Consumer {
 
     /// A consumer on an open connection (the group consumer's fetcher).
     pub(crate) fn with_connection(conn: Connection, config: ConsumerConfig) -> Consumer {
-        Consumer { conn, config, assignments: Vec::new(), pending: None, rotation: 0 }
+        Consumer {
+            conn,
+            config,
+            assignments: Vec::new(),
+            pending: None,
+            rotation: 0,
+            report_due: false,
+            stuck_turn: 0,
+        }
     }
 
     /// Reads `topic`/`partition` from `from` on (Earliest/Latest/Timestamp
@@ -223,8 +355,16 @@ impl Consumer {
     fn set_position(&mut self, topic: &str, partition: u32, position: i64) {
         self.cancel_prefetch();
         match self.assignments.iter_mut().find(|a| a.topic == topic && a.partition == partition) {
-            Some(a) => a.position = position,
-            None => self.assignments.push(Assignment { topic: topic.to_string(), partition, position }),
+            Some(a) => {
+                a.position = position;
+                a.stuck = None;
+            }
+            None => self.assignments.push(Assignment {
+                topic: topic.to_string(),
+                partition,
+                position,
+                stuck: None,
+            }),
         }
     }
 
@@ -256,26 +396,85 @@ impl Consumer {
     }
 
     /// Continues this partition from `offset` (assigning it if it was not).
+    /// A partition stopped by a batch it cannot read is fetched again from
+    /// there.
     pub fn seek(&mut self, topic: &str, partition: u32, offset: i64) {
         self.set_position(topic, partition, offset);
+    }
+
+    /// Moves a partition stopped by a batch it cannot read (see
+    /// [`Error::CorruptRecord`]) past that batch, and reads on from there;
+    /// returns the new position, or `None` when the partition is not
+    /// stopped. The records skipped are lost to this consumer (and, once
+    /// committed, to its group): call it only when the application decided
+    /// they may be. A batch that failed its checksum cannot be trusted to
+    /// say where it ends, so that skip goes one offset on; if the same batch
+    /// is reported at the next offset, skip again.
+    pub fn skip_corrupt(&mut self, topic: &str, partition: u32) -> Option<i64> {
+        let a = self.assignments.iter_mut().find(|a| a.topic == topic && a.partition == partition)?;
+        let stuck = a.stuck.take()?;
+        tracing::info!(
+            "skipping unreadable records of {topic}-{partition} from offset {} to {}: {}",
+            stuck.offset,
+            stuck.skip_to,
+            stuck.reason
+        );
+        a.position = stuck.skip_to;
+        // The fetch on its way leaves this partition out: ask again now.
+        self.cancel_prefetch();
+        Some(stuck.skip_to)
+    }
+
+    /// A stuck partition's error, each in turn; `None` when none is stuck.
+    fn stuck_error(&mut self) -> Option<Error> {
+        let stuck: Vec<&Assignment> = self.assignments.iter().filter(|a| a.stuck.is_some()).collect();
+        if stuck.is_empty() {
+            return None;
+        }
+        self.stuck_turn = (self.stuck_turn + 1) % stuck.len();
+        let a = stuck[self.stuck_turn];
+        a.stuck.as_ref().map(|s| s.error(&a.topic, a.partition))
+    }
+
+    fn any_stuck(&self) -> bool {
+        self.assignments.iter().any(|a| a.stuck.is_some())
     }
 
     /// Waits up to `timeout` for records of the assigned partitions and
     /// returns them decoded, positions advanced past them; an empty vec when
     /// none arrived in time.
+    ///
+    /// A partition with a batch that cannot be read stops there: this poll
+    /// returns what came before it, and the next one fails with
+    /// [`Error::CorruptRecord`]; see the module docs.
     pub async fn poll(&mut self, timeout: Duration) -> Result<Vec<ConsumerRecord>> {
-        let fetched = self.poll_batches(timeout).await?;
-        decode(&fetched)
+        self.poll_as::<Records>(timeout).await
     }
 
     /// Like [`Consumer::poll`], but returns each partition's batches raw
     /// (CRC-checked, not decoded); positions are advanced past the last
-    /// record of each.
+    /// record of each. A batch that fails its checksum stops its partition
+    /// as in `poll`; a batch that cannot be decoded is found only by the
+    /// caller's [`FetchedBatches::for_each_record`], and the position has
+    /// already moved past it: seek back to the error's offset to stay there.
     pub async fn poll_batches(&mut self, timeout: Duration) -> Result<Vec<FetchedBatches>> {
+        self.poll_as::<RawBatches>(timeout).await
+    }
+
+    /// The poll loop behind `poll` and `poll_batches` (and the group
+    /// consumer's).
+    pub(crate) async fn poll_as<D: Delivery>(&mut self, timeout: Duration) -> Result<Vec<D::Item>> {
         if self.assignments.is_empty() {
             return Err(Error::InvalidArgument(
                 "no partitions assigned: call assign() or assign_all() first".into(),
             ));
+        }
+        let nothing_to_fetch = self.assignments.iter().all(|a| a.stuck.is_some());
+        if self.report_due || nothing_to_fetch {
+            self.report_due = false;
+            if let Some(e) = self.stuck_error() {
+                return Err(e);
+            }
         }
         // A year stands in for "forever" without overflowing the clock.
         let deadline = Instant::now() + timeout.min(Duration::from_secs(365 * 24 * 3600));
@@ -288,6 +487,7 @@ impl Consumer {
                 Err(_) => {
                     // Out of time: the fetch stays on its way for the next poll.
                     self.pending = Some(pending);
+                    self.report_due = self.any_stuck();
                     return Ok(Vec::new());
                 }
                 Ok(joined) => joined,
@@ -295,26 +495,72 @@ impl Consumer {
             let response = joined.map_err(|e| {
                 Error::Transport(format!("the fetch from {} was interrupted: {e}", self.conn.addr))
             })??;
-            let fetched = self.apply(response, &pending.asked)?;
-            if !fetched.is_empty() {
-                self.pending = Some(self.start_fetch(self.config.max_wait));
-                return Ok(fetched);
+            let (out, stopped) = self.take_answer::<D>(response, &pending.asked)?;
+            if !out.is_empty() {
+                // What came before a stuck batch first; its error next time.
+                self.report_due = self.any_stuck();
+                if self.assignments.iter().any(|a| a.stuck.is_none()) {
+                    self.pending = Some(self.start_fetch(self.config.max_wait));
+                }
+                return Ok(out);
+            }
+            if let Some(e) = stopped {
+                return Err(e);
             }
             if Instant::now() >= deadline {
+                self.report_due = self.any_stuck();
                 return Ok(Vec::new());
             }
         }
     }
 
+    /// Takes one answer: checks it, hands each partition's part over as `D`
+    /// does and moves positions past what was handed over. Partitions with
+    /// a batch they cannot read stop there; the error for the first one
+    /// that stopped comes back with what was handed over.
+    fn take_answer<D: Delivery>(
+        &mut self,
+        response: v1::FetchResponse,
+        asked: &[(String, u32, i64)],
+    ) -> Result<(Vec<D::Item>, Option<Error>)> {
+        let mut out = Vec::new();
+        let mut stopped = None;
+        for part in self.check(response, asked)? {
+            let index = part.index;
+            let (next, stuck) = D::take(part, &mut out);
+            let a = &mut self.assignments[index];
+            a.position = next;
+            if let Some(stuck) = stuck {
+                tracing::debug!(
+                    "{}-{} cannot be read at offset {}: {}; it stays there until skipped",
+                    a.topic,
+                    a.partition,
+                    stuck.offset,
+                    stuck.reason
+                );
+                stopped.get_or_insert_with(|| stuck.error(&a.topic, a.partition));
+                a.stuck = Some(stuck);
+            }
+        }
+        Ok((out, stopped))
+    }
+
+    /// What the next Fetch asks for: every partition not stopped by a batch
+    /// it cannot read, from its position, a different one first each time.
+    fn next_request(&mut self) -> Vec<(String, u32, i64)> {
+        let healthy: Vec<&Assignment> = self.assignments.iter().filter(|a| a.stuck.is_none()).collect();
+        let n = healthy.len();
+        self.rotation = (self.rotation + 1) % n.max(1);
+        (0..n)
+            .map(|i| healthy[(i + self.rotation) % n])
+            .map(|a| (a.topic.clone(), a.partition, a.position))
+            .collect()
+    }
+
     /// Sends a Fetch from the current positions, long-polling up to `wait`
     /// (at most `max_wait`).
     fn start_fetch(&mut self, wait: Duration) -> Pending {
-        let n = self.assignments.len();
-        self.rotation = (self.rotation + 1) % n.max(1);
-        let asked: Vec<(String, u32, i64)> = (0..n)
-            .map(|i| &self.assignments[(i + self.rotation) % n])
-            .map(|a| (a.topic.clone(), a.partition, a.position))
-            .collect();
+        let asked = self.next_request();
         let wait = wait.min(self.config.max_wait);
         let request = v1::FetchRequest {
             max_wait_ms: u32::try_from(wait.as_millis()).unwrap_or(u32::MAX),
@@ -338,22 +584,22 @@ impl Consumer {
         Pending { task, asked }
     }
 
-    /// Checks an answer and advances positions. Nothing moves unless every
-    /// partition's part is good, so an error loses no records.
-    fn apply(
-        &mut self,
-        response: v1::FetchResponse,
-        asked: &[(String, u32, i64)],
-    ) -> Result<Vec<FetchedBatches>> {
-        let mut accepted: Vec<(usize, i64, FetchedBatches)> = Vec::new();
+    /// Checks an answer's partition errors and batch checksums; moves
+    /// nothing. A partition error fails the whole answer, so it loses no
+    /// records; a batch that fails its checksum ends only its partition's
+    /// part.
+    fn check(&self, response: v1::FetchResponse, asked: &[(String, u32, i64)]) -> Result<Vec<Checked>> {
+        let mut checked = Vec::new();
         for part in response.partitions {
             let Some(&(_, _, offset)) =
                 asked.iter().find(|(t, p, _)| *t == part.topic && *p == part.partition)
             else {
                 continue;
             };
-            let Some(index) =
-                self.assignments.iter().position(|a| a.topic == part.topic && a.partition == part.partition)
+            let Some(index) = self
+                .assignments
+                .iter()
+                .position(|a| a.topic == part.topic && a.partition == part.partition && a.stuck.is_none())
             else {
                 continue;
             };
@@ -375,31 +621,266 @@ impl Consumer {
                 continue;
             }
             let mut next = offset;
+            let mut good = 0;
+            let mut stuck = None;
             for b in Batches::new(&part.records) {
-                let checked = b.and_then(|(_, slice)| batch::verify(slice));
-                let header = checked.map_err(|e| {
-                    Error::Corrupt(format!("{}-{} near offset {next}: {e}", part.topic, part.partition))
-                })?;
-                next = next.max(header.next_offset());
+                match b.and_then(|(_, slice)| batch::verify(slice)) {
+                    Ok(header) => {
+                        good += header.total_len();
+                        next = next.max(header.next_offset());
+                    }
+                    Err(e) => {
+                        stuck = Some(Stuck::unchecked(next, &e));
+                        break;
+                    }
+                }
             }
-            accepted.push((
+            checked.push(Checked {
                 index,
                 next,
-                FetchedBatches {
+                stuck,
+                fetched: FetchedBatches {
                     topic: part.topic,
                     partition: part.partition,
-                    records: part.records,
+                    records: part.records.slice(..good),
                     skip_below: offset,
                     high_watermark: part.high_watermark,
                 },
-            ));
+            });
         }
-        Ok(accepted
-            .into_iter()
-            .map(|(index, next, fetched)| {
-                self.assignments[index].position = next;
-                fetched
-            })
-            .collect())
+        Ok(checked)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tributary_proto::batch::{set_base_offset, BatchBuilder, Compression, HEADER_LEN};
+
+    // Byte positions from the documented batch layout.
+    const LENGTH_AT: usize = 8;
+    const CRC_AT: usize = 17;
+    const ATTRIBUTES_AT: usize = 21;
+    const LAST_OFFSET_DELTA_AT: usize = 23;
+    const RECORD_COUNT_AT: usize = 57;
+
+    fn batch(base: i64, values: &[&str]) -> Vec<u8> {
+        let mut b = BatchBuilder::new(Compression::None, 1_000);
+        for v in values {
+            b.append(1_000, None, Some(v.as_bytes()), &[]);
+        }
+        let mut out = b.build().to_vec();
+        set_base_offset(&mut out, base);
+        out
+    }
+
+    /// Length and CRC32C written again after an edit: the batch passes
+    /// `verify` as the broker's produce path does.
+    fn reseal(mut buf: Vec<u8>) -> Vec<u8> {
+        let length = (buf.len() - 12) as i32;
+        buf[LENGTH_AT..LENGTH_AT + 4].copy_from_slice(&length.to_be_bytes());
+        let crc = crc32c::crc32c(&buf[ATTRIBUTES_AT..]);
+        buf[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
+        assert!(batch::verify(&buf).is_ok());
+        buf
+    }
+
+    /// `count` records said to be lz4-compressed, over bytes that are not.
+    fn lz4_garbage(base: i64, count: usize) -> Vec<u8> {
+        let values: Vec<String> = (0..count).map(|i| format!("v{i}")).collect();
+        let refs: Vec<&str> = values.iter().map(String::as_str).collect();
+        let mut buf = batch(base, &refs)[..HEADER_LEN].to_vec();
+        buf[ATTRIBUTES_AT..ATTRIBUTES_AT + 2].copy_from_slice(&Compression::Lz4.id().to_be_bytes());
+        buf.extend_from_slice(&64u32.to_le_bytes());
+        buf.extend_from_slice(&[0xff; 24]);
+        reseal(buf)
+    }
+
+    /// `values`, then one record more that the header counts but that is
+    /// not there.
+    fn missing_last(base: i64, values: &[&str]) -> Vec<u8> {
+        let mut buf = batch(base, values);
+        let count = values.len() as i32 + 1;
+        buf[RECORD_COUNT_AT..RECORD_COUNT_AT + 4].copy_from_slice(&count.to_be_bytes());
+        buf[LAST_OFFSET_DELTA_AT..LAST_OFFSET_DELTA_AT + 4].copy_from_slice(&(count - 1).to_be_bytes());
+        reseal(buf)
+    }
+
+    fn joined(batches: &[Vec<u8>]) -> Bytes {
+        Bytes::from(batches.concat())
+    }
+
+    fn fetched(records: Bytes, skip_below: i64) -> FetchedBatches {
+        FetchedBatches { topic: "t".into(), partition: 0, records, skip_below, high_watermark: 100 }
+    }
+
+    fn walk(f: &FetchedBatches) -> (Vec<i64>, std::result::Result<i64, Stuck>) {
+        let mut seen = Vec::new();
+        let end = f.walk(|r| seen.push(r.offset));
+        (seen, end)
+    }
+
+    #[test]
+    fn a_walk_stops_at_an_undecodable_batch_after_the_records_before_it() {
+        let all = joined(&[batch(0, &["a", "b", "c"]), lz4_garbage(3, 3), batch(6, &["g", "h", "i"])]);
+        let (seen, end) = walk(&fetched(all.clone(), 0));
+        assert_eq!(seen, [0, 1, 2]);
+        let stuck = end.unwrap_err();
+        assert_eq!((stuck.offset, stuck.skip_to), (3, 6));
+        assert!(stuck.reason.contains("decompress"), "{}", stuck.reason);
+        // From inside the bad batch: stuck where it started.
+        let (seen, end) = walk(&fetched(all.clone(), 4));
+        assert!(seen.is_empty());
+        assert_eq!(end.unwrap_err().offset, 4);
+        // Past it (after a skip): the bad batch is not even decoded.
+        let (seen, end) = walk(&fetched(all, 6));
+        assert_eq!(seen, [6, 7, 8]);
+        assert_eq!(end, Ok(9));
+    }
+
+    #[test]
+    fn a_broken_record_keeps_the_records_before_it_in_its_batch() {
+        let all = joined(&[batch(0, &["a", "b"]), missing_last(2, &["c", "d"]), batch(5, &["f"])]);
+        let (seen, end) = walk(&fetched(all, 0));
+        assert_eq!(seen, [0, 1, 2, 3]);
+        let stuck = end.unwrap_err();
+        assert_eq!((stuck.offset, stuck.skip_to), (4, 5));
+    }
+
+    #[test]
+    fn record_offsets_outside_their_batch_stop_the_walk() {
+        // Three records, but the header says the batch spans one offset.
+        let mut buf = batch(10, &["a", "b", "c"]);
+        buf[LAST_OFFSET_DELTA_AT..LAST_OFFSET_DELTA_AT + 4].copy_from_slice(&0i32.to_be_bytes());
+        let (seen, end) = walk(&fetched(Bytes::from(buf), 0));
+        assert_eq!(seen, [10]);
+        assert_eq!(end.unwrap_err().offset, 11);
+    }
+
+    #[test]
+    fn for_each_record_names_topic_partition_and_offset() {
+        let f = fetched(joined(&[batch(0, &["a"]), lz4_garbage(1, 2)]), 0);
+        let mut n = 0;
+        let err = f.for_each_record(|_| n += 1).unwrap_err();
+        assert_eq!(n, 1);
+        match &err {
+            Error::CorruptRecord { topic, partition, offset, .. } => {
+                assert_eq!((topic.as_str(), *partition, *offset), ("t", 0, 1));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(!err.is_retriable());
+        let text = err.to_string();
+        assert!(text.starts_with("cannot read t-0 at offset 1: "), "{text}");
+        assert!(text.contains("skip_corrupt"), "{text}");
+    }
+
+    async fn consumer(partitions: &[u32]) -> Consumer {
+        let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:9").connect_lazy();
+        let conn = Connection { channel, addr: "127.0.0.1:9".into() };
+        let mut c = Consumer::with_connection(conn, ConsumerConfig::default());
+        for &p in partitions {
+            c.set_position("t", p, 0);
+        }
+        c
+    }
+
+    fn answer(parts: &[(u32, Bytes)]) -> v1::FetchResponse {
+        v1::FetchResponse {
+            partitions: parts
+                .iter()
+                .map(|(p, records)| v1::FetchPartitionResponse {
+                    topic: "t".into(),
+                    partition: *p,
+                    high_watermark: 100,
+                    log_start_offset: 0,
+                    records: records.clone(),
+                    error: None,
+                })
+                .collect(),
+        }
+    }
+
+    fn offsets(records: &[ConsumerRecord]) -> Vec<(u32, i64)> {
+        records.iter().map(|r| (r.partition, r.offset)).collect()
+    }
+
+    #[tokio::test]
+    async fn a_bad_batch_stops_only_its_partition_and_only_there() {
+        let mut c = consumer(&[0, 1]).await;
+        let asked = c.next_request();
+        let response = answer(&[
+            (0, joined(&[batch(0, &["a", "b", "c"]), lz4_garbage(3, 3), batch(6, &["g"])])),
+            (1, joined(&[batch(0, &["x", "y"])])),
+        ]);
+        let (records, stopped) = c.take_answer::<Records>(response, &asked).unwrap();
+        assert_eq!(offsets(&records), [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1)]);
+        assert!(matches!(stopped, Some(Error::CorruptRecord { partition: 0, offset: 3, .. })));
+        assert_eq!(c.position("t", 0), Some(3));
+        assert_eq!(c.position("t", 1), Some(2));
+        // The stuck partition is no longer fetched, the others are.
+        assert_eq!(c.next_request(), [("t".to_string(), 1, 2)]);
+        assert!(matches!(c.stuck_error(), Some(Error::CorruptRecord { partition: 0, offset: 3, .. })));
+        // Skipping goes past the whole batch and fetches it again.
+        assert_eq!(c.skip_corrupt("t", 1), None);
+        assert_eq!(c.skip_corrupt("t", 0), Some(6));
+        assert_eq!(c.skip_corrupt("t", 0), None);
+        assert!(c.stuck_error().is_none());
+        let mut asked = c.next_request();
+        asked.sort();
+        assert_eq!(asked, [("t".to_string(), 0, 6), ("t".to_string(), 1, 2)]);
+    }
+
+    #[tokio::test]
+    async fn a_checksum_failure_stops_its_partition_after_the_good_batches() {
+        let mut c = consumer(&[0]).await;
+        let mut bad = batch(2, &["c", "d"]);
+        let last = bad.len() - 1;
+        bad[last] ^= 0x55;
+        let all = joined(&[batch(0, &["a", "b"]), bad, batch(4, &["e"])]);
+        for raw in [false, true] {
+            c.seek("t", 0, 0);
+            let asked = c.next_request();
+            let got = if raw {
+                let (fetched, stopped) =
+                    c.take_answer::<RawBatches>(answer(&[(0, all.clone())]), &asked).unwrap();
+                assert!(stopped.is_some());
+                assert_eq!(fetched.len(), 1);
+                assert_eq!(fetched[0].batch_count(), 1, "only the batch before the bad one");
+                decode_all(&fetched)
+            } else {
+                let (records, stopped) =
+                    c.take_answer::<Records>(answer(&[(0, all.clone())]), &asked).unwrap();
+                let text = stopped.map(|e| e.to_string()).unwrap_or_default();
+                assert!(text.contains("t-0 at offset 2") && text.contains("CRC32C"), "{text}");
+                records
+            };
+            assert_eq!(offsets(&got), [(0, 0), (0, 1)]);
+            assert_eq!(c.position("t", 0), Some(2));
+            assert!(c.next_request().is_empty());
+            // The header cannot be trusted: a skip goes one offset on.
+            assert_eq!(c.skip_corrupt("t", 0), Some(3));
+        }
+    }
+
+    #[tokio::test]
+    async fn seek_and_assign_clear_a_stuck_partition() {
+        let mut c = consumer(&[0]).await;
+        let asked = c.next_request();
+        let (records, stopped) =
+            c.take_answer::<Records>(answer(&[(0, joined(&[lz4_garbage(0, 2)]))]), &asked).unwrap();
+        assert!(records.is_empty() && stopped.is_some());
+        assert_eq!(c.position("t", 0), Some(0));
+        c.seek("t", 0, 0);
+        assert!(c.stuck_error().is_none());
+        assert_eq!(c.next_request(), [("t".to_string(), 0, 0)]);
+    }
+
+    fn decode_all(fetched: &[FetchedBatches]) -> Vec<ConsumerRecord> {
+        let mut out = Vec::new();
+        for f in fetched {
+            f.for_each_record(|r| out.push(ConsumerRecord::new(f, r))).unwrap();
+        }
+        out
     }
 }

@@ -27,6 +27,15 @@ pub enum Error {
     /// The broker sent bytes that are not a valid record batch.
     #[error("corrupt data from the broker: {0}")]
     Corrupt(String),
+    /// A batch of this partition cannot be read: it fails its checksum, or
+    /// its records cannot be decoded. What came before it was returned; the
+    /// consumer stays at `offset` (the first record not returned) and
+    /// reports this until the application skips the batch or seeks.
+    #[error(
+        "cannot read {topic}-{partition} at offset {offset}: {reason}; the consumer stays at this offset \
+         until the batch is skipped (skip_corrupt) or the partition is moved (seek)"
+    )]
+    CorruptRecord { topic: String, partition: u32, offset: i64, reason: String },
     /// A consumer's position is outside what the partition holds (deleted by
     /// retention, or not written yet).
     #[error(
@@ -60,6 +69,7 @@ impl Error {
             ),
             Error::InvalidArgument(_)
             | Error::Corrupt(_)
+            | Error::CorruptRecord { .. }
             | Error::OffsetOutOfRange { .. }
             | Error::Closed
             | Error::Fenced(_) => false,

@@ -39,6 +39,11 @@
 //!   again by the partition's next owner; no record is skipped. Within a
 //!   group each partition has one owner per generation; different groups
 //!   each read everything. See [`group`].
+//! * **A batch that cannot be read stops only its partition, and only
+//!   there.** `poll` returns what came before it; the partition's position
+//!   (and so every commit) stays at it, and polls report
+//!   [`Error::CorruptRecord`] with topic, partition and offset until the
+//!   application calls `skip_corrupt` or seeks. See [`consumer`].
 //!
 //! How the pieces fit:
 //! * `connection`: opening gRPC channels (window sizes,

@@ -10,15 +10,20 @@
 //! `PARTITION:OFFSET`, key, headers (`k=v,k2=v2`), then the value. Bytes
 //! that are not UTF-8 are printed lossily; a missing key or value prints as
 //! `null`.
+//!
+//! A batch that cannot be read stops the command after everything before it
+//! was printed: one `error:` line names topic, partition and offset, the
+//! exit status is 1, and a group commits nothing past it. `--skip-corrupt`
+//! skips such batches instead, with a `warning:` line on stderr for each.
 
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use clap::Args;
 use tributary_client::{
-    Assignor, Consumer, ConsumerConfig, ConsumerRecord, GroupConfig, GroupConsumer, OffsetReset, OffsetSpec,
-    TopicPartition,
+    Assignor, Consumer, ConsumerConfig, ConsumerRecord, Error, GroupConfig, GroupConsumer, OffsetReset,
+    OffsetSpec, TopicPartition,
 };
 
 use super::args::parse_start_offset;
@@ -73,6 +78,11 @@ pub struct ConsumeArgs {
     /// Print the headers as KEY=VALUE,KEY=VALUE before each value.
     #[arg(long)]
     pub print_headers: bool,
+    /// Skip record batches that cannot be read (a warning on stderr names
+    /// each) instead of stopping at the first; their records are lost to
+    /// this reader, and with --group to the group.
+    #[arg(long)]
+    pub skip_corrupt: bool,
 }
 
 impl ConsumeArgs {
@@ -110,17 +120,28 @@ trait RecordSource {
 
     /// Records that were returned but not printed (the --max-messages cut).
     fn not_printed(&mut self, _rest: &[ConsumerRecord]) {}
+
+    /// Moves a partition past the batch it cannot read; the new position.
+    fn skip_corrupt(&mut self, topic: &str, partition: u32) -> Option<i64>;
 }
 
 impl RecordSource for Consumer {
     async fn next_records(&mut self, wait: Duration) -> tributary_client::Result<Vec<ConsumerRecord>> {
         self.poll(wait).await
     }
+
+    fn skip_corrupt(&mut self, topic: &str, partition: u32) -> Option<i64> {
+        Consumer::skip_corrupt(self, topic, partition)
+    }
 }
 
 impl RecordSource for GroupConsumer {
     async fn next_records(&mut self, wait: Duration) -> tributary_client::Result<Vec<ConsumerRecord>> {
         self.poll(wait).await
+    }
+
+    fn skip_corrupt(&mut self, topic: &str, partition: u32) -> Option<i64> {
+        GroupConsumer::skip_corrupt(self, &TopicPartition::new(topic, partition))
     }
 
     /// Moves each partition back to its first unprinted record, so the
@@ -155,9 +176,27 @@ async fn print_records(source: &mut impl RecordSource, args: &ConsumeArgs) -> an
             }
             None => POLL,
         };
-        let records = tokio::select! {
-            r = source.next_records(wait) => r?,
+        let polled = tokio::select! {
+            r = source.next_records(wait) => r,
             _ = &mut ctrl_c => return Ok(()),
+        };
+        let records = match polled {
+            Ok(records) => records,
+            Err(Error::CorruptRecord { topic, partition, offset, reason }) => {
+                if !args.skip_corrupt {
+                    bail!(
+                        "cannot read {topic}-{partition} at offset {offset}: {reason}; stopped there, \
+                         everything before it was printed (--skip-corrupt skips unreadable batches)"
+                    );
+                }
+                // Not skipped only if the partition went elsewhere meanwhile
+                // (a rebalance); it is reported again if still stuck.
+                if let Some(to) = source.skip_corrupt(&topic, partition) {
+                    eprintln!("warning: skipped {}: {reason}", skipped_range(&topic, partition, offset, to));
+                }
+                continue;
+            }
+            Err(e) => return Err(e.into()),
         };
         if records.is_empty() {
             continue;
@@ -177,6 +216,16 @@ async fn print_records(source: &mut impl RecordSource, args: &ConsumeArgs) -> an
         if !write_out(&out)? {
             return Ok(());
         }
+    }
+}
+
+/// "t-0 offset 3" or "t-0 offsets 3..=5": what a skip from `offset` to
+/// `to` (exclusive) passed over.
+fn skipped_range(topic: &str, partition: u32, offset: i64, to: i64) -> String {
+    if to <= offset + 1 {
+        format!("{topic}-{partition} offset {offset}")
+    } else {
+        format!("{topic}-{partition} offsets {offset}..={}", to - 1)
     }
 }
 
@@ -333,6 +382,14 @@ mod tests {
         assert!(bad(&["--group", "g", "--partition", "0"]));
         assert!(bad(&["--instance-id", "i"]));
         assert!(bad(&["--group", "g", "--assignor", "sticky"]));
+    }
+
+    #[test]
+    fn skipped_ranges_read_naturally() {
+        assert_eq!(skipped_range("t", 0, 3, 6), "t-0 offsets 3..=5");
+        assert_eq!(skipped_range("t", 1, 7, 8), "t-1 offset 7");
+        assert!(!args(&[]).skip_corrupt);
+        assert!(args(&["--skip-corrupt", "--group", "g"]).skip_corrupt);
     }
 
     #[test]

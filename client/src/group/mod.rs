@@ -55,7 +55,9 @@ use tokio::time::Instant;
 pub use assignment::{Assignor, OffsetReset, TopicPartition};
 
 use crate::connection::Connection;
-use crate::consumer::{self, Consumer, ConsumerConfig, ConsumerRecord, FetchedBatches};
+use crate::consumer::{
+    Consumer, ConsumerConfig, ConsumerRecord, Delivery, FetchedBatches, RawBatches, Records,
+};
 use crate::coordinator::Coordinators;
 use crate::error::{Error, Result};
 use crate::metadata;
@@ -327,14 +329,26 @@ impl GroupConsumer {
     /// when none arrived in time. Brief broker outages are retried inside
     /// (and logged); bad input, a fenced static member and other lasting
     /// problems are errors.
+    ///
+    /// A partition with a batch that cannot be read stops there, as with
+    /// [`Consumer::poll`]: this poll returns what came before it, later ones
+    /// report [`Error::CorruptRecord`] (taking turns with the other
+    /// partitions' records), and no commit goes past it until
+    /// [`GroupConsumer::skip_corrupt`] or a seek.
     pub async fn poll(&mut self, timeout: Duration) -> Result<Vec<ConsumerRecord>> {
-        let fetched = self.poll_batches(timeout).await?;
-        consumer::decode(&fetched)
+        self.poll_as::<Records>(timeout).await
     }
 
     /// Like [`GroupConsumer::poll`], but returns each partition's batches
-    /// raw (CRC-checked, not decoded); positions move past them all.
+    /// raw (CRC-checked, not decoded); positions move past them all. A
+    /// batch that cannot be decoded is found only by
+    /// [`FetchedBatches::for_each_record`]: seek the partition back to the
+    /// error's offset before the next poll, or the next commit passes it.
     pub async fn poll_batches(&mut self, timeout: Duration) -> Result<Vec<FetchedBatches>> {
+        self.poll_as::<RawBatches>(timeout).await
+    }
+
+    async fn poll_as<D: Delivery>(&mut self, timeout: Duration) -> Result<Vec<D::Item>> {
         if let Some(e) = &self.fatal {
             return Err(e.clone());
         }
@@ -367,7 +381,7 @@ impl GroupConsumer {
             } else {
                 let wait = until.saturating_duration_since(Instant::now());
                 let polled = tokio::select! {
-                    r = self.fetcher.poll_batches(wait) => Some(r),
+                    r = self.fetcher.poll_as::<D>(wait) => Some(r),
                     _ = wake.notified() => None,
                 };
                 match polled {
@@ -809,6 +823,18 @@ impl GroupConsumer {
         }
         self.unpositioned.remove(tp);
         self.fetcher.seek(&tp.topic, tp.partition, offset);
+    }
+
+    /// Moves an assigned partition stopped by a batch it cannot read (see
+    /// [`Error::CorruptRecord`]) past that batch; returns the new position,
+    /// or `None` when the partition is not stopped (or not assigned). The
+    /// next commit covers the skipped records: they are lost to the group.
+    /// See [`Consumer::skip_corrupt`].
+    pub fn skip_corrupt(&mut self, tp: &TopicPartition) -> Option<i64> {
+        if !self.assigned.contains(tp) {
+            return None;
+        }
+        self.fetcher.skip_corrupt(&tp.topic, tp.partition)
     }
 
     /// This member's partitions in its current generation, sorted.
