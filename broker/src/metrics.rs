@@ -1,4 +1,8 @@
 //! Prometheus metrics, served on the HTTP port at `/metrics`.
+//!
+//! The group coordinator's counters ([`GroupMetrics`]) are process-wide: the
+//! offset store is opened (and replays) before [`Metrics`] exists, so it
+//! counts into [`group_metrics`], which every [`Metrics`] registers.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -21,6 +25,29 @@ pub struct PartitionLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RpcLabels {
     pub rpc: &'static str,
+}
+
+/// Counters of the group coordinator's offset store and its group-commit
+/// writer.
+#[derive(Default)]
+pub struct GroupMetrics {
+    /// Records of `__consumer_offsets` and rows of the `groups` column
+    /// family skipped because they could not be parsed.
+    pub records_skipped: Counter,
+    /// Group commits: one append per touched partition and one fsync each.
+    pub commit_batches: Counter,
+    /// Writes (offset commits, group records, deletions) those batches held.
+    pub commit_writes: Counter,
+    /// fsyncs of `__consumer_offsets` partitions done by the writer.
+    pub commit_fsyncs: Counter,
+    /// Writes answered with an error (their batch's append, fsync or apply failed).
+    pub commit_failures: Counter,
+}
+
+/// The process's [`GroupMetrics`].
+pub fn group_metrics() -> &'static GroupMetrics {
+    static GROUPS: std::sync::LazyLock<GroupMetrics> = std::sync::LazyLock::new(GroupMetrics::default);
+    &GROUPS
 }
 
 type HistogramFamily = Family<RpcLabels, Histogram, fn() -> Histogram>;
@@ -70,6 +97,32 @@ impl Metrics {
             "log_start_offset",
             "First stored offset per partition",
             m.log_start_offset.clone(),
+        );
+        let g = group_metrics();
+        registry.register(
+            "group_records_skipped",
+            "Group records and offsets skipped on load because they could not be parsed",
+            g.records_skipped.clone(),
+        );
+        registry.register(
+            "group_commit_batches",
+            "Group commits to __consumer_offsets (one fsync per touched partition)",
+            g.commit_batches.clone(),
+        );
+        registry.register(
+            "group_commit_writes",
+            "Offset commits and group records written by group commits",
+            g.commit_writes.clone(),
+        );
+        registry.register(
+            "group_commit_fsyncs",
+            "fsyncs of __consumer_offsets partitions by group commits",
+            g.commit_fsyncs.clone(),
+        );
+        registry.register(
+            "group_commit_failures",
+            "Offset commits and group records refused because their group commit failed",
+            g.commit_failures.clone(),
         );
         Metrics { registry, ..m }
     }

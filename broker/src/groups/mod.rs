@@ -14,7 +14,18 @@
 //! so their final positions can be committed ([`offsets`] stores them).
 //!
 //! State lives under one mutex that is never held across an await; a member
-//! waiting for a rebalance to complete waits on a watch channel.
+//! waiting for a rebalance to complete waits on a watch channel. Writes
+//! (commits, group records, deletions) are validated and queued to the offset
+//! store's group-commit writer under that mutex, and waited for outside it:
+//! they reach disk in the order they were validated, so a commit refused to a
+//! fenced member can't have been overtaken, and one accepted before the fence
+//! can't land after the new owner's. Nothing here does file I/O on an async
+//! runtime thread: [`Coordinator::join`] and [`Coordinator::start_commit`]
+//! only queue and await; the other writers are blocking calls.
+//!
+//! An empty group's offsets expire `offsets.retention.minutes` after the
+//! later of its becoming empty and its last commit, so a consumer that
+//! commits outside the group protocol keeps its offsets while it commits.
 
 pub mod assignor;
 pub mod offsets;
@@ -30,7 +41,7 @@ use tributary_proto::v1::{self, ErrorCode};
 use crate::error::{Error, Result};
 use crate::topics::Topics;
 use assignor::Tp;
-use offsets::{Committed, GroupRecord, OffsetStore};
+use offsets::{Committed, GroupRecord, OffsetStore, Pending, Records};
 
 const MIN_SESSION: Duration = Duration::from_millis(1000);
 const MAX_SESSION: Duration = Duration::from_secs(30 * 60);
@@ -83,6 +94,8 @@ struct Group {
     /// Generations completed; JoinGroup callers wait on it.
     done: watch::Sender<i32>,
     empty_since_ms: Option<i64>,
+    /// When an offset of the group was last committed.
+    last_commit_ms: Option<i64>,
 }
 
 impl Group {
@@ -97,6 +110,7 @@ impl Group {
             instances: HashMap::new(),
             done: watch::channel(generation).0,
             empty_since_ms,
+            last_commit_ms: None,
         }
     }
 
@@ -106,6 +120,13 @@ impl Group {
             assignor: self.assignor.clone(),
             empty_since_ms: self.empty_since_ms,
         }
+    }
+
+    /// Empty, with nothing committed for longer than `retention`.
+    fn expired(&self, now_ms: i64, retention: Duration) -> bool {
+        let idle_since = self.empty_since_ms.max(self.last_commit_ms);
+        self.state == GroupState::Empty
+            && idle_since.is_some_and(|t| now_ms - t > retention.as_millis() as i64)
     }
 
     fn start_rebalance(&mut self, now: Instant) {
@@ -182,11 +203,12 @@ impl Coordinator {
     pub fn load(offsets: OffsetStore, retention: Duration) -> Result<Coordinator> {
         let now = crate::now_ms();
         let mut groups = HashMap::new();
-        for (id, record) in offsets.groups()? {
-            let g = match record {
+        for (id, stored) in offsets.groups()? {
+            let mut g = match stored.record {
                 Some(r) => Group::new(r.generation, r.assignor, r.empty_since_ms.or(Some(now))),
                 None => Group::new(0, assignor::RANGE.into(), Some(now)),
             };
+            g.last_commit_ms = stored.last_commit_ms;
             groups.insert(id, g);
         }
         Ok(Coordinator { groups: Mutex::new(groups), offsets, retention, next_member: AtomicU64::new(0) })
@@ -202,7 +224,18 @@ impl Coordinator {
         format!("{prefix}-{:x}-{n}", crate::now_ms())
     }
 
+    /// Queues the group record of `group` (call it under the groups lock).
+    fn put_group(&self, topics: &Topics, group: &str, g: &Group) -> Pending {
+        match Records::group(group, &g.record()) {
+            Ok(records) => self.offsets.write(topics, group, records),
+            Err(e) => Pending::ready(Err(e)),
+        }
+    }
+
     /// JoinGroup: waits until the rebalance this join is part of completes.
+    /// The join that completes a rebalance queues the group record and waits
+    /// for it without blocking the runtime; `__consumer_offsets` must exist
+    /// ([`OffsetStore::ensure_topic`], blocking), or that join fails.
     pub async fn join(
         &self,
         topics: &Topics,
@@ -234,7 +267,7 @@ impl Coordinator {
         let rebalance =
             Duration::from_millis(u64::from(req.rebalance_timeout_ms)).clamp(MIN_SESSION, MAX_SESSION);
 
-        let (member_id, mut rx, started_gen, wait) = {
+        let (member_id, mut rx, started_gen, wait, record) = {
             let now = Instant::now();
             let mut groups = self.groups.lock();
             let g =
@@ -315,9 +348,12 @@ impl Coordinator {
             }
             let wait = g.rebalance_deadline.map_or(rebalance, |d| d.saturating_duration_since(now));
             let rx = g.done.subscribe();
-            (member_id, rx, started_gen, wait)
+            let record = self.complete_if_ready(topics, &req.group_id, g);
+            (member_id, rx, started_gen, wait, record)
         };
-        self.maybe_complete(topics, &req.group_id)?;
+        if let Some(record) = record {
+            record.wait().await?;
+        }
 
         // Wait (without the lock) for the rebalance to complete.
         let _ = tokio::time::timeout(wait + Duration::from_secs(2), rx.wait_for(|g| *g > started_gen)).await;
@@ -347,19 +383,15 @@ impl Coordinator {
         Ok(join_response(g, &member_id, None))
     }
 
-    /// Completes the group's rebalance if every member has rejoined.
-    fn maybe_complete(&self, topics: &Topics, group: &str) -> Result<()> {
-        let record = {
-            let mut groups = self.groups.lock();
-            let Some(g) = groups.get_mut(group) else { return Ok(()) };
-            let all_in = g.members.values().all(|m| m.rejoined);
-            if g.state != GroupState::PreparingRebalance || !all_in {
-                return Ok(());
-            }
-            complete(g, topics);
-            g.record()
-        };
-        self.offsets.put_group(topics, group, &record)
+    /// Completes the group's rebalance if every member has rejoined; returns
+    /// the queued write of its new record. Call it under the groups lock.
+    fn complete_if_ready(&self, topics: &Topics, id: &str, g: &mut Group) -> Option<Pending> {
+        let all_in = g.members.values().all(|m| m.rejoined);
+        if g.state != GroupState::PreparingRebalance || !all_in {
+            return None;
+        }
+        complete(g, topics);
+        Some(self.put_group(topics, id, g))
     }
 
     pub fn sync(&self, req: &v1::SyncGroupRequest) -> Result<v1::SyncGroupResponse> {
@@ -416,8 +448,10 @@ impl Coordinator {
         Ok(v1::HeartbeatResponse { error: None })
     }
 
+    /// LeaveGroup. Blocking: waits for the group record it writes.
     pub fn leave(&self, topics: &Topics, req: &v1::LeaveGroupRequest) -> Result<()> {
-        let emptied = {
+        self.offsets.ensure_topic(topics)?;
+        let record = {
             let mut groups = self.groups.lock();
             let g = groups.get_mut(&req.group_id).ok_or_else(|| Error::UnknownGroup(req.group_id.clone()))?;
             let id = if !req.member_id.is_empty() {
@@ -429,24 +463,30 @@ impl Coordinator {
                 return Ok(());
             }
             g.remove_member(&id);
-            on_membership_change(g, Instant::now())
+            if on_membership_change(g, Instant::now()) {
+                Some(self.put_group(topics, &req.group_id, g))
+            } else {
+                // The others rebalance; they may all have rejoined already.
+                self.complete_if_ready(topics, &req.group_id, g)
+            }
         };
-        match emptied {
-            Some(record) => self.offsets.put_group(topics, &req.group_id, &record),
-            // The others rebalance; they may all have rejoined already.
-            None => self.maybe_complete(topics, &req.group_id),
-        }
+        record.map_or(Ok(()), Pending::wait_blocking)
     }
 
     /// Removes members whose session expired and completes rebalances whose
-    /// timeout passed; expires offsets of long-empty groups. Called every
-    /// ~100 ms.
+    /// timeout passed; expires offsets of long-idle empty groups. Called every
+    /// ~100 ms, blocking: waits for the writes it queues.
     pub fn tick(&self, topics: &Topics) {
         let now = Instant::now();
         let now_ms = crate::now_ms();
         let mut to_complete = Vec::new();
-        let mut to_persist = Vec::new();
         let mut to_expire = Vec::new();
+        let mut writes: Vec<(String, &'static str, Pending)> = Vec::new();
+        if !self.groups.lock().is_empty() {
+            if let Err(e) = self.offsets.ensure_topic(topics) {
+                tracing::error!(error = %e, "creating {}", offsets::OFFSETS_TOPIC);
+            }
+        }
         {
             let mut groups = self.groups.lock();
             for (id, g) in groups.iter_mut() {
@@ -464,10 +504,8 @@ impl Coordinator {
                     tracing::info!(group = %id, member = %m, "member session expired");
                     g.remove_member(m);
                 }
-                if !expired.is_empty() {
-                    if let Some(rec) = on_membership_change(g, now) {
-                        to_persist.push((id.clone(), rec));
-                    }
+                if !expired.is_empty() && on_membership_change(g, now) {
+                    writes.push((id.clone(), "persisting group", self.put_group(topics, id, g)));
                 }
                 if g.state == GroupState::PreparingRebalance {
                     let late = g.rebalance_deadline.is_some_and(|d| now >= d);
@@ -475,37 +513,42 @@ impl Coordinator {
                         to_complete.push(id.clone());
                     }
                 }
-                if g.state == GroupState::Empty
-                    && g.empty_since_ms.is_some_and(|t| now_ms - t > self.retention.as_millis() as i64)
-                {
+                if g.expired(now_ms, self.retention) {
                     to_expire.push(id.clone());
                 }
             }
-            for id in &to_complete {
-                if let Some(g) = groups.get_mut(id) {
+            for id in to_complete {
+                if let Some(g) = groups.get_mut(&id) {
                     complete(g, topics);
-                    to_persist.push((id.clone(), g.record()));
+                    let write = self.put_group(topics, &id, g);
+                    writes.push((id, "persisting group", write));
                 }
             }
-            for id in &to_expire {
-                groups.remove(id);
+            for id in to_expire {
+                groups.remove(&id);
+                tracing::info!(group = %id, "offsets expired (group empty and no commit for offsets.retention.minutes)");
+                let write = self.offsets.delete_group(topics, &id);
+                writes.push((id, "expiring group offsets", write));
             }
         }
-        for (id, rec) in to_persist {
-            if let Err(e) = self.offsets.put_group(topics, &id, &rec) {
-                tracing::error!(group = %id, error = %e, "persisting group");
-            }
-        }
-        for id in to_expire {
-            tracing::info!(group = %id, "offsets expired (group empty past offsets.retention.minutes)");
-            if let Err(e) = self.offsets.delete_group(topics, &id) {
-                tracing::error!(group = %id, error = %e, "expiring group offsets");
+        for (id, what, write) in writes {
+            if let Err(e) = write.wait_blocking() {
+                tracing::error!(group = %id, error = %e, "{what}");
             }
         }
     }
 
-    /// Validates and stores a commit. Blocking (appends and fsyncs).
+    /// Validates and stores a commit. Blocking: creates `__consumer_offsets`
+    /// if needed and waits until the commit is durable.
     pub fn commit(&self, topics: &Topics, req: &v1::CommitOffsetsRequest) -> Result<()> {
+        self.offsets.ensure_topic(topics)?;
+        self.start_commit(topics, req)?.wait_blocking()
+    }
+
+    /// Validates a commit and queues it, in the order commits are validated;
+    /// the result resolves once it is durable and applied. Never blocks;
+    /// `__consumer_offsets` must exist ([`OffsetStore::ensure_topic`]).
+    pub fn start_commit(&self, topics: &Topics, req: &v1::CommitOffsetsRequest) -> Result<Pending> {
         if req.group_id.is_empty() {
             return Err(Error::InvalidRequest("group_id must not be empty".into()));
         }
@@ -525,8 +568,10 @@ impl Coordinator {
                 Committed { offset: o.offset, metadata: o.metadata.clone(), commit_ms: now },
             ));
         }
+        // Encoded before the lock: metadata can be large.
+        let records = Records::commit(&req.group_id, &entries)?;
+        let mut groups = self.groups.lock();
         {
-            let mut groups = self.groups.lock();
             let standalone = req.member_id.is_empty() && req.generation < 0;
             if standalone {
                 let g = groups
@@ -569,7 +614,11 @@ impl Coordinator {
                 }
             }
         }
-        self.offsets.commit(topics, &req.group_id, &entries)
+        if let Some(g) = groups.get_mut(&req.group_id) {
+            g.last_commit_ms = Some(now);
+        }
+        // Queued under the lock: the write order is the validation order.
+        Ok(self.offsets.write(topics, &req.group_id, records))
     }
 
     fn known(&self, group: &str) -> Result<()> {
@@ -677,23 +726,26 @@ impl Coordinator {
         Ok(resp)
     }
 
-    fn require_empty(&self, group: &str) -> Result<()> {
-        let groups = self.groups.lock();
-        let g = groups.get(group).ok_or_else(|| Error::UnknownGroup(group.to_string()))?;
-        if !g.members.is_empty() {
-            return Err(Error::GroupNotEmpty(group.to_string(), g.members.len()));
+    /// Deletes an empty group and its offsets. Blocking.
+    pub fn delete(&self, topics: &Topics, group: &str) -> Result<()> {
+        self.offsets.ensure_topic(topics)?;
+        let (write, removed) = {
+            let mut groups = self.groups.lock();
+            require_empty(&groups, group)?;
+            (self.offsets.delete_group(topics, group), groups.remove(group))
+        };
+        if let Err(e) = write.wait_blocking() {
+            // Still stored: still there.
+            if let Some(g) = removed {
+                self.groups.lock().entry(group.to_string()).or_insert(g);
+            }
+            return Err(e);
         }
         Ok(())
     }
 
-    pub fn delete(&self, topics: &Topics, group: &str) -> Result<()> {
-        self.require_empty(group)?;
-        self.offsets.delete_group(topics, group)?;
-        self.groups.lock().remove(group);
-        Ok(())
-    }
-
     /// Moves a group's offsets for one topic; only while the group is empty.
+    /// Blocking.
     pub fn reset(
         &self,
         topics: &Topics,
@@ -703,7 +755,7 @@ impl Coordinator {
         to: ResetTo,
         dry_run: bool,
     ) -> Result<Vec<v1::OffsetEntry>> {
-        self.require_empty(group)?;
+        require_empty(&self.groups.lock(), group)?;
         let t = topics.get(topic)?;
         let chosen: Vec<u32> =
             if partitions.is_empty() { (0..t.partition_count()).collect() } else { partitions.to_vec() };
@@ -731,7 +783,17 @@ impl Coordinator {
             ));
         }
         if !dry_run {
-            self.offsets.commit(topics, group, &entries)?;
+            let records = Records::commit(group, &entries)?;
+            self.offsets.ensure_topic(topics)?;
+            let write = {
+                let mut groups = self.groups.lock();
+                require_empty(&groups, group)?;
+                if let Some(g) = groups.get_mut(group) {
+                    g.last_commit_ms = Some(now);
+                }
+                self.offsets.write(topics, group, records)
+            };
+            write.wait_blocking()?;
         }
         Ok(entries
             .into_iter()
@@ -756,19 +818,27 @@ fn join_response(g: &Group, member_id: &str, err: Option<v1::PartitionError>) ->
     }
 }
 
+fn require_empty(groups: &HashMap<String, Group>, group: &str) -> Result<()> {
+    let g = groups.get(group).ok_or_else(|| Error::UnknownGroup(group.to_string()))?;
+    if !g.members.is_empty() {
+        return Err(Error::GroupNotEmpty(group.to_string(), g.members.len()));
+    }
+    Ok(())
+}
+
 /// After members left or expired: empty the group, or rebalance the rest.
-/// Returns the group record to persist when the group became empty.
-fn on_membership_change(g: &mut Group, now: Instant) -> Option<GroupRecord> {
+/// Returns true when the group became empty (its record is to be persisted).
+fn on_membership_change(g: &mut Group, now: Instant) -> bool {
     if g.members.is_empty() {
         g.state = GroupState::Empty;
         g.rebalance_deadline = None;
         g.empty_since_ms = Some(crate::now_ms());
         // Wake anyone still waiting in JoinGroup.
         g.done.send_replace(g.generation);
-        return Some(g.record());
+        return true;
     }
     g.start_rebalance(now);
-    None
+    false
 }
 
 /// Ends a rebalance: drops members that did not rejoin, bumps the
@@ -824,4 +894,196 @@ fn complete(g: &mut Group, topics: &Topics) {
     g.state = GroupState::Stable;
     tracing::info!(generation = g.generation, members = g.members.len(), "group rebalanced");
     g.done.send_replace(g.generation);
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::config::TopicConfig;
+    use crate::store::Store;
+    use crate::topics::NewTopic;
+
+    /// A broker's storage (RocksDB + topics) in a temporary directory with a
+    /// coordinator over it, the way `Broker::start` opens them; `restart`
+    /// closes everything and opens the directory again.
+    pub(crate) struct Env {
+        pub dir: tempfile::TempDir,
+        open: Option<(Arc<Store>, Topics, Coordinator)>,
+        retention: Duration,
+        partitions: u32,
+    }
+
+    impl Env {
+        /// Topic `t` (4 partitions) and `partitions` partitions of
+        /// `__consumer_offsets`.
+        pub(crate) fn new(partitions: u32, retention: Duration) -> Env {
+            let mut env = Env { dir: tempfile::tempdir().unwrap(), open: None, retention, partitions };
+            let (store, topics) = env.open_storage();
+            let new =
+                NewTopic { name: "t".into(), partitions: 4, replication_factor: 1, configs: BTreeMap::new() };
+            topics.create(vec![new], false, crate::now_ms()).unwrap();
+            let c = env.load(&store, &topics).unwrap();
+            env.open = Some((store, topics, c));
+            env
+        }
+
+        fn open_storage(&self) -> (Arc<Store>, Topics) {
+            let dir = self.dir.path();
+            let store = Store::open(&dir.join("rocksdb"), 8 << 20, 8 << 20).unwrap();
+            let topics = Topics::load(store.clone(), dir, TopicConfig::default(), crate::now_ms()).unwrap();
+            (store, topics)
+        }
+
+        fn load(&self, store: &Arc<Store>, topics: &Topics) -> Result<Coordinator> {
+            let offsets = OffsetStore::open(store.clone(), topics, self.partitions)?;
+            Coordinator::load(offsets, self.retention)
+        }
+
+        pub(crate) fn store(&self) -> &Arc<Store> {
+            &self.open.as_ref().unwrap().0
+        }
+
+        pub(crate) fn topics(&self) -> &Topics {
+            &self.open.as_ref().unwrap().1
+        }
+
+        pub(crate) fn c(&self) -> &Coordinator {
+            &self.open.as_ref().unwrap().2
+        }
+
+        /// Closes everything and opens the same directory again, as a broker
+        /// restart does; returns what loading the groups said.
+        pub(crate) fn restart(&mut self) -> Result<()> {
+            if let Some((store, topics, c)) = self.open.take() {
+                drop(c);
+                topics.close_all();
+                drop(topics);
+                drop(store);
+            }
+            let (store, topics) = self.open_storage();
+            let c = self.load(&store, &topics)?;
+            self.open = Some((store, topics, c));
+            Ok(())
+        }
+    }
+
+    pub(crate) fn standalone(group: &str, partition: u32, offset: i64) -> v1::CommitOffsetsRequest {
+        member_commit(group, "", -1, partition, offset, String::new())
+    }
+
+    pub(crate) fn member_commit(
+        group: &str,
+        member: &str,
+        generation: i32,
+        partition: u32,
+        offset: i64,
+        metadata: String,
+    ) -> v1::CommitOffsetsRequest {
+        v1::CommitOffsetsRequest {
+            group_id: group.into(),
+            member_id: member.into(),
+            generation,
+            group_instance_id: String::new(),
+            offsets: vec![v1::OffsetEntry { topic: "t".into(), partition, offset, metadata }],
+        }
+    }
+
+    /// The group's committed offset for `t-partition` (-1: none).
+    pub(crate) fn committed(c: &Coordinator, group: &str, partition: u32) -> Result<i64> {
+        let resp = c.fetch_offsets(&v1::FetchOffsetsRequest {
+            group_id: group.into(),
+            partitions: vec![v1::TopicPartitions { topic: "t".into(), partitions: vec![partition] }],
+        })?;
+        Ok(resp.offsets.first().map_or(-1, |o| o.offset))
+    }
+
+    /// A group that keeps committing (outside any membership, as a
+    /// standalone consumer does) keeps its offsets past
+    /// offsets.retention.minutes; once it stops, they expire.
+    #[test]
+    fn a_group_that_keeps_committing_keeps_its_offsets_past_retention() {
+        let env = Env::new(1, Duration::from_millis(1000));
+        let (c, topics) = (env.c(), env.topics());
+        c.commit(topics, &standalone("busy", 0, 1)).unwrap();
+        let start = Instant::now();
+        let mut offset = 1;
+        while start.elapsed() < Duration::from_millis(3000) {
+            std::thread::sleep(Duration::from_millis(200));
+            offset += 1;
+            c.commit(topics, &standalone("busy", 0, offset)).unwrap();
+            c.tick(topics);
+            let got = committed(c, "busy", 0).map_err(|e| e.to_string());
+            assert_eq!(
+                got,
+                Ok(offset),
+                "after {:?} of commits every 200 ms (retention 1 s) the group's offset is {got:?}",
+                start.elapsed()
+            );
+        }
+        // Silent for longer than the retention: expired.
+        std::thread::sleep(Duration::from_millis(1300));
+        c.tick(topics);
+        let after = committed(c, "busy", 0);
+        assert!(matches!(after, Err(Error::UnknownGroup(_))), "{after:?}");
+    }
+
+    /// A member validated in generation N whose write is slow (large
+    /// metadata to encode) must not land after the commit of the member that
+    /// owns the partition in generation N+1.
+    #[test]
+    fn a_fenced_members_commit_never_overwrites_the_new_owners() {
+        let env = Env::new(1, Duration::from_secs(3600));
+        let (c, topics) = (env.c(), env.topics());
+        // Creates __consumer_offsets.
+        c.commit(topics, &standalone("warm-up", 0, 1)).unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        for round in 0..3i64 {
+            let group = format!("fenced-{round}");
+            let join = v1::JoinGroupRequest {
+                group_id: group.clone(),
+                member_id: String::new(),
+                group_instance_id: String::new(),
+                session_timeout_ms: 30_000,
+                rebalance_timeout_ms: 30_000,
+                topics: vec!["t".into()],
+                assignor: String::new(),
+                owned: vec![],
+                client_id: "old".into(),
+            };
+            let joined = rt.block_on(c.join(topics, join, "test".into())).unwrap();
+            assert!(joined.error.is_none(), "{joined:?}");
+            let (old, generation) = (joined.member_id.clone(), joined.generation);
+            // 2 Mi control characters: ~12 MiB of JSON to encode.
+            let slow = "\u{1}".repeat(2 << 20);
+            let (old_offset, new_offset) = (100 + round, 200 + round);
+            let old_result = std::thread::scope(|s| {
+                let writer = s.spawn(|| {
+                    c.commit(topics, &member_commit(&group, &old, generation, 0, old_offset, slow))
+                });
+                std::thread::sleep(Duration::from_millis(3));
+                // The partition moves to a new member in the next generation;
+                // the old member id is gone (fenced).
+                {
+                    let mut groups = c.groups.lock();
+                    let g = groups.get_mut(&group).unwrap();
+                    let m = g.members.remove(&old).unwrap();
+                    g.members.insert("new".into(), m);
+                    g.generation += 1;
+                }
+                let new = member_commit(&group, "new", generation + 1, 0, new_offset, String::new());
+                c.commit(topics, &new).unwrap();
+                writer.join().unwrap()
+            });
+            let stored = committed(c, &group, 0).unwrap();
+            assert_eq!(
+                stored,
+                new_offset,
+                "round {round}: the new owner committed {new_offset} after the old member was fenced \
+                 (the old member's commit of {old_offset} returned {:?}), but {stored} is stored",
+                old_result.map_err(|e| e.to_string())
+            );
+        }
+    }
 }

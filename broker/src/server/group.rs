@@ -1,6 +1,9 @@
 //! The `Group` service: consumer-group membership and offsets, thin over
-//! [`crate::groups::Coordinator`]. Calls that write (commits, group records)
-//! run on the blocking pool: they append to `__consumer_offsets` and fsync.
+//! [`crate::groups::Coordinator`]. No file I/O on the runtime threads:
+//! commits and joins queue their writes to the coordinator's group-commit
+//! writer and await them; calls that read RocksDB or wait in a blocking way
+//! (leave, delete, reset, fetch, describe) run on the blocking pool, as does
+//! creating `__consumer_offsets` the first time a write needs it.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -38,6 +41,14 @@ impl GroupService {
         let state = self.state.clone();
         tokio::task::spawn_blocking(move || f(&state)).await.map_err(|e| Error::Storage(e.to_string()))?
     }
+
+    /// Creates `__consumer_offsets` (on the blocking pool) if it is missing.
+    async fn ensure_offsets_topic(&self) -> Result<(), Error> {
+        if self.state.coordinator.offsets().has_topic(&self.state.topics) {
+            return Ok(());
+        }
+        self.blocking(|s| s.coordinator.offsets().ensure_topic(&s.topics)).await
+    }
 }
 
 #[tonic::async_trait]
@@ -71,8 +82,12 @@ impl Group for GroupService {
         let host = request.remote_addr().map(|a| a.ip().to_string()).unwrap_or_default();
         let req = request.into_inner();
         // Waits (asynchronously) for the rebalance. The member whose join
-        // completes it also writes the group record: one short append.
-        let r = self.state.coordinator.join(&self.state.topics, req, host).await;
+        // completes it also waits (asynchronously) for the group record.
+        let r = async {
+            self.ensure_offsets_topic().await?;
+            self.state.coordinator.join(&self.state.topics, req, host).await
+        }
+        .await;
         self.finish("join_group", start, r)
     }
 
@@ -117,10 +132,12 @@ impl Group for GroupService {
     ) -> Result<Response<v1::CommitOffsetsResponse>, Status> {
         let start = Instant::now();
         let req = request.into_inner();
-        let r = self
-            .blocking(move |s| s.coordinator.commit(&s.topics, &req))
-            .await
-            .map(|_| v1::CommitOffsetsResponse {});
+        let r = async {
+            self.ensure_offsets_topic().await?;
+            self.state.coordinator.start_commit(&self.state.topics, &req)?.wait().await
+        }
+        .await
+        .map(|_| v1::CommitOffsetsResponse {});
         self.finish("commit_offsets", start, r)
     }
 
@@ -130,7 +147,9 @@ impl Group for GroupService {
         request: Request<v1::FetchOffsetsRequest>,
     ) -> Result<Response<v1::FetchOffsetsResponse>, Status> {
         let start = Instant::now();
-        let r = self.state.coordinator.fetch_offsets(&request.into_inner());
+        let req = request.into_inner();
+        // Reads RocksDB.
+        let r = self.blocking(move |s| s.coordinator.fetch_offsets(&req)).await;
         self.finish("fetch_offsets", start, r)
     }
 
