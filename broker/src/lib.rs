@@ -84,7 +84,10 @@ impl Broker {
 
     /// Starts with segment files on `fs` (tests inject faults through it;
     /// RocksDB always uses the real data directory).
-    pub async fn start_with_fs(mut config: BrokerConfig, fs: Arc<dyn log::fs::LogFs>) -> anyhow::Result<Broker> {
+    pub async fn start_with_fs(
+        mut config: BrokerConfig,
+        fs: Arc<dyn log::fs::LogFs>,
+    ) -> anyhow::Result<Broker> {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
         let grpc = TcpListener::bind(config.listen)

@@ -59,13 +59,25 @@ fn a_slow_disk_on_one_partition_does_not_stall_the_others() {
         let broker = Broker::start_with_fs(config, Arc::new(fs)).await.unwrap();
         let url = format!("http://{}", broker.grpc_addr());
         let mut admin = AdminClient::connect(url.clone()).await.unwrap();
-        let slow_cfg: HashMap<String, String> =
-            [("segment.bytes", "1024"), ("flush.messages", "1")].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let slow_cfg: HashMap<String, String> = [("segment.bytes", "1024"), ("flush.messages", "1")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         admin
             .create_topics(CreateTopicsRequest {
                 topics: vec![
-                    TopicSpec { name: "slow".into(), partitions: 1, replication_factor: 1, configs: slow_cfg },
-                    TopicSpec { name: "fast".into(), partitions: 1, replication_factor: 1, configs: HashMap::new() },
+                    TopicSpec {
+                        name: "slow".into(),
+                        partitions: 1,
+                        replication_factor: 1,
+                        configs: slow_cfg,
+                    },
+                    TopicSpec {
+                        name: "fast".into(),
+                        partitions: 1,
+                        replication_factor: 1,
+                        configs: HashMap::new(),
+                    },
                 ],
                 validate_only: false,
             })
@@ -111,7 +123,12 @@ fn a_slow_disk_on_one_partition_does_not_stall_the_others() {
                     max_wait_ms: 0,
                     min_bytes: 0,
                     max_bytes: 1 << 20,
-                    partitions: vec![FetchPartition { topic: "fast".into(), partition: 0, offset: 0, max_bytes: 0 }],
+                    partitions: vec![FetchPartition {
+                        topic: "fast".into(),
+                        partition: 0,
+                        offset: 0,
+                        max_bytes: 0,
+                    }],
                 })
                 .await
                 .unwrap()
@@ -139,7 +156,10 @@ fn a_slow_disk_on_one_partition_does_not_stall_the_others() {
             let _ = tokio::time::timeout(Duration::from_secs(10), p).await;
         }
         let (f, m, h) = (p99(fetches.clone()), p99(metadata), p99(heartbeats));
-        eprintln!("p99 while slow-0 fsyncs take 500 ms: fetch {f:?}, metadata {m:?}, heartbeat {h:?} ({} rounds)", fetches.len());
+        eprintln!(
+            "p99 while slow-0 fsyncs take 500 ms: fetch {f:?}, metadata {m:?}, heartbeat {h:?} ({} rounds)",
+            fetches.len()
+        );
         for (what, d) in [("fetch", f), ("metadata", m), ("heartbeat", h)] {
             assert!(d < Duration::from_millis(50), "{what} p99 {d:?}");
         }

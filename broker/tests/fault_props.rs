@@ -96,8 +96,16 @@ struct Rig {
 impl Rig {
     fn open(&self) -> PartitionLog {
         let index = PartitionIndex::new(Arc::new(self.index.clone()), "p/t-0".into());
-        PartitionLog::open(Arc::new(self.fs.clone()), PathBuf::from("/d/t-0"), "t".into(), 0, index, &self.cfg, NOW)
-            .expect("a log must always reopen")
+        PartitionLog::open(
+            Arc::new(self.fs.clone()),
+            PathBuf::from("/d/t-0"),
+            "t".into(),
+            0,
+            index,
+            &self.cfg,
+            NOW,
+        )
+        .expect("a log must always reopen")
     }
 
     fn heal(&self) {
@@ -140,7 +148,9 @@ fn check(log: &PartitionLog, m: &Model, compact: bool) -> Result<(), TestCaseErr
         let (key, value) = (key.clone().unwrap_or_default(), value.clone().unwrap_or_default());
         match m.acked.get(offset) {
             Some((k, v)) => prop_assert_eq!((k, v), (&key, &value), "offset {} holds something else", offset),
-            None => prop_assert!(m.tried.contains(&value), "offset {} holds {:?}, never written", offset, value),
+            None => {
+                prop_assert!(m.tried.contains(&value), "offset {} holds {:?}, never written", offset, value)
+            }
         }
         seen_keys.insert(key, *offset);
     }
@@ -152,12 +162,23 @@ fn check(log: &PartitionLog, m: &Model, compact: bool) -> Result<(), TestCaseErr
         }
         for (k, o) in latest {
             if o >= start {
-                prop_assert!(seen_keys.get(k).is_some_and(|s| *s >= o), "latest of {} (offset {}) lost", k, o);
+                prop_assert!(
+                    seen_keys.get(k).is_some_and(|s| *s >= o),
+                    "latest of {} (offset {}) lost",
+                    k,
+                    o
+                );
             }
         }
     } else {
         for o in m.acked.keys().filter(|o| **o >= start) {
-            prop_assert!(read.contains(o), "acknowledged offset {} lost (log {}..{})", o, start, log.log_end_offset());
+            prop_assert!(
+                read.contains(o),
+                "acknowledged offset {} lost (log {}..{})",
+                o,
+                start,
+                log.log_end_offset()
+            );
         }
     }
     Ok(())
@@ -201,7 +222,12 @@ fn run(steps: Vec<Step>, compact: bool) -> Result<(), TestCaseError> {
                         // a retry answered with the original offset).
                         if records > 0 {
                             if let Some((&max, _)) = m.acked.last_key_value() {
-                                prop_assert!(offset > max, "offset {} handed out again (max {})", offset, max);
+                                prop_assert!(
+                                    offset > max,
+                                    "offset {} handed out again (max {})",
+                                    offset,
+                                    max
+                                );
                             }
                         }
                         m.tried.remove(&value);

@@ -80,7 +80,8 @@ fn a_failed_append_leaves_no_trace() {
             _ => rig.fs.set_capacity(Some(rig.fs.used_bytes() + 10)),
         }
         let lost = idempotent_batch(7, 3, &["lost"]);
-        let err = log.append(&lost, &cfg, NOW).err().unwrap_or_else(|| panic!("{fault}: the append succeeded"));
+        let err =
+            log.append(&lost, &cfg, NOW).err().unwrap_or_else(|| panic!("{fault}: the append succeeded"));
         if fault == "disk full" {
             assert!(err.is_disk_full(), "{err}");
         }
@@ -93,7 +94,11 @@ fn a_failed_append_leaves_no_trace() {
         let info = log.append(&lost, &cfg, NOW).unwrap();
         assert_eq!((info.base_offset, info.records), (3, 1), "{fault}");
         info.sync.unwrap().sync().unwrap();
-        let expect: Vec<_> = ["ok0", "ok1", "ok2", "lost"].iter().enumerate().map(|(i, v)| (i as i64, v.to_string())).collect();
+        let expect: Vec<_> = ["ok0", "ok1", "ok2", "lost"]
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (i as i64, v.to_string()))
+            .collect();
         assert_eq!(values(&log), expect, "{fault}");
         drop(log);
         rig.power_loss(usize::MAX);
@@ -117,7 +122,8 @@ fn an_fsync_error_takes_the_log_offline() {
         }
         rig.fs.fail_nth(FaultOp::Sync, 1, libc::EIO);
         let info = log.append(&value_batch(&["after"]), &cfg, NOW).unwrap();
-        let ticket = if timed { log.due_flush(&cfg, NOW + 20).expect("due") } else { info.sync.expect("ticket") };
+        let ticket =
+            if timed { log.due_flush(&cfg, NOW + 20).expect("due") } else { info.sync.expect("ticket") };
         let err = ticket.sync().unwrap_err();
         assert!(matches!(err, Error::LogOffline { .. }), "{err}");
         assert!(err.to_string().contains("fsync failed"), "{err}");
@@ -205,7 +211,8 @@ fn producer_state_is_rebuilt_from_snapshots() {
     let cfg = config(&[("segment.bytes", "1024"), ("flush.messages", "1")]);
     let mut log = rig.open(&cfg);
     for i in 0..40 {
-        append_synced(&mut log, &idempotent_batch(4, i, &[&format!("v{i:03}-padding-padding")]), &cfg).unwrap();
+        append_synced(&mut log, &idempotent_batch(4, i, &[&format!("v{i:03}-padding-padding")]), &cfg)
+            .unwrap();
     }
     assert!(log.segment_count() > 2);
     let before = log.producers().clone();
@@ -263,7 +270,10 @@ fn a_crash_during_the_compaction_swap_is_recovered() {
             assert!(before.contains(r), "{crash_at}: {r:?} is not what was written there");
         }
         for k in ["k0", "k1", "k2"] {
-            assert!(after.contains(&(before.iter().rfind(|r| r.1.starts_with(k)).unwrap().clone())), "{crash_at}");
+            assert!(
+                after.contains(&(before.iter().rfind(|r| r.1.starts_with(k)).unwrap().clone())),
+                "{crash_at}"
+            );
         }
         assert!(after.len() < before.len(), "{crash_at}: compaction result lost");
     }

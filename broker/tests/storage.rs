@@ -191,7 +191,8 @@ fn compaction_keeps_latest_per_key_with_original_offsets() {
 #[test]
 fn compaction_never_strands_a_reader() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(&[("cleanup.policy", "compact"), ("segment.bytes", "1024"), ("min.compaction.lag.ms", "0")]);
+    let cfg =
+        config(&[("cleanup.policy", "compact"), ("segment.bytes", "1024"), ("min.compaction.lag.ms", "0")]);
     let mut log = open(dir.path(), &cfg);
     log.append(&batch(&[(Some("a"), Some("first"), NOW)]), &cfg, NOW).unwrap();
     for i in 1..=200 {

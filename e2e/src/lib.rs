@@ -291,7 +291,8 @@ pub async fn read_to_end(
     use tributary_client::{Admin, Consumer, ConsumerConfig, OffsetSpec};
     let admin = Admin::connect(bootstrap).await?;
     let end = admin.list_offsets(topic, partition, OffsetSpec::Latest).await?;
-    let mut c = Consumer::connect(ConsumerConfig { bootstrap: bootstrap.to_string(), ..Default::default() }).await?;
+    let mut c =
+        Consumer::connect(ConsumerConfig { bootstrap: bootstrap.to_string(), ..Default::default() }).await?;
     c.assign(topic, partition, OffsetSpec::Earliest).await?;
     let mut out = Vec::new();
     let mut last_progress = Instant::now();

@@ -44,8 +44,17 @@ async fn a_compacted_topic_is_read_to_its_end() {
     let b = Broker::start().unwrap();
     ok(b.cli(
         &[
-            "topic", "create", "ck", "--partitions", "1", "--config", "cleanup.policy=compact", "--config",
-            "segment.bytes=1024", "--config", "min.compaction.lag.ms=0",
+            "topic",
+            "create",
+            "ck",
+            "--partitions",
+            "1",
+            "--config",
+            "cleanup.policy=compact",
+            "--config",
+            "segment.bytes=1024",
+            "--config",
+            "min.compaction.lag.ms=0",
         ],
         "",
     )
@@ -63,14 +72,16 @@ async fn a_compacted_topic_is_read_to_its_end() {
     assert_eq!((last.key.as_deref(), last.value.as_deref()), (Some(&b"b"[..]), Some(&b"v200"[..])));
     assert_eq!(last.offset, 200);
     assert!(records.len() < 100, "nothing was compacted: {}", records.len());
-    let out = ok(b.cli(&["consume", "ck", "--from-beginning", "--print-key", "--timeout-ms", "1500"], "").unwrap());
+    let out =
+        ok(b.cli(&["consume", "ck", "--from-beginning", "--print-key", "--timeout-ms", "1500"], "").unwrap());
     assert!(out.starts_with("a\tfirst\n"), "{out}");
     assert!(out.ends_with("b\tv200\n"), "{out}");
     // A group reading it reaches lag 0.
     ok(b.cli(&["consume", "ck", "--group", "g", "--from-beginning", "--timeout-ms", "1500"], "").unwrap());
     let described = ok(b.cli(&["group", "describe", "g"], "").unwrap());
     // TOPIC PARTITION COMMITTED LOG-END LAG OWNER
-    let row: Vec<_> = described.lines().find(|l| l.starts_with("ck ")).expect(&described).split_whitespace().collect();
+    let row: Vec<_> =
+        described.lines().find(|l| l.starts_with("ck ")).expect(&described).split_whitespace().collect();
     assert_eq!((row[2], row[3], row[4]), ("201", "201", "0"), "{described}");
 }
 
@@ -81,7 +92,8 @@ async fn internal_topics_are_written_only_by_brokers() {
     let mut b = Broker::start().unwrap();
     ok(b.cli(&["topic", "create", "t", "--partitions", "1"], "").unwrap());
     ok(b.cli(&["produce", "t"], "x\n").unwrap());
-    ok(b.cli(&["consume", "t", "--group", "dashboards", "--from-beginning", "--max-messages", "1"], "").unwrap());
+    ok(b.cli(&["consume", "t", "--group", "dashboards", "--from-beginning", "--max-messages", "1"], "")
+        .unwrap());
     let url = format!("http://{}", b.grpc);
     let mut log = LogClient::connect(url.clone()).await.unwrap();
     let mut admin = AdminClient::connect(url).await.unwrap();
@@ -93,13 +105,18 @@ async fn internal_topics_are_written_only_by_brokers() {
         timeout_ms: 5000,
         topics: vec![TopicProduceData {
             name: "__consumer_offsets".into(),
-            partitions: (0..8).map(|partition| PartitionProduceData { partition, records: garbage.clone() }).collect(),
+            partitions: (0..8)
+                .map(|partition| PartitionProduceData { partition, records: garbage.clone() })
+                .collect(),
         }],
     };
     let err = log.produce(req).await.unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
     assert!(err.message().contains("internal"), "{}", err.message());
-    let err = admin.delete_topics(DeleteTopicsRequest { names: vec!["__consumer_offsets".into()] }).await.unwrap_err();
+    let err = admin
+        .delete_topics(DeleteTopicsRequest { names: vec!["__consumer_offsets".into()] })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
     let err = admin
         .alter_topic_configs(AlterTopicConfigsRequest {
@@ -127,19 +144,27 @@ async fn fetch_size_is_capped_by_the_broker() {
     let b = Broker::start_with(&format!("{FAST_MAINTENANCE}fetch_max_bytes = 1048576\n")).unwrap();
     let admin = Admin::connect(&b.bootstrap()).await.unwrap();
     admin.create_topic("big", 1, 1, cfg(&[])).await.unwrap();
-    let p = Producer::connect(ProducerConfig { bootstrap: b.bootstrap(), ..ProducerConfig::default() }).await.unwrap();
+    let p = Producer::connect(ProducerConfig { bootstrap: b.bootstrap(), ..ProducerConfig::default() })
+        .await
+        .unwrap();
     let value = Bytes::from(vec![7u8; 10_000]);
     for _ in 0..400 {
         p.send(ProducerRecord::new("big", value.clone())).await.unwrap();
     }
     p.flush().await.unwrap();
-    let mut log = LogClient::connect(format!("http://{}", b.grpc)).await.unwrap().max_decoding_message_size(usize::MAX);
+    let mut log =
+        LogClient::connect(format!("http://{}", b.grpc)).await.unwrap().max_decoding_message_size(usize::MAX);
     let resp = log
         .fetch(FetchRequest {
             max_wait_ms: 0,
             min_bytes: 0,
             max_bytes: u32::MAX,
-            partitions: vec![FetchPartition { topic: "big".into(), partition: 0, offset: 0, max_bytes: u32::MAX }],
+            partitions: vec![FetchPartition {
+                topic: "big".into(),
+                partition: 0,
+                offset: 0,
+                max_bytes: u32::MAX,
+            }],
         })
         .await
         .unwrap()
@@ -152,7 +177,9 @@ async fn fetch_size_is_capped_by_the_broker() {
 #[test]
 fn oversized_segments_are_refused() {
     let b = Broker::start().unwrap();
-    let out = b.cli(&["topic", "create", "s", "--partitions", "1", "--config", "segment.bytes=4294967296"], "").unwrap();
+    let out = b
+        .cli(&["topic", "create", "s", "--partitions", "1", "--config", "segment.bytes=4294967296"], "")
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("segment.bytes") && err.contains("at most"), "{err}");
@@ -165,10 +192,15 @@ struct Tmpfs(tempfile::TempDir);
 impl Tmpfs {
     fn mount(size: &str) -> Option<Tmpfs> {
         let dir = tempfile::Builder::new().prefix("tributary-full-").tempdir().ok()?;
-        let out = Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(dir.path()).output();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output();
         match out {
             Ok(o) if o.status.success() => Some(Tmpfs(dir)),
-            Ok(o) => skipped(&format!("cannot mount a tmpfs ({})", String::from_utf8_lossy(&o.stderr).trim())),
+            Ok(o) => {
+                skipped(&format!("cannot mount a tmpfs ({})", String::from_utf8_lossy(&o.stderr).trim()))
+            }
             Err(e) => skipped(&format!("cannot run mount ({e})")),
         }
     }
@@ -198,7 +230,8 @@ impl Drop for Tmpfs {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_never_takes_the_broker_down() {
     let Some(disk) = Tmpfs::mount("24m") else { return };
-    let mut b = Broker::start_in(disk.0.path(), &format!("{FAST_MAINTENANCE}disk_reserve_bytes = 2097152\n")).unwrap();
+    let mut b = Broker::start_in(disk.0.path(), &format!("{FAST_MAINTENANCE}disk_reserve_bytes = 2097152\n"))
+        .unwrap();
     let admin = Admin::connect(&b.bootstrap()).await.unwrap();
     admin.create_topic("keep", 1, 1, cfg(&[("flush.messages", "1")])).await.unwrap();
     admin.create_topic("filler", 1, 1, cfg(&[("segment.bytes", "1048576")])).await.unwrap();
@@ -240,7 +273,9 @@ async fn a_full_disk_never_takes_the_broker_down() {
                 .await
                 .unwrap()
                 .into_iter()
-                .map(|r| (r.offset, String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()).into_owned()))
+                .map(|r| {
+                    (r.offset, String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()).into_owned())
+                })
                 .collect::<Vec<_>>()
         }
     };

@@ -932,7 +932,14 @@ pub(crate) mod tests {
         fn open_storage(&self) -> (Arc<Store>, Topics) {
             let dir = self.dir.path();
             let store = Store::open(&dir.join("rocksdb"), 8 << 20, 8 << 20).unwrap();
-            let topics = Topics::load(store.clone(), dir, TopicConfig::default(), crate::now_ms()).unwrap();
+            let topics = Topics::load(
+                store.clone(),
+                crate::log::fs::real(),
+                dir,
+                TopicConfig::default(),
+                crate::now_ms(),
+            )
+            .unwrap();
             (store, topics)
         }
 

@@ -138,7 +138,11 @@ impl PartitionLog {
                 self.fs.remove_file(&c.cleaned_path).ok();
                 continue;
             }
-            let path = self.segments.get(&c.base).map(|s| s.path.clone()).ok_or_else(|| storage("segment vanished"))?;
+            let path = self
+                .segments
+                .get(&c.base)
+                .map(|s| s.path.clone())
+                .ok_or_else(|| storage("segment vanished"))?;
             let next_offset = self.segments.get(&c.base).map_or(c.base, |s| s.next_offset);
             let swap_path = fs::with_suffix(&path, SWAP_SUFFIX);
             self.fs.rename(&c.cleaned_path, &swap_path)?;

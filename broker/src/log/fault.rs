@@ -416,7 +416,8 @@ fn apply(cfs: &mut HashMap<String, Cf>, cf: &str, ops: &[IndexOp]) {
             }
             IndexOp::DeleteRange(from, to) => {
                 if from < to {
-                    let doomed: Vec<_> = map.range(from.clone()..to.clone()).map(|(k, _)| k.clone()).collect();
+                    let doomed: Vec<_> =
+                        map.range(from.clone()..to.clone()).map(|(k, _)| k.clone()).collect();
                     for k in doomed {
                         map.remove(&k);
                     }

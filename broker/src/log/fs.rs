@@ -24,6 +24,10 @@ pub trait LogFile: Send + Sync {
     /// fsyncs the file's data (fdatasync).
     fn sync(&self) -> io::Result<()>;
     fn len(&self) -> io::Result<u64>;
+
+    fn is_empty(&self) -> io::Result<bool> {
+        Ok(self.len()? == 0)
+    }
 }
 
 /// The file system as the log sees it.

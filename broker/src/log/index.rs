@@ -266,24 +266,21 @@ impl PartitionIndex {
     /// The first time-index entry with timestamp `>= ts`: `(timestamp, offset)`.
     pub fn time_ceiling(&self, ts: i64) -> Result<Option<(i64, i64)>> {
         let from = key_u64(TIME, ts_key(ts));
-        Ok(self.first(&from, &[TIME + 1], false)?.and_then(|(k, v)| {
-            Some((ts_from_key(key_number(&k, TIME)?), read_u64(&v)? as i64))
-        }))
+        Ok(self
+            .first(&from, &[TIME + 1], false)?
+            .and_then(|(k, v)| Some((ts_from_key(key_number(&k, TIME)?), read_u64(&v)? as i64))))
     }
 
     /// The newest time-index entry: `(timestamp, offset)`.
     pub fn last_time(&self) -> Result<Option<(i64, i64)>> {
-        Ok(self.first(&[TIME], &[TIME + 1], true)?.and_then(|(k, v)| {
-            Some((ts_from_key(key_number(&k, TIME)?), read_u64(&v)? as i64))
-        }))
+        Ok(self
+            .first(&[TIME], &[TIME + 1], true)?
+            .and_then(|(k, v)| Some((ts_from_key(key_number(&k, TIME)?), read_u64(&v)? as i64))))
     }
 
     pub fn segment_meta(&self, base: i64) -> Result<Option<SegmentMeta>> {
         Ok(self.store.get(&self.cf, &key_u64(SEGMENT, base as u64))?.and_then(|v| {
-            Some(SegmentMeta {
-                max_timestamp: read_u64(&v)? as i64,
-                size: v.get(8..).and_then(read_u64),
-            })
+            Some(SegmentMeta { max_timestamp: read_u64(&v)? as i64, size: v.get(8..).and_then(read_u64) })
         }))
     }
 
@@ -320,9 +317,7 @@ impl PartitionIndex {
     /// The newest producer snapshot at or below `offset`: `(offset, bytes)`.
     pub fn producer_snapshot_floor(&self, offset: i64) -> Result<Option<(i64, Vec<u8>)>> {
         let to = key_u64(SNAPSHOT, offset.max(0) as u64 + 1);
-        Ok(self
-            .first(&[SNAPSHOT], &to, true)?
-            .and_then(|(k, v)| Some((key_number(&k, SNAPSHOT)? as i64, v))))
+        Ok(self.first(&[SNAPSHOT], &to, true)?.and_then(|(k, v)| Some((key_number(&k, SNAPSHOT)? as i64, v))))
     }
 
     /// Removes snapshots for offsets in `[from, to)`.

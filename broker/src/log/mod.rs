@@ -366,7 +366,8 @@ impl PartitionLog {
         self.write_staged(&mut staged, now_ms)?;
         let records = staged.records;
         self.unflushed += records;
-        let sync = if self.unflushed >= config.flush_messages { Some(self.flush_ticket(now_ms)) } else { None };
+        let sync =
+            if self.unflushed >= config.flush_messages { Some(self.flush_ticket(now_ms)) } else { None };
         Ok(AppendInfo {
             base_offset: staged.base_offset(self.log_end_offset),
             batch_base_offsets: staged.batch_base_offsets,
@@ -493,7 +494,11 @@ impl PartitionLog {
         FlushTicket {
             file: active.file.clone(),
             index,
-            point: recovery::RecoveryPoint { base_offset: active.base_offset, position: active.size, next_offset },
+            point: recovery::RecoveryPoint {
+                base_offset: active.base_offset,
+                position: active.size,
+                next_offset,
+            },
             shared,
         }
     }
@@ -537,7 +542,8 @@ impl PartitionLog {
         self.index.put_meta(&mut w, index::META_RECOVERY_POINT, &point.encode());
         // Durable: also makes every index entry of the closed segment durable.
         self.index.write_durable(w)?;
-        let segment = Segment::create(&*self.fs, &self.dir, next).map_err(|e| Error::from_io("rolling", e))?;
+        let segment =
+            Segment::create(&*self.fs, &self.dir, next).map_err(|e| Error::from_io("rolling", e))?;
         self.segments.insert(next, segment);
         self.unflushed = 0;
         Ok(())

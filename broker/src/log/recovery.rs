@@ -115,7 +115,9 @@ pub const SWAP_SUFFIX: &str = ".swap";
 /// compaction swap replaced during this call (their index must be rebuilt).
 /// An unfinished compaction output (`*.cleaned`) is removed: the original is
 /// still in place. A complete one (`*.swap`) replaces its original.
-fn list_segments(fs: &dyn LogFs, dir: &Path) -> Result<(Vec<(i64, PathBuf)>, BTreeSet<i64>)> {
+type SegmentFiles = Vec<(i64, PathBuf)>;
+
+fn list_segments(fs: &dyn LogFs, dir: &Path) -> Result<(SegmentFiles, BTreeSet<i64>)> {
     let mut names = fs.list(dir)?;
     names.sort();
     let mut swapped = BTreeSet::new();

@@ -211,8 +211,7 @@ impl LogService {
         // response is built in memory.
         let cap = self.state.config.fetch_max_bytes.max(1) as usize;
         let max_total = if req.max_bytes == 0 { cap } else { (req.max_bytes as usize).min(cap) };
-        let targets: Arc<Vec<_>> =
-            Arc::new(targets.into_iter().map(|(p, want)| (p, want.clone())).collect());
+        let targets: Arc<Vec<_>> = Arc::new(targets.into_iter().map(|(p, want)| (p, want.clone())).collect());
         loop {
             // Subscribe before reading so an append in between still wakes us.
             let mut watchers: Vec<_> = targets.iter().map(|(p, _)| p.subscribe()).collect();
@@ -348,7 +347,6 @@ fn read_one(
     }
     resp
 }
-
 
 #[tonic::async_trait]
 impl Log for LogService {

@@ -56,7 +56,6 @@ pub fn read_all(log: &PartitionLog, from: i64) -> Vec<(i64, Option<String>, Opti
     out
 }
 
-
 /// One batch from an idempotent producer: `values` with sequence numbers
 /// from `seq` on.
 pub fn idempotent_batch(producer_id: i64, seq: i32, values: &[&str]) -> Vec<u8> {
