@@ -25,12 +25,14 @@ fn ok(out: std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-async fn one_per_request(b: &Broker) -> Producer {
+/// One record per request, acks=1, with `retries` retries.
+async fn one_per_request(b: &Broker, retries: u32) -> Producer {
     Producer::connect(ProducerConfig {
         bootstrap: b.bootstrap(),
         acks: Acks::Leader,
         linger: Duration::ZERO,
         batch_size: 1,
+        retries,
         ..ProducerConfig::default()
     })
     .await
@@ -59,7 +61,7 @@ async fn a_compacted_topic_is_read_to_its_end() {
         "",
     )
     .unwrap());
-    let p = one_per_request(&b).await;
+    let p = one_per_request(&b, 5).await;
     p.send(ProducerRecord::new("ck", "first").key("a")).await.unwrap().await.unwrap();
     for i in 1..=200 {
         p.send(ProducerRecord::new("ck", format!("v{i}")).key("b")).await.unwrap().await.unwrap();
@@ -235,16 +237,7 @@ async fn a_full_disk_never_takes_the_broker_down() {
     let admin = Admin::connect(&b.bootstrap()).await.unwrap();
     admin.create_topic("keep", 1, 1, cfg(&[("flush.messages", "1")])).await.unwrap();
     admin.create_topic("filler", 1, 1, cfg(&[("segment.bytes", "1048576")])).await.unwrap();
-    let p = Producer::connect(ProducerConfig {
-        bootstrap: b.bootstrap(),
-        acks: Acks::Leader,
-        linger: Duration::ZERO,
-        batch_size: 1,
-        retries: 0,
-        ..ProducerConfig::default()
-    })
-    .await
-    .unwrap();
+    let p = one_per_request(&b, 0).await;
     let mut acked = Vec::new();
     let mut full_error = None;
     let filler = Bytes::from(vec![1u8; 200_000]);
@@ -284,16 +277,7 @@ async fn a_full_disk_never_takes_the_broker_down() {
     b.kill9().unwrap();
     b.restart().unwrap();
     assert_eq!(read(&b).await, acked);
-    let p = Producer::connect(ProducerConfig {
-        bootstrap: b.bootstrap(),
-        acks: Acks::Leader,
-        linger: Duration::ZERO,
-        batch_size: 1,
-        retries: 0,
-        ..ProducerConfig::default()
-    })
-    .await
-    .unwrap();
+    let p = one_per_request(&b, 0).await;
     // Deleting the filler frees space, and produce resumes.
     admin.delete_topic("filler").await.unwrap();
     let next = eventually(Duration::from_secs(20), || async {

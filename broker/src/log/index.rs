@@ -186,31 +186,30 @@ impl PartitionIndex {
     /// Removes time-index entries pointing at offsets `>= from` (they come
     /// last: the time index only grows with offsets).
     pub fn delete_time_from_offset(&self, w: &mut IndexWrites, from: i64) -> Result<()> {
-        let mut doomed = Vec::new();
-        self.store.range(&self.cf, &[TIME], &[TIME + 1], true, &mut |k, v| match read_u64(v) {
-            Some(off) if off as i64 >= from => {
-                doomed.push(k.to_vec());
-                true
-            }
-            _ => false,
-        })?;
-        for k in doomed {
-            w.delete(k);
-        }
-        Ok(())
+        self.delete_time_while(w, true, |off| off >= from)
     }
 
     /// Removes time-index entries pointing at offsets `< before`.
     pub fn delete_time_below_offset(&self, w: &mut IndexWrites, before: i64) -> Result<()> {
-        let mut doomed = Vec::new();
-        self.store.range(&self.cf, &[TIME], &[TIME + 1], false, &mut |k, v| match read_u64(v) {
-            Some(off) if (off as i64) < before => {
-                doomed.push(k.to_vec());
+        self.delete_time_while(w, false, |off| off < before)
+    }
+
+    /// Deletes time-index entries from one end while `doomed(offset)` holds.
+    fn delete_time_while(
+        &self,
+        w: &mut IndexWrites,
+        from_end: bool,
+        doomed: impl Fn(i64) -> bool,
+    ) -> Result<()> {
+        let mut keys = Vec::new();
+        self.store.range(&self.cf, &[TIME], &[TIME + 1], from_end, &mut |k, v| match read_u64(v) {
+            Some(off) if doomed(off as i64) => {
+                keys.push(k.to_vec());
                 true
             }
             _ => false,
         })?;
-        for k in doomed {
+        for k in keys {
             w.delete(k);
         }
         Ok(())
