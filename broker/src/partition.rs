@@ -13,9 +13,9 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 
 use crate::config::TopicConfig;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::log::fs::LogFs;
-use crate::log::{AppendInfo, Locate, LogShared, PartitionLog, ReadOutcome};
+use crate::log::{read_located, AppendInfo, LogShared, PartitionLog};
 
 pub struct Partition {
     pub topic: String,
@@ -61,36 +61,13 @@ impl Partition {
     /// emptied its end) is skipped, so a reader below the high watermark
     /// always gets data.
     pub fn read(&self, offset: i64, max_bytes: usize) -> Result<ReadResult> {
-        let mut at = offset;
-        loop {
-            let (locate, high_watermark, log_start_offset) = {
-                let log = self.log.lock();
-                (log.locate(at)?, log.high_watermark(), log.log_start_offset())
-            };
-            let records = match locate {
-                Locate::OutOfRange { start, end } => {
-                    return Err(Error::OffsetOutOfRange {
-                        topic: self.topic.clone(),
-                        partition: self.id,
-                        offset,
-                        start,
-                        end,
-                    })
-                }
-                Locate::AtEnd => Bytes::new(),
-                // The file read happens outside the lock.
-                Locate::Read(plan) => match plan.read(max_bytes)? {
-                    ReadOutcome::Data(b) => b,
-                    ReadOutcome::NotYet => Bytes::new(),
-                    ReadOutcome::Exhausted(next) if next > at => {
-                        at = next;
-                        continue;
-                    }
-                    ReadOutcome::Exhausted(_) => Bytes::new(),
-                },
-            };
-            return Ok(ReadResult { records, high_watermark, log_start_offset });
-        }
+        let (mut high_watermark, mut log_start_offset) = (-1, -1);
+        let records = read_located(&self.topic, self.id, offset, max_bytes, |at| {
+            let log = self.log.lock();
+            (high_watermark, log_start_offset) = (log.high_watermark(), log.log_start_offset());
+            log.locate(at)
+        })?;
+        Ok(ReadResult { records, high_watermark, log_start_offset })
     }
 
     pub fn subscribe(&self) -> watch::Receiver<i64> {

@@ -394,15 +394,13 @@ impl ChunkWriter<'_> {
 
 /// Calls `f` with each whole batch of a segment, in order.
 fn for_each_batch(file: &dyn LogFile, size: u64, mut f: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
-    let mut pos = 0u64;
-    while let Some(h) = segment::header_at(file, pos, size)? {
+    for item in segment::headers(file, 0, size) {
+        let (pos, h) = item?;
         let len = h.total_len();
         if pos + len as u64 > size {
             break;
         }
-        let bytes = segment::read_at(file, pos, len)?;
-        f(&bytes)?;
-        pos += len as u64;
+        f(&segment::read_at(file, pos, len)?)?;
     }
     Ok(())
 }

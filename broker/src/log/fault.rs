@@ -513,12 +513,13 @@ impl IndexStore for MemIndexStore {
     }
 
     fn write(&self, cf: &str, ops: &[IndexOp], durable: bool) -> Result<()> {
-        if let Some(e) = self.rules.lock().hit(FaultOp::IndexWrite, Path::new(cf)) {
-            let text = if e == libc::ENOSPC { "No space left on device" } else { "Input/output error" };
-            return Err(Error::from(errno(e))).map_err(|err| match err {
-                Error::DiskFull(_) => Error::DiskFull(format!("rocksdb: IO error: {text} (injected)")),
-                _ => Error::Storage(format!("rocksdb: IO error: {text} (injected)")),
-            });
+        // Worded as RocksDB words its errors.
+        match self.rules.lock().hit(FaultOp::IndexWrite, Path::new(cf)) {
+            Some(libc::ENOSPC) => {
+                return Err(Error::DiskFull("rocksdb: IO error: No space left on device (injected)".into()))
+            }
+            Some(_) => return Err(Error::Storage("rocksdb: IO error: Input/output error (injected)".into())),
+            None => {}
         }
         let mut st = self.state.lock();
         apply(&mut st.live, cf, ops);

@@ -594,28 +594,7 @@ impl PartitionLog {
     /// in-process use (lookups, tests); the servers read via
     /// [`crate::partition::Partition::read`], which drops the lock for I/O.
     pub fn read(&self, offset: i64, max_bytes: usize) -> Result<Bytes> {
-        let mut at = offset;
-        loop {
-            let plan = match self.locate(at)? {
-                Locate::Read(plan) => plan,
-                Locate::AtEnd => return Ok(Bytes::new()),
-                Locate::OutOfRange { start, end } => {
-                    return Err(Error::OffsetOutOfRange {
-                        topic: self.topic.clone(),
-                        partition: self.partition,
-                        offset: at,
-                        start,
-                        end,
-                    })
-                }
-            };
-            match plan.read(max_bytes)? {
-                ReadOutcome::Data(b) => return Ok(b),
-                ReadOutcome::NotYet => return Ok(Bytes::new()),
-                ReadOutcome::Exhausted(next) if next > at => at = next,
-                ReadOutcome::Exhausted(_) => return Ok(Bytes::new()),
-            }
-        }
+        read_located(&self.topic, self.partition, offset, max_bytes, |at| self.locate(at))
     }
 
     /// First offset whose record timestamp is `>= ts`, with that timestamp.
@@ -686,6 +665,41 @@ impl PartitionLog {
             .take(n.saturating_sub(1))
             .map(|s| (s.base_offset, s.next_offset, s.max_timestamp, s.size))
             .collect()
+    }
+}
+
+/// Whole batches from the first one holding an offset `>= offset`, at most
+/// `max_bytes` (at least one batch), going on past segments that hold
+/// nothing at or after it (compaction can empty a segment's end). `locate`
+/// finds what to read, under whatever lock the caller needs; the file reads
+/// happen outside it.
+pub fn read_located(
+    topic: &str,
+    partition: u32,
+    offset: i64,
+    max_bytes: usize,
+    mut locate: impl FnMut(i64) -> Result<Locate>,
+) -> Result<Bytes> {
+    let mut at = offset;
+    loop {
+        let plan = match locate(at)? {
+            Locate::Read(plan) => plan,
+            Locate::AtEnd => return Ok(Bytes::new()),
+            Locate::OutOfRange { start, end } => {
+                return Err(Error::OffsetOutOfRange {
+                    topic: topic.to_string(),
+                    partition,
+                    offset,
+                    start,
+                    end,
+                })
+            }
+        };
+        match plan.read(max_bytes)? {
+            ReadOutcome::Data(b) => return Ok(b),
+            ReadOutcome::Exhausted(next) if next > at => at = next,
+            ReadOutcome::NotYet | ReadOutcome::Exhausted(_) => return Ok(Bytes::new()),
+        }
     }
 }
 

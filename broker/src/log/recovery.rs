@@ -34,7 +34,7 @@ use super::producer_state::{ProducerEntry, ProducerStates};
 use super::segment::{self, Segment};
 use super::{LogShared, PartitionLog};
 use crate::config::TopicConfig;
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// The end of the last fsync: `position` bytes of the segment at
 /// `base_offset`, holding offsets below `next_offset`.
@@ -305,12 +305,11 @@ impl PartitionLog {
             if seg.next_offset <= from {
                 continue;
             }
-            let mut pos = 0u64;
-            while let Some(h) = segment::header_at(&*seg.file, pos, seg.size)? {
+            for item in segment::headers(&*seg.file, 0, seg.size) {
+                let (_, h) = item?;
                 if h.base_offset >= from && h.base_offset < end {
                     states.replay(&h, now_ms);
                 }
-                pos += h.total_len() as u64;
             }
         }
         self.producers = states;
@@ -334,11 +333,8 @@ impl PartitionLog {
 
         // Max timestamp of the part that is not re-read: header by header.
         let mut max_ts = i64::MIN;
-        let mut pos = 0u64;
-        while pos < start.0 {
-            let Some(h) = segment::header_at(&*seg.file, pos, start.0)? else { break };
-            max_ts = max_ts.max(h.max_timestamp);
-            pos += h.total_len() as u64;
+        for item in segment::headers(&*seg.file, 0, start.0) {
+            max_ts = max_ts.max(item?.1.max_timestamp);
         }
 
         // Re-read and verify the rest, re-indexing as appends would have.
@@ -409,20 +405,21 @@ fn offset_index_matches(index: &PartitionIndex, seg: &Segment) -> Result<bool> {
 pub(crate) fn reindex_segment(index: &PartitionIndex, seg: &Segment, config: &TopicConfig) -> Result<()> {
     let mut w = IndexWrites::new();
     index.delete_offsets(&mut w, seg.base_offset, seg.next_offset);
-    let mut pos = 0u64;
     let mut since = 0u64;
-    while let Some(h) = segment::header_at(&*seg.file, pos, seg.size)? {
+    let mut max_timestamp = i64::MIN;
+    for item in segment::headers(&*seg.file, 0, seg.size) {
+        let (pos, h) = item?;
         if pos == 0 || since >= config.index_interval_bytes {
             index.put_offset(&mut w, h.base_offset, pos as u32);
             since = 0;
         }
         since += h.total_len() as u64;
-        pos += h.total_len() as u64;
+        max_timestamp = max_timestamp.max(h.max_timestamp);
     }
     index.put_segment_meta(
         &mut w,
         seg.base_offset,
-        index::SegmentMeta { max_timestamp: scan_max_timestamp(seg)?, size: Some(seg.size) },
+        index::SegmentMeta { max_timestamp, size: Some(seg.size) },
     );
     index.write_durable(w)
 }
@@ -452,10 +449,8 @@ fn read_valid_batch(seg: &Segment, pos: u64, size: u64) -> Result<Option<(BatchH
 /// Largest timestamp in a closed segment whose max was not recorded.
 fn scan_max_timestamp(seg: &Segment) -> Result<i64> {
     let mut max_ts = i64::MIN;
-    let mut pos = 0u64;
-    while let Some(h) = segment::header_at(&*seg.file, pos, seg.size).map_err(Error::from)? {
-        max_ts = max_ts.max(h.max_timestamp);
-        pos += h.total_len() as u64;
+    for item in segment::headers(&*seg.file, 0, seg.size) {
+        max_ts = max_ts.max(item?.1.max_timestamp);
     }
     Ok(max_ts)
 }

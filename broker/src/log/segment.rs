@@ -100,6 +100,34 @@ pub fn read_at(file: &dyn LogFile, pos: u64, len: usize) -> io::Result<Vec<u8>> 
     fs::read_exact_or_eof(file, pos, len)
 }
 
+/// Every batch header from `from` on, with its position, up to `end` or the
+/// first position that holds no header: the walk recovery, re-indexing and
+/// producer-state rebuilds share.
+pub fn headers(
+    file: &dyn LogFile,
+    from: u64,
+    end: u64,
+) -> impl Iterator<Item = io::Result<(u64, BatchHeader)>> + '_ {
+    let mut pos = Some(from);
+    std::iter::from_fn(move || {
+        let at = pos?;
+        match header_at(file, at, end) {
+            Ok(Some(h)) => {
+                pos = Some(at + h.total_len() as u64);
+                Some(Ok((at, h)))
+            }
+            Ok(None) => {
+                pos = None;
+                None
+            }
+            Err(e) => {
+                pos = None;
+                Some(Err(e))
+            }
+        }
+    })
+}
+
 /// The batch header at `pos`, or None when fewer than a header's bytes remain
 /// before `end` or the bytes there are not a batch header.
 pub fn header_at(file: &dyn LogFile, pos: u64, end: u64) -> io::Result<Option<BatchHeader>> {
