@@ -251,33 +251,6 @@ impl LogService {
         }
     }
 
-    fn list_offsets_inner(&self, req: v1::ListOffsetsRequest) -> Result<v1::ListOffsetsResponse, Error> {
-        let mut out = Vec::new();
-        for p in &req.partitions {
-            let partition = self.state.topics.partition(&p.topic, p.partition)?;
-            let found = partition.with_log(|log| -> Result<(i64, i64), Error> {
-                Ok(match p.timestamp {
-                    offset_spec::EARLIEST => (log.log_start_offset(), -1),
-                    offset_spec::LATEST => (log.high_watermark(), -1),
-                    ts if ts < 0 => {
-                        return Err(Error::InvalidRequest(format!(
-                            "timestamp {ts} is neither -2 (earliest), -1 (latest) nor a time in ms"
-                        )))
-                    }
-                    ts => log.offset_for_time(ts)?.unwrap_or((-1, -1)),
-                })
-            })?;
-            out.push(v1::ListOffsetsPartitionResponse {
-                topic: p.topic.clone(),
-                partition: p.partition,
-                offset: found.0,
-                timestamp: found.1,
-                error: None,
-            });
-        }
-        Ok(v1::ListOffsetsResponse { partitions: out })
-    }
-
     fn metadata_inner(&self, req: v1::MetadataRequest) -> Result<v1::MetadataResponse, Error> {
         let node = self.state.config.node_id;
         let topics = if req.topics.is_empty() {
@@ -348,6 +321,37 @@ fn read_one(
     resp
 }
 
+/// ListOffsets (blocking: a time lookup reads segment files).
+fn list_offsets_blocking(
+    state: &BrokerState,
+    req: v1::ListOffsetsRequest,
+) -> Result<v1::ListOffsetsResponse, Error> {
+    let mut out = Vec::new();
+    for p in &req.partitions {
+        let partition = state.topics.partition(&p.topic, p.partition)?;
+        let found = partition.with_log(|log| -> Result<(i64, i64), Error> {
+            Ok(match p.timestamp {
+                offset_spec::EARLIEST => (log.log_start_offset(), -1),
+                offset_spec::LATEST => (log.high_watermark(), -1),
+                ts if ts < 0 => {
+                    return Err(Error::InvalidRequest(format!(
+                        "timestamp {ts} is neither -2 (earliest), -1 (latest) nor a time in ms"
+                    )))
+                }
+                ts => log.offset_for_time(ts)?.unwrap_or((-1, -1)),
+            })
+        })?;
+        out.push(v1::ListOffsetsPartitionResponse {
+            topic: p.topic.clone(),
+            partition: p.partition,
+            offset: found.0,
+            timestamp: found.1,
+            error: None,
+        });
+    }
+    Ok(v1::ListOffsetsResponse { partitions: out })
+}
+
 #[tonic::async_trait]
 impl Log for LogService {
     #[tracing::instrument(name = "produce", skip_all)]
@@ -373,7 +377,11 @@ impl Log for LogService {
         request: Request<v1::ListOffsetsRequest>,
     ) -> Result<Response<v1::ListOffsetsResponse>, Status> {
         let start = Instant::now();
-        let r = self.list_offsets_inner(request.into_inner());
+        let state = self.state.clone();
+        let req = request.into_inner();
+        let r = tokio::task::spawn_blocking(move || list_offsets_blocking(&state, req))
+            .await
+            .unwrap_or_else(|e| Err(Error::Storage(e.to_string())));
         self.finish("list_offsets", start, r)
     }
 
