@@ -128,7 +128,9 @@ fn a_slow_disk_on_one_partition_does_not_stall_the_others() {
                         partition: 0,
                         offset: 0,
                         max_bytes: 0,
+                        ..Default::default()
                     }],
+                    ..Default::default()
                 })
                 .await
                 .unwrap()

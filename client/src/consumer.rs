@@ -573,8 +573,10 @@ impl Consumer {
                     partition: *partition,
                     offset: *offset,
                     max_bytes: self.config.max_partition_bytes,
+                    ..Default::default()
                 })
                 .collect(),
+            ..Default::default()
         };
         let conn = self.conn.clone();
         let task = tokio::spawn(async move {
@@ -796,6 +798,7 @@ mod tests {
                     log_start_offset: 0,
                     records: records.clone(),
                     error: None,
+                    ..Default::default()
                 })
                 .collect(),
         }

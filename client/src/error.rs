@@ -107,7 +107,17 @@ pub(crate) fn partition_error(e: Option<&tributary_proto::v1::PartitionError>) -
         Ok(ErrorCode::None) => return None,
         Ok(ErrorCode::OffsetOutOfRange) => Code::OutOfRange,
         // Leadership moves are transient: retry.
-        Ok(ErrorCode::NotLeader) => Code::Unavailable,
+        Ok(
+            ErrorCode::NotLeader
+            | ErrorCode::NotEnoughReplicas
+            | ErrorCode::NotEnoughReplicasAfterAppend
+            | ErrorCode::FencedLeaderEpoch
+            | ErrorCode::UnknownLeaderEpoch
+            | ErrorCode::LeaderNotAvailable
+            | ErrorCode::NotCoordinator
+            | ErrorCode::CoordinatorLoadInProgress,
+        ) => Code::Unavailable,
+        Ok(ErrorCode::RequestTimedOut) => Code::DeadlineExceeded,
         Ok(ErrorCode::UnknownTopicOrPartition) => Code::NotFound,
         Ok(ErrorCode::CorruptMessage) => Code::DataLoss,
         Ok(ErrorCode::StorageError) => Code::Internal,

@@ -62,7 +62,9 @@ async fn snapshot(log: &mut Log, topic: &str, partitions: u32) -> Vec<(i64, Byte
                     partition: p,
                     offset: 0,
                     max_bytes: 1 << 20,
+                    ..Default::default()
                 }],
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -232,7 +234,9 @@ async fn bad_produce_requests_change_nothing() {
                 partition: 0,
                 offset: 0,
                 max_bytes: 1000,
+                ..Default::default()
             }],
+            ..Default::default()
         })
         .await;
     assert_status(r, Code::NotFound, "unknown topic");
@@ -248,7 +252,7 @@ async fn bad_produce_requests_change_nothing() {
             max_wait_ms: 0,
             min_bytes: 0,
             max_bytes: 1000,
-            partitions: vec![FetchPartition { topic: "t".into(), partition: 0, offset: 99, max_bytes: 1000 }],
+            partitions: vec![FetchPartition { topic: "t".into(), partition: 0, offset: 99, max_bytes: 1000, ..Default::default() }],
         })
         .await
         .unwrap()
@@ -321,7 +325,9 @@ async fn fetch_returns_the_stored_batch_bytes_as_produced() {
                 partition: 0,
                 offset: 1,
                 max_bytes: 1 << 20,
+                ..Default::default()
             }],
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -166,7 +166,9 @@ async fn fetch_size_is_capped_by_the_broker() {
                 partition: 0,
                 offset: 0,
                 max_bytes: u32::MAX,
+                ..Default::default()
             }],
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -167,7 +167,7 @@ impl Group {
 }
 
 fn error(code: ErrorCode, message: impl Into<String>) -> Option<v1::PartitionError> {
-    Some(v1::PartitionError { code: code as i32, message: message.into() })
+    Some(v1::PartitionError { code: code as i32, message: message.into(), ..Default::default() })
 }
 
 fn to_proto(tps: &[Tp]) -> Vec<v1::TopicPartitions> {

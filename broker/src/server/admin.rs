@@ -50,6 +50,7 @@ impl AdminService {
                         high_watermark: log.high_watermark(),
                         size_bytes: log.size_bytes(),
                         segments: log.segment_count() as u32,
+                        ..Default::default()
                     })
                 })
                 .collect();

@@ -109,7 +109,7 @@ fn append_all(
                     partition: partition.id,
                     base_offset: -1,
                     log_start_offset: -1,
-                    error: Some(v1::PartitionError { code: code as i32, message: e.to_string() }),
+                    error: Some(v1::PartitionError { code: code as i32, message: e.to_string(), ..Default::default() }),
                     batch_base_offsets: Vec::new(),
                 };
                 push_response(&mut out, &partition.topic, resp);
@@ -259,7 +259,7 @@ impl LogService {
             req.topics.iter().map(|t| self.state.topics.get(t)).collect::<Result<_, _>>()?
         };
         Ok(v1::MetadataResponse {
-            brokers: vec![v1::BrokerInfo { node_id: node, address: self.state.config.advertised() }],
+            brokers: vec![v1::BrokerInfo { node_id: node, address: self.state.config.advertised(), ..Default::default() }],
             controller_id: node,
             topics: topics
                 .iter()
@@ -276,6 +276,7 @@ impl LogService {
                         .collect(),
                 })
                 .collect(),
+            ..Default::default()
         })
     }
 }
@@ -295,6 +296,7 @@ fn read_one(
         log_start_offset: -1,
         records: Bytes::new(),
         error: None,
+        leader_epoch: -1,
     };
     // Only the first partition may exceed the budget (by one batch).
     if budget == 0 && !first {
@@ -315,7 +317,7 @@ fn read_one(
                 }
                 _ => v1::ErrorCode::StorageError,
             };
-            resp.error = Some(v1::PartitionError { code: code as i32, message: e.to_string() });
+            resp.error = Some(v1::PartitionError { code: code as i32, message: e.to_string(), ..Default::default() });
         }
     }
     resp

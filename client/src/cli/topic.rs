@@ -173,6 +173,7 @@ mod tests {
                 high_watermark: 10,
                 size_bytes: 2048,
                 segments: 1,
+                ..Default::default()
             }],
         };
         let text = describe(&t);

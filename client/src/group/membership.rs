@@ -409,11 +409,11 @@ mod tests {
     #[test]
     fn outcome_codes() {
         assert_eq!(outcome(None), None);
-        let none = v1::PartitionError { code: 0, message: String::new() };
+        let none = v1::PartitionError { code: 0, message: String::new(), ..Default::default() };
         assert_eq!(outcome(Some(&none)), None);
-        let r = v1::PartitionError { code: ErrorCode::RebalanceInProgress as i32, message: "m".into() };
+        let r = v1::PartitionError { code: ErrorCode::RebalanceInProgress as i32, message: "m".into(), ..Default::default() };
         assert_eq!(outcome(Some(&r)), Some((Ok(ErrorCode::RebalanceInProgress), "m".to_string())));
-        let odd = v1::PartitionError { code: 999, message: String::new() };
+        let odd = v1::PartitionError { code: 999, message: String::new(), ..Default::default() };
         assert_eq!(outcome(Some(&odd)), Some((Err(999), String::new())));
     }
 }
