@@ -253,6 +253,7 @@ async fn bad_produce_requests_change_nothing() {
             min_bytes: 0,
             max_bytes: 1000,
             partitions: vec![FetchPartition { topic: "t".into(), partition: 0, offset: 99, max_bytes: 1000, ..Default::default() }],
+            ..Default::default()
         })
         .await
         .unwrap()
