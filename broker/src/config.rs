@@ -45,6 +45,25 @@ pub struct BrokerConfig {
     pub disk_reserve_bytes: u64,
     /// Topic config defaults, by Kafka-style key (`retention.ms` = "...").
     pub topic_defaults: BTreeMap<String, String>,
+    /// `--peers`: `ID@HOST:PORT,...`, how this broker reaches the others
+    /// (read only to form a new cluster; empty: a one-node cluster).
+    pub peers: String,
+    /// `--controllers`: the Raft voters (empty: the first three peers).
+    pub controllers: String,
+    /// The cluster's human name (mirroring and the audit call tiers by it).
+    pub cluster_name: String,
+    /// This broker's rack: replicas of a partition spread across racks.
+    pub rack: String,
+    /// The controller fences a broker it has not heard from for this long.
+    pub broker_session_timeout_ms: u64,
+    pub broker_heartbeat_interval_ms: u64,
+    /// A follower not caught up for this long leaves the ISR.
+    pub replica_lag_time_max_ms: u64,
+    /// Replication factor of topics created without one.
+    pub default_replication_factor: u32,
+    /// acks=all waits at most this long for the ISR (unless the request
+    /// gives a shorter timeout).
+    pub replication_timeout_ms: u64,
 }
 
 impl Default for BrokerConfig {
@@ -64,6 +83,15 @@ impl Default for BrokerConfig {
             fetch_max_bytes: 50 << 20,
             disk_reserve_bytes: 64 << 20,
             topic_defaults: BTreeMap::new(),
+            peers: String::new(),
+            controllers: String::new(),
+            cluster_name: "tributary".to_string(),
+            rack: String::new(),
+            broker_session_timeout_ms: 9000,
+            broker_heartbeat_interval_ms: 1000,
+            replica_lag_time_max_ms: 30_000,
+            default_replication_factor: 1,
+            replication_timeout_ms: 30_000,
         }
     }
 }

@@ -51,6 +51,17 @@ pub enum Error {
     InternalTopic(String),
     #[error("broker is shutting down")]
     ShuttingDown,
+    #[error("this broker is not the controller{}", match .controller { Some(c) => format!(" (broker {c} is)"), None => " and no controller is elected right now".to_string() })]
+    NotController { controller: Option<i32> },
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("broker {node} does not lead {topic}-{partition}{}", match .leader { Some(l) => format!(" (broker {l} does)"), None => String::new() })]
+    NotLeader { node: i32, topic: String, partition: u32, leader: Option<i32> },
+    #[error("this broker does not coordinate group '{group}'{}; ask FindCoordinator", match .coordinator { Some(c) => format!(" (broker {c} does)"), None => " (its coordinator is being elected)".to_string() })]
+    NotCoordinator { group: String, coordinator: Option<i32> },
+    /// The controller's answer to a forwarded admin call, passed on as is.
+    #[error("{}", .0.message())]
+    Forwarded(tonic::Status),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -94,6 +105,9 @@ impl From<rocksdb::Error> for Error {
 impl From<Error> for tonic::Status {
     fn from(e: Error) -> Self {
         use tonic::Code;
+        if let Error::Forwarded(status) = e {
+            return status;
+        }
         let code = match &e {
             Error::InvalidTopicName { .. }
             | Error::InvalidConfigValue { .. }
@@ -115,6 +129,9 @@ impl From<Error> for tonic::Status {
             Error::LogOffline { .. } => Code::Unavailable,
             Error::InternalTopic(_) => Code::PermissionDenied,
             Error::ShuttingDown => Code::Unavailable,
+            Error::NotController { .. } | Error::Unavailable(_) | Error::NotLeader { .. } => Code::Unavailable,
+            Error::Forwarded(s) => s.code(),
+            Error::NotCoordinator { .. } => Code::Unavailable,
         };
         tonic::Status::new(code, e.to_string())
     }

@@ -11,13 +11,18 @@
 //!    them in the partition's RocksDB column family ([`log::index`],
 //!    [`store`]); [`log::recovery`] is the crash path, [`log::retention`] and
 //!    [`log::compaction`] the clean-up.
-//! 4. [`topics`] holds topic metadata and creates/deletes partitions;
-//!    [`server::admin`] exposes it.
+//! 4. [`topics`] holds the partitions this broker hosts; [`cluster`] is the
+//!    metadata quorum (openraft) that decides which topics exist, where
+//!    their replicas are, who leads them and which replicas are in sync;
+//!    [`replication`] turns those decisions into local leader and follower
+//!    roles, follower fetching and the high watermark. [`server::admin`]
+//!    and [`server::cluster`] expose them.
 //!
 //! [`maintenance`] runs timed flushes, retention and compaction;
 //! [`metrics`] and [`telemetry`] are the observability; [`config`] the
 //! settings; [`error`] the one error type and its gRPC mapping.
 
+pub mod cluster;
 pub mod config;
 pub mod disk;
 pub mod error;
@@ -27,6 +32,7 @@ pub mod maintenance;
 pub mod metrics;
 pub mod partition;
 pub mod producer_ids;
+pub mod replication;
 pub mod server;
 pub mod shutdown;
 pub mod store;
@@ -64,6 +70,32 @@ pub struct BrokerState {
     pub coordinator: groups::Coordinator,
     pub disk: disk::DiskReserve,
     pub ready: AtomicBool,
+    pub cluster: Arc<cluster::ClusterNode>,
+    pub session: Arc<cluster::session::Session>,
+    pub controller: Arc<cluster::controller::Controller>,
+    pub replicas: Arc<replication::ReplicaManager>,
+    pub shutdown: shutdown::Shutdown,
+}
+
+/// The quorum settings from the broker's configuration.
+fn cluster_setup(config: &BrokerConfig) -> anyhow::Result<cluster::ClusterSetup> {
+    let peers = cluster::peers::parse_peers(&config.peers).map_err(|e| anyhow::anyhow!("--peers: {e}"))?;
+    if !peers.is_empty() && !peers.contains_key(&config.node_id) {
+        anyhow::bail!("--peers does not list this broker's --node-id {}", config.node_id);
+    }
+    let controllers =
+        cluster::peers::parse_ids(&config.controllers).map_err(|e| anyhow::anyhow!("--controllers: {e}"))?;
+    if let Some(c) = controllers.iter().find(|c| !peers.is_empty() && !peers.contains_key(c)) {
+        anyhow::bail!("--controllers names broker {c}, which --peers does not list");
+    }
+    Ok(cluster::ClusterSetup {
+        node_id: config.node_id,
+        peers,
+        controllers,
+        cluster_name: config.cluster_name.clone(),
+        rack: config.rack.clone(),
+        advertised: config.advertised(),
+    })
 }
 
 /// A started broker.
@@ -117,7 +149,9 @@ impl Broker {
         })?;
         let defaults = config.topic_defaults();
         let data_dir = config.data_dir.clone();
-        let producer_ids = producer_ids::ProducerIds::load(store.clone())?;
+        let producer_ids = producer_ids::ProducerIds::load(&store)?;
+        let setup = cluster_setup(&config)?;
+        let raft_store = store.clone();
         let offsets_partitions = config.offsets_topic_partitions;
         let retention = std::time::Duration::from_secs_f64(config.offsets_retention_minutes.max(0.0) * 60.0);
         let (topics, coordinator) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
@@ -129,6 +163,17 @@ impl Broker {
             Ok((topics, coordinator))
         })
         .await??;
+        let cluster = cluster::ClusterNode::start(setup, raft_store).await?;
+        let session = cluster::session::Session::new(
+            std::time::Duration::from_millis(config.broker_session_timeout_ms.max(100)),
+            std::time::Duration::from_millis(config.broker_heartbeat_interval_ms.max(10)),
+        );
+        let controller = cluster::controller::Controller::new(cluster.clone(), session.session_timeout);
+        let replicas = replication::ReplicaManager::new(
+            cluster.clone(),
+            std::time::Duration::from_millis(config.replica_lag_time_max_ms.max(1)),
+        );
+        let (trigger, shutdown) = shutdown::channel();
         let state = Arc::new(BrokerState {
             config,
             topics,
@@ -137,22 +182,42 @@ impl Broker {
             coordinator,
             disk,
             ready: AtomicBool::new(false),
+            cluster: cluster.clone(),
+            session: session.clone(),
+            controller: controller.clone(),
+            replicas: replicas.clone(),
+            shutdown: shutdown.clone(),
         });
 
-        let (trigger, shutdown) = shutdown::channel();
-        let mut tasks = maintenance::spawn(state.clone(), shutdown.clone());
+        // The gRPC port first: the quorum talks through it.
+        let mut tasks = Vec::new();
         let (s, sd) = (state.clone(), shutdown.clone());
         tasks.push(tokio::spawn(async move {
             if let Err(e) = server::serve_grpc(s, grpc, sd).await {
                 tracing::error!(error = %e, "gRPC server stopped");
             }
         }));
+        tasks.push(tokio::spawn(controller.run(shutdown.clone())));
+        tasks.push(tokio::spawn(session.clone().run(cluster.clone(), shutdown.clone())));
+        if state.cluster.setup.peers.is_empty() {
+            adopt_local_topics(&state).await?;
+        }
+        state.coordinator.follow_leadership();
+        tasks.push(tokio::spawn(replicas.clone().run(state.clone(), shutdown.clone())));
+        tasks.extend(maintenance::spawn(state.clone(), shutdown.clone()));
         let (s, sd) = (state.clone(), shutdown);
         tasks.push(tokio::spawn(async move {
             if let Err(e) = server::serve_http(s, http, sd).await {
                 tracing::error!(error = %e, "HTTP server stopped");
             }
         }));
+        // Ready once the local roles follow the metadata.
+        replicas.wait_caught_up(std::time::Duration::from_secs(10)).await;
+        // ... and it may lead (its session lease holds).
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !state.session.lease_valid() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
         state.ready.store(true, Ordering::Release);
         tracing::info!(node_id = state.config.node_id, grpc = %grpc_addr, http = %http_addr, data_dir = %state.config.data_dir.display(), "broker ready");
         Ok(Broker { state, grpc_addr, http_addr, trigger, tasks })
@@ -174,12 +239,83 @@ impl Broker {
     /// closes every log (a clean stop: the next start scans nothing).
     pub async fn shutdown(self) {
         self.state.ready.store(false, Ordering::Release);
+        if !self.state.cluster.setup.peers.is_empty() {
+            controlled_shutdown(&self.state).await;
+        }
         self.trigger.trigger();
         for t in self.tasks {
             let _ = t.await;
         }
         let state = self.state.clone();
         let _ = tokio::task::spawn_blocking(move || state.topics.close_all()).await;
+        self.state.cluster.shutdown().await;
         tracing::info!("broker stopped cleanly");
+    }
+}
+
+/// A one-node broker's topics from before the quorum existed become the
+/// quorum's (same ids, this broker the only replica), so upgrading keeps
+/// every topic. Internal topics stay local.
+async fn adopt_local_topics(state: &Arc<BrokerState>) -> anyhow::Result<()> {
+    let node = &state.cluster;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !node.is_controller() {
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!("the one-node metadata quorum elected no leader within 30 s");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // The broker must be registered before its topics get a leader.
+    let me = node.node_id();
+    if node.metadata().brokers.get(&me).is_none_or(|b| b.fenced || b.address != node.setup.advertised) {
+        node.propose(cluster::state::Command::Register {
+            id: me,
+            address: node.setup.advertised.clone(),
+            rack: node.setup.rack.clone(),
+        })
+        .await?;
+    }
+    let md = node.metadata();
+    for t in state.topics.list() {
+        // Internal topics other than the offsets topic are broker-local.
+        let adoptable = !topics::is_internal(&t.name) || t.name == groups::offsets::OFFSETS_TOPIC;
+        if !adoptable || md.topics.contains_key(&t.name) {
+            continue;
+        }
+        let record = cluster::state::TopicRecord {
+            name: t.name.clone(),
+            id: t.id.clone(),
+            configs: t.overrides(),
+            partitions: (0..t.partition_count())
+                .map(|_| cluster::state::PartitionRecord {
+                    replicas: vec![me],
+                    leader: me,
+                    leader_epoch: 0,
+                    isr: vec![me],
+                    target: None,
+                })
+                .collect(),
+        };
+        tracing::info!(topic = %t.name, "adopting a local topic into the metadata quorum");
+        node.propose(cluster::state::Command::CreateTopic { topic: record }).await?;
+    }
+    Ok(())
+}
+
+/// Before stopping: tells the controller, which moves this broker's
+/// leaderships to other in-sync replicas, and waits (briefly) until they
+/// moved, so clients see a leader change instead of a timeout.
+async fn controlled_shutdown(state: &Arc<BrokerState>) {
+    state.session.begin_shutdown();
+    let me = state.cluster.node_id();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while tokio::time::Instant::now() < deadline {
+        let _ = state.session.beat(&state.cluster).await;
+        let md = state.cluster.metadata();
+        let leads = md.topics.values().flat_map(|t| &t.partitions).any(|p| p.leader == me && p.isr.len() > 1);
+        if md.brokers.get(&me).is_some_and(|b| b.fenced) || !leads {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }

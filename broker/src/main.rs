@@ -30,6 +30,20 @@ struct Args {
     /// Address clients should connect to, if not the listen address.
     #[arg(long, env = "TRIBUTARY_ADVERTISED_ADDRESS")]
     advertised_address: Option<String>,
+    /// Seeds a new cluster: ID@HOST:PORT of every broker, this one included
+    /// (how this broker reaches each peer). Read only when the data
+    /// directory is empty; afterwards membership lives in the quorum.
+    #[arg(long, env = "TRIBUTARY_PEERS")]
+    peers: Option<String>,
+    /// Node ids of the Raft voters [default: the first three of --peers]
+    #[arg(long, env = "TRIBUTARY_CONTROLLERS")]
+    controllers: Option<String>,
+    /// The cluster's name (the tier name for mirroring and the audit) [default: tributary]
+    #[arg(long, env = "TRIBUTARY_CLUSTER_NAME")]
+    cluster_name: Option<String>,
+    /// This broker's rack (replicas of a partition spread across racks).
+    #[arg(long, env = "TRIBUTARY_RACK")]
+    rack: Option<String>,
 }
 
 fn load_config(args: Args) -> anyhow::Result<BrokerConfig> {
@@ -56,6 +70,18 @@ fn load_config(args: Args) -> anyhow::Result<BrokerConfig> {
     }
     if let Some(v) = args.advertised_address {
         config.advertised_address = Some(v);
+    }
+    if let Some(v) = args.peers {
+        config.peers = v;
+    }
+    if let Some(v) = args.controllers {
+        config.controllers = v;
+    }
+    if let Some(v) = args.cluster_name {
+        config.cluster_name = v;
+    }
+    if let Some(v) = args.rack {
+        config.rack = v;
     }
     Ok(config)
 }

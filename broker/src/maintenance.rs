@@ -15,8 +15,56 @@ pub fn spawn(state: Arc<BrokerState>, shutdown: Shutdown) -> Vec<tokio::task::Jo
         tokio::spawn(every(Duration::from_millis(100), state.clone(), shutdown.clone(), flush_and_gauges)),
         tokio::spawn(every(Duration::from_millis(100), state.clone(), shutdown.clone(), group_sessions)),
         tokio::spawn(every(retention, state.clone(), shutdown.clone(), retention_pass)),
-        tokio::spawn(every(cleaner, state, shutdown, cleaning_pass)),
+        tokio::spawn(every(cleaner, state.clone(), shutdown.clone(), cleaning_pass)),
+        tokio::spawn(every(Duration::from_secs(5), state.clone(), shutdown.clone(), checkpoint_high_watermarks)),
+        tokio::spawn(every(Duration::from_secs(1), state.clone(), shutdown.clone(), cluster_gauges)),
+        tokio::spawn(isr_maintenance(state, shutdown)),
     ]
+}
+
+/// Leaders shrink and expand their ISRs (a quarter of the lag time apart,
+/// so a lagging follower leaves within 1.25 lag times).
+async fn isr_maintenance(state: Arc<BrokerState>, mut shutdown: Shutdown) {
+    let period = (state.replicas.lag_time / 4).clamp(Duration::from_millis(50), Duration::from_secs(2));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.wait() => return,
+        }
+        crate::replication::leader::maintain_isrs(state.replicas.clone(), state.clone()).await;
+    }
+}
+
+/// Kafka's replication-offset checkpoint: a restarted replica starts from a
+/// high watermark it knew was committed.
+fn checkpoint_high_watermarks(state: &BrokerState) {
+    for r in state.replicas.replicas() {
+        if let Err(e) = r.partition.checkpoint_high_watermark() {
+            tracing::warn!(topic = %r.topic, partition = r.id, error = %e, "checkpointing the high watermark");
+        }
+    }
+}
+
+fn cluster_gauges(state: &BrokerState) {
+    let md = state.cluster.metadata();
+    let (_, under, offline) = md.health();
+    let m = &state.metrics;
+    m.under_replicated_partitions.set(i64::from(under));
+    m.offline_partitions.set(i64::from(offline));
+    m.raft_term.set(state.cluster.raft_term() as i64);
+    m.raft_applied_index.set(state.cluster.applied_index() as i64);
+    m.controller.set(i64::from(state.cluster.is_controller()));
+    for r in state.replicas.replicas() {
+        let end = r.partition.log_end_offset();
+        let lag = r.leader.lock().as_ref().map(|l| l.followers.values().map(|f| (end - f.log_end).max(0)).max().unwrap_or(0));
+        if let Some(lag) = lag {
+            m.follower_lag
+                .get_or_create(&crate::metrics::PartitionLabels { topic: r.topic.clone(), partition: r.id })
+                .set(lag);
+        }
+    }
 }
 
 /// Runs `work` on the blocking pool every `period` until shutdown.

@@ -63,6 +63,17 @@ pub struct Metrics {
     pub log_size_bytes: Family<PartitionLabels, Gauge>,
     pub log_end_offset: Family<PartitionLabels, Gauge>,
     pub log_start_offset: Family<PartitionLabels, Gauge>,
+    /// ISR changes this broker asked the controller for (shrinks and expansions).
+    pub isr_changes: Counter,
+    pub under_replicated_partitions: Gauge,
+    pub offline_partitions: Gauge,
+    pub raft_term: Gauge,
+    pub raft_applied_index: Gauge,
+    /// 1 while this broker is the controller (Raft leader).
+    pub controller: Gauge,
+    /// Per led partition: how many offsets the slowest follower is behind
+    /// the leader's log end.
+    pub follower_lag: Family<PartitionLabels, Gauge>,
 }
 
 fn request_histogram() -> Histogram {
@@ -83,6 +94,13 @@ impl Metrics {
             log_size_bytes: Family::default(),
             log_end_offset: Family::default(),
             log_start_offset: Family::default(),
+            isr_changes: Counter::default(),
+            under_replicated_partitions: Gauge::default(),
+            offline_partitions: Gauge::default(),
+            raft_term: Gauge::default(),
+            raft_applied_index: Gauge::default(),
+            controller: Gauge::default(),
+            follower_lag: Family::default(),
             registry: Registry::default(),
         };
         registry.register("bytes_in", "Record batch bytes appended", m.bytes_in.clone());
@@ -97,6 +115,21 @@ impl Metrics {
             "log_start_offset",
             "First stored offset per partition",
             m.log_start_offset.clone(),
+        );
+        registry.register("isr_changes", "ISR shrinks and expansions asked of the controller", m.isr_changes.clone());
+        registry.register(
+            "under_replicated_partitions",
+            "Partitions with fewer live in-sync replicas than replicas (cluster-wide)",
+            m.under_replicated_partitions.clone(),
+        );
+        registry.register("offline_partitions", "Partitions with no leader (cluster-wide)", m.offline_partitions.clone());
+        registry.register("raft_term", "Current term of the metadata quorum", m.raft_term.clone());
+        registry.register("raft_applied_index", "Last metadata entry applied here", m.raft_applied_index.clone());
+        registry.register("controller", "1 while this broker is the controller", m.controller.clone());
+        registry.register(
+            "follower_lag_offsets",
+            "Per led partition: offsets the slowest follower is behind the log end",
+            m.follower_lag.clone(),
         );
         let g = group_metrics();
         registry.register(

@@ -39,15 +39,23 @@ struct TopicRecord {
     partitions: u32,
     replication_factor: u32,
     configs: BTreeMap<String, String>,
+    /// The partitions this broker hosts; absent: all of them (topics from
+    /// before replication).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    hosted: Option<Vec<u32>>,
 }
 
 pub struct Topic {
     pub name: String,
     pub id: String,
-    pub replication_factor: u32,
     overrides: RwLock<BTreeMap<String, String>>,
     config: RwLock<Arc<TopicConfig>>,
-    partitions: RwLock<Vec<Arc<Partition>>>,
+    /// Hosted partitions by id (with replication, a broker holds only the
+    /// partitions it has a replica of).
+    partitions: RwLock<BTreeMap<u32, Arc<Partition>>>,
+    /// The topic's partition count (hosted or not).
+    count: RwLock<u32>,
+    replication: RwLock<u32>,
 }
 
 impl Topic {
@@ -59,20 +67,25 @@ impl Topic {
         self.overrides.read().clone()
     }
 
+    /// The hosted partitions, by id.
     pub fn partitions(&self) -> Vec<Arc<Partition>> {
-        self.partitions.read().clone()
+        self.partitions.read().values().cloned().collect()
     }
 
     pub fn partition_count(&self) -> u32 {
-        self.partitions.read().len() as u32
+        *self.count.read()
+    }
+
+    pub fn replication_factor(&self) -> u32 {
+        *self.replication.read()
     }
 
     pub fn partition(&self, id: u32) -> Result<Arc<Partition>> {
         let parts = self.partitions.read();
-        parts.get(id as usize).cloned().ok_or_else(|| Error::UnknownPartition {
+        parts.get(&id).cloned().ok_or_else(|| Error::UnknownPartition {
             topic: self.name.clone(),
             partition: id,
-            count: parts.len() as u32,
+            count: self.partition_count(),
         })
     }
 
@@ -81,8 +94,9 @@ impl Topic {
             name: self.name.clone(),
             id: self.id.clone(),
             partitions: self.partition_count(),
-            replication_factor: self.replication_factor,
+            replication_factor: self.replication_factor(),
             configs: self.overrides(),
+            hosted: Some(self.partitions.read().keys().copied().collect()),
         }
     }
 }
@@ -109,8 +123,6 @@ pub struct Topics {
     fs: Arc<dyn LogFs>,
     data_dir: PathBuf,
     defaults: TopicConfig,
-    /// Brokers that can hold replicas (1 until replication lands).
-    brokers: u32,
     map: RwLock<HashMap<String, Arc<Topic>>>,
     admin: Mutex<()>,
 }
@@ -119,7 +131,7 @@ fn meta_key(name: &str) -> String {
     format!("topic/{name}")
 }
 
-fn new_topic_id() -> String {
+pub fn new_topic_id() -> String {
     // Unique enough for telling a re-created topic from its predecessor.
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -142,7 +154,6 @@ impl Topics {
             fs,
             data_dir: data_dir.to_path_buf(),
             defaults,
-            brokers: 1,
             map: RwLock::new(HashMap::new()),
             admin: Mutex::new(()),
         };
@@ -152,12 +163,13 @@ impl Topics {
             let record: TopicRecord = serde_json::from_slice(&value)
                 .map_err(|e| Error::Storage(format!("unreadable topic metadata: {e}")))?;
             let config = TopicConfig::resolve(&topics.defaults, &record.configs)?;
-            let mut partitions = Vec::new();
-            for p in 0..record.partitions {
+            let mut partitions = BTreeMap::new();
+            let hosted = record.hosted.clone().unwrap_or_else(|| (0..record.partitions).collect());
+            for p in hosted {
                 let (partition, cf) = topics.open_partition(&record.name, &record.id, p, &config, now_ms)?;
                 expected.insert(cf);
                 expected.insert(Partition::dir_name(&record.name, p));
-                partitions.push(partition);
+                partitions.insert(p, partition);
             }
             tracing::info!(topic = %record.name, partitions = record.partitions, "loaded topic");
             topics.map.write().insert(
@@ -165,10 +177,11 @@ impl Topics {
                 Arc::new(Topic {
                     name: record.name,
                     id: record.id,
-                    replication_factor: record.replication_factor,
                     overrides: RwLock::new(record.configs),
                     config: RwLock::new(Arc::new(config)),
                     partitions: RwLock::new(partitions),
+                    count: RwLock::new(record.partitions),
+                    replication: RwLock::new(record.replication_factor),
                 }),
             );
         }
@@ -283,11 +296,10 @@ impl Topics {
                 t.name, t.partitions
             )));
         }
-        let rf = t.replication_factor.max(1);
-        if rf > self.brokers {
+        if t.replication_factor > 1 {
             return Err(Error::InvalidReplicationFactor(format!(
-                "topic '{}' asks for replication factor {rf} but the cluster has {} broker(s)",
-                t.name, self.brokers
+                "topic '{}' asks for replication factor {} but this local topic has one broker",
+                t.name, t.replication_factor
             )));
         }
         TopicConfig::resolve(&self.defaults, &t.configs)
@@ -325,17 +337,18 @@ impl Topics {
     fn create_checked(&self, t: NewTopic, config: TopicConfig, now_ms: i64) -> Result<String> {
         {
             let id = new_topic_id();
-            let mut partitions = Vec::new();
+            let mut partitions = BTreeMap::new();
             for p in 0..t.partitions {
-                partitions.push(self.open_partition(&t.name, &id, p, &config, now_ms)?.0);
+                partitions.insert(p, self.open_partition(&t.name, &id, p, &config, now_ms)?.0);
             }
             let topic = Arc::new(Topic {
                 name: t.name.clone(),
                 id,
-                replication_factor: t.replication_factor.max(1),
                 overrides: RwLock::new(t.configs),
                 config: RwLock::new(Arc::new(config)),
                 partitions: RwLock::new(partitions),
+                count: RwLock::new(t.partitions),
+                replication: RwLock::new(t.replication_factor.max(1)),
             });
             self.persist(&topic)?;
             self.map.write().insert(t.name.clone(), topic);
@@ -450,11 +463,165 @@ impl Topics {
         let config = topic.config();
         let mut added = Vec::new();
         for p in current..total {
-            added.push(self.open_partition(name, &topic.id, p, &config, now_ms)?.0);
+            added.push((p, self.open_partition(name, &topic.id, p, &config, now_ms)?.0));
         }
         topic.partitions.write().extend(added);
+        *topic.count.write() = total;
         self.persist(&topic)?;
         Ok(total)
+    }
+
+    /// Makes this broker host `hosted` partitions of the quorum's `record`:
+    /// creates the local topic (or replaces a local one with another id: a
+    /// topic deleted and re-created while this broker was away), opens
+    /// missing partitions, and takes the configs and counts. Idempotent.
+    pub fn ensure_hosted(&self, record: &crate::cluster::state::TopicRecord, hosted: &[u32], now_ms: i64) -> Result<()> {
+        let _admin = self.admin.lock();
+        if let Ok(existing) = self.get(&record.name) {
+            if existing.id != record.id {
+                drop(_admin);
+                self.delete_local(&record.name)?;
+                return self.ensure_hosted(record, hosted, now_ms);
+            }
+        }
+        let config = TopicConfig::resolve(&self.defaults, &record.configs)?;
+        let topic = match self.get(&record.name) {
+            Ok(t) => t,
+            Err(_) => {
+                let t = Arc::new(Topic {
+                    name: record.name.clone(),
+                    id: record.id.clone(),
+                    overrides: RwLock::new(record.configs.clone()),
+                    config: RwLock::new(Arc::new(config.clone())),
+                    partitions: RwLock::new(BTreeMap::new()),
+                    count: RwLock::new(record.partitions.len() as u32),
+                    replication: RwLock::new(record.replication_factor()),
+                });
+                self.map.write().insert(record.name.clone(), t.clone());
+                tracing::info!(topic = %record.name, "hosting topic");
+                t
+            }
+        };
+        let mut changed = false;
+        if *topic.overrides.read() != record.configs {
+            *topic.overrides.write() = record.configs.clone();
+            *topic.config.write() = Arc::new(config.clone());
+            changed = true;
+        }
+        let count = record.partitions.len() as u32;
+        if *topic.count.read() != count || *topic.replication.read() != record.replication_factor() {
+            *topic.count.write() = count;
+            *topic.replication.write() = record.replication_factor();
+            changed = true;
+        }
+        for p in hosted {
+            if topic.partitions.read().contains_key(p) {
+                continue;
+            }
+            let partition = self.open_partition(&record.name, &record.id, *p, &config, now_ms)?.0;
+            topic.partitions.write().insert(*p, partition);
+            changed = true;
+        }
+        if changed {
+            self.persist(&topic)?;
+        }
+        Ok(())
+    }
+
+    /// Removes this broker's replica of one partition (a reassignment moved
+    /// it elsewhere): fenced, files and index gone.
+    pub fn remove_partition(&self, name: &str, id: u32) -> Result<()> {
+        let _admin = self.admin.lock();
+        let Ok(topic) = self.get(name) else { return Ok(()) };
+        let Some(p) = topic.partitions.write().remove(&id) else { return Ok(()) };
+        p.fence("the replica moved to another broker");
+        let dir_name = Partition::dir_name(name, id);
+        let dir = self.data_dir.join(&dir_name);
+        if self.fs.exists(&dir) {
+            self.fs.remove_dir_all(&dir)?;
+        }
+        self.persist(&topic)?;
+        for cf in [Store::partition_cf_name(&format!("{dir_name}@{}", topic.id)), Store::partition_cf_name(&dir_name)] {
+            if let Err(e) = self.store.drop_cf(&cf) {
+                tracing::warn!(column_family = %cf, error = %e, "dropping a moved partition's index");
+            }
+        }
+        tracing::info!(topic = %name, partition = id, "removed a replica that moved elsewhere");
+        Ok(())
+    }
+
+    /// Deletes a topic's local data (the quorum deleted it, or re-created
+    /// it under a new id). Same order as [`Topics::delete`].
+    pub fn delete_local(&self, name: &str) -> Result<()> {
+        let _admin = self.admin.lock();
+        let Ok(topic) = self.get(name) else { return Ok(()) };
+        for p in topic.partitions() {
+            p.fence("the topic is being deleted");
+            let dir = self.data_dir.join(Partition::dir_name(name, p.id));
+            if self.fs.exists(&dir) {
+                self.fs.remove_dir_all(&dir)?;
+            }
+        }
+        self.store.meta_delete(&meta_key(name))?;
+        self.map.write().remove(name);
+        for p in topic.partitions() {
+            let dir_name = Partition::dir_name(name, p.id);
+            for cf in [
+                Store::partition_cf_name(&format!("{dir_name}@{}", topic.id)),
+                Store::partition_cf_name(&dir_name),
+            ] {
+                if let Err(e) = self.store.drop_cf(&cf) {
+                    tracing::warn!(column_family = %cf, error = %e, "dropping a deleted partition's index");
+                }
+            }
+        }
+        tracing::info!(topic = %name, "deleted local replicas of topic");
+        Ok(())
+    }
+
+    /// Checks a topic to create against the quorum's metadata: name,
+    /// partition count, replication factor (at most the live brokers) and
+    /// configs. Returns the resolved replication factor.
+    pub fn validate_spec(
+        &self,
+        t: &NewTopic,
+        internal: bool,
+        exists: bool,
+        live_brokers: u32,
+        default_rf: u32,
+    ) -> Result<u32> {
+        validate_topic_name(&t.name)?;
+        if !internal && is_internal(&t.name) {
+            return Err(Error::InvalidTopicName {
+                name: t.name.clone(),
+                reason: "names starting with '__' are reserved for internal topics",
+            });
+        }
+        if exists {
+            return Err(Error::TopicExists(t.name.clone()));
+        }
+        if t.partitions == 0 || t.partitions > MAX_PARTITIONS {
+            return Err(Error::InvalidPartitions(format!(
+                "topic '{}' asks for {} partitions; give 1 to {MAX_PARTITIONS}",
+                t.name, t.partitions
+            )));
+        }
+        let rf = if t.replication_factor == 0 { default_rf.min(live_brokers).max(1) } else { t.replication_factor };
+        if rf > live_brokers {
+            return Err(Error::InvalidReplicationFactor(format!(
+                "topic '{}' asks for replication factor {rf} but the cluster has {live_brokers} live broker(s)",
+                t.name
+            )));
+        }
+        let config = TopicConfig::resolve(&self.defaults, &t.configs)?;
+        if config.min_insync_replicas > i64::from(rf) {
+            return Err(Error::InvalidConfigValue {
+                key: "min.insync.replicas".into(),
+                value: config.min_insync_replicas.to_string(),
+                reason: format!("must not exceed the replication factor ({rf})"),
+            });
+        }
+        Ok(rf)
     }
 
     /// Clean shutdown of every partition log.

@@ -196,6 +196,11 @@ pub struct Coordinator {
     offsets: OffsetStore,
     retention: Duration,
     next_member: AtomicU64,
+    /// `__consumer_offsets` partitions this broker leads and has loaded:
+    /// it coordinates exactly the groups that hash to them. None until the
+    /// replication layer takes over ([`Coordinator::follow_leadership`]):
+    /// a coordinator on its own (tests) coordinates every group.
+    loaded: Mutex<Option<std::collections::HashSet<u32>>>,
 }
 
 impl Coordinator {
@@ -211,7 +216,70 @@ impl Coordinator {
             g.last_commit_ms = stored.last_commit_ms;
             groups.insert(id, g);
         }
-        Ok(Coordinator { groups: Mutex::new(groups), offsets, retention, next_member: AtomicU64::new(0) })
+        Ok(Coordinator {
+            groups: Mutex::new(groups),
+            offsets,
+            retention,
+            next_member: AtomicU64::new(0),
+            loaded: Mutex::new(None),
+        })
+    }
+
+    /// From now on this broker coordinates only the groups of the
+    /// `__consumer_offsets` partitions it leads ([`Coordinator::elected`]).
+    pub fn follow_leadership(&self) {
+        let mut loaded = self.loaded.lock();
+        if loaded.is_none() {
+            *loaded = Some(std::collections::HashSet::new());
+        }
+    }
+
+    fn owns_partition(&self, pid: u32) -> bool {
+        self.loaded.lock().as_ref().is_none_or(|l| l.contains(&pid))
+    }
+
+    /// Whether this broker coordinates `group` now.
+    pub fn owns(&self, group: &str) -> bool {
+        self.owns_partition(self.offsets.partition_for(group))
+    }
+
+    /// This broker became the leader of `__consumer_offsets` partition
+    /// `partition`: replays what its replica holds beyond what was applied
+    /// (commits the previous coordinator wrote), reloads those groups, and
+    /// starts coordinating them. Blocking (reads the log).
+    pub fn elected(&self, partition: &crate::partition::Partition) -> Result<()> {
+        let pid = partition.id;
+        self.offsets.replay_partition(partition)?;
+        let now = crate::now_ms();
+        let stored = self.offsets.groups()?;
+        let mut groups = self.groups.lock();
+        groups.retain(|id, _| self.offsets.partition_for(id) != pid);
+        for (id, s) in stored {
+            if self.offsets.partition_for(&id) != pid {
+                continue;
+            }
+            let mut g = match s.record {
+                Some(r) => Group::new(r.generation, r.assignor, r.empty_since_ms.or(Some(now))),
+                None => Group::new(0, assignor::RANGE.into(), Some(now)),
+            };
+            g.last_commit_ms = s.last_commit_ms;
+            groups.insert(id, g);
+        }
+        if let Some(l) = self.loaded.lock().as_mut() {
+            l.insert(pid);
+        }
+        tracing::info!(partition = pid, "coordinating the groups of this __consumer_offsets partition");
+        Ok(())
+    }
+
+    /// This broker no longer leads `partition`: its groups are coordinated
+    /// elsewhere now (members asking here get NOT_COORDINATOR and move).
+    pub fn resigned(&self, pid: u32) {
+        let removed = self.loaded.lock().as_mut().is_some_and(|l| l.remove(&pid));
+        if removed {
+            self.groups.lock().retain(|id, _| self.offsets.partition_for(id) != pid);
+            tracing::info!(partition = pid, "no longer coordinating the groups of this __consumer_offsets partition");
+        }
     }
 
     pub fn offsets(&self) -> &OffsetStore {
@@ -482,14 +550,11 @@ impl Coordinator {
         let mut to_complete = Vec::new();
         let mut to_expire = Vec::new();
         let mut writes: Vec<(String, &'static str, Pending)> = Vec::new();
-        if !self.groups.lock().is_empty() {
-            if let Err(e) = self.offsets.ensure_topic(topics) {
-                tracing::error!(error = %e, "creating {}", offsets::OFFSETS_TOPIC);
-            }
-        }
         {
             let mut groups = self.groups.lock();
-            for (id, g) in groups.iter_mut() {
+            // Only the groups this broker coordinates: another broker's are
+            // written by it.
+            for (id, g) in groups.iter_mut().filter(|(id, _)| self.owns(id)) {
                 let expired: Vec<String> = g
                     .members
                     .iter()
@@ -660,10 +725,12 @@ impl Coordinator {
         Ok(v1::FetchOffsetsResponse { offsets })
     }
 
+    /// The groups this broker coordinates.
     pub fn list(&self) -> v1::ListGroupsResponse {
         let groups = self.groups.lock();
         let mut out: Vec<v1::GroupListing> = groups
             .iter()
+            .filter(|(id, _)| self.owns(id))
             .map(|(id, g)| v1::GroupListing {
                 group_id: id.clone(),
                 state: g.state.name().to_string(),

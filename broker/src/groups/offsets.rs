@@ -310,6 +310,12 @@ impl OffsetStore {
         self.shared.partition_for(group)
     }
 
+    /// Applies what a replica of `partition` holds past its replay position
+    /// (a new coordinator catching up on the previous one's writes).
+    pub fn replay_partition(&self, partition: &Partition) -> Result<()> {
+        self.shared.replay(partition)
+    }
+
     /// Records skipped since open because they could not be parsed.
     pub fn records_skipped(&self) -> u64 {
         self.shared.skipped.load(Ordering::Relaxed)
@@ -595,6 +601,29 @@ struct Writer {
     fsyncs: SyncPool,
 }
 
+/// How long a group commit waits for the in-sync replicas.
+const REPLICATION_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Waits until `end` is below `partition`'s high watermark (the in-sync
+/// replicas have the writes). With no other in-sync replica that is as soon
+/// as the writes are durable.
+fn wait_high_watermark(partition: &Partition, end: i64) -> Result<(), String> {
+    let start = std::time::Instant::now();
+    let mut pause = std::time::Duration::from_micros(200);
+    while partition.high_watermark() < end {
+        if start.elapsed() > REPLICATION_WAIT {
+            return Err(format!(
+                "{OFFSETS_TOPIC}-{}: the in-sync replicas did not confirm within {} s (leadership moved?)",
+                partition.id,
+                REPLICATION_WAIT.as_secs()
+            ));
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(std::time::Duration::from_millis(5));
+    }
+    Ok(())
+}
+
 impl Writer {
     fn run(mut self, queue: mpsc::Receiver<Op>) {
         while let Ok(first) = queue.recv() {
@@ -709,12 +738,14 @@ impl Writer {
     ) -> Result<(), String> {
         let mut tickets = Vec::new();
         let mut applied = Vec::new();
+        let mut targets_end = Vec::new();
         for t in targets {
             let (topic, partition) = (&t.topic, &t.partition);
             let info = partition
                 .append(&t.builder.build(), &topic.config(), now)
                 .map_err(|e| format!("appending to {}-{}: {e}", partition.topic, partition.id))?;
             applied.push((partition.id, info.last_offset + 1));
+            targets_end.push((partition.clone(), info.last_offset + 1));
             if let Some(ticket) = info.sync {
                 tickets.push(((topic.id.clone(), partition.id), ticket));
             }
@@ -730,6 +761,11 @@ impl Writer {
         }
         if let Some(msg) = failed {
             return Err(msg);
+        }
+        // Replicated: acknowledged only once the in-sync replicas have it,
+        // so a coordinator failover never loses a commit.
+        for t in &targets_end {
+            wait_high_watermark(&t.0, t.1)?;
         }
         let mut w = WriteBatch::default();
         for p in planned {

@@ -12,6 +12,7 @@ use tonic::{Request, Response, Status};
 use tributary_proto::v1::{self, group_server::Group};
 
 use crate::error::Error;
+use crate::groups::offsets::OFFSETS_TOPIC;
 use crate::groups::ResetTo;
 use crate::BrokerState;
 
@@ -42,12 +43,26 @@ impl GroupService {
         tokio::task::spawn_blocking(move || f(&state)).await.map_err(|e| Error::Storage(e.to_string()))?
     }
 
-    /// Creates `__consumer_offsets` (on the blocking pool) if it is missing.
+    /// Has the controller create `__consumer_offsets` if it is missing.
     async fn ensure_offsets_topic(&self) -> Result<(), Error> {
-        if self.state.coordinator.offsets().has_topic(&self.state.topics) {
+        crate::server::admin::ensure_offsets_topic(&self.state).await
+    }
+
+    /// Err unless this broker coordinates `group` now: the leader of the
+    /// group's `__consumer_offsets` partition, with that partition loaded.
+    fn check_coordinator(&self, group: &str) -> Result<(), Error> {
+        if self.state.coordinator.owns(group) {
             return Ok(());
         }
-        self.blocking(|s| s.coordinator.offsets().ensure_topic(&s.topics)).await
+        let p = self.state.coordinator.offsets().partition_for(group);
+        let md = self.state.cluster.metadata();
+        if md.topic(OFFSETS_TOPIC).is_none() {
+            // No group has written anything anywhere yet: any broker can
+            // answer (an unknown group is unknown everywhere).
+            return Ok(());
+        }
+        let leader = md.partition(OFFSETS_TOPIC, p).map(|x| x.leader).filter(|l| *l >= 0);
+        Err(Error::NotCoordinator { group: group.to_string(), coordinator: leader })
     }
 }
 
@@ -63,12 +78,24 @@ impl Group for GroupService {
         let r = if req.group_id.is_empty() {
             Err(Error::InvalidRequest("group_id must not be empty".into()))
         } else {
-            // One broker: it coordinates every group. With replication this
-            // becomes the leader of the group's __consumer_offsets partition.
-            Ok(v1::FindCoordinatorResponse {
-                node_id: self.state.config.node_id,
-                address: self.state.config.advertised(),
-            })
+            // The leader of the group's __consumer_offsets partition.
+            match self.ensure_offsets_topic().await {
+                Err(e) => Err(e),
+                Ok(()) => {
+                    let p = self.state.coordinator.offsets().partition_for(&req.group_id);
+                    let md = self.state.cluster.metadata();
+                    let leader = md.partition(OFFSETS_TOPIC, p).map(|x| x.leader).unwrap_or(-1);
+                    match md.brokers.get(&leader) {
+                        Some(b) if !b.fenced => {
+                            Ok(v1::FindCoordinatorResponse { node_id: b.id, address: b.address.clone() })
+                        }
+                        _ => Err(Error::Unavailable(format!(
+                            "the coordinator of group '{}' is being elected; retry",
+                            req.group_id
+                        ))),
+                    }
+                }
+            }
         };
         self.finish("find_coordinator", start, r)
     }
@@ -85,6 +112,7 @@ impl Group for GroupService {
         // completes it also waits (asynchronously) for the group record.
         let r = async {
             self.ensure_offsets_topic().await?;
+            self.check_coordinator(&req.group_id)?;
             self.state.coordinator.join(&self.state.topics, req, host).await
         }
         .await;
@@ -97,7 +125,8 @@ impl Group for GroupService {
         request: Request<v1::SyncGroupRequest>,
     ) -> Result<Response<v1::SyncGroupResponse>, Status> {
         let start = Instant::now();
-        let r = self.state.coordinator.sync(&request.into_inner());
+        let req = request.into_inner();
+        let r = self.check_coordinator(&req.group_id).and_then(|_| self.state.coordinator.sync(&req));
         self.finish("sync_group", start, r)
     }
 
@@ -107,7 +136,8 @@ impl Group for GroupService {
         request: Request<v1::HeartbeatRequest>,
     ) -> Result<Response<v1::HeartbeatResponse>, Status> {
         let start = Instant::now();
-        let r = self.state.coordinator.heartbeat(&request.into_inner());
+        let req = request.into_inner();
+        let r = self.check_coordinator(&req.group_id).and_then(|_| self.state.coordinator.heartbeat(&req));
         self.finish("heartbeat", start, r)
     }
 
@@ -118,8 +148,11 @@ impl Group for GroupService {
     ) -> Result<Response<v1::LeaveGroupResponse>, Status> {
         let start = Instant::now();
         let req = request.into_inner();
-        let r = self
-            .blocking(move |s| s.coordinator.leave(&s.topics, &req))
+        let check = self.check_coordinator(&req.group_id);
+        let r = async {
+            check?;
+            self.blocking(move |s| s.coordinator.leave(&s.topics, &req)).await
+        }
             .await
             .map(|_| v1::LeaveGroupResponse {});
         self.finish("leave_group", start, r)
@@ -134,6 +167,7 @@ impl Group for GroupService {
         let req = request.into_inner();
         let r = async {
             self.ensure_offsets_topic().await?;
+            self.check_coordinator(&req.group_id)?;
             self.state.coordinator.start_commit(&self.state.topics, &req)?.wait().await
         }
         .await
@@ -148,8 +182,13 @@ impl Group for GroupService {
     ) -> Result<Response<v1::FetchOffsetsResponse>, Status> {
         let start = Instant::now();
         let req = request.into_inner();
+        let check = self.check_coordinator(&req.group_id);
         // Reads RocksDB.
-        let r = self.blocking(move |s| s.coordinator.fetch_offsets(&req)).await;
+        let r = async {
+            check?;
+            self.blocking(move |s| s.coordinator.fetch_offsets(&req)).await
+        }
+        .await;
         self.finish("fetch_offsets", start, r)
     }
 
@@ -170,7 +209,12 @@ impl Group for GroupService {
     ) -> Result<Response<v1::DescribeGroupResponse>, Status> {
         let start = Instant::now();
         let req = request.into_inner();
-        let r = self.blocking(move |s| s.coordinator.describe(&s.topics, &req.group_id)).await;
+        let check = self.check_coordinator(&req.group_id);
+        let r = async {
+            check?;
+            self.blocking(move |s| s.coordinator.describe(&s.topics, &req.group_id)).await
+        }
+        .await;
         self.finish("describe_group", start, r)
     }
 
@@ -181,8 +225,11 @@ impl Group for GroupService {
     ) -> Result<Response<v1::DeleteGroupResponse>, Status> {
         let start = Instant::now();
         let req = request.into_inner();
-        let r = self
-            .blocking(move |s| s.coordinator.delete(&s.topics, &req.group_id))
+        let check = self.check_coordinator(&req.group_id);
+        let r = async {
+            check?;
+            self.blocking(move |s| s.coordinator.delete(&s.topics, &req.group_id)).await
+        }
             .await
             .map(|_| v1::DeleteGroupResponse {});
         self.finish("delete_group", start, r)
@@ -205,7 +252,7 @@ impl Group for GroupService {
                 "say where to reset to: earliest, latest, timestamp or offset".into(),
             )),
         };
-        let r = match to {
+        let r = match to.and_then(|to| self.check_coordinator(&req.group_id).map(|_| to)) {
             Ok(to) => {
                 self.blocking(move |s| {
                     s.coordinator.reset(

@@ -17,6 +17,7 @@ use crate::error::Error;
 use crate::log::FlushTicket;
 use crate::metrics::TopicLabels;
 use crate::partition::Partition;
+use crate::replication::Replica;
 use crate::topics::is_internal;
 use crate::{now_ms, BrokerState};
 
@@ -83,7 +84,7 @@ fn validate_produce(topic: &str, partition: u32, data: &[u8], config: &TopicConf
     Ok(records)
 }
 
-type ProduceWork = Vec<(Arc<Partition>, Arc<TopicConfig>, Bytes)>;
+type ProduceWork = Vec<(Arc<Replica>, Arc<TopicConfig>, Bytes)>;
 
 /// Appends every partition's batches (blocking); returns the responses and
 /// the fsyncs owed before answering.
@@ -91,12 +92,26 @@ fn append_all(
     state: &BrokerState,
     work: ProduceWork,
     acks: i32,
-) -> Result<(Vec<v1::TopicProduceResponse>, Vec<FlushTicket>), Error> {
+) -> Result<Appended, Error> {
     let now = now_ms();
     let mut syncs = Vec::new();
     let mut out: Vec<v1::TopicProduceResponse> = Vec::new();
-    for (partition, config, records) in work {
-        let info = match partition.append(&records, &config, now) {
+    let mut appended = Vec::new();
+    for (replica, config, records) in work {
+        let partition = &replica.partition;
+        let transition = replica.transition.lock();
+        if !matches!(replica.role(), crate::replication::Role::Leader { .. }) {
+            drop(transition);
+            let error = crate::replication::not_available(format!(
+                "{}-{}: leadership moved while the request waited",
+                replica.topic, replica.id
+            ));
+            push_response(&mut out, &partition.topic, refusal(partition.id, error));
+            continue;
+        }
+        let appended_now = partition.append(&records, &config, now);
+        drop(transition);
+        let info = match appended_now {
             Ok(info) => info,
             // Sequence problems are the producer's to handle, per
             // partition; the other partitions of the request go on.
@@ -117,6 +132,10 @@ fn append_all(
             }
             Err(e) => return Err(e),
         };
+        // Wake replica fetches waiting at the log end.
+        replica.publish_log_end();
+        crate::replication::leader::update_high_watermark(&replica, state);
+        appended.push((replica.clone(), info.last_offset, config.min_insync_replicas));
         let labels = TopicLabels { topic: partition.topic.clone() };
         state.metrics.bytes_in.get_or_create(&labels).inc_by(records.len() as u64);
         state.metrics.records_in.get_or_create(&labels).inc_by(info.records as u64);
@@ -133,8 +152,12 @@ fn append_all(
         };
         push_response(&mut out, &partition.topic, resp);
     }
-    Ok((out, syncs))
+    Ok((out, syncs, appended))
 }
+
+/// Responses, the fsyncs owed, and what was appended where (replica, last
+/// offset, min.insync.replicas) for acks=all.
+type Appended = (Vec<v1::TopicProduceResponse>, Vec<FlushTicket>, Vec<(Arc<Replica>, i64, i64)>);
 
 fn push_response(out: &mut Vec<v1::TopicProduceResponse>, topic: &str, resp: v1::PartitionProduceResponse) {
     match out.iter_mut().find(|t| t.name == topic) {
@@ -148,18 +171,56 @@ impl LogService {
         if !matches!(req.acks, -1..=1) {
             return Err(Error::InvalidRequest(format!("acks must be 0, 1 or -1 (all), not {}", req.acks)));
         }
-        // Phase 1: resolve and validate everything.
+        // Phase 1: resolve and validate everything. Partitions this broker
+        // does not lead get a per-partition answer saying who does.
         let mut work = Vec::new();
+        let mut refused: Vec<(String, v1::PartitionProduceResponse)> = Vec::new();
+        let md = self.state.cluster.metadata();
         for t in req.topics {
-            let topic = self.state.topics.get(&t.name)?;
             if is_internal(&t.name) {
                 return Err(Error::InternalTopic(t.name));
             }
-            let config = topic.config();
+            let Some(meta) = md.topic(&t.name) else {
+                return Err(Error::UnknownTopic(t.name));
+            };
+            // The hosted topic's resolved config (kept in line with the
+            // quorum's); resolving it per request is for topics not hosted.
+            let config = match self.state.topics.get(&t.name) {
+                Ok(local) if local.id == meta.id => local.config(),
+                _ => Arc::new(crate::config::TopicConfig::resolve(self.state.topics.defaults(), &meta.configs)?),
+            };
             for p in t.partitions {
-                let partition = topic.partition(p.partition)?;
+                if p.partition as usize >= meta.partitions.len() {
+                    return Err(Error::UnknownPartition {
+                        topic: t.name.clone(),
+                        partition: p.partition,
+                        count: meta.partitions.len() as u32,
+                    });
+                }
                 validate_produce(&t.name, p.partition, &p.records, &config)?;
-                work.push((partition, config.clone(), p.records));
+                let replica = match self.state.replicas.leader_replica(&self.state, &t.name, p.partition) {
+                    Ok(r) => r,
+                    Err(error) => {
+                        refused.push((t.name.clone(), refusal(p.partition, error)));
+                        continue;
+                    }
+                };
+                if req.acks == -1 {
+                    let isr = replica.leader.lock().as_ref().map_or(0, |l| l.isr.len()) as i64;
+                    if isr < config.min_insync_replicas {
+                        let error = v1::PartitionError {
+                            code: v1::ErrorCode::NotEnoughReplicas as i32,
+                            message: format!(
+                                "{}-{} has {isr} in-sync replica(s), fewer than min.insync.replicas={}; nothing was appended",
+                                t.name, p.partition, config.min_insync_replicas
+                            ),
+                            ..Default::default()
+                        };
+                        refused.push((t.name.clone(), refusal(p.partition, error)));
+                        continue;
+                    }
+                }
+                work.push((replica, config.clone(), p.records));
             }
         }
         self.state.disk.check()?;
@@ -170,7 +231,7 @@ impl LogService {
         let appended = tokio::task::spawn_blocking(move || append_all(&state, work, acks))
             .await
             .map_err(|e| Error::Storage(e.to_string()))?;
-        let (out, syncs) = match appended {
+        let (mut out, syncs, appended) = match appended {
             Ok(done) => done,
             Err(e) => {
                 if e.is_disk_full() {
@@ -193,25 +254,173 @@ impl LogService {
                 sync.await.map_err(|e| Error::Storage(e.to_string()))??;
             }
         }
+        // Phase 4, acks=all: wait until the in-sync replicas have it.
+        if acks == -1 {
+            let timeout = if req.timeout_ms == 0 {
+                Duration::from_millis(self.state.config.replication_timeout_ms)
+            } else {
+                Duration::from_millis(u64::from(req.timeout_ms)).min(Duration::from_millis(self.state.config.replication_timeout_ms))
+            };
+            let waits = appended.iter().map(|(r, last, min_isr)| {
+                crate::replication::leader::wait_replicated(r, &self.state, *last, (*min_isr).max(1) as usize, timeout)
+            });
+            let outcomes = futures::future::join_all(waits).await;
+            for ((r, _, _), outcome) in appended.iter().zip(outcomes) {
+                let Some(error) = outcome else { continue };
+                if let Some(resp) = out
+                    .iter_mut()
+                    .filter(|t| t.name == r.topic)
+                    .flat_map(|t| t.partitions.iter_mut())
+                    .find(|p| p.partition == r.id)
+                {
+                    resp.error = Some(error);
+                    resp.base_offset = -1;
+                    resp.batch_base_offsets.clear();
+                }
+            }
+        }
+        for (topic, resp) in refused {
+            push_response(&mut out, &topic, resp);
+        }
         Ok(v1::ProduceResponse { topics: out })
     }
 
-    fn resolve_fetch<'r>(
-        &self,
-        req: &'r v1::FetchRequest,
-    ) -> Result<Vec<(Arc<Partition>, &'r v1::FetchPartition)>, Error> {
-        req.partitions.iter().map(|p| Ok((self.state.topics.partition(&p.topic, p.partition)?, p))).collect()
+    /// Each fetched partition: its replica when this broker leads it (in
+    /// the epoch the fetch names, if it names one), else the error to
+    /// answer for it. Unknown topics and partitions fail the call.
+    fn resolve_fetch(&self, req: &v1::FetchRequest) -> Result<Vec<(Target, v1::FetchPartition)>, Error> {
+        let md = self.state.cluster.metadata();
+        let mut out = Vec::with_capacity(req.partitions.len());
+        for p in &req.partitions {
+            let internal = is_internal(&p.topic) && md.topic(&p.topic).is_none();
+            if internal {
+                // Local internal topics (__consumer_offsets) are read here.
+                let partition = self.state.topics.partition(&p.topic, p.partition)?;
+                out.push((Target::Local(partition), p.clone()));
+                continue;
+            }
+            let Some(meta) = md.topic(&p.topic) else { return Err(Error::UnknownTopic(p.topic.clone())) };
+            if p.partition as usize >= meta.partitions.len() {
+                return Err(Error::UnknownPartition {
+                    topic: p.topic.clone(),
+                    partition: p.partition,
+                    count: meta.partitions.len() as u32,
+                });
+            }
+            let target = match self.state.replicas.leader_replica(&self.state, &p.topic, p.partition) {
+                Ok(r) => match r.role() {
+                    crate::replication::Role::Leader { epoch }
+                        if p.current_leader_epoch >= 0 && p.current_leader_epoch != epoch =>
+                    {
+                        let code = if p.current_leader_epoch < epoch {
+                            v1::ErrorCode::FencedLeaderEpoch
+                        } else {
+                            v1::ErrorCode::UnknownLeaderEpoch
+                        };
+                        Target::Refused(v1::PartitionError {
+                            code: code as i32,
+                            message: format!("leader epoch is {epoch}, the fetch said {}", p.current_leader_epoch),
+                            leader_id: self.state.cluster.node_id(),
+                            leader_epoch: epoch,
+                            ..Default::default()
+                        })
+                    }
+                    _ => Target::Local(r.partition.clone()),
+                },
+                Err(e) => Target::Refused(e),
+            };
+            out.push((target, p.clone()));
+        }
+        Ok(out)
+    }
+
+    /// A follower's fetch: served by the replication layer, waiting on the
+    /// leader's log end rather than the high watermark.
+    async fn replica_fetch(&self, req: v1::FetchRequest) -> Result<v1::FetchResponse, Error> {
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_millis(u64::from(req.max_wait_ms)).min(MAX_WAIT);
+        let cap = self.state.config.fetch_max_bytes.max(1) as usize;
+        let max_total = if req.max_bytes == 0 { cap } else { (req.max_bytes as usize).min(cap) };
+        let req = Arc::new(req);
+        loop {
+            let mut watchers: Vec<_> = req
+                .partitions
+                .iter()
+                .filter_map(|p| self.state.replicas.replica(&p.topic, p.partition))
+                .map(|r| r.log_end.subscribe())
+                .collect();
+            let (state, r) = (self.state.clone(), req.clone());
+            let (out, total, high_watermark_moved) = tokio::task::spawn_blocking(move || {
+                let mut total = 0usize;
+                let mut moved = false;
+                let mut out = Vec::with_capacity(r.partitions.len());
+                for want in &r.partitions {
+                    let before = state.replicas.replica(&want.topic, want.partition).map(|x| x.partition.high_watermark());
+                    let asked = if want.max_bytes == 0 { 1 << 20 } else { want.max_bytes as usize };
+                    let budget = max_total.saturating_sub(total).min(asked);
+                    let resp = crate::replication::leader::serve_replica_fetch(&state.replicas, &state, r.replica_id, want, budget);
+                    // A follower must hear about a high watermark its own
+                    // fetch moved, without waiting for new data.
+                    moved |= before.is_some_and(|b| resp.high_watermark > b && want.offset >= resp.high_watermark);
+                    total += resp.records.len();
+                    out.push(resp);
+                }
+                (out, total, moved)
+            })
+            .await
+            .map_err(|e| Error::Storage(e.to_string()))?;
+            let now = tokio::time::Instant::now();
+            if total >= req.min_bytes as usize
+                || now >= deadline
+                || high_watermark_moved
+                || out.iter().any(|r| r.error.is_some())
+                || watchers.is_empty()
+            {
+                return Ok(v1::FetchResponse { partitions: out });
+            }
+            let changed = select_all(watchers.iter_mut().map(|w| Box::pin(w.changed())));
+            tokio::select! {
+                _ = changed => {}
+                _ = tokio::time::sleep_until(deadline) => {}
+            }
+        }
     }
 
     async fn fetch_inner(&self, req: v1::FetchRequest) -> Result<v1::FetchResponse, Error> {
-        let targets = self.resolve_fetch(&req)?;
+        if req.is_replica {
+            return self.replica_fetch(req).await;
+        }
+        let resolved = self.resolve_fetch(&req)?;
+        let mut refused = Vec::new();
+        let mut targets = Vec::new();
+        for (t, want) in resolved {
+            match t {
+                Target::Local(p) => targets.push((p, want)),
+                Target::Refused(e) => refused.push(v1::FetchPartitionResponse {
+                    topic: want.topic.clone(),
+                    partition: want.partition,
+                    high_watermark: -1,
+                    log_start_offset: -1,
+                    error: Some(e),
+                    leader_epoch: -1,
+                    ..Default::default()
+                }),
+            }
+        }
+        if !refused.is_empty() {
+            // Answer at once: the client must go to the leader.
+            for (p, want) in &targets {
+                refused.push(read_one(p, want, 0, false));
+            }
+            return Ok(v1::FetchResponse { partitions: refused });
+        }
         let deadline =
             tokio::time::Instant::now() + Duration::from_millis(u64::from(req.max_wait_ms)).min(MAX_WAIT);
         // Never more than the broker's cap, whatever the client asks: the
         // response is built in memory.
         let cap = self.state.config.fetch_max_bytes.max(1) as usize;
         let max_total = if req.max_bytes == 0 { cap } else { (req.max_bytes as usize).min(cap) };
-        let targets: Arc<Vec<_>> = Arc::new(targets.into_iter().map(|(p, want)| (p, want.clone())).collect());
+        let targets: Arc<Vec<_>> = Arc::new(targets);
         loop {
             // Subscribe before reading so an append in between still wakes us.
             let mut watchers: Vec<_> = targets.iter().map(|(p, _)| p.subscribe()).collect();
@@ -252,19 +461,45 @@ impl LogService {
     }
 
     fn metadata_inner(&self, req: v1::MetadataRequest) -> Result<v1::MetadataResponse, Error> {
+        let md = self.state.cluster.metadata();
         let node = self.state.config.node_id;
-        let topics = if req.topics.is_empty() {
-            self.state.topics.list()
+        let mut topics = Vec::new();
+        let names: Vec<String> = if req.topics.is_empty() {
+            let mut all: Vec<String> = md.topics.keys().cloned().collect();
+            all.extend(
+                self.state
+                    .topics
+                    .list()
+                    .iter()
+                    .filter(|t| is_internal(&t.name) && !md.topics.contains_key(&t.name))
+                    .map(|t| t.name.clone()),
+            );
+            all
         } else {
-            req.topics.iter().map(|t| self.state.topics.get(t)).collect::<Result<_, _>>()?
+            req.topics.clone()
         };
-        Ok(v1::MetadataResponse {
-            brokers: vec![v1::BrokerInfo { node_id: node, address: self.state.config.advertised(), ..Default::default() }],
-            controller_id: node,
-            topics: topics
-                .iter()
-                .map(|t| v1::TopicMetadata {
-                    name: t.name.clone(),
+        for name in names {
+            if let Some(t) = md.topic(&name) {
+                topics.push(v1::TopicMetadata {
+                    name: name.clone(),
+                    partitions: t
+                        .partitions
+                        .iter()
+                        .enumerate()
+                        .map(|(i, p)| v1::PartitionMetadata {
+                            partition: i as u32,
+                            leader: p.leader,
+                            leader_epoch: p.leader_epoch,
+                            replicas: p.replicas.clone(),
+                            isr: p.isr.clone(),
+                        })
+                        .collect(),
+                });
+            } else if is_internal(&name) {
+                // Local internal topics: this broker holds them alone.
+                let t = self.state.topics.get(&name)?;
+                topics.push(v1::TopicMetadata {
+                    name: name.clone(),
                     partitions: (0..t.partition_count())
                         .map(|p| v1::PartitionMetadata {
                             partition: p,
@@ -274,10 +509,61 @@ impl LogService {
                             isr: vec![node],
                         })
                         .collect(),
-                })
+                });
+            } else {
+                return Err(Error::UnknownTopic(name));
+            }
+        }
+        Ok(v1::MetadataResponse {
+            brokers: md
+                .live_brokers()
+                .map(|b| v1::BrokerInfo { node_id: b.id, address: b.address.clone(), rack: b.rack.clone() })
                 .collect(),
-            ..Default::default()
+            controller_id: self.state.cluster.controller_id().unwrap_or(-1),
+            topics,
+            cluster_id: md.cluster_id.clone(),
+            cluster_name: self.state.cluster.setup.cluster_name.clone(),
         })
+    }
+}
+
+/// A fetched partition, resolved.
+enum Target {
+    Local(Arc<Partition>),
+    Refused(v1::PartitionError),
+}
+
+fn refusal(partition: u32, error: v1::PartitionError) -> v1::PartitionProduceResponse {
+    v1::PartitionProduceResponse {
+        partition,
+        base_offset: -1,
+        log_start_offset: -1,
+        error: Some(error),
+        batch_base_offsets: Vec::new(),
+    }
+}
+
+impl LogService {
+    /// Producer ids come from the controller's block (forwarded there).
+    async fn init_producer_id_inner(&self) -> Result<v1::InitProducerIdResponse, Error> {
+        let node = &self.state.cluster;
+        let controller = node.controller_id().ok_or(Error::NotController { controller: None })?;
+        if controller == node.node_id() {
+            let producer_id = self.state.producer_ids.allocate(node).await?;
+            return Ok(v1::InitProducerIdResponse { producer_id, producer_epoch: 0 });
+        }
+        let address = node.peer_address(controller).ok_or(Error::NotController { controller: Some(controller) })?;
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+            .map_err(|e| Error::Unavailable(e.to_string()))?
+            .connect_timeout(Duration::from_secs(2));
+        let mut client = v1::log_client::LogClient::new(endpoint.connect_lazy());
+        let mut req = Request::new(v1::InitProducerIdRequest {});
+        req.set_timeout(Duration::from_secs(5));
+        Ok(client
+            .init_producer_id(req)
+            .await
+            .map_err(|s| Error::Unavailable(format!("the controller (broker {controller}): {}", s.message())))?
+            .into_inner())
     }
 }
 
@@ -330,7 +616,33 @@ fn list_offsets_blocking(
 ) -> Result<v1::ListOffsetsResponse, Error> {
     let mut out = Vec::new();
     for p in &req.partitions {
-        let partition = state.topics.partition(&p.topic, p.partition)?;
+        let local_internal = is_internal(&p.topic) && state.cluster.metadata().topic(&p.topic).is_none();
+        let partition = if local_internal {
+            state.topics.partition(&p.topic, p.partition)?
+        } else {
+            let md = state.cluster.metadata();
+            let Some(meta) = md.topic(&p.topic) else { return Err(Error::UnknownTopic(p.topic.clone())) };
+            if p.partition as usize >= meta.partitions.len() {
+                return Err(Error::UnknownPartition {
+                    topic: p.topic.clone(),
+                    partition: p.partition,
+                    count: meta.partitions.len() as u32,
+                });
+            }
+            match state.replicas.leader_replica(state, &p.topic, p.partition) {
+                Ok(r) => r.partition.clone(),
+                Err(error) => {
+                    out.push(v1::ListOffsetsPartitionResponse {
+                        topic: p.topic.clone(),
+                        partition: p.partition,
+                        offset: -1,
+                        timestamp: -1,
+                        error: Some(error),
+                    });
+                    continue;
+                }
+            }
+        };
         let found = partition.with_log(|log| -> Result<(i64, i64), Error> {
             Ok(match p.timestamp {
                 offset_spec::EARLIEST => (log.log_start_offset(), -1),
@@ -403,11 +715,7 @@ impl Log for LogService {
         _request: Request<v1::InitProducerIdRequest>,
     ) -> Result<Response<v1::InitProducerIdResponse>, Status> {
         let start = Instant::now();
-        let r = self
-            .state
-            .producer_ids
-            .allocate()
-            .map(|producer_id| v1::InitProducerIdResponse { producer_id, producer_epoch: 0 });
+        let r = self.init_producer_id_inner().await;
         self.finish("init_producer_id", start, r)
     }
 }

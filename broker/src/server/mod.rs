@@ -2,6 +2,7 @@
 //! HTTP port (`/healthz`, `/readyz`, `/metrics`).
 
 pub mod admin;
+pub mod cluster;
 pub mod group;
 pub mod log;
 
@@ -17,6 +18,7 @@ use axum::routing::get;
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 use tributary_proto::v1::admin_server::AdminServer;
+use tributary_proto::v1::cluster_server::ClusterServer;
 use tributary_proto::v1::group_server::GroupServer;
 use tributary_proto::v1::log_server::LogServer;
 
@@ -46,6 +48,11 @@ pub async fn serve_grpc(
         )
         .add_service(
             GroupServer::new(group::GroupService::new(state.clone()))
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+        )
+        .add_service(
+            ClusterServer::new(cluster::ClusterService::new(state.clone()))
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
         )

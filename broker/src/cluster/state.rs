@@ -1,0 +1,508 @@
+//! The cluster metadata the Raft quorum agrees on, and the commands that
+//! change it.
+//!
+//! `MetadataState::apply` is a pure function of the state and one command:
+//! every broker applies the same committed commands in the same order and
+//! reaches the same state. Leader elections happen *inside* apply (fencing a
+//! broker elects new leaders for what it led, deterministically from the
+//! ISR), so a leadership change is exactly one quorum decision and never a
+//! broker deciding alone.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+/// No leader (the partition is offline) / no broker.
+pub const NO_LEADER: i32 = -1;
+
+/// Producer ids are handed out in blocks of this many per request.
+pub const PRODUCER_ID_BLOCK: i64 = 1000;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BrokerRecord {
+    pub id: i32,
+    /// Where clients reach it.
+    pub address: String,
+    pub rack: String,
+    /// Its session with the controller expired (or it shut down): it leads
+    /// nothing and is in no ISR until it comes back.
+    pub fenced: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionRecord {
+    /// Assigned replicas; the first is the preferred leader.
+    pub replicas: Vec<i32>,
+    pub leader: i32,
+    /// Bumped on every leader change (including to "no leader").
+    pub leader_epoch: i32,
+    /// In-sync replicas. Never empty: when the last in-sync replica is
+    /// fenced it stays listed (the partition goes offline) so that it, and
+    /// only it, can lead again when it returns (no unclean election).
+    pub isr: Vec<i32>,
+    /// A reassignment in progress: the replicas the partition will have.
+    /// Meanwhile `replicas` holds old and new ones, so the new ones copy
+    /// first; the switch happens once every target replica is in sync.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<Vec<i32>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicRecord {
+    pub name: String,
+    pub id: String,
+    pub configs: BTreeMap<String, String>,
+    pub partitions: Vec<PartitionRecord>,
+}
+
+impl TopicRecord {
+    pub fn replication_factor(&self) -> u32 {
+        self.partitions.first().map_or(0, |p| p.replicas.len() as u32)
+    }
+}
+
+/// Everything the quorum holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetadataState {
+    /// Generated once, by the first controller, at formation.
+    pub cluster_id: String,
+    pub brokers: BTreeMap<i32, BrokerRecord>,
+    pub topics: BTreeMap<String, TopicRecord>,
+    /// The first producer id not yet handed out to any broker.
+    pub next_producer_id: i64,
+    /// The Raft log index this state reflects (set when it is published;
+    /// not part of the replicated state).
+    #[serde(skip)]
+    pub applied_index: u64,
+}
+
+/// A change to the metadata, decided by the controller and committed by the
+/// quorum.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Sets the cluster id if none is set yet (the first controller proposes
+    /// it; a later proposal changes nothing).
+    Form { cluster_id: String },
+    /// A broker's address or rack, and (re)admission: unfences it and gives
+    /// leaderless partitions whose ISR holds it a leader again.
+    Register { id: i32, address: String, rack: String },
+    /// The broker's session ended: it leaves every ISR it was in (unless it
+    /// was the last member) and every partition it led gets a new leader.
+    Fence { id: i32 },
+    CreateTopic { topic: TopicRecord },
+    DeleteTopic { name: String },
+    SetConfigs { name: String, configs: BTreeMap<String, String> },
+    /// New partitions for an existing topic (their replicas; the first
+    /// unfenced one leads).
+    AddPartitions { name: String, replicas: Vec<Vec<i32>> },
+    /// A leader's ISR change; refused when `leader_epoch` is not current
+    /// (the leader was deposed meanwhile).
+    AlterIsr { topic: String, partition: u32, leader: i32, leader_epoch: i32, isr: Vec<i32> },
+    /// Moves leadership to `leader` (must be in the ISR and unfenced).
+    ElectLeader { topic: String, partition: u32, leader: i32 },
+    /// Starts moving a partition to `target` replicas (its first the
+    /// preferred leader): the new replicas join and copy; see
+    /// `CompleteReassignment`.
+    Reassign { topic: String, partition: u32, target: Vec<i32> },
+    /// Finishes a reassignment whose target replicas are all in sync: the
+    /// others leave, and leadership moves into the target if it must.
+    CompleteReassignment { topic: String, partition: u32 },
+    /// Reserves a block of producer ids starting at or above `at_least`
+    /// (ids a one-node broker handed out before it had a quorum); the result
+    /// is its first id.
+    AllocateProducerIds { at_least: i64 },
+}
+
+/// What applying a command answered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    Done,
+    /// Refused; the state did not change.
+    Refused(String),
+    ProducerIds { start: i64, count: i64 },
+}
+
+impl MetadataState {
+    pub fn topic(&self, name: &str) -> Option<&TopicRecord> {
+        self.topics.get(name)
+    }
+
+    pub fn partition(&self, topic: &str, partition: u32) -> Option<&PartitionRecord> {
+        self.topics.get(topic)?.partitions.get(partition as usize)
+    }
+
+    pub fn live_brokers(&self) -> impl Iterator<Item = &BrokerRecord> {
+        self.brokers.values().filter(|b| !b.fenced)
+    }
+
+    fn is_live(&self, id: i32) -> bool {
+        self.brokers.get(&id).is_some_and(|b| !b.fenced)
+    }
+
+    pub fn apply(&mut self, command: &Command) -> Outcome {
+        match command {
+            Command::Form { cluster_id } => {
+                if self.cluster_id.is_empty() {
+                    self.cluster_id = cluster_id.clone();
+                }
+                Outcome::Done
+            }
+            Command::Register { id, address, rack } => {
+                self.register(*id, address, rack);
+                Outcome::Done
+            }
+            Command::Fence { id } => {
+                self.fence(*id);
+                Outcome::Done
+            }
+            Command::CreateTopic { topic } => {
+                if self.topics.contains_key(&topic.name) {
+                    return Outcome::Refused(format!("topic '{}' already exists", topic.name));
+                }
+                let mut topic = topic.clone();
+                for p in &mut topic.partitions {
+                    self.initial_leader(p);
+                }
+                self.topics.insert(topic.name.clone(), topic);
+                Outcome::Done
+            }
+            Command::DeleteTopic { name } => match self.topics.remove(name) {
+                Some(_) => Outcome::Done,
+                None => Outcome::Refused(format!("unknown topic '{name}'")),
+            },
+            Command::SetConfigs { name, configs } => match self.topics.get_mut(name) {
+                Some(t) => {
+                    t.configs = configs.clone();
+                    Outcome::Done
+                }
+                None => Outcome::Refused(format!("unknown topic '{name}'")),
+            },
+            Command::AddPartitions { name, replicas } => {
+                let mut added = Vec::new();
+                for r in replicas {
+                    let mut p = PartitionRecord {
+                        replicas: r.clone(),
+                        leader: NO_LEADER,
+                        leader_epoch: -1,
+                        isr: r.clone(),
+                        target: None,
+                    };
+                    self.initial_leader(&mut p);
+                    added.push(p);
+                }
+                match self.topics.get_mut(name) {
+                    Some(t) => {
+                        t.partitions.extend(added);
+                        Outcome::Done
+                    }
+                    None => Outcome::Refused(format!("unknown topic '{name}'")),
+                }
+            }
+            Command::AlterIsr { topic, partition, leader, leader_epoch, isr } => {
+                self.alter_isr(topic, *partition, *leader, *leader_epoch, isr)
+            }
+            Command::ElectLeader { topic, partition, leader } => self.elect(topic, *partition, *leader),
+            Command::Reassign { topic, partition, target } => self.reassign(topic, *partition, target),
+            Command::CompleteReassignment { topic, partition } => self.complete_reassignment(topic, *partition),
+            Command::AllocateProducerIds { at_least } => {
+                let start = self.next_producer_id.max(*at_least);
+                self.next_producer_id = start + PRODUCER_ID_BLOCK;
+                Outcome::ProducerIds { start, count: PRODUCER_ID_BLOCK }
+            }
+        }
+    }
+
+    /// A new partition's first leader: its first live replica.
+    fn initial_leader(&self, p: &mut PartitionRecord) {
+        p.isr = p.replicas.clone();
+        p.leader = p.replicas.iter().copied().find(|r| self.is_live(*r)).unwrap_or(NO_LEADER);
+        p.leader_epoch = 0;
+    }
+
+    fn register(&mut self, id: i32, address: &str, rack: &str) {
+        self.brokers.insert(
+            id,
+            BrokerRecord { id, address: address.to_string(), rack: rack.to_string(), fenced: false },
+        );
+        // Offline partitions whose last in-sync replica is back lead again.
+        for t in self.topics.values_mut() {
+            for p in &mut t.partitions {
+                if p.leader == NO_LEADER && p.isr.contains(&id) {
+                    p.leader = id;
+                    p.leader_epoch += 1;
+                }
+            }
+        }
+    }
+
+    fn fence(&mut self, id: i32) {
+        let Some(b) = self.brokers.get_mut(&id) else { return };
+        b.fenced = true;
+        let live: BTreeSet<i32> = self.live_brokers().map(|b| b.id).collect();
+        for t in self.topics.values_mut() {
+            for p in &mut t.partitions {
+                if !p.isr.contains(&id) {
+                    continue;
+                }
+                if p.isr.len() > 1 {
+                    p.isr.retain(|r| *r != id);
+                }
+                if p.leader == id {
+                    // The new leader comes from the ISR only: every member
+                    // has everything below the high watermark.
+                    p.leader = p.isr.iter().copied().find(|r| live.contains(r)).unwrap_or(NO_LEADER);
+                    p.leader_epoch += 1;
+                }
+            }
+        }
+    }
+
+    fn alter_isr(&mut self, topic: &str, partition: u32, leader: i32, epoch: i32, isr: &[i32]) -> Outcome {
+        let live: BTreeSet<i32> = self.live_brokers().map(|b| b.id).collect();
+        let Some(p) = self.topics.get_mut(topic).and_then(|t| t.partitions.get_mut(partition as usize)) else {
+            return Outcome::Refused(format!("unknown partition {topic}-{partition}"));
+        };
+        if p.leader != leader || p.leader_epoch != epoch {
+            return Outcome::Refused(format!(
+                "{topic}-{partition}: broker {leader} at epoch {epoch} is not the leader (leader {} at epoch {})",
+                p.leader, p.leader_epoch
+            ));
+        }
+        if !isr.contains(&leader) || isr.iter().any(|r| !p.replicas.contains(r)) {
+            return Outcome::Refused(format!("{topic}-{partition}: ISR {isr:?} must hold the leader and only replicas"));
+        }
+        // A fenced broker may not join (it could not lead if elected).
+        let added = isr.iter().filter(|r| !p.isr.contains(r));
+        if let Some(r) = added.into_iter().find(|r| !live.contains(r)) {
+            return Outcome::Refused(format!("{topic}-{partition}: broker {r} is fenced"));
+        }
+        let mut isr = isr.to_vec();
+        isr.sort_unstable();
+        isr.dedup();
+        p.isr = isr;
+        Outcome::Done
+    }
+
+    fn elect(&mut self, topic: &str, partition: u32, leader: i32) -> Outcome {
+        let live = self.is_live(leader);
+        let Some(p) = self.topics.get_mut(topic).and_then(|t| t.partitions.get_mut(partition as usize)) else {
+            return Outcome::Refused(format!("unknown partition {topic}-{partition}"));
+        };
+        if !p.isr.contains(&leader) || !live {
+            return Outcome::Refused(format!("{topic}-{partition}: broker {leader} is not a live in-sync replica"));
+        }
+        if p.leader != leader {
+            p.leader = leader;
+            p.leader_epoch += 1;
+        }
+        Outcome::Done
+    }
+
+    fn reassign(&mut self, topic: &str, partition: u32, target: &[i32]) -> Outcome {
+        let mut distinct = target.to_vec();
+        distinct.sort_unstable();
+        distinct.dedup();
+        if target.is_empty() || distinct.len() != target.len() {
+            return Outcome::Refused(format!("{topic}-{partition}: target replicas {target:?} must be distinct and not empty"));
+        }
+        if let Some(b) = target.iter().find(|b| !self.brokers.contains_key(b)) {
+            return Outcome::Refused(format!("{topic}-{partition}: broker {b} is not in the cluster"));
+        }
+        let Some(p) = self.topics.get_mut(topic).and_then(|t| t.partitions.get_mut(partition as usize)) else {
+            return Outcome::Refused(format!("unknown partition {topic}-{partition}"));
+        };
+        if p.target.is_some() {
+            return Outcome::Refused(format!("{topic}-{partition} is already being reassigned"));
+        }
+        if p.replicas == target {
+            return Outcome::Done;
+        }
+        // Target first (preferred leader order), then the leaving ones.
+        let mut replicas = target.to_vec();
+        replicas.extend(p.replicas.iter().filter(|r| !target.contains(r)));
+        p.replicas = replicas;
+        p.target = Some(target.to_vec());
+        Outcome::Done
+    }
+
+    fn complete_reassignment(&mut self, topic: &str, partition: u32) -> Outcome {
+        let live: BTreeSet<i32> = self.live_brokers().map(|b| b.id).collect();
+        let Some(p) = self.topics.get_mut(topic).and_then(|t| t.partitions.get_mut(partition as usize)) else {
+            return Outcome::Refused(format!("unknown partition {topic}-{partition}"));
+        };
+        let Some(target) = p.target.clone() else {
+            return Outcome::Refused(format!("{topic}-{partition} is not being reassigned"));
+        };
+        if let Some(r) = target.iter().find(|r| !p.isr.contains(r)) {
+            return Outcome::Refused(format!("{topic}-{partition}: target replica {r} is not in sync yet"));
+        }
+        p.isr.retain(|r| target.contains(r));
+        p.replicas = target.clone();
+        p.target = None;
+        if !target.contains(&p.leader) {
+            p.leader = target.iter().copied().find(|r| p.isr.contains(r) && live.contains(r)).unwrap_or(NO_LEADER);
+            p.leader_epoch += 1;
+        }
+        Outcome::Done
+    }
+
+    /// Reassignments whose target replicas are all in sync now.
+    pub fn completable_reassignments(&self) -> Vec<(String, u32)> {
+        let mut out = Vec::new();
+        for (name, t) in &self.topics {
+            for (i, p) in t.partitions.iter().enumerate() {
+                if p.target.as_ref().is_some_and(|target| target.iter().all(|r| p.isr.contains(r))) {
+                    out.push((name.clone(), i as u32));
+                }
+            }
+        }
+        out
+    }
+
+    /// Partitions with fewer in-sync replicas than replicas, and those with
+    /// no leader.
+    pub fn health(&self) -> (u32, u32, u32) {
+        let (mut total, mut under, mut offline) = (0, 0, 0);
+        for t in self.topics.values() {
+            for p in &t.partitions {
+                total += 1;
+                if p.leader == NO_LEADER {
+                    offline += 1;
+                }
+                let live_isr = p.isr.iter().filter(|r| self.is_live(**r)).count();
+                let wanted = p.target.as_ref().map_or(p.replicas.len(), Vec::len);
+                if live_isr < wanted {
+                    under += 1;
+                }
+            }
+        }
+        (total, under, offline)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster(n: i32) -> MetadataState {
+        let mut s = MetadataState::default();
+        for id in 0..n {
+            s.apply(&Command::Register { id, address: format!("b{id}"), rack: String::new() });
+        }
+        s
+    }
+
+    fn topic(name: &str, replicas: Vec<Vec<i32>>) -> Command {
+        Command::CreateTopic {
+            topic: TopicRecord {
+                name: name.into(),
+                id: "id".into(),
+                configs: BTreeMap::new(),
+                partitions: replicas
+                    .into_iter()
+                    .map(|r| PartitionRecord { replicas: r, leader: NO_LEADER, leader_epoch: 0, isr: vec![], target: None })
+                    .collect(),
+            },
+        }
+    }
+
+    #[test]
+    fn a_reassignment_copies_first_and_switches_once_the_target_is_in_sync() {
+        let mut s = cluster(4);
+        s.apply(&topic("t", vec![vec![0, 1, 2]]));
+        assert_eq!(s.apply(&Command::Reassign { topic: "t".into(), partition: 0, target: vec![3, 1] }), Outcome::Done);
+        let p = s.partition("t", 0).cloned().unwrap();
+        // 3 joins as a replica; nothing leaves yet; 0 still leads.
+        assert_eq!((p.replicas.clone(), p.leader, p.isr.clone()), (vec![3, 1, 0, 2], 0, vec![0, 1, 2]));
+        assert!(s.completable_reassignments().is_empty());
+        let early = s.apply(&Command::CompleteReassignment { topic: "t".into(), partition: 0 });
+        assert!(matches!(early, Outcome::Refused(_)));
+        s.apply(&Command::AlterIsr { topic: "t".into(), partition: 0, leader: 0, leader_epoch: 0, isr: vec![0, 1, 2, 3] });
+        assert_eq!(s.completable_reassignments(), vec![("t".to_string(), 0)]);
+        s.apply(&Command::CompleteReassignment { topic: "t".into(), partition: 0 });
+        let p = s.partition("t", 0).cloned().unwrap();
+        // 0 left, so leadership moved into the target with a new epoch.
+        assert_eq!((p.replicas, p.isr, p.leader, p.leader_epoch, p.target), (vec![3, 1], vec![1, 3], 3, 1, None));
+    }
+
+    #[test]
+    fn fencing_the_leader_elects_from_the_isr_and_bumps_the_epoch() {
+        let mut s = cluster(3);
+        s.apply(&topic("t", vec![vec![0, 1, 2]]));
+        assert_eq!(s.partition("t", 0).map(|p| (p.leader, p.leader_epoch)), Some((0, 0)));
+        // 1 fell out of the ISR earlier: only 2 may take over.
+        s.apply(&Command::AlterIsr { topic: "t".into(), partition: 0, leader: 0, leader_epoch: 0, isr: vec![0, 2] });
+        s.apply(&Command::Fence { id: 0 });
+        let p = s.partition("t", 0).cloned().unwrap();
+        assert_eq!((p.leader, p.leader_epoch, p.isr), (2, 1, vec![2]));
+    }
+
+    #[test]
+    fn the_last_in_sync_replica_stays_listed_and_leads_again_on_return() {
+        let mut s = cluster(2);
+        s.apply(&topic("t", vec![vec![0, 1]]));
+        s.apply(&Command::AlterIsr { topic: "t".into(), partition: 0, leader: 0, leader_epoch: 0, isr: vec![0] });
+        s.apply(&Command::Fence { id: 0 });
+        let p = s.partition("t", 0).cloned().unwrap();
+        // No unclean election: 1 is live but was not in sync.
+        assert_eq!((p.leader, p.isr.clone()), (NO_LEADER, vec![0]));
+        assert_eq!(s.health(), (1, 1, 1));
+        s.apply(&Command::Register { id: 0, address: "b0".into(), rack: String::new() });
+        let p = s.partition("t", 0).cloned().unwrap();
+        assert_eq!((p.leader, p.leader_epoch), (0, 2));
+    }
+
+    #[test]
+    fn a_deposed_leader_cannot_change_the_isr() {
+        let mut s = cluster(3);
+        s.apply(&topic("t", vec![vec![0, 1, 2]]));
+        s.apply(&Command::Fence { id: 0 });
+        let before = s.clone();
+        let out = s.apply(&Command::AlterIsr {
+            topic: "t".into(),
+            partition: 0,
+            leader: 0,
+            leader_epoch: 0,
+            isr: vec![0],
+        });
+        assert!(matches!(out, Outcome::Refused(_)));
+        assert_eq!(s, before);
+    }
+
+    #[test]
+    fn fenced_brokers_may_not_join_the_isr_and_elections_need_an_in_sync_replica() {
+        let mut s = cluster(3);
+        s.apply(&topic("t", vec![vec![0, 1, 2]]));
+        s.apply(&Command::AlterIsr { topic: "t".into(), partition: 0, leader: 0, leader_epoch: 0, isr: vec![0, 1] });
+        s.apply(&Command::Fence { id: 2 });
+        let out = s.apply(&Command::AlterIsr {
+            topic: "t".into(),
+            partition: 0,
+            leader: 0,
+            leader_epoch: 0,
+            isr: vec![0, 1, 2],
+        });
+        assert!(matches!(out, Outcome::Refused(_)));
+        assert!(matches!(
+            s.apply(&Command::ElectLeader { topic: "t".into(), partition: 0, leader: 2 }),
+            Outcome::Refused(_)
+        ));
+        assert_eq!(s.apply(&Command::ElectLeader { topic: "t".into(), partition: 0, leader: 1 }), Outcome::Done);
+        assert_eq!(s.partition("t", 0).map(|p| (p.leader, p.leader_epoch)), Some((1, 1)));
+    }
+
+    #[test]
+    fn producer_id_blocks_never_overlap_and_the_cluster_id_is_set_once() {
+        let mut s = MetadataState::default();
+        let a = s.apply(&Command::AllocateProducerIds { at_least: 0 });
+        let b = s.apply(&Command::AllocateProducerIds { at_least: 0 });
+        let c = s.apply(&Command::AllocateProducerIds { at_least: 5000 });
+        assert_eq!(a, Outcome::ProducerIds { start: 0, count: PRODUCER_ID_BLOCK });
+        assert_eq!(b, Outcome::ProducerIds { start: PRODUCER_ID_BLOCK, count: PRODUCER_ID_BLOCK });
+        assert_eq!(c, Outcome::ProducerIds { start: 5000, count: PRODUCER_ID_BLOCK });
+        assert_eq!(s.next_producer_id, 5000 + PRODUCER_ID_BLOCK);
+        s.apply(&Command::Form { cluster_id: "one".into() });
+        s.apply(&Command::Form { cluster_id: "two".into() });
+        assert_eq!(s.cluster_id, "one");
+    }
+}

@@ -1,0 +1,336 @@
+//! The `Cluster` service: Raft messages, broker sessions, ISR changes,
+//! epoch queries for follower truncation, and the cluster-wide views.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tonic::{Request, Response, Status};
+use tributary_proto::v1::{self, cluster_server::Cluster};
+
+use crate::cluster::network::cluster_client;
+use crate::cluster::state::{Command, Outcome, NO_LEADER};
+use crate::cluster::ClusterNode;
+use crate::error::Error;
+use crate::replication::Role;
+use crate::BrokerState;
+
+pub struct ClusterService {
+    state: Arc<BrokerState>,
+}
+
+impl ClusterService {
+    pub fn new(state: Arc<BrokerState>) -> Self {
+        ClusterService { state }
+    }
+
+    fn finish<T>(&self, rpc: &'static str, start: Instant, r: Result<T, Error>) -> Result<Response<T>, Status> {
+        super::respond(&self.state, rpc, start, r)
+    }
+
+    fn describe(&self) -> v1::DescribeClusterResponse {
+        let node = &self.state.cluster;
+        let md = node.metadata();
+        let voters = node.voter_ids();
+        let (partitions, under, offline) = md.health();
+        v1::DescribeClusterResponse {
+            cluster_id: md.cluster_id.clone(),
+            cluster_name: node.setup.cluster_name.clone(),
+            controller_id: node.controller_id().unwrap_or(-1),
+            raft_term: node.raft_term(),
+            raft_commit_index: node.applied_index(),
+            brokers: md
+                .brokers
+                .values()
+                .map(|b| v1::BrokerStatus {
+                    node_id: b.id,
+                    address: b.address.clone(),
+                    rack: b.rack.clone(),
+                    alive: !b.fenced && self.state.controller.alive(b.id).unwrap_or(true),
+                    voter: voters.contains(&b.id),
+                })
+                .collect(),
+            under_replicated_partitions: under,
+            offline_partitions: offline,
+            partitions,
+        }
+    }
+
+    fn offset_for_epoch(&self, req: v1::OffsetForLeaderEpochRequest) -> v1::OffsetForLeaderEpochResponse {
+        let manager = &self.state.replicas;
+        let mut out = Vec::new();
+        for q in req.partitions {
+            let mut answer = v1::EpochEndOffset {
+                topic: q.topic.clone(),
+                partition: q.partition,
+                leader_epoch: -1,
+                end_offset: -1,
+                error: None,
+            };
+            match manager.replica(&q.topic, q.partition).map(|r| (r.role(), r)) {
+                Some((Role::Leader { epoch }, r)) if epoch == q.current_leader_epoch => {
+                    match r.partition.end_offset_for_epoch(q.leader_epoch) {
+                        Ok((e, end)) => (answer.leader_epoch, answer.end_offset) = (e, end),
+                        Err(e) => {
+                            answer.error = Some(v1::PartitionError {
+                                code: v1::ErrorCode::StorageError as i32,
+                                message: e.to_string(),
+                                ..Default::default()
+                            })
+                        }
+                    }
+                }
+                Some((Role::Leader { epoch }, _)) => {
+                    let code = if q.current_leader_epoch < epoch {
+                        v1::ErrorCode::FencedLeaderEpoch
+                    } else {
+                        v1::ErrorCode::UnknownLeaderEpoch
+                    };
+                    answer.error = Some(v1::PartitionError {
+                        code: code as i32,
+                        message: format!("leader epoch is {epoch}, the request said {}", q.current_leader_epoch),
+                        leader_epoch: epoch,
+                        ..Default::default()
+                    });
+                }
+                _ => {
+                    let md = self.state.cluster.metadata();
+                    let hint = md.partition(&q.topic, q.partition).cloned();
+                    answer.error = Some(crate::replication::not_leader(
+                        &md,
+                        self.state.cluster.node_id(),
+                        &q.topic,
+                        q.partition,
+                        hint.as_ref(),
+                    ));
+                }
+            }
+            out.push(answer);
+        }
+        v1::OffsetForLeaderEpochResponse { partitions: out }
+    }
+}
+
+/// Asks the controller (wherever it is) to change a partition's ISR.
+pub async fn alter_partition_via_controller(
+    node: &ClusterNode,
+    request: v1::AlterPartitionRequest,
+) -> Result<v1::AlterPartitionResponse, Error> {
+    let Some(controller) = node.controller_id() else {
+        return Err(Error::NotController { controller: None });
+    };
+    if controller == node.node_id() {
+        return alter_partition_here(node, request).await;
+    }
+    let address = node.peer_address(controller).ok_or(Error::NotController { controller: Some(controller) })?;
+    let mut client = cluster_client(&address).ok_or(Error::NotController { controller: Some(controller) })?;
+    let mut req = Request::new(request);
+    req.set_timeout(Duration::from_secs(5));
+    Ok(client.alter_partition(req).await.map_err(|s| Error::Unavailable(s.message().to_string()))?.into_inner())
+}
+
+async fn alter_partition_here(
+    node: &ClusterNode,
+    req: v1::AlterPartitionRequest,
+) -> Result<v1::AlterPartitionResponse, Error> {
+    let outcome = node
+        .propose(Command::AlterIsr {
+            topic: req.topic.clone(),
+            partition: req.partition,
+            leader: req.node_id,
+            leader_epoch: req.leader_epoch,
+            isr: req.new_isr.clone(),
+        })
+        .await?;
+    let md = node.metadata();
+    let p = md.partition(&req.topic, req.partition);
+    let error = match outcome {
+        Outcome::Refused(why) => Some(v1::PartitionError {
+            code: v1::ErrorCode::FencedLeaderEpoch as i32,
+            message: why,
+            leader_id: p.map_or(NO_LEADER, |p| p.leader),
+            ..Default::default()
+        }),
+        _ => None,
+    };
+    Ok(v1::AlterPartitionResponse {
+        error,
+        isr: p.map(|p| p.isr.clone()).unwrap_or_default(),
+        leader_epoch: p.map_or(-1, |p| p.leader_epoch),
+    })
+}
+
+/// The controller's cluster client, when this broker is not the controller.
+fn controller_client(
+    node: &ClusterNode,
+) -> Result<Option<tributary_proto::v1::cluster_client::ClusterClient<tonic::transport::Channel>>, Error> {
+    let controller = node.controller_id().ok_or(Error::NotController { controller: None })?;
+    if controller == node.node_id() {
+        return Ok(None);
+    }
+    let address = node.peer_address(controller).ok_or(Error::NotController { controller: Some(controller) })?;
+    cluster_client(&address).map(Some).ok_or(Error::NotController { controller: Some(controller) })
+}
+
+/// Commits one `Reassign` per plan (on the controller).
+async fn start_reassignments(
+    node: &ClusterNode,
+    plans: Vec<(String, u32, Vec<i32>)>,
+) -> Result<v1::ReassignResponse, Error> {
+    let mut started = Vec::new();
+    for (topic, partition, target) in plans {
+        let cmd = Command::Reassign { topic: topic.clone(), partition, target: target.clone() };
+        match node.propose(cmd).await? {
+            Outcome::Refused(why) => return Err(Error::InvalidRequest(why)),
+            _ => {
+                tracing::info!(%topic, partition, target = ?target, "reassignment started");
+                started.push(v1::PartitionTarget { topic, partition, replicas: target });
+            }
+        }
+    }
+    let md = node.metadata();
+    let in_progress =
+        md.topics.values().flat_map(|t| &t.partitions).filter(|p| p.target.is_some()).count() as u32;
+    Ok(v1::ReassignResponse { started, in_progress })
+}
+
+impl ClusterService {
+    async fn reassign_here(&self, req: v1::ReassignPartitionsRequest) -> Result<v1::ReassignResponse, Error> {
+        let md = self.state.cluster.metadata();
+        let mut plans = Vec::new();
+        for p in req.partitions {
+            if md.partition(&p.topic, p.partition).is_none() {
+                return Err(Error::UnknownPartition {
+                    topic: p.topic.clone(),
+                    partition: p.partition,
+                    count: md.topic(&p.topic).map_or(0, |t| t.partitions.len() as u32),
+                });
+            }
+            if let Some(b) = p.replicas.iter().find(|b| !md.brokers.get(b).is_some_and(|x| !x.fenced)) {
+                return Err(Error::InvalidRequest(format!(
+                    "{}-{}: broker {b} is not a live broker of the cluster",
+                    p.topic, p.partition
+                )));
+            }
+            plans.push((p.topic, p.partition, p.replicas));
+        }
+        start_reassignments(&self.state.cluster, plans).await
+    }
+
+    async fn alter_rf_here(&self, req: v1::AlterReplicationFactorRequest) -> Result<v1::ReassignResponse, Error> {
+        let md = self.state.cluster.metadata();
+        if md.topic(&req.topic).is_none() {
+            return Err(Error::UnknownTopic(req.topic));
+        }
+        let plans = crate::cluster::reassign::replication_factor(&md, &req.topic, req.replication_factor)
+            .map_err(Error::InvalidReplicationFactor)?;
+        let plans = plans.into_iter().map(|(p, target)| (req.topic.clone(), p, target)).collect();
+        start_reassignments(&self.state.cluster, plans).await
+    }
+
+    async fn drain_here(&self, req: v1::DrainBrokerRequest) -> Result<v1::ReassignResponse, Error> {
+        let md = self.state.cluster.metadata();
+        let plans = crate::cluster::reassign::drain(&md, req.node_id).map_err(Error::InvalidRequest)?;
+        start_reassignments(&self.state.cluster, plans).await
+    }
+}
+
+#[tonic::async_trait]
+impl Cluster for ClusterService {
+    async fn raft(&self, request: Request<v1::RaftRequest>) -> Result<Response<v1::RaftResponse>, Status> {
+        let req = request.into_inner();
+        crate::cluster::network::handle(&self.state.cluster.raft, &req.kind, &req.payload)
+            .await
+            .map(Response::new)
+            .map_err(Status::invalid_argument)
+    }
+
+    async fn broker_heartbeat(
+        &self,
+        request: Request<v1::BrokerHeartbeatRequest>,
+    ) -> Result<Response<v1::BrokerHeartbeatResponse>, Status> {
+        Ok(Response::new(self.state.controller.heartbeat(&request.into_inner())))
+    }
+
+    async fn alter_partition(
+        &self,
+        request: Request<v1::AlterPartitionRequest>,
+    ) -> Result<Response<v1::AlterPartitionResponse>, Status> {
+        let start = Instant::now();
+        let r = alter_partition_here(&self.state.cluster, request.into_inner()).await;
+        self.finish("alter_partition", start, r)
+    }
+
+    async fn offset_for_leader_epoch(
+        &self,
+        request: Request<v1::OffsetForLeaderEpochRequest>,
+    ) -> Result<Response<v1::OffsetForLeaderEpochResponse>, Status> {
+        let start = Instant::now();
+        let state = self.state.clone();
+        let req = request.into_inner();
+        let this = ClusterService { state };
+        let r = tokio::task::spawn_blocking(move || this.offset_for_epoch(req))
+            .await
+            .map_err(|e| Error::Storage(e.to_string()));
+        self.finish("offset_for_leader_epoch", start, r)
+    }
+
+    async fn describe_cluster(
+        &self,
+        _request: Request<v1::DescribeClusterRequest>,
+    ) -> Result<Response<v1::DescribeClusterResponse>, Status> {
+        let start = Instant::now();
+        let r = Ok(self.describe());
+        self.finish("describe_cluster", start, r)
+    }
+
+    async fn reassign_partitions(
+        &self,
+        request: Request<v1::ReassignPartitionsRequest>,
+    ) -> Result<Response<v1::ReassignResponse>, Status> {
+        let start = Instant::now();
+        let req = request.into_inner();
+        let r = match controller_client(&self.state.cluster) {
+            Ok(Some(mut c)) => c.reassign_partitions(req).await.map(|r| r.into_inner()).map_err(Error::Forwarded),
+            Ok(None) => self.reassign_here(req).await,
+            Err(e) => Err(e),
+        };
+        self.finish("reassign_partitions", start, r)
+    }
+
+    async fn alter_replication_factor(
+        &self,
+        request: Request<v1::AlterReplicationFactorRequest>,
+    ) -> Result<Response<v1::ReassignResponse>, Status> {
+        let start = Instant::now();
+        let req = request.into_inner();
+        let r = match controller_client(&self.state.cluster) {
+            Ok(Some(mut c)) => c.alter_replication_factor(req).await.map(|r| r.into_inner()).map_err(Error::Forwarded),
+            Ok(None) => self.alter_rf_here(req).await,
+            Err(e) => Err(e),
+        };
+        self.finish("alter_replication_factor", start, r)
+    }
+
+    async fn drain_broker(
+        &self,
+        request: Request<v1::DrainBrokerRequest>,
+    ) -> Result<Response<v1::ReassignResponse>, Status> {
+        let start = Instant::now();
+        let req = request.into_inner();
+        let r = match controller_client(&self.state.cluster) {
+            Ok(Some(mut c)) => c.drain_broker(req).await.map(|r| r.into_inner()).map_err(Error::Forwarded),
+            Ok(None) => self.drain_here(req).await,
+            Err(e) => Err(e),
+        };
+        self.finish("drain_broker", start, r)
+    }
+
+    async fn elect_leaders(
+        &self,
+        request: Request<v1::ElectLeadersRequest>,
+    ) -> Result<Response<v1::ElectLeadersResponse>, Status> {
+        let start = Instant::now();
+        let r = crate::server::admin::elect_preferred(&self.state, &request.into_inner().topics).await;
+        self.finish("elect_leaders", start, r.map(|moved| v1::ElectLeadersResponse { moved }))
+    }
+}
