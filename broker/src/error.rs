@@ -47,6 +47,8 @@ pub enum Error {
     DiskFull(String),
     #[error("partition {partition} is offline: {reason}; nothing more is acknowledged or served from it until the broker restarts and re-verifies its log")]
     LogOffline { partition: String, reason: String },
+    #[error("replicated append to {partition} refused: {reason}; reconcile with the leader (OffsetForLeaderEpoch, truncate) and fetch again from the log end")]
+    ReplicaAppendRefused { partition: String, reason: String },
     #[error("topic '{0}' is internal: only the brokers write, alter or delete it")]
     InternalTopic(String),
     #[error("broker is shutting down")]
@@ -123,7 +125,9 @@ impl From<Error> for tonic::Status {
             }
             Error::GroupNotEmpty(..) | Error::CommitRejected(_) => Code::FailedPrecondition,
             Error::OffsetOutOfRange { .. } => Code::OutOfRange,
-            Error::OutOfOrderSequence { .. } | Error::InvalidProducerEpoch { .. } => Code::FailedPrecondition,
+            Error::OutOfOrderSequence { .. }
+            | Error::InvalidProducerEpoch { .. }
+            | Error::ReplicaAppendRefused { .. } => Code::FailedPrecondition,
             Error::Storage(_) => Code::Internal,
             Error::DiskFull(_) => Code::ResourceExhausted,
             Error::LogOffline { .. } => Code::Unavailable,

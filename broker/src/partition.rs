@@ -1,5 +1,8 @@
 //! One partition as the servers see it: its log behind a lock, and a watch
 //! channel that wakes long-polling fetches when the high watermark moves.
+//! The replica manager drives replication through it: leadership and
+//! epochs, the follower's append and reads, truncation, and the bound on
+//! the high watermark (see [`crate::log::replication`]).
 //!
 //! Every method here may block on file I/O (and appends may fsync when a
 //! segment rolls): call them from blocking threads, never from an async
@@ -48,11 +51,86 @@ impl Partition {
         format!("{topic}-{partition}")
     }
 
+    /// Leader path: stamps offsets and the current leader epoch.
     pub fn append(&self, data: &[u8], config: &TopicConfig, now_ms: i64) -> Result<AppendInfo> {
         let mut log = self.log.lock();
         let info = log.append(data, config, now_ms)?;
         log.publish_high_watermark();
         Ok(info)
+    }
+
+    /// Follower path: the leader's batches as it stored them, starting at
+    /// the log end ([`PartitionLog::append_replicated`]).
+    pub fn append_replicated(&self, data: &[u8], config: &TopicConfig, now_ms: i64) -> Result<AppendInfo> {
+        let mut log = self.log.lock();
+        let info = log.append_replicated(data, config, now_ms)?;
+        log.publish_high_watermark();
+        Ok(info)
+    }
+
+    /// This replica leads from now on with `epoch` (greater than or equal
+    /// to every epoch it has seen); the epoch cache records (epoch -> log
+    /// end) durably before this returns.
+    pub fn become_leader(&self, epoch: i32) -> Result<()> {
+        self.log.lock().become_leader(epoch)
+    }
+
+    /// This replica follows in `epoch`: remembered for fencing only.
+    pub fn become_follower(&self, epoch: i32) -> Result<()> {
+        self.log.lock().become_follower(epoch)
+    }
+
+    /// The epoch the replica was last told (leader or follower), -1 if never.
+    pub fn current_epoch(&self) -> i32 {
+        self.log.lock().current_epoch()
+    }
+
+    /// Latest epoch in the epoch cache, -1 when empty.
+    pub fn latest_epoch(&self) -> i32 {
+        self.log.lock().latest_epoch()
+    }
+
+    /// OffsetsForLeaderEpoch: the largest cached epoch `<= epoch` and its end
+    /// offset; (-1, -1) when every cached epoch is larger.
+    pub fn end_offset_for_epoch(&self, epoch: i32) -> Result<(i32, i64)> {
+        self.log.lock().end_offset_for_epoch(epoch)
+    }
+
+    /// Removes every record at and above `offset` ([`PartitionLog::truncate_to`]).
+    pub fn truncate_to(&self, offset: i64) -> Result<()> {
+        let mut log = self.log.lock();
+        let r = log.truncate_to(offset, crate::now_ms());
+        log.publish_high_watermark();
+        r
+    }
+
+    pub fn log_end_offset(&self) -> i64 {
+        self.log.lock().log_end_offset()
+    }
+
+    pub fn log_start_offset(&self) -> i64 {
+        self.log.lock().log_start_offset()
+    }
+
+    /// End of what a completed fsync covers.
+    pub fn durable_end(&self) -> i64 {
+        self.shared.durable_end()
+    }
+
+    pub fn high_watermark(&self) -> i64 {
+        self.log.lock().high_watermark()
+    }
+
+    /// Replication's bound on the high watermark: None when no other replica
+    /// is in sync, Some(h) caps it at `h` ([`PartitionLog::set_replica_bound`]).
+    pub fn set_replica_bound(&self, bound: Option<i64>) {
+        self.log.lock().set_replica_bound(bound);
+    }
+
+    /// Writes the high watermark to the partition's column family; the next
+    /// open starts with it as the replica bound.
+    pub fn checkpoint_high_watermark(&self) -> Result<()> {
+        self.log.lock().checkpoint_high_watermark()
     }
 
     /// Batches from the first one holding an offset `>= offset`, up to
@@ -66,6 +144,18 @@ impl Partition {
             let log = self.log.lock();
             (high_watermark, log_start_offset) = (log.high_watermark(), log.log_start_offset());
             log.locate(at)
+        })?;
+        Ok(ReadResult { records, high_watermark, log_start_offset })
+    }
+
+    /// Reads for a follower: like [`Self::read`], but up to the log end
+    /// instead of the high watermark (followers copy uncommitted records).
+    pub fn read_replica(&self, offset: i64, max_bytes: usize) -> Result<ReadResult> {
+        let (mut high_watermark, mut log_start_offset) = (-1, -1);
+        let records = read_located(&self.topic, self.id, offset, max_bytes, |at| {
+            let log = self.log.lock();
+            (high_watermark, log_start_offset) = (log.high_watermark(), log.log_start_offset());
+            log.locate_replica(at)
         })?;
         Ok(ReadResult { records, high_watermark, log_start_offset })
     }

@@ -22,6 +22,11 @@
 //! Offsets never change: a rewritten batch keeps its base offset and each
 //! record its offset delta. Appends and reads go on during step 2; reads that
 //! opened the old file keep reading it.
+//!
+//! A truncation during step 2 (a follower cut back to its leader) voids the
+//! pass: the cleaned files hold records the truncation removed, and the key
+//! map may now name offsets that are gone, so step 3 drops the files and
+//! forgets those keys instead of swapping.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -56,11 +61,15 @@ pub struct CleaningPlan {
     first_uncleanable: i64,
     delete_retention_ms: i64,
     now_ms: i64,
+    /// The log's truncation count when the plan was made.
+    generation: u64,
 }
 
 /// A rewritten segment, ready to swap in.
 pub struct Cleaned {
     base: i64,
+    /// The log's truncation count when its plan was made.
+    generation: u64,
     old_file: Arc<dyn LogFile>,
     cleaned_path: PathBuf,
     max_timestamp: i64,
@@ -124,6 +133,7 @@ impl PartitionLog {
             first_uncleanable,
             delete_retention_ms: config.delete_retention_ms,
             now_ms,
+            generation: self.shared.generation(),
         }))
     }
 
@@ -132,6 +142,10 @@ impl PartitionLog {
     /// skipped (its cleaned file removed).
     pub fn swap_cleaned(&mut self, cleaned: Vec<Cleaned>) -> Result<()> {
         self.shared.check()?;
+        let generation = self.shared.generation();
+        if cleaned.iter().any(|c| c.generation != generation) {
+            return self.void_cleaning(cleaned);
+        }
         for c in cleaned {
             let live = self.segments.get(&c.base).is_some_and(|s| Arc::ptr_eq(&s.file, &c.old_file));
             if !live {
@@ -179,6 +193,25 @@ impl PartitionLog {
             }
         }
         Ok(())
+    }
+
+    /// A pass that overlapped a truncation: its files are dropped, and keys
+    /// it may have mapped to truncated offsets are forgotten (a key without
+    /// an entry is kept, never cleaned away), with the cleaner checkpoint
+    /// moved back so the next pass maps them again.
+    fn void_cleaning(&mut self, cleaned: Vec<Cleaned>) -> Result<()> {
+        for c in cleaned {
+            self.fs.remove_file(&c.cleaned_path).ok();
+        }
+        let from = self.lowest_truncation;
+        let mut w = IndexWrites::new();
+        for key in self.index.keys_from(from)? {
+            self.index.delete_key(&mut w, &key);
+        }
+        if self.index.meta_i64(index::META_CLEANER_CHECKPOINT)?.is_some_and(|c| c > from) {
+            self.index.put_meta(&mut w, index::META_CLEANER_CHECKPOINT, &(from as u64).to_be_bytes());
+        }
+        self.index.write_durable(w)
     }
 }
 
@@ -335,6 +368,7 @@ impl CleaningPlan {
         stats.bytes_after += size;
         Ok(Some(Cleaned {
             base: t.base,
+            generation: self.generation,
             old_file: t.file.clone(),
             cleaned_path,
             max_timestamp: t.max_timestamp,

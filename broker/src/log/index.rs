@@ -18,7 +18,8 @@
 //! 'P' offset:u64          -> snapshot           every producer's state as of `offset`:
 //!                                                taken at each roll and at clean shutdown
 //! 'm' name                -> value              partition metadata (log start, cleaner
-//!                                                checkpoint, clean-shutdown marker)
+//!                                                checkpoint, clean-shutdown marker,
+//!                                                high-watermark checkpoint)
 //! ```
 //! (*) timestamps are stored with the sign bit flipped so negative ones sort first.
 //!
@@ -45,6 +46,9 @@ pub const META_LOG_START: &str = "log_start";
 pub const META_CLEAN_SHUTDOWN: &str = "clean_shutdown";
 pub const META_CLEANER_CHECKPOINT: &str = "cleaner_checkpoint";
 pub const META_RECOVERY_POINT: &str = "recovery_point";
+/// The high watermark as last checkpointed (replication): where a restarted
+/// replica's high watermark may start.
+pub const META_HIGH_WATERMARK: &str = "high_watermark";
 
 fn key_u64(kind: u8, n: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(9);
@@ -58,6 +62,14 @@ fn map_key(key: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(key.len() + 1);
     k.push(KEY);
     k.extend_from_slice(key);
+    k
+}
+
+/// Epochs are never negative (the cache ignores unstamped batches), so the
+/// u32 form sorts like the epoch.
+fn epoch_key(epoch: i32) -> Vec<u8> {
+    let mut k = vec![EPOCH];
+    k.extend_from_slice(&(epoch as u32).to_be_bytes());
     k
 }
 
@@ -166,9 +178,24 @@ impl PartitionIndex {
     }
 
     pub fn put_epoch(&self, w: &mut IndexWrites, epoch: i32, start_offset: i64) {
-        let mut k = vec![EPOCH];
-        k.extend_from_slice(&(epoch as u32).to_be_bytes());
-        w.put(k, (start_offset as u64).to_be_bytes().to_vec());
+        w.put(epoch_key(epoch), (start_offset as u64).to_be_bytes().to_vec());
+    }
+
+    pub fn delete_epoch(&self, w: &mut IndexWrites, epoch: i32) {
+        w.delete(epoch_key(epoch));
+    }
+
+    /// Every leader-epoch checkpoint, ascending: `(epoch, start_offset)`.
+    pub fn epochs(&self) -> Result<Vec<(i32, i64)>> {
+        let mut out = Vec::new();
+        self.store.range(&self.cf, &[EPOCH], &[EPOCH + 1], false, &mut |k, v| {
+            let epoch = k.get(1..5).and_then(read_u32).filter(|_| k.len() == 5);
+            if let (Some(epoch), Some(start)) = (epoch, read_u64(v)) {
+                out.push((epoch as i32, start as i64));
+            }
+            true
+        })?;
+        Ok(out)
     }
 
     /// Removes offset-index entries for offsets in `[from, to)`.
@@ -181,6 +208,11 @@ impl PartitionIndex {
 
     pub fn delete_segment_meta(&self, w: &mut IndexWrites, base: i64) {
         w.delete(key_u64(SEGMENT, base as u64));
+    }
+
+    /// Removes the metadata of every segment based at `from` or above.
+    pub fn delete_segment_metas_from(&self, w: &mut IndexWrites, from: i64) {
+        w.ops.push(IndexOp::DeleteRange(key_u64(SEGMENT, from.max(0) as u64), vec![SEGMENT + 1]));
     }
 
     /// Removes time-index entries pointing at offsets `>= from` (they come
@@ -339,6 +371,19 @@ impl PartitionIndex {
 
     pub fn delete_key(&self, w: &mut IndexWrites, key: &[u8]) {
         w.delete(map_key(key));
+    }
+
+    /// Keys of the compaction key map whose latest offset is `>= offset`
+    /// (their records are gone: a truncation removed them).
+    pub fn keys_from(&self, offset: i64) -> Result<Vec<Vec<u8>>> {
+        let mut out = Vec::new();
+        self.store.range(&self.cf, &[KEY], &[KEY + 1], false, &mut |k, v| {
+            if read_u64(v).is_some_and(|o| (o as i64) >= offset) {
+                out.push(k[1..].to_vec());
+            }
+            true
+        })?;
+        Ok(out)
     }
 
     /// Keys of the compaction key map whose latest offset is below `offset`

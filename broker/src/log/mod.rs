@@ -6,6 +6,10 @@
 //! * [`recovery`]: opening a log after a clean or an unclean stop.
 //! * [`retention`]: rolling segments and deleting old ones.
 //! * [`compaction`]: keeping the latest record per key.
+//! * [`replication`]: what partition replication needs of a log: the
+//!   follower's append, leader epochs ([`epochs`]), reads up to the log end,
+//!   and the replicated bound on the high watermark.
+//! * [`truncate`]: cutting a diverged follower's log back.
 //! * [`fs`] and [`index_store`]: the seams every file and index write goes
 //!   through; [`fault`] is their fault-injecting test implementation.
 //!
@@ -20,16 +24,22 @@
 //!   offline): after a failed fsync the page cache may have dropped the
 //!   data, so nothing that depended on it may be acknowledged or served
 //!   until a restart re-verifies the files.
+//! * The published high watermark never moves backwards, except when a
+//!   truncation removes what it covered: a consumer never sees a record
+//!   and then a high watermark below it.
 
 pub mod compaction;
+pub mod epochs;
 pub mod fault;
 pub mod fs;
 pub mod index;
 pub mod index_store;
 pub mod producer_state;
 pub mod recovery;
+pub mod replication;
 pub mod retention;
 pub mod segment;
+pub mod truncate;
 
 use std::collections::BTreeMap;
 use std::io;
@@ -40,7 +50,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::watch;
-use tributary_proto::batch::{self, set_base_offset, set_leader_epoch, Batches};
+use tributary_proto::batch::{self, set_base_offset, set_leader_epoch, BatchHeader, Batches};
 
 use crate::config::TopicConfig;
 use crate::error::{Error, Result};
@@ -58,9 +68,19 @@ pub struct LogShared {
     visible_only_durable: AtomicBool,
     /// Why the log is out of service, once it is.
     offline: Mutex<Option<String>>,
-    /// The high watermark, for long-polling fetches.
+    /// The published high watermark: what consumers may read up to, and the
+    /// channel that wakes long-polling fetches when it moves.
     hw: watch::Sender<i64>,
+    /// Replication's bound on the high watermark; `NO_BOUND` when there is
+    /// none (no other in-sync replica: the local log decides alone).
+    replica_bound: AtomicI64,
+    /// How many truncations the log has had. Held while an fsync's result is
+    /// recorded, so an fsync that began before a truncation never records a
+    /// durable end or recovery point the truncation removed.
+    truncations: Mutex<u64>,
 }
+
+const NO_BOUND: i64 = i64::MAX;
 
 impl LogShared {
     fn new(name: String, durable_end: i64) -> Arc<LogShared> {
@@ -71,6 +91,8 @@ impl LogShared {
             visible_only_durable: AtomicBool::new(false),
             offline: Mutex::new(None),
             hw,
+            replica_bound: AtomicI64::new(NO_BOUND),
+            truncations: Mutex::new(0),
         })
     }
 
@@ -99,14 +121,30 @@ impl LogShared {
         self.durable_end.load(Ordering::Acquire)
     }
 
-    fn mark_durable(&self, next_offset: i64) {
-        self.durable_end.fetch_max(next_offset, Ordering::AcqRel);
-        if self.visible_only_durable.load(Ordering::Acquire) {
-            self.publish_at_least(next_offset);
-        }
+    /// The truncation count, for work that must notice a truncation.
+    pub fn generation(&self) -> u64 {
+        *self.truncations.lock()
     }
 
-    fn publish_at_least(&self, hw: i64) {
+    /// Records that offsets below `next_offset` are on disk, as an fsync
+    /// started at truncation count `generation` found; false (nothing
+    /// recorded) when a truncation came in between. `then` runs under the
+    /// same lock when the record was made (the recovery point's write).
+    fn mark_durable(&self, next_offset: i64, generation: u64, then: impl FnOnce()) -> bool {
+        let truncations = self.truncations.lock();
+        if *truncations != generation {
+            return false;
+        }
+        self.durable_end.fetch_max(next_offset, Ordering::AcqRel);
+        if self.visible_only_durable.load(Ordering::Acquire) {
+            self.advance_hw(next_offset.min(self.replica_bound.load(Ordering::Acquire)));
+        }
+        then();
+        true
+    }
+
+    /// Moves the published high watermark up to `hw` (never down); returns it.
+    fn advance_hw(&self, hw: i64) -> i64 {
         self.hw.send_if_modified(|v| {
             if hw > *v {
                 *v = hw;
@@ -115,14 +153,27 @@ impl LogShared {
                 false
             }
         });
+        *self.hw.borrow()
     }
 
-    pub fn publish(&self, hw: i64) {
+    /// Sets the published high watermark (opening and truncating only: the
+    /// one way it may go down).
+    fn reset_hw(&self, hw: i64) {
         self.hw.send_if_modified(|v| {
             let changed = *v != hw;
             *v = hw;
             changed
         });
+    }
+
+    /// Replication's bound on the high watermark, if any.
+    pub fn replica_bound(&self) -> Option<i64> {
+        let b = self.replica_bound.load(Ordering::Acquire);
+        (b != NO_BOUND).then_some(b)
+    }
+
+    fn set_replica_bound(&self, bound: Option<i64>) {
+        self.replica_bound.store(bound.unwrap_or(NO_BOUND), Ordering::Release);
     }
 
     pub fn subscribe(&self) -> watch::Receiver<i64> {
@@ -139,7 +190,19 @@ pub struct PartitionLog {
     segments: BTreeMap<i64, Segment>,
     log_start_offset: i64,
     log_end_offset: i64,
+    /// The epoch leader appends are stamped with.
     leader_epoch: i32,
+    /// The epoch this replica was last told it leads or follows in; -1
+    /// before it was told anything.
+    current_epoch: i32,
+    /// Where each leader epoch starts in this log.
+    epochs: epochs::EpochCache,
+    /// Whether the high watermark is checkpointed (the log is replicated):
+    /// then rolls, closes and truncations keep the checkpoint current.
+    hw_checkpointed: bool,
+    /// The lowest end a truncation cut the log to (`i64::MAX`: none yet),
+    /// for a compaction pass that overlapped a truncation.
+    lowest_truncation: i64,
     /// Bytes appended since the last offset-index entry.
     bytes_since_index: u64,
     /// Largest timestamp the time index has an entry for.
@@ -172,6 +235,8 @@ pub struct FlushTicket {
     index: PartitionIndex,
     point: recovery::RecoveryPoint,
     shared: Arc<LogShared>,
+    /// The truncation count when the ticket was made.
+    generation: u64,
 }
 
 impl FlushTicket {
@@ -188,13 +253,20 @@ impl FlushTicket {
         // fsyncgate: once any fsync of this log failed, a later one that
         // "succeeds" proves nothing about the pages the failure dropped.
         self.shared.check()?;
-        self.shared.mark_durable(self.point.next_offset);
-        let mut w = IndexWrites::new();
-        self.index.put_meta(&mut w, index::META_RECOVERY_POINT, &self.point.encode());
-        // The recovery point only saves re-reading on the next unclean start;
-        // the data is durable whether or not it is recorded.
-        if let Err(e) = self.index.write(w) {
-            tracing::warn!(partition = %self.shared.name, error = %e, "recording the recovery point");
+        let recorded = self.shared.mark_durable(self.point.next_offset, self.generation, || {
+            let mut w = IndexWrites::new();
+            self.index.put_meta(&mut w, index::META_RECOVERY_POINT, &self.point.encode());
+            // The recovery point only saves re-reading on the next unclean
+            // start; the data is durable whether or not it is recorded.
+            if let Err(e) = self.index.write(w) {
+                tracing::warn!(partition = %self.shared.name, error = %e, "recording the recovery point");
+            }
+        });
+        if !recorded {
+            return Err(Error::Storage(format!(
+                "{}: the log was truncated while offsets below {} were being fsynced; the records past the new end are gone",
+                self.shared.name, self.point.next_offset
+            )));
         }
         Ok(())
     }
@@ -224,8 +296,9 @@ pub struct ReadPlan {
     /// End of the readable bytes of this segment.
     end: u64,
     target: i64,
-    /// Batches starting at or above this are not visible yet.
-    high_watermark: i64,
+    /// Batches starting at or above this are not visible to this reader
+    /// (the high watermark; the log end for a follower).
+    visible_end: i64,
     /// Where the next segment's offsets begin: a reader that finds nothing
     /// here (compaction emptied the range) goes on from there.
     segment_next_offset: i64,
@@ -255,7 +328,7 @@ impl ReadPlan {
             }
             pos += h.total_len() as u64;
         };
-        if first.base_offset >= self.high_watermark {
+        if first.base_offset >= self.visible_end {
             return Ok(ReadOutcome::NotYet);
         }
         let available = (self.end - pos) as usize;
@@ -264,7 +337,7 @@ impl ReadPlan {
         let mut whole = 0;
         for b in Batches::new(&buf) {
             match b {
-                Ok((h, slice)) if h.base_offset < self.high_watermark => whole += slice.len(),
+                Ok((h, slice)) if h.base_offset < self.visible_end => whole += slice.len(),
                 _ => break,
             }
         }
@@ -294,20 +367,25 @@ impl PartitionLog {
         self.log_end_offset
     }
 
-    /// Highest offset consumers may read up to (exclusive): the log end, or
-    /// with `flush.messages=1` what is durable. Replication will also hold it
-    /// back to what the in-sync replicas have.
+    /// Highest offset consumers may read up to (exclusive). The local log
+    /// bounds it — the log end, or with `flush.messages=1` what is durable —
+    /// and replication may bound it further ([`Self::set_replica_bound`]:
+    /// what the in-sync replicas have). It never moves backwards except by
+    /// truncation; reading it publishes any move to waiting fetches.
     pub fn high_watermark(&self) -> i64 {
-        if self.shared.visible_only_durable.load(Ordering::Acquire) {
-            self.log_end_offset.min(self.shared.durable_end()).max(self.log_start_offset)
+        let local = if self.shared.visible_only_durable.load(Ordering::Acquire) {
+            self.log_end_offset.min(self.shared.durable_end())
         } else {
             self.log_end_offset
-        }
+        };
+        let bound = self.shared.replica_bound().map_or(local, |b| b.min(local));
+        let target = bound.max(self.log_start_offset).min(self.log_end_offset);
+        self.shared.advance_hw(target).min(self.log_end_offset)
     }
 
     /// Tells waiting fetches where the high watermark is now.
     pub fn publish_high_watermark(&self) {
-        self.shared.publish(self.high_watermark());
+        self.high_watermark();
     }
 
     pub fn size_bytes(&self) -> u64 {
@@ -344,8 +422,14 @@ impl PartitionLog {
     pub fn append(&mut self, data: &[u8], config: &TopicConfig, now_ms: i64) -> Result<AppendInfo> {
         self.shared.check()?;
         self.apply_visibility(config);
-        self.maybe_roll(data.len() as u64, config, now_ms)?;
+        // Checked before rolling, so a refused append leaves no trace, not
+        // even an empty segment (a follower copying this log would not have
+        // it, and the two logs' segments would no longer line up).
         let mut staged = self.stage(data, config)?;
+        if !staged.buf.is_empty() && self.roll_due(data.len() as u64, config, now_ms) {
+            self.roll(config, now_ms)?;
+            staged = self.stage(data, config)?;
+        }
         if staged.buf.is_empty() {
             // Only retries of batches already stored: nothing to write, but
             // the answer must wait until the originals are durable when the
@@ -377,12 +461,10 @@ impl PartitionLog {
         })
     }
 
-    /// Builds what an append would write without changing anything.
-    fn stage(&self, data: &[u8], config: &TopicConfig) -> Result<Staged> {
-        let active = self.active_ref();
-        let segment_pos = active.size;
-        let mut st = Staged {
-            buf: Vec::with_capacity(data.len()),
+    /// An empty staged append at the log end.
+    fn new_staged(&self, capacity: usize) -> Staged {
+        Staged {
+            buf: Vec::with_capacity(capacity),
             index: IndexWrites::new(),
             next: self.log_end_offset,
             records: 0,
@@ -392,7 +474,14 @@ impl PartitionLog {
             batch_base_offsets: Vec::new(),
             producers: producer_state::Overlay::default(),
             dup_next: i64::MIN,
-        };
+            epochs: None,
+        }
+    }
+
+    /// Builds what an append would write without changing anything.
+    fn stage(&self, data: &[u8], config: &TopicConfig) -> Result<Staged> {
+        let segment_pos = self.active_ref().size;
+        let mut st = self.new_staged(data.len());
         for b in Batches::new(data) {
             let (header, bytes) =
                 b.map_err(|e| Error::Storage(format!("append of an unvalidated batch: {e}")))?;
@@ -427,21 +516,44 @@ impl PartitionLog {
             st.buf.extend_from_slice(bytes);
             set_base_offset(&mut st.buf[pos..], st.next);
             set_leader_epoch(&mut st.buf[pos..], self.leader_epoch);
-            if (segment_pos == 0 && pos == 0) || st.bytes_since_index >= config.index_interval_bytes {
-                self.index.put_offset(&mut st.index, st.next, (segment_pos + pos as u64) as u32);
-                st.bytes_since_index = 0;
-            }
-            st.bytes_since_index += bytes.len() as u64;
-            if header.max_timestamp > st.time_index_max {
-                self.index.put_time(&mut st.index, header.max_timestamp, st.next);
-                st.time_index_max = header.max_timestamp;
-            }
-            st.batch_base_offsets.push(st.next);
-            st.max_ts = st.max_ts.max(header.max_timestamp);
-            st.next += i64::from(header.last_offset_delta) + 1;
-            st.records += i64::from(header.record_count);
+            let stamped = BatchHeader { base_offset: st.next, leader_epoch: self.leader_epoch, ..header };
+            self.stage_stored(&mut st, &stamped, pos, segment_pos, config);
         }
         Ok(st)
+    }
+
+    /// Notes a batch that sits at `pos` in `st.buf` with its final offset
+    /// and epoch: the index entries every append writes for it (leader and
+    /// follower alike, so both logs index the same way), the epoch it may
+    /// start, and where the log ends after it.
+    fn stage_stored(
+        &self,
+        st: &mut Staged,
+        h: &BatchHeader,
+        pos: usize,
+        segment_pos: u64,
+        config: &TopicConfig,
+    ) {
+        if (segment_pos == 0 && pos == 0) || st.bytes_since_index >= config.index_interval_bytes {
+            self.index.put_offset(&mut st.index, h.base_offset, (segment_pos + pos as u64) as u32);
+            st.bytes_since_index = 0;
+        }
+        st.bytes_since_index += h.total_len() as u64;
+        if h.max_timestamp > st.time_index_max {
+            self.index.put_time(&mut st.index, h.max_timestamp, h.base_offset);
+            st.time_index_max = h.max_timestamp;
+        }
+        // A batch of an epoch newer than any cached starts that epoch here.
+        let latest = st.epochs.as_ref().unwrap_or(&self.epochs).latest_epoch();
+        if h.leader_epoch > latest {
+            let mut epochs = st.epochs.take().unwrap_or_else(|| self.epochs.clone());
+            epochs.assign(h.leader_epoch, h.base_offset, &self.index, &mut st.index);
+            st.epochs = Some(epochs);
+        }
+        st.batch_base_offsets.push(h.base_offset);
+        st.max_ts = st.max_ts.max(h.max_timestamp);
+        st.next = h.next_offset();
+        st.records += i64::from(h.record_count);
     }
 
     /// Writes a staged append: segment bytes first, index second (an index
@@ -469,6 +581,9 @@ impl PartitionLog {
         self.bytes_since_index = st.bytes_since_index;
         self.time_index_max = st.time_index_max;
         st.producers.apply(&mut self.producers, now_ms);
+        if let Some(epochs) = st.epochs.take() {
+            self.epochs = epochs;
+        }
         Ok(())
     }
 
@@ -490,6 +605,7 @@ impl PartitionLog {
         let next_offset = self.log_end_offset;
         let index = self.index.clone();
         let shared = self.shared.clone();
+        let generation = shared.generation();
         let active = self.active();
         FlushTicket {
             file: active.file.clone(),
@@ -500,20 +616,27 @@ impl PartitionLog {
                 next_offset,
             },
             shared,
+            generation,
         }
     }
 
     fn maybe_roll(&mut self, incoming: u64, config: &TopicConfig, now_ms: i64) -> Result<()> {
-        let active = self.active();
-        if active.is_empty() {
-            return Ok(());
-        }
-        let too_big = active.size + incoming > config.segment_bytes;
-        let too_old = active.first_append_ms.is_some_and(|t| now_ms - t >= config.segment_ms);
-        if too_big || too_old {
+        if self.roll_due(incoming, config, now_ms) {
             self.roll(config, now_ms)?;
         }
         Ok(())
+    }
+
+    /// Whether `incoming` bytes go into a new segment (`segment.bytes`,
+    /// `segment.ms`); never for an empty active segment.
+    fn roll_due(&self, incoming: u64, config: &TopicConfig, now_ms: i64) -> bool {
+        let active = self.active_ref();
+        if active.is_empty() {
+            return false;
+        }
+        let too_big = active.size + incoming > config.segment_bytes;
+        let too_old = active.first_append_ms.is_some_and(|t| now_ms - t >= config.segment_ms);
+        too_big || too_old
     }
 
     /// Closes the active segment (fsynced, its max timestamp and size
@@ -533,13 +656,15 @@ impl PartitionLog {
         }
         let meta = index::SegmentMeta { max_timestamp: active.max_timestamp, size: Some(active.size) };
         let base = active.base_offset;
-        self.shared.mark_durable(next);
+        // Truncations need the partition lock, which this holds.
+        self.shared.mark_durable(next, self.shared.generation(), || {});
         self.producers.expire(now_ms, config.producer_id_expiration_ms);
         let mut w = IndexWrites::new();
         self.index.put_segment_meta(&mut w, base, meta);
         self.index.put_producer_snapshot(&mut w, next, self.producers.snapshot());
         let point = recovery::RecoveryPoint { base_offset: next, position: 0, next_offset: next };
         self.index.put_meta(&mut w, index::META_RECOVERY_POINT, &point.encode());
+        self.put_hw_checkpoint(&mut w);
         // Durable: also makes every index entry of the closed segment durable.
         self.index.write_durable(w)?;
         let segment =
@@ -553,8 +678,13 @@ impl PartitionLog {
     /// (compaction left no batch past `offset` in that segment); the caller
     /// locates again from where it says.
     pub fn locate(&self, offset: i64) -> Result<Locate> {
+        self.locate_up_to(offset, self.high_watermark())
+    }
+
+    /// `locate` for a reader that may see offsets below `visible_end`.
+    fn locate_up_to(&self, offset: i64, visible_end: i64) -> Result<Locate> {
         self.shared.check()?;
-        let hw = self.high_watermark();
+        let hw = visible_end;
         if offset < self.log_start_offset || offset > hw {
             return Ok(Locate::OutOfRange { start: self.log_start_offset, end: hw });
         }
@@ -581,7 +711,7 @@ impl PartitionLog {
                 scan_from,
                 end: seg.size,
                 target: offset,
-                high_watermark: hw,
+                visible_end: hw,
                 segment_next_offset,
             }));
         }
@@ -653,6 +783,7 @@ impl PartitionLog {
         let mut w = IndexWrites::new();
         self.index.put_producer_snapshot(&mut w, end, self.producers.snapshot());
         self.index.put_meta(&mut w, index::META_CLEAN_SHUTDOWN, &marker.encode());
+        self.put_hw_checkpoint(&mut w);
         self.index.write_durable(w)
     }
 
@@ -717,6 +848,8 @@ struct Staged {
     producers: producer_state::Overlay,
     /// For retried batches: the offset after the newest one.
     dup_next: i64,
+    /// The epoch cache after the append, when a batch starts a new epoch.
+    epochs: Option<epochs::EpochCache>,
 }
 
 impl Staged {

@@ -7,7 +7,10 @@
 //! the file is truncated at the first torn or corrupt one, and index entries
 //! past the new end are dropped. Producer state is rebuilt from the newest
 //! snapshot at or below the recovered end plus the batches after it, so it
-//! never remembers a batch the truncation removed.
+//! never remembers a batch the truncation removed. The leader-epoch cache
+//! is brought in line the same way: entries past the recovered end are
+//! dropped, and epochs are re-learned from the batches the tail re-read.
+//! A high-watermark checkpoint past the recovered end is cut down to it.
 //!
 //! Closed segments were fsynced when they were rolled. Their offset index is
 //! checked against the size it was written for (compaction rewrites a
@@ -28,6 +31,7 @@ use std::sync::Arc;
 
 use tributary_proto::batch::{self, BatchHeader, HEADER_LEN};
 
+use super::epochs::EpochCache;
 use super::fs::{self, LogFs};
 use super::index::{self, IndexWrites, PartitionIndex};
 use super::producer_state::{ProducerEntry, ProducerStates};
@@ -174,6 +178,10 @@ impl PartitionLog {
             log_start_offset: 0,
             log_end_offset: 0,
             leader_epoch: 0,
+            current_epoch: -1,
+            epochs: EpochCache::default(),
+            hw_checkpointed: false,
+            lowest_truncation: i64::MAX,
             bytes_since_index: 0,
             time_index_max: i64::MIN,
             unflushed: 0,
@@ -183,15 +191,22 @@ impl PartitionLog {
         };
         log.apply_visibility(config);
 
+        // Epochs are learned from the batches appended (and `become_leader`);
+        // logs from before replication hold (0 -> start), which their
+        // epoch-0 batches agree with.
+        log.epochs = EpochCache::from_entries(log.index.epochs()?);
+
         if files.is_empty() {
             let start = stored_start.unwrap_or(0);
-            let mut w = IndexWrites::new();
-            log.index.put_epoch(&mut w, 0, start);
-            log.index.delete_legacy_producers(&mut w);
-            log.index.write_durable(w)?;
             log.segments.insert(start, Segment::create(&*fs, &dir, start)?);
             log.log_start_offset = start;
             log.log_end_offset = start;
+            let mut w = IndexWrites::new();
+            log.index.delete_legacy_producers(&mut w);
+            log.epochs.truncate_from_end(start + 1, &log.index, &mut w);
+            log.load_hw_checkpoint(&mut w)?;
+            log.index.write_durable(w)?;
+            log.leader_epoch = log.epochs.latest_epoch().max(0);
             log.shared.durable_end.store(start, std::sync::atomic::Ordering::Release);
             log.publish_high_watermark();
             return Ok(log);
@@ -249,15 +264,34 @@ impl PartitionLog {
         }
         let end = log.log_end_offset;
         log.shared.durable_end.store(end, std::sync::atomic::Ordering::Release);
-        // From now on a crash must scan again; snapshots past the end
-        // describe data that is gone.
+        // From now on a crash must scan again; snapshots and epochs past the
+        // end describe data that is gone.
         let mut w = IndexWrites::new();
         log.index.delete_meta(&mut w, index::META_CLEAN_SHUTDOWN);
         log.index.delete_legacy_producers(&mut w);
         log.index.delete_producer_snapshots(&mut w, end + 1, i64::MAX);
+        log.epochs.truncate_from_end(end + 1, &log.index, &mut w);
+        log.load_hw_checkpoint(&mut w)?;
         log.index.write_durable(w)?;
+        log.leader_epoch = log.epochs.latest_epoch().max(0);
         log.publish_high_watermark();
         Ok(log)
+    }
+
+    /// A stored high-watermark checkpoint becomes the replica bound, cut to
+    /// the log end (also in the store: records appended past the end later
+    /// must not count as committed after the next restart).
+    fn load_hw_checkpoint(&mut self, w: &mut IndexWrites) -> Result<()> {
+        let Some(checkpoint) = self.index.meta_i64(index::META_HIGH_WATERMARK)? else {
+            return Ok(());
+        };
+        let bound = checkpoint.min(self.log_end_offset);
+        if bound != checkpoint {
+            self.index.put_meta(w, index::META_HIGH_WATERMARK, &(bound as u64).to_be_bytes());
+        }
+        self.hw_checkpointed = true;
+        self.shared.set_replica_bound(Some(bound));
+        Ok(())
     }
 
     /// After a clean stop: the snapshot taken at the log end, or (data
@@ -341,14 +375,22 @@ impl PartitionLog {
         let mut w = IndexWrites::new();
         let (mut pos, mut next) = start;
         let mut since_index = 0u64;
-        // Time entries from the re-read part are rebuilt below.
+        // Time entries and epochs from the re-read part are rebuilt below
+        // (an epoch starting exactly at the recovery point is kept: it may
+        // be a new leader's, recorded before it appended anything).
         let mut stale = IndexWrites::new();
         index.delete_time_from_offset(&mut stale, start.1)?;
+        let mut epochs = std::mem::take(&mut self.epochs);
+        epochs.truncate_from_end(start.1 + 1, &index, &mut stale);
         index.write(stale)?;
         let mut time_max = index.last_time()?.map_or(i64::MIN, |(ts, _)| ts);
+        let seg = self.active();
         loop {
             match read_valid_batch(seg, pos, size)? {
                 Some((h, len)) if h.base_offset >= next => {
+                    if h.leader_epoch > epochs.latest_epoch() {
+                        epochs.assign(h.leader_epoch, h.base_offset, &index, &mut w);
+                    }
                     if pos == 0 || since_index >= config.index_interval_bytes {
                         index.put_offset(&mut w, h.base_offset, pos as u32);
                         since_index = 0;
@@ -377,6 +419,7 @@ impl PartitionLog {
         seg.next_offset = next;
         seg.max_timestamp = max_ts;
         self.bytes_since_index = since_index;
+        self.epochs = epochs;
 
         // Forget index entries for what is no longer in the log.
         index.write(w)?;

@@ -1,6 +1,7 @@
 //! Rolling and deleting whole segments: `segment.ms`, `retention.ms`,
 //! `retention.bytes`. The active segment is never deleted; an old enough one
-//! is rolled first so that it can go at the next check.
+//! is rolled first so that it can go at the next check. Nothing above the
+//! high watermark is deleted.
 
 use std::path::PathBuf;
 
@@ -30,9 +31,12 @@ impl PartitionLog {
 
         let mut total = self.size_bytes() as i64;
         let mut doomed = Vec::new();
-        for (base, _, max_ts, size) in self.closed_segments() {
+        // Only what consumers could see goes (Kafka's rule too): records the
+        // in-sync replicas do not all have yet are not deleted under them.
+        let hw = self.high_watermark();
+        for (base, next, max_ts, size) in self.closed_segments() {
             let by_size = config.retention_bytes >= 0 && total - size as i64 >= config.retention_bytes;
-            if !(expired(max_ts) || by_size) {
+            if !(expired(max_ts) || by_size) || next > hw {
                 break;
             }
             total -= size as i64;

@@ -124,7 +124,11 @@ fn append_all(
                     partition: partition.id,
                     base_offset: -1,
                     log_start_offset: -1,
-                    error: Some(v1::PartitionError { code: code as i32, message: e.to_string(), ..Default::default() }),
+                    error: Some(v1::PartitionError {
+                        code: code as i32,
+                        message: e.to_string(),
+                        ..Default::default()
+                    }),
                     batch_base_offsets: Vec::new(),
                 };
                 push_response(&mut out, &partition.topic, resp);
@@ -603,7 +607,8 @@ fn read_one(
                 }
                 _ => v1::ErrorCode::StorageError,
             };
-            resp.error = Some(v1::PartitionError { code: code as i32, message: e.to_string(), ..Default::default() });
+            resp.error =
+                Some(v1::PartitionError { code: code as i32, message: e.to_string(), ..Default::default() });
         }
     }
     resp
