@@ -127,7 +127,8 @@ impl Admin {
         let request = &v1::DescribeTopicsRequest { names };
         let response = self
             .any(|c| async move {
-                c.call("a describe-topics request", ADMIN_TIMEOUT, c.admin().describe_topics(request.clone())).await
+                c.call("a describe-topics request", ADMIN_TIMEOUT, c.admin().describe_topics(request.clone()))
+                    .await
             })
             .await?;
         let mut topics = response.topics;
@@ -154,7 +155,12 @@ impl Admin {
         let response = self
             .any(|c| async move {
                 let request = request.clone();
-                c.call("an alter-topic-configs request", ADMIN_TIMEOUT, c.admin().alter_topic_configs(request)).await
+                c.call(
+                    "an alter-topic-configs request",
+                    ADMIN_TIMEOUT,
+                    c.admin().alter_topic_configs(request),
+                )
+                .await
             })
             .await?;
         Ok(response.configs.into_iter().collect())
@@ -196,7 +202,8 @@ impl Admin {
             brokers.push(self.cluster.home());
         }
         let asked = brokers.iter().map(|c| async move {
-            c.call("a list-groups request", ADMIN_TIMEOUT, c.group().list_groups(v1::ListGroupsRequest {})).await
+            c.call("a list-groups request", ADMIN_TIMEOUT, c.group().list_groups(v1::ListGroupsRequest {}))
+                .await
         });
         let mut groups: BTreeMap<String, v1::GroupListing> = BTreeMap::new();
         for answer in futures::future::join_all(asked).await {
@@ -274,7 +281,8 @@ impl Admin {
         };
         let response = self
             .on_coordinator(group, |c| async move {
-                c.call("a reset-offsets request", ADMIN_TIMEOUT, c.group().reset_offsets(request.clone())).await
+                c.call("a reset-offsets request", ADMIN_TIMEOUT, c.group().reset_offsets(request.clone()))
+                    .await
             })
             .await?;
         let mut offsets = response.offsets;

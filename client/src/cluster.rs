@@ -284,9 +284,8 @@ impl Cluster {
                 conns: Vec::new(),
             },
         );
-        self.connection(id).ok_or_else(|| {
-            Error::InvalidArgument(format!("broker {id} has an unusable address '{address}'"))
-        })
+        self.connection(id)
+            .ok_or_else(|| Error::InvalidArgument(format!("broker {id} has an unusable address '{address}'")))
     }
 
     /// Reads metadata now (a lookup that must see the current topics):
@@ -368,7 +367,11 @@ impl Cluster {
             }
             match call(conn.clone()).await {
                 Ok(answer) => {
-                    tracing::info!("{} did not answer; using the broker at {}", addresses(&failed), conn.addr);
+                    tracing::info!(
+                        "{} did not answer; using the broker at {}",
+                        addresses(&failed),
+                        conn.addr
+                    );
                     *self.home.write() = conn.clone();
                     return Ok((answer, conn));
                 }
@@ -396,7 +399,6 @@ impl Cluster {
         self.state.write().apply(response, &home, self.per_broker);
         self.version.fetch_add(1, Ordering::AcqRel);
     }
-
 }
 
 impl State {
@@ -557,7 +559,10 @@ mod tests {
         v1::PartitionMetadata { partition: p, leader, leader_epoch: epoch, replicas: vec![], isr: vec![] }
     }
 
-    fn metadata(brokers: Vec<v1::BrokerInfo>, partitions: Vec<v1::PartitionMetadata>) -> v1::MetadataResponse {
+    fn metadata(
+        brokers: Vec<v1::BrokerInfo>,
+        partitions: Vec<v1::PartitionMetadata>,
+    ) -> v1::MetadataResponse {
         v1::MetadataResponse {
             brokers,
             controller_id: 1,
@@ -614,7 +619,11 @@ mod tests {
         // the client cannot (or should not) use.
         let c = cluster("proxy:9");
         let answered = c.home();
-        c.state.write().apply(metadata(vec![broker(0, "10.0.0.5:7070")], vec![partition(0, 0, 0)]), &answered, 2);
+        c.state.write().apply(
+            metadata(vec![broker(0, "10.0.0.5:7070")], vec![partition(0, 0, 0)]),
+            &answered,
+            2,
+        );
         assert_eq!(c.connection_at(0, 0).unwrap().addr, "proxy:9");
         assert_eq!(c.connection_at(0, 1).unwrap().addr, "proxy:9");
         assert_eq!(c.brokers()[0].address, "10.0.0.5:7070");
@@ -740,7 +749,10 @@ mod tests {
         assert!(text.ends_with("refused; the broker at b:2 did not answer"), "{text}");
         let unnamed = none_answered(
             "no broker answered",
-            vec![("a:1".into(), Error::status(tonic::Code::Unavailable, "shutting down")), ("b:2".into(), Error::Timeout("late".into()))],
+            vec![
+                ("a:1".into(), Error::status(tonic::Code::Unavailable, "shutting down")),
+                ("b:2".into(), Error::Timeout("late".into())),
+            ],
         );
         assert!(unnamed.to_string().ends_with("a:1: unavailable: shutting down; b:2: late"), "{unnamed}");
         assert!(two.is_retriable());

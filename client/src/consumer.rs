@@ -370,10 +370,12 @@ impl Consumer {
             }
             // No lookup needed, but an unknown topic or partition should fail
             // here rather than at the first poll.
-            metadata::list_offsets(&self.cluster, LOOKUP_TIMEOUT, topic, partitions, OffsetSpec::Latest).await?;
+            metadata::list_offsets(&self.cluster, LOOKUP_TIMEOUT, topic, partitions, OffsetSpec::Latest)
+                .await?;
             return Ok(vec![n; partitions.len()]);
         }
-        let mut found = metadata::list_offsets(&self.cluster, LOOKUP_TIMEOUT, topic, partitions, from).await?;
+        let mut found =
+            metadata::list_offsets(&self.cluster, LOOKUP_TIMEOUT, topic, partitions, from).await?;
         if found.iter().any(|&o| o < 0) {
             let latest =
                 metadata::list_offsets(&self.cluster, LOOKUP_TIMEOUT, topic, partitions, OffsetSpec::Latest)
@@ -594,7 +596,9 @@ impl Consumer {
             if e.recovery() == Recovery::Reroute {
                 self.cluster.invalidate(topic, *partition);
             }
-            if let Some(a) = self.assignments.iter_mut().find(|a| a.topic == *topic && a.partition == *partition) {
+            if let Some(a) =
+                self.assignments.iter_mut().find(|a| a.topic == *topic && a.partition == *partition)
+            {
                 a.misses += 1;
                 a.not_before = Some(now + backoff(REROUTE_BACKOFF, a.misses, MAX_REROUTE_BACKOFF));
             }
@@ -606,7 +610,8 @@ impl Consumer {
     async fn route(&mut self, deadline: Instant) {
         let now = Instant::now();
         let lost = self.assignments.iter().any(|a| {
-            self.fetchable(a, now) && self.cluster.leader(&a.topic, a.partition).and_then(Leader::broker).is_none()
+            self.fetchable(a, now)
+                && self.cluster.leader(&a.topic, a.partition).and_then(Leader::broker).is_none()
         });
         if lost {
             let seen = self.cluster.version();
@@ -621,7 +626,10 @@ impl Consumer {
     fn fetchable(&self, a: &Assignment, now: Instant) -> bool {
         a.stuck.is_none()
             && a.not_before.is_none_or(|t| t <= now)
-            && !self.pending.iter().any(|p| p.asked.iter().any(|(t, q, _)| *t == a.topic && *q == a.partition))
+            && !self
+                .pending
+                .iter()
+                .any(|p| p.asked.iter().any(|(t, q, _)| *t == a.topic && *q == a.partition))
     }
 
     /// When the next pausing partition may be fetched again.
@@ -677,7 +685,8 @@ impl Consumer {
         // A hint is followed at once, but not in a loop: a broker that keeps
         // pointing elsewhere (or at itself) gets the pause too.
         let at_once = hinted && a.misses == 1;
-        a.not_before = (!at_once).then(|| Instant::now() + backoff(REROUTE_BACKOFF, a.misses, MAX_REROUTE_BACKOFF));
+        a.not_before =
+            (!at_once).then(|| Instant::now() + backoff(REROUTE_BACKOFF, a.misses, MAX_REROUTE_BACKOFF));
         tracing::debug!(
             "{}-{} is not served where it was fetched ({}); fetching it again from offset {}",
             a.topic,
@@ -720,7 +729,9 @@ impl Consumer {
         }
         let now = Instant::now();
         for (topic, partition, _) in waiting {
-            if let Some(a) = self.assignments.iter_mut().find(|a| a.topic == topic && a.partition == partition) {
+            if let Some(a) =
+                self.assignments.iter_mut().find(|a| a.topic == topic && a.partition == partition)
+            {
                 a.misses += 1;
                 a.not_before = Some(now + backoff(REROUTE_BACKOFF, a.misses, MAX_REROUTE_BACKOFF));
             }
@@ -1069,7 +1080,11 @@ mod tests {
 
     /// Brokers 0 and 1; partition p of "t" led by `leaders[p]` at epoch 1.
     fn learn_leaders(c: &Consumer, leaders: &[i32]) {
-        let broker = |id: i32| v1::BrokerInfo { node_id: id, address: format!("127.0.0.1:{}", 9 - id), rack: String::new() };
+        let broker = |id: i32| v1::BrokerInfo {
+            node_id: id,
+            address: format!("127.0.0.1:{}", 9 - id),
+            rack: String::new(),
+        };
         c.cluster.learn(v1::MetadataResponse {
             brokers: vec![broker(0), broker(1)],
             controller_id: 0,
@@ -1091,7 +1106,11 @@ mod tests {
         });
     }
 
-    fn with_error(mut response: v1::FetchResponse, partition: u32, error: v1::PartitionError) -> v1::FetchResponse {
+    fn with_error(
+        mut response: v1::FetchResponse,
+        partition: u32,
+        error: v1::PartitionError,
+    ) -> v1::FetchResponse {
         response.partitions.push(v1::FetchPartitionResponse {
             topic: "t".into(),
             partition,
@@ -1140,7 +1159,8 @@ mod tests {
         let mut c = consumer(&[0, 1]).await;
         learn_leaders(&c, &[0, 0]);
         let asked = c.next_request();
-        let response = with_error(answer(&[(0, joined(&[batch(0, &["a", "b"])]))]), 1, not_leader(1, "127.0.0.1:8", 2));
+        let response =
+            with_error(answer(&[(0, joined(&[batch(0, &["a", "b"])]))]), 1, not_leader(1, "127.0.0.1:8", 2));
         let (records, stopped) = c.take_answer::<Records>(response, &asked).unwrap();
         assert_eq!(offsets(&records), [(0, 0), (0, 1)]);
         assert!(stopped.is_none());
@@ -1180,7 +1200,8 @@ mod tests {
         learn_leaders(&c, &[0, 1]);
         c.seek("t", 0, 5);
         let asked = c.next_request();
-        let pending = Pending { leader: 0, task: tokio::spawn(async { Ok(v1::FetchResponse::default()) }), asked };
+        let pending =
+            Pending { leader: 0, task: tokio::spawn(async { Ok(v1::FetchResponse::default()) }), asked };
         c.fetch_failed(&pending, &Error::Transport("cannot reach the broker at 127.0.0.1:9".into()));
         assert_eq!(c.position("t", 0), Some(5));
         assert_eq!(c.cluster.leader("t", 0).and_then(Leader::broker), None);

@@ -67,7 +67,13 @@ impl Coordinators {
     /// coordinator moved, cannot be reached or is still loading, finds the
     /// coordinator again and retries, for up to `patience`. Any other
     /// failure, or the last one, is returned.
-    pub async fn call<T, F, Fut>(&self, group: &str, timeout: Duration, patience: Duration, call: F) -> Result<T>
+    pub async fn call<T, F, Fut>(
+        &self,
+        group: &str,
+        timeout: Duration,
+        patience: Duration,
+        call: F,
+    ) -> Result<T>
     where
         F: Fn(Connection) -> Fut,
         Fut: Future<Output = Result<T>>,

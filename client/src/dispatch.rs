@@ -200,7 +200,11 @@ fn build_request(acks: i32, timeout: Duration, subs: &[Submission]) -> v1::Produ
 }
 
 /// A partition's part of a produce answer.
-fn part_of(response: &v1::ProduceResponse, topic: &str, partition: u32) -> Result<v1::PartitionProduceResponse> {
+fn part_of(
+    response: &v1::ProduceResponse,
+    topic: &str,
+    partition: u32,
+) -> Result<v1::PartitionProduceResponse> {
     response
         .topics
         .iter()
@@ -235,15 +239,19 @@ mod tests {
         let r = build_request(-1, Duration::from_secs(30), &subs);
         assert_eq!(r.acks, -1);
         assert_eq!(r.timeout_ms, 30_000);
-        let layout: Vec<(String, Vec<u32>)> =
-            r.topics.iter().map(|t| (t.name.clone(), t.partitions.iter().map(|p| p.partition).collect())).collect();
+        let layout: Vec<(String, Vec<u32>)> = r
+            .topics
+            .iter()
+            .map(|t| (t.name.clone(), t.partitions.iter().map(|p| p.partition).collect()))
+            .collect();
         assert_eq!(layout, [("a".to_string(), vec![0, 1]), ("b".to_string(), vec![2])]);
         assert_eq!(r.topics[0].partitions[1].records.len(), 2);
     }
 
     #[test]
     fn a_drain_takes_the_oldest_up_to_the_byte_limit_and_each_partition_once() {
-        let mut waiting = vec![sub("a", 0, 40), sub("a", 1, 40), sub("a", 0, 10), sub("b", 0, 40), sub("c", 0, 5)];
+        let mut waiting =
+            vec![sub("a", 0, 40), sub("a", 1, 40), sub("a", 0, 10), sub("b", 0, 40), sub("c", 0, 5)];
         let taken = take_drain(&mut waiting, 100);
         assert_eq!(names(&taken), ["a-0", "a-1", "c-0"]);
         assert_eq!(names(&waiting), ["a-0", "b-0"]);
@@ -259,11 +267,19 @@ mod tests {
             topics: vec![
                 v1::TopicProduceResponse {
                     name: "a".into(),
-                    partitions: vec![v1::PartitionProduceResponse { partition: 1, base_offset: 7, ..Default::default() }],
+                    partitions: vec![v1::PartitionProduceResponse {
+                        partition: 1,
+                        base_offset: 7,
+                        ..Default::default()
+                    }],
                 },
                 v1::TopicProduceResponse {
                     name: "b".into(),
-                    partitions: vec![v1::PartitionProduceResponse { partition: 1, base_offset: 9, ..Default::default() }],
+                    partitions: vec![v1::PartitionProduceResponse {
+                        partition: 1,
+                        base_offset: 9,
+                        ..Default::default()
+                    }],
                 },
             ],
         };

@@ -200,7 +200,8 @@ pub(crate) fn partition_error(e: Option<&tributary_proto::v1::PartitionError>) -
         ) => Code::FailedPrecondition,
         Err(_) => Code::Unknown,
     };
-    let name = ErrorCode::try_from(e.code).map_or_else(|_| format!("error code {}", e.code), |c| c.as_str_name().to_string());
+    let name = ErrorCode::try_from(e.code)
+        .map_or_else(|_| format!("error code {}", e.code), |c| c.as_str_name().to_string());
     let message = if e.message.is_empty() { name } else { e.message.clone() };
     Some(Error::status(code, message))
 }

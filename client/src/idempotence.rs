@@ -105,16 +105,18 @@ pub(crate) async fn init_producer_id(
     let response = cluster
         .call_any(|conn| async move {
             let request = v1::InitProducerIdRequest {};
-            conn.call("an init-producer-id request", timeout, conn.log().init_producer_id(request)).await.map_err(
-                |e| match e {
-                    Error::Status { code: tonic::Code::Unimplemented, .. } => Error::InvalidArgument(format!(
-                        "the broker at {} does not support idempotent producers; \
+            conn.call("an init-producer-id request", timeout, conn.log().init_producer_id(request))
+                .await
+                .map_err(|e| match e {
+                    Error::Status { code: tonic::Code::Unimplemented, .. } => {
+                        Error::InvalidArgument(format!(
+                            "the broker at {} does not support idempotent producers; \
                          set ProducerConfig::enable_idempotence to false to produce without them",
-                        conn.addr
-                    )),
+                            conn.addr
+                        ))
+                    }
                     other => other,
-                },
-            )
+                })
         })
         .await?;
     let epoch = i16::try_from(response.producer_epoch).map_err(|_| {

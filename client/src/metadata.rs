@@ -70,7 +70,9 @@ pub(crate) async fn list_offsets(
             partitions.iter().zip(&found).filter(|(_, f)| f.is_none()).map(|(p, _)| *p).collect();
         let seen = cluster.version();
         let (routed, leaderless) = group_by_leader(missing, |&p| cluster.leader(topic, p));
-        let asked = routed.into_iter().map(|(leader, parts)| ask_leader(cluster, timeout, topic, leader, parts, timestamp));
+        let asked = routed
+            .into_iter()
+            .map(|(leader, parts)| ask_leader(cluster, timeout, topic, leader, parts, timestamp));
         let mut last_error = None;
         for answer in futures::future::join_all(asked).await {
             for (partition, outcome) in answer? {
@@ -130,7 +132,9 @@ pub(crate) fn no_leader(topic: &str, partitions: &[u32]) -> Error {
     let list = partitions.iter().map(|p| format!("{topic}-{p}")).collect::<Vec<_>>().join(", ");
     Error::status(
         tonic::Code::Unavailable,
-        format!("no leader for {list} right now (an election is under way, or every in-sync replica is down)"),
+        format!(
+            "no leader for {list} right now (an election is under way, or every in-sync replica is down)"
+        ),
     )
 }
 
@@ -150,7 +154,10 @@ async fn ask_leader(
         for &p in &parts {
             cluster.invalidate(topic, p);
         }
-        return Ok(retry_all(Error::status(tonic::Code::Unavailable, format!("broker {leader} is not known"))));
+        return Ok(retry_all(Error::status(
+            tonic::Code::Unavailable,
+            format!("broker {leader} is not known"),
+        )));
     };
     let request = v1::ListOffsetsRequest {
         partitions: parts
@@ -158,7 +165,8 @@ async fn ask_leader(
             .map(|&partition| v1::ListOffsetsPartition { topic: topic.to_string(), partition, timestamp })
             .collect(),
     };
-    let response = match conn.call("a list-offsets request", timeout, conn.log().list_offsets(request)).await {
+    let response = match conn.call("a list-offsets request", timeout, conn.log().list_offsets(request)).await
+    {
         Ok(r) => r,
         Err(e) if e.recovery() == Recovery::Fail => return Err(e),
         Err(e) => {

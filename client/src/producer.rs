@@ -575,8 +575,12 @@ impl Producer {
         } else {
             None
         };
-        let dispatcher =
-            Arc::new(Dispatcher::new(cluster.clone(), config.acks.wire(), config.request_timeout, CONNECTIONS));
+        let dispatcher = Arc::new(Dispatcher::new(
+            cluster.clone(),
+            config.acks.wire(),
+            config.request_timeout,
+            CONNECTIONS,
+        ));
         let shared = Arc::new(Shared {
             limits: BatchLimits {
                 batch_size: config.batch_size,

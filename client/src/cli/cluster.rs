@@ -123,7 +123,11 @@ mod tests {
             controller_id: 1,
             raft_term: 4,
             raft_commit_index: 120,
-            brokers: vec![status(0, "a", true, true), status(1, "b", true, true), status(3, "", false, false)],
+            brokers: vec![
+                status(0, "a", true, true),
+                status(1, "b", true, true),
+                status(3, "", false, false),
+            ],
             under_replicated_partitions: 2,
             offline_partitions: 1,
             partitions: 12,

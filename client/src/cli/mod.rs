@@ -154,7 +154,8 @@ mod tests {
             "--config",
             "min.insync.replicas=2",
         ]);
-        let Command::Topic(topic::TopicCommand::Create { replication_factor, configs, .. }) = cli.command else {
+        let Command::Topic(topic::TopicCommand::Create { replication_factor, configs, .. }) = cli.command
+        else {
             panic!("not topic create")
         };
         assert_eq!(replication_factor, 3);

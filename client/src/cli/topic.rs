@@ -93,7 +93,13 @@ pub fn describe(t: &TopicDescription) -> String {
     out.push_str(&format!("Id: {}\n", t.topic_id));
     out.push_str(&format!("Partitions: {}\n", t.partitions.len()));
     out.push_str(&format!("Replication factor: {}\n\n", t.replication_factor));
-    let ids = |v: &[i32]| if v.is_empty() { "-".to_string() } else { v.iter().map(i32::to_string).collect::<Vec<_>>().join(",") };
+    let ids = |v: &[i32]| {
+        if v.is_empty() {
+            "-".to_string()
+        } else {
+            v.iter().map(i32::to_string).collect::<Vec<_>>().join(",")
+        }
+    };
     let mut rows = vec![vec![
         "PARTITION".to_string(),
         "LEADER".into(),

@@ -137,7 +137,9 @@ pub(crate) async fn join(conn: Connection, p: Arc<Params>, mut req: JoinRequest)
         };
         let timeout = p.rebalance_timeout + JOIN_GRACE;
         let joined = conn.call("a join-group request", timeout, conn.group().join_group(request)).await?;
-        if let Some(e) = joined.error.as_ref().and_then(|e| coordinator::moved(&p.group_id, e.code, &e.message)) {
+        if let Some(e) =
+            joined.error.as_ref().and_then(|e| coordinator::moved(&p.group_id, e.code, &e.message))
+        {
             return Err(e);
         }
         match outcome(joined.error.as_ref()) {
@@ -166,7 +168,9 @@ pub(crate) async fn join(conn: Connection, p: Arc<Params>, mut req: JoinRequest)
             group_instance_id: p.instance_id.clone(),
         };
         let synced = conn.call("a sync-group request", timeout, conn.group().sync_group(request)).await?;
-        if let Some(e) = synced.error.as_ref().and_then(|e| coordinator::moved(&p.group_id, e.code, &e.message)) {
+        if let Some(e) =
+            synced.error.as_ref().and_then(|e| coordinator::moved(&p.group_id, e.code, &e.message))
+        {
             return Err(e);
         }
         match outcome(synced.error.as_ref()) {
@@ -361,7 +365,12 @@ async fn heartbeat(
 
 /// Acts on a heartbeat's answer; false when the member is gone and the
 /// task must end.
-fn heartbeat_answered(p: &Params, generation: i32, liveness: &Liveness, response: &v1::HeartbeatResponse) -> bool {
+fn heartbeat_answered(
+    p: &Params,
+    generation: i32,
+    liveness: &Liveness,
+    response: &v1::HeartbeatResponse,
+) -> bool {
     match outcome(response.error.as_ref()) {
         None => {}
         // Go on beating: the session must stay alive until the
@@ -508,7 +517,11 @@ mod tests {
         assert_eq!(outcome(None), None);
         let none = v1::PartitionError { code: 0, message: String::new(), ..Default::default() };
         assert_eq!(outcome(Some(&none)), None);
-        let r = v1::PartitionError { code: ErrorCode::RebalanceInProgress as i32, message: "m".into(), ..Default::default() };
+        let r = v1::PartitionError {
+            code: ErrorCode::RebalanceInProgress as i32,
+            message: "m".into(),
+            ..Default::default()
+        };
         assert_eq!(outcome(Some(&r)), Some((Ok(ErrorCode::RebalanceInProgress), "m".to_string())));
         let odd = v1::PartitionError { code: 999, message: String::new(), ..Default::default() };
         assert_eq!(outcome(Some(&odd)), Some((Err(999), String::new())));

@@ -659,7 +659,8 @@ impl GroupConsumer {
         if offsets.is_empty() {
             return Ok(());
         }
-        membership::commit(&self.coordinators, &self.params, &self.member_id, self.generation, &offsets).await?;
+        membership::commit(&self.coordinators, &self.params, &self.member_id, self.generation, &offsets)
+            .await?;
         let mut map = self.committed.lock();
         for (tp, offset) in offsets {
             map.insert(tp, offset);
@@ -792,7 +793,8 @@ impl GroupConsumer {
             return self.async_failure();
         }
         self.settle_async().await;
-        membership::commit(&self.coordinators, &self.params, &self.member_id, self.generation, offsets).await?;
+        membership::commit(&self.coordinators, &self.params, &self.member_id, self.generation, offsets)
+            .await?;
         let mut map = self.committed.lock();
         for (tp, offset) in offsets {
             map.insert(tp.clone(), *offset);
