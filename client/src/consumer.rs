@@ -724,7 +724,13 @@ impl Consumer {
         for (leader, asked) in routed {
             match cluster.connection(leader) {
                 Some(conn) => self.pending.push(self.fetch_from(leader, conn, asked, wait)),
-                None => waiting.extend(asked),
+                None => {
+                    // A leader the broker list does not have: ask again.
+                    for (topic, partition, _) in &asked {
+                        cluster.invalidate(topic, *partition);
+                    }
+                    waiting.extend(asked);
+                }
             }
         }
         let now = Instant::now();
