@@ -253,6 +253,11 @@ impl Batch {
         self.records
     }
 
+    /// When its first record arrived (the delivery timeout counts from it).
+    pub fn created(&self) -> Instant {
+        self.created
+    }
+
     /// Uncompressed bytes so far (the batch_size measure).
     fn size(&self) -> usize {
         match &self.payload {
@@ -381,8 +386,6 @@ pub(crate) struct TopicMeta {
 pub(crate) struct PartitionState {
     pub topic: Arc<TopicMeta>,
     pub partition: u32,
-    /// Which of the producer's connections this partition's requests use.
-    pub connection: usize,
     pub inner: Mutex<PartitionInner>,
     /// The idempotent producer's sequence; only the partition's sender task
     /// touches it (one at a time), so the lock is never contended.
@@ -461,11 +464,10 @@ fn try_take(acct: &Accounting, bytes: usize) -> bool {
 const SMALL_BATCH: usize = 16 << 10;
 
 impl PartitionState {
-    pub fn new(topic: Arc<TopicMeta>, partition: u32, connection: usize, sequence: SequenceState) -> Self {
+    pub fn new(topic: Arc<TopicMeta>, partition: u32, sequence: SequenceState) -> Self {
         PartitionState {
             topic,
             partition,
-            connection,
             inner: Mutex::new(PartitionInner::default()),
             sequence: Mutex::new(sequence),
         }

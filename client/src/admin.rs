@@ -1,15 +1,25 @@
 //! Topic lifecycle: create, describe, alter, grow, delete — thin calls on
 //! the broker's `Admin` service, plus the few `Log` lookups (topic list,
-//! offsets) an operator needs next to them, and consumer-group
-//! administration (list, describe, reset offsets, delete) on the `Group`
-//! service of each group's coordinator.
+//! offsets) an operator needs next to them; consumer-group administration
+//! (list, describe, reset offsets, delete) on the `Group` service of each
+//! group's coordinator; and the cluster's own view (`DescribeCluster`,
+//! preferred-leader elections) on the `Cluster` service.
+//!
+//! Any broker takes admin calls (it forwards them to the controller), so a
+//! call goes to whichever broker answers. Calls that only read, or that
+//! set a value (altering configs, elections), move on to another broker
+//! when one cannot be reached; calls that create or delete are sent once,
+//! as a retry after a lost answer would report "already exists" for what
+//! the first attempt did.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tributary_proto::v1;
 
+use crate::cluster::Cluster;
 use crate::connection::Connection;
 use crate::coordinator::Coordinators;
 use crate::error::{Error, Result};
@@ -31,19 +41,37 @@ pub enum ResetTo {
 
 /// How long an admin call may take.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long group administration keeps trying a coordinator that moved.
+const COORDINATOR_PATIENCE: Duration = Duration::from_secs(30);
 
-/// An admin client. Cheap to clone; clones share the connection.
+/// An admin client. Cheap to clone; clones share the connections.
 #[derive(Clone, Debug)]
 pub struct Admin {
-    conn: Connection,
+    cluster: Arc<Cluster>,
     coordinators: Arc<Coordinators>,
 }
 
 impl Admin {
-    /// Connects to `bootstrap` ("host:port", `http://` optional).
+    /// Connects to the first broker of `bootstrap` (`HOST:PORT,HOST:PORT,...`,
+    /// `http://` optional) that answers.
     pub async fn connect(bootstrap: &str) -> Result<Admin> {
-        let conn = Connection::open(bootstrap).await?;
-        Ok(Admin { coordinators: Arc::new(Coordinators::new(conn.clone())), conn })
+        let cluster = Arc::new(Cluster::connect(bootstrap, 1).await?);
+        Ok(Admin { coordinators: Arc::new(Coordinators::new(cluster.clone())), cluster })
+    }
+
+    /// A call that is safe to repeat, on any broker that answers.
+    async fn any<T, F, Fut>(&self, call: F) -> Result<T>
+    where
+        F: Fn(Connection) -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        self.cluster.call_any(call).await
+    }
+
+    /// A call that must not be repeated after a lost answer: sent once, to
+    /// the broker that answered last.
+    fn once(&self) -> Connection {
+        self.cluster.home()
     }
 
     pub async fn create_topic(
@@ -62,26 +90,22 @@ impl Admin {
             }],
             validate_only: false,
         };
-        let c = &self.conn;
+        let c = self.once();
         c.call("a create-topics request", ADMIN_TIMEOUT, c.admin().create_topics(request)).await?;
         Ok(())
     }
 
     pub async fn delete_topic(&self, name: &str) -> Result<()> {
         let request = v1::DeleteTopicsRequest { names: vec![name.to_string()] };
-        let c = &self.conn;
+        let c = self.once();
         c.call("a delete-topics request", ADMIN_TIMEOUT, c.admin().delete_topics(request)).await?;
         Ok(())
     }
 
     /// Every topic's name, sorted.
     pub async fn list_topics(&self) -> Result<Vec<String>> {
-        let request = v1::MetadataRequest { topics: Vec::new() };
-        let c = &self.conn;
-        let response = c.call("a metadata request", ADMIN_TIMEOUT, c.log().metadata(request)).await?;
-        let mut names: Vec<String> = response.topics.into_iter().map(|t| t.name).collect();
-        names.sort();
-        Ok(names)
+        self.cluster.refresh_now().await?;
+        Ok(self.cluster.topics().into_keys().collect())
     }
 
     pub async fn describe_topic(&self, name: &str) -> Result<v1::TopicDescription> {
@@ -100,10 +124,13 @@ impl Admin {
     }
 
     async fn describe(&self, names: Vec<String>) -> Result<Vec<v1::TopicDescription>> {
-        let request = v1::DescribeTopicsRequest { names };
-        let c = &self.conn;
-        let response =
-            c.call("a describe-topics request", ADMIN_TIMEOUT, c.admin().describe_topics(request)).await?;
+        let request = &v1::DescribeTopicsRequest { names };
+        let response = self
+            .any(|c| async move {
+                c.call("a describe-topics request", ADMIN_TIMEOUT, c.admin().describe_topics(request.clone()))
+                    .await
+            })
+            .await?;
         let mut topics = response.topics;
         for t in &mut topics {
             t.partitions.sort_by_key(|p| p.partition);
@@ -119,15 +146,22 @@ impl Admin {
         set: BTreeMap<String, String>,
         delete: Vec<String>,
     ) -> Result<BTreeMap<String, String>> {
-        let request = v1::AlterTopicConfigsRequest {
+        let request = &v1::AlterTopicConfigsRequest {
             name: name.to_string(),
             set: set.into_iter().collect(),
             delete,
             validate_only: false,
         };
-        let c = &self.conn;
-        let response = c
-            .call("an alter-topic-configs request", ADMIN_TIMEOUT, c.admin().alter_topic_configs(request))
+        let response = self
+            .any(|c| async move {
+                let request = request.clone();
+                c.call(
+                    "an alter-topic-configs request",
+                    ADMIN_TIMEOUT,
+                    c.admin().alter_topic_configs(request),
+                )
+                .await
+            })
             .await?;
         Ok(response.configs.into_iter().collect())
     }
@@ -136,7 +170,7 @@ impl Admin {
     pub async fn create_partitions(&self, name: &str, total: u32) -> Result<u32> {
         let request =
             v1::CreatePartitionsRequest { name: name.to_string(), total_count: total, validate_only: false };
-        let c = &self.conn;
+        let c = self.once();
         let response = c
             .call("a create-partitions request", ADMIN_TIMEOUT, c.admin().create_partitions(request))
             .await?;
@@ -146,7 +180,7 @@ impl Admin {
     /// The offset `spec` names in one partition; -1 when no record is at or
     /// after the timestamp asked for.
     pub async fn list_offsets(&self, topic: &str, partition: u32, spec: OffsetSpec) -> Result<i64> {
-        let found = metadata::list_offsets(&self.conn, ADMIN_TIMEOUT, topic, &[partition], spec).await?;
+        let found = metadata::list_offsets(&self.cluster, ADMIN_TIMEOUT, topic, &[partition], spec).await?;
         found.first().copied().ok_or_else(|| {
             Error::status(tonic::Code::Internal, format!("no offset returned for {topic}-{partition}"))
         })
@@ -154,28 +188,49 @@ impl Admin {
 
     /// Partition numbers of a topic, ascending.
     pub async fn partitions(&self, topic: &str) -> Result<Vec<u32>> {
-        metadata::partitions(&self.conn, ADMIN_TIMEOUT, topic).await
+        metadata::partitions(&self.cluster, topic).await
     }
 
-    /// Every consumer group the broker coordinates, sorted by id.
+    /// Every consumer group of the cluster, sorted by id: each broker lists
+    /// the groups it coordinates, so every broker is asked. A broker that
+    /// cannot be reached fails the listing (it would be incomplete).
     pub async fn list_groups(&self) -> Result<Vec<v1::GroupListing>> {
-        let c = &self.conn;
-        let response = c
-            .call("a list-groups request", ADMIN_TIMEOUT, c.group().list_groups(v1::ListGroupsRequest {}))
-            .await?;
-        let mut groups = response.groups;
-        groups.sort_by(|a, b| a.group_id.cmp(&b.group_id));
-        Ok(groups)
+        self.cluster.refresh_now().await?;
+        let mut brokers: Vec<Connection> =
+            self.cluster.brokers().iter().filter_map(|b| self.cluster.connection(b.id)).collect();
+        if brokers.is_empty() {
+            brokers.push(self.cluster.home());
+        }
+        let asked = brokers.iter().map(|c| async move {
+            c.call("a list-groups request", ADMIN_TIMEOUT, c.group().list_groups(v1::ListGroupsRequest {}))
+                .await
+        });
+        let mut groups: BTreeMap<String, v1::GroupListing> = BTreeMap::new();
+        for answer in futures::future::join_all(asked).await {
+            for g in answer?.groups {
+                // During a coordinator move two brokers may list a group;
+                // the one with members is the one in charge.
+                match groups.get(&g.group_id) {
+                    Some(known) if known.members >= g.members => {}
+                    _ => {
+                        groups.insert(g.group_id.clone(), g);
+                    }
+                }
+            }
+        }
+        Ok(groups.into_values().collect())
     }
 
     /// A group's state, generation, members with their partitions, and per
     /// partition the committed offset, log end and lag (members sorted by
     /// id, partitions by topic and number).
     pub async fn describe_group(&self, group: &str) -> Result<v1::DescribeGroupResponse> {
-        let c = self.coordinator(group).await?;
-        let request = v1::DescribeGroupRequest { group_id: group.to_string() };
-        let mut d =
-            c.call("a describe-group request", ADMIN_TIMEOUT, c.group().describe_group(request)).await?;
+        let mut d = self
+            .on_coordinator(group, |c| async move {
+                let request = v1::DescribeGroupRequest { group_id: group.to_string() };
+                c.call("a describe-group request", ADMIN_TIMEOUT, c.group().describe_group(request)).await
+            })
+            .await?;
         d.members.sort_by(|a, b| a.member_id.cmp(&b.member_id));
         d.offsets.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
         Ok(d)
@@ -184,9 +239,11 @@ impl Admin {
     /// Deletes a group and its committed offsets; only while it has no
     /// members.
     pub async fn delete_group(&self, group: &str) -> Result<()> {
-        let c = self.coordinator(group).await?;
-        let request = v1::DeleteGroupRequest { group_id: group.to_string() };
-        c.call("a delete-group request", ADMIN_TIMEOUT, c.group().delete_group(request)).await?;
+        self.on_coordinator(group, |c| async move {
+            let request = v1::DeleteGroupRequest { group_id: group.to_string() };
+            c.call("a delete-group request", ADMIN_TIMEOUT, c.group().delete_group(request)).await
+        })
+        .await?;
         Ok(())
     }
 
@@ -215,16 +272,19 @@ impl Admin {
             }
             ResetTo::Offset(n) => To::Offset(n),
         };
-        let c = self.coordinator(group).await?;
-        let request = v1::ResetOffsetsRequest {
+        let request = &v1::ResetOffsetsRequest {
             group_id: group.to_string(),
             topic: topic.to_string(),
             partitions: Vec::new(),
             to: Some(to),
             dry_run,
         };
-        let response =
-            c.call("a reset-offsets request", ADMIN_TIMEOUT, c.group().reset_offsets(request)).await?;
+        let response = self
+            .on_coordinator(group, |c| async move {
+                c.call("a reset-offsets request", ADMIN_TIMEOUT, c.group().reset_offsets(request.clone()))
+                    .await
+            })
+            .await?;
         let mut offsets = response.offsets;
         offsets.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
         Ok(offsets)
@@ -232,19 +292,69 @@ impl Admin {
 
     /// Every offset the group committed, sorted by topic and partition.
     pub async fn fetch_offsets(&self, group: &str) -> Result<Vec<v1::OffsetEntry>> {
-        let c = self.coordinator(group).await?;
-        let request = v1::FetchOffsetsRequest { group_id: group.to_string(), partitions: Vec::new() };
-        let response =
-            c.call("a fetch-offsets request", ADMIN_TIMEOUT, c.group().fetch_offsets(request)).await?;
+        let response = self
+            .on_coordinator(group, |c| async move {
+                let request = v1::FetchOffsetsRequest { group_id: group.to_string(), partitions: Vec::new() };
+                c.call("a fetch-offsets request", ADMIN_TIMEOUT, c.group().fetch_offsets(request)).await
+            })
+            .await?;
         let mut offsets = response.offsets;
         offsets.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
         Ok(offsets)
     }
 
-    async fn coordinator(&self, group: &str) -> Result<Connection> {
+    /// Brokers with their liveness, the controller and its Raft state, and
+    /// partition health, as the controller sees them.
+    pub async fn describe_cluster(&self) -> Result<v1::DescribeClusterResponse> {
+        let mut d = self
+            .any(|c| async move {
+                let request = v1::DescribeClusterRequest {};
+                c.call("a describe-cluster request", ADMIN_TIMEOUT, c.cluster().describe_cluster(request))
+                    .await
+                    .map_err(|e| older_broker(e, &c, "describe the cluster"))
+            })
+            .await?;
+        d.brokers.sort_by_key(|b| b.node_id);
+        Ok(d)
+    }
+
+    /// Moves leadership of every partition of `topics` (every topic when
+    /// empty) to its preferred replica, the first of its replica list,
+    /// where that one is in sync; returns how many partitions moved.
+    pub async fn elect_leaders(&self, topics: &[&str]) -> Result<u32> {
+        let request = &v1::ElectLeadersRequest { topics: topics.iter().map(|t| t.to_string()).collect() };
+        let response = self
+            .any(|c| async move {
+                c.call("an elect-leaders request", ADMIN_TIMEOUT, c.cluster().elect_leaders(request.clone()))
+                    .await
+                    .map_err(|e| older_broker(e, &c, "elect leaders"))
+            })
+            .await?;
+        Ok(response.moved)
+    }
+
+    /// Runs a group call on the group's coordinator, finding it again while
+    /// it moves.
+    async fn on_coordinator<T, F, Fut>(&self, group: &str, call: F) -> Result<T>
+    where
+        F: Fn(Connection) -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
         if group.trim().is_empty() {
             return Err(Error::InvalidArgument("the group id is empty".into()));
         }
-        self.coordinators.for_group(group, ADMIN_TIMEOUT).await
+        self.coordinators.call(group, ADMIN_TIMEOUT, COORDINATOR_PATIENCE, call).await
+    }
+}
+
+/// A broker without the `Cluster` service says so in words a person can act
+/// on.
+fn older_broker(e: Error, c: &Connection, what: &str) -> Error {
+    match e {
+        Error::Status { code: tonic::Code::Unimplemented, .. } => Error::InvalidArgument(format!(
+            "the broker at {} cannot {what}: it predates the Cluster service; upgrade it",
+            c.addr
+        )),
+        other => other,
     }
 }

@@ -1,15 +1,22 @@
 //! Opening gRPC channels to a broker, in one place, so producer, consumer and
-//! admin all get the same transport settings.
+//! admin all get the same transport settings; and reading the bootstrap
+//! list (`HOST:PORT,HOST:PORT,...`) every client takes.
 //!
 //! The settings matter for throughput: record batches are hundreds of KiB, so
 //! HTTP/2's 64 KiB default flow-control windows would stall every request,
 //! and Nagle's algorithm would delay the small ones.
+//!
+//! Bootstrap addresses are opened eagerly ([`Connection::open`]) so a wrong
+//! address fails at once with its name; connections to brokers learned from
+//! metadata are opened lazily ([`Connection::lazy`]) on their first call, as
+//! most clients need only the leaders of the partitions they use.
 
 use std::future::Future;
 use std::time::Duration;
 
 use tonic::transport::{Channel, Endpoint};
 use tributary_proto::v1::admin_client::AdminClient;
+use tributary_proto::v1::cluster_client::ClusterClient;
 use tributary_proto::v1::group_client::GroupClient;
 use tributary_proto::v1::log_client::LogClient;
 
@@ -27,6 +34,14 @@ pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) struct Connection {
     pub channel: Channel,
     pub addr: String,
+    /// Tells connections apart (clones share it).
+    #[cfg_attr(not(test), allow(dead_code))]
+    serial: u64,
+}
+
+fn next_serial() -> u64 {
+    static SERIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 impl Connection {
@@ -37,7 +52,21 @@ impl Connection {
         let channel = endpoint.connect().await.map_err(|e| {
             Error::Transport(format!("cannot connect to {}: {}", bootstrap.trim(), error_chain(&e)))
         })?;
-        Ok(Connection { channel, addr: bootstrap.trim().to_string() })
+        Ok(Connection { channel, addr: bootstrap.trim().to_string(), serial: next_serial() })
+    }
+
+    /// A connection to `address` that is made on its first call (and made
+    /// again after a failure); a broker that cannot be reached shows up as
+    /// a transport error of that call, naming the address.
+    pub fn lazy(address: &str) -> Result<Connection> {
+        let channel = endpoint(address)?.connect_lazy();
+        Ok(Connection { channel, addr: address.trim().to_string(), serial: next_serial() })
+    }
+
+    /// Whether both are the same connection (one is a clone of the other).
+    #[cfg(test)]
+    pub fn channel_is(&self, other: &Connection) -> bool {
+        self.serial == other.serial
     }
 
     pub fn log(&self) -> LogClient<Channel> {
@@ -54,6 +83,12 @@ impl Connection {
 
     pub fn group(&self) -> GroupClient<Channel> {
         GroupClient::new(self.channel.clone())
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE)
+    }
+
+    pub fn cluster(&self) -> ClusterClient<Channel> {
+        ClusterClient::new(self.channel.clone())
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE)
     }
@@ -82,6 +117,37 @@ impl Connection {
             Ok(Ok(response)) => Ok(response.into_inner()),
         }
     }
+}
+
+/// The addresses of a bootstrap list, `HOST:PORT,HOST:PORT,...` (spaces
+/// and empty entries ignored, repeats dropped), each checked to be a usable
+/// address.
+pub(crate) fn bootstrap_list(list: &str) -> Result<Vec<String>> {
+    let mut out: Vec<String> = Vec::new();
+    for entry in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        endpoint(entry)?;
+        if !out.iter().any(|known| same_address(known, entry)) {
+            out.push(entry.to_string());
+        }
+    }
+    if out.is_empty() {
+        return Err(Error::InvalidArgument(
+            "the bootstrap list is empty; give one or more brokers as HOST:PORT,HOST:PORT, e.g. 127.0.0.1:7070"
+                .into(),
+        ));
+    }
+    Ok(out)
+}
+
+/// "host:port" without scheme or surrounding space, for comparing addresses.
+pub(crate) fn normalize(address: &str) -> &str {
+    let a = address.trim();
+    a.strip_prefix("http://").or_else(|| a.strip_prefix("https://")).unwrap_or(a)
+}
+
+/// Whether two addresses name the same place (scheme and spaces aside).
+pub(crate) fn same_address(a: &str, b: &str) -> bool {
+    normalize(a) == normalize(b)
 }
 
 /// The URI tonic wants for a bootstrap address.
@@ -134,5 +200,30 @@ mod tests {
         assert_eq!(uri("127.0.0.1:7070").unwrap(), "http://127.0.0.1:7070");
         assert_eq!(uri(" http://b:1 ").unwrap(), "http://b:1");
         assert!(uri("").is_err());
+    }
+
+    #[test]
+    fn bootstrap_lists_keep_their_order_and_drop_repeats() {
+        assert_eq!(bootstrap_list("127.0.0.1:7070").unwrap(), ["127.0.0.1:7070"]);
+        assert_eq!(
+            bootstrap_list(" a:1, b:2 ,,c:3,").unwrap(),
+            ["a:1".to_string(), "b:2".to_string(), "c:3".to_string()]
+        );
+        assert_eq!(bootstrap_list("a:1,http://a:1,b:2").unwrap(), ["a:1".to_string(), "b:2".to_string()]);
+        for empty in ["", " ", ",", " , ,"] {
+            let e = bootstrap_list(empty).unwrap_err().to_string();
+            assert!(e.contains("bootstrap list is empty"), "{empty:?}: {e}");
+        }
+        let e = bootstrap_list("a:1,not a host").unwrap_err().to_string();
+        assert!(e.contains("'not a host'"), "{e}");
+    }
+
+    #[test]
+    fn addresses_compare_without_scheme() {
+        assert_eq!(normalize(" http://127.0.0.1:7070 "), "127.0.0.1:7070");
+        assert_eq!(normalize("127.0.0.1:7070"), "127.0.0.1:7070");
+        assert_eq!(normalize(""), "");
+        assert!(same_address("http://b:1", " b:1"));
+        assert!(!same_address("b:1", "b:2"));
     }
 }

@@ -1,12 +1,25 @@
 //! The consumer: reads assigned partitions from positions it keeps itself.
 //!
-//! Each poll is one Fetch for every assigned partition. The broker answers
-//! with whole stored batches (the first may start before the position asked
-//! for), which are CRC-checked here and either decoded into
+//! Each partition is fetched from its leader: one Fetch per leader for all
+//! the assigned partitions it leads, each long-polling on its own. The
+//! broker answers with whole stored batches (the first may start before the
+//! position asked for), which are CRC-checked here and either decoded into
 //! [`ConsumerRecord`]s ([`Consumer::poll`]) or handed over raw
 //! ([`Consumer::poll_batches`]) for callers that want to skip the per-record
 //! structs. While the caller works through one answer the next fetch is
-//! already on its way (one prefetch), so the broker's read overlaps ours.
+//! already on its way (one prefetch per leader), so the broker's read
+//! overlaps ours.
+//!
+//! # Leaders that move
+//!
+//! A partition whose leader moved (NOT_LEADER, a fenced or unknown leader
+//! epoch, no leader for now) or whose broker cannot be reached is fetched
+//! again from the same position once the cache knows where to go — at once
+//! when the answer carried a leader hint, otherwise after fresh metadata
+//! and a short, growing pause. A partition is in at most one fetch at a
+//! time and its position moves only with an answer for it, so nothing is
+//! skipped or read twice; `poll` reports none of this (it shows as
+//! latency), only failures retrying cannot fix.
 //!
 //! # A batch that cannot be read
 //!
@@ -22,16 +35,17 @@
 //! is skipped unless asked for, so a group consumer never commits past such
 //! a batch.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::task::JoinHandle;
+use tokio::task::{JoinError, JoinHandle};
 use tokio::time::Instant;
 use tributary_proto::batch::{self, BatchError, Batches, Record};
 use tributary_proto::v1;
 
-use crate::connection::Connection;
-use crate::error::{partition_error, Error, Result};
+use crate::cluster::{backoff, group_by_leader, Cluster, Leader};
+use crate::error::{code_recovery, partition_error, Error, Recovery, Result};
 use crate::metadata::{self, OffsetSpec};
 
 /// How long a metadata or list-offsets call may take.
@@ -39,11 +53,16 @@ const LOOKUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// How much longer than its long-poll a fetch may take before it counts as
 /// lost.
 const FETCH_GRACE: Duration = Duration::from_secs(30);
+/// First pause before a partition whose leader moved is fetched again (when
+/// no hint said where it went); it doubles while that goes on.
+const REROUTE_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_REROUTE_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Consumer settings.
 #[derive(Clone, Debug)]
 pub struct ConsumerConfig {
-    /// "host:port" of a broker (`http://` optional).
+    /// Brokers to start from, `HOST:PORT,HOST:PORT,...` (`http://`
+    /// optional): any one that answers will do.
     pub bootstrap: String,
     /// Longest one Fetch long-polls; a longer `poll` timeout sends several.
     pub max_wait: Duration,
@@ -248,20 +267,34 @@ struct Assignment {
     /// A batch at `position` that cannot be read: the partition is not
     /// fetched until the application skips it or seeks.
     stuck: Option<Stuck>,
+    /// Not fetched before this: its leader moved or its broker failed, and
+    /// the cache may not know better yet.
+    not_before: Option<Instant>,
+    /// Fetches of this partition in a row that found its leader gone.
+    misses: u32,
 }
 
-/// A fetch on its way, and the positions it asked for.
+/// A fetch on its way to one leader, and the positions it asked for.
 struct Pending {
+    leader: i32,
     task: JoinHandle<Result<v1::FetchResponse>>,
     asked: Vec<(String, u32, i64)>,
 }
 
+/// What an answer said of a partition whose leader is elsewhere now.
+struct Misrouted {
+    index: usize,
+    error: v1::PartitionError,
+}
+
 /// A consumer of explicitly assigned partitions.
 pub struct Consumer {
-    conn: Connection,
+    cluster: Arc<Cluster>,
     config: ConsumerConfig,
     assignments: Vec<Assignment>,
-    pending: Option<Pending>,
+    /// Fetches on their way, at most one per leader at a time from each
+    /// poll, and a partition in one of them at most.
+    pending: Vec<Pending>,
     /// Rotates which partition leads the request: only the first may exceed
     /// the byte budget, so every partition gets that turn.
     rotation: usize,
@@ -269,41 +302,43 @@ pub struct Consumer {
     report_due: bool,
     /// Rotates which stuck partition is reported.
     stuck_turn: usize,
+    /// Fetches in a row that failed whole (for the log).
+    failures: u32,
 }
 
 impl Drop for Consumer {
     fn drop(&mut self) {
-        if let Some(p) = self.pending.take() {
-            p.task.abort();
-        }
+        self.cancel_prefetch();
     }
 }
 
 impl std::fmt::Debug for Consumer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Consumer")
-            .field("bootstrap", &self.conn.addr)
+            .field("broker", &self.cluster.home().addr)
             .field("assigned", &self.assignments.len())
             .finish()
     }
 }
 
 impl Consumer {
+    /// Connects to the first broker of the bootstrap list that answers.
     pub async fn connect(config: ConsumerConfig) -> Result<Consumer> {
-        let conn = Connection::open(&config.bootstrap).await?;
-        Ok(Self::with_connection(conn, config))
+        let cluster = Arc::new(Cluster::connect(&config.bootstrap, 1).await?);
+        Ok(Self::with_cluster(cluster, config))
     }
 
-    /// A consumer on an open connection (the group consumer's fetcher).
-    pub(crate) fn with_connection(conn: Connection, config: ConsumerConfig) -> Consumer {
+    /// A consumer sharing a cluster view (the group consumer's fetcher).
+    pub(crate) fn with_cluster(cluster: Arc<Cluster>, config: ConsumerConfig) -> Consumer {
         Consumer {
-            conn,
+            cluster,
             config,
             assignments: Vec::new(),
-            pending: None,
+            pending: Vec::new(),
             rotation: 0,
             report_due: false,
             stuck_turn: 0,
+            failures: 0,
         }
     }
 
@@ -320,7 +355,7 @@ impl Consumer {
 
     /// Reads every partition of `topic` from `from` on.
     pub async fn assign_all(&mut self, topic: &str, from: OffsetSpec) -> Result<()> {
-        let partitions = metadata::partitions(&self.conn, LOOKUP_TIMEOUT, topic).await?;
+        let partitions = metadata::partitions(&self.cluster, topic).await?;
         let positions = self.resolve(topic, &partitions, from).await?;
         for (p, position) in partitions.into_iter().zip(positions) {
             self.set_position(topic, p, position);
@@ -335,13 +370,15 @@ impl Consumer {
             }
             // No lookup needed, but an unknown topic or partition should fail
             // here rather than at the first poll.
-            metadata::list_offsets(&self.conn, LOOKUP_TIMEOUT, topic, partitions, OffsetSpec::Latest).await?;
+            metadata::list_offsets(&self.cluster, LOOKUP_TIMEOUT, topic, partitions, OffsetSpec::Latest)
+                .await?;
             return Ok(vec![n; partitions.len()]);
         }
-        let mut found = metadata::list_offsets(&self.conn, LOOKUP_TIMEOUT, topic, partitions, from).await?;
+        let mut found =
+            metadata::list_offsets(&self.cluster, LOOKUP_TIMEOUT, topic, partitions, from).await?;
         if found.iter().any(|&o| o < 0) {
             let latest =
-                metadata::list_offsets(&self.conn, LOOKUP_TIMEOUT, topic, partitions, OffsetSpec::Latest)
+                metadata::list_offsets(&self.cluster, LOOKUP_TIMEOUT, topic, partitions, OffsetSpec::Latest)
                     .await?;
             for (o, l) in found.iter_mut().zip(latest) {
                 if *o < 0 {
@@ -364,6 +401,8 @@ impl Consumer {
                 partition,
                 position,
                 stuck: None,
+                not_before: None,
+                misses: 0,
             }),
         }
     }
@@ -384,7 +423,7 @@ impl Consumer {
     }
 
     fn cancel_prefetch(&mut self) {
-        if let Some(p) = self.pending.take() {
+        for p in self.pending.drain(..) {
             p.task.abort();
         }
     }
@@ -479,29 +518,32 @@ impl Consumer {
         // A year stands in for "forever" without overflowing the clock.
         let deadline = Instant::now() + timeout.min(Duration::from_secs(365 * 24 * 3600));
         loop {
-            let mut pending = match self.pending.take() {
-                Some(p) => p,
-                None => self.start_fetch(deadline.saturating_duration_since(Instant::now())),
-            };
-            let joined = match tokio::time::timeout_at(deadline, &mut pending.task).await {
-                Err(_) => {
-                    // Out of time: the fetch stays on its way for the next poll.
-                    self.pending = Some(pending);
+            self.route(deadline).await;
+            self.start_fetches(deadline.saturating_duration_since(Instant::now()));
+            let wake = self.next_retry().map_or(deadline, |t| t.min(deadline));
+            let Some((joined, index)) = self.first_answer(wake).await else {
+                if Instant::now() >= deadline {
+                    // Out of time: the fetches stay on their way for the next poll.
                     self.report_due = self.any_stuck();
                     return Ok(Vec::new());
                 }
-                Ok(joined) => joined,
+                continue;
             };
-            let response = joined.map_err(|e| {
-                Error::Transport(format!("the fetch from {} was interrupted: {e}", self.conn.addr))
-            })??;
+            let pending = self.pending.swap_remove(index);
+            let response = match joined.map_err(|e| self.interrupted(&pending, e)).and_then(|r| r) {
+                Ok(response) => response,
+                Err(e) if e.is_retriable() => {
+                    self.fetch_failed(&pending, &e);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            self.failures = 0;
             let (out, stopped) = self.take_answer::<D>(response, &pending.asked)?;
             if !out.is_empty() {
                 // What came before a stuck batch first; its error next time.
                 self.report_due = self.any_stuck();
-                if self.assignments.iter().any(|a| a.stuck.is_none()) {
-                    self.pending = Some(self.start_fetch(self.config.max_wait));
-                }
+                self.start_fetches(self.config.max_wait);
                 return Ok(out);
             }
             if let Some(e) = stopped {
@@ -512,6 +554,87 @@ impl Consumer {
                 return Ok(Vec::new());
             }
         }
+    }
+
+    /// Waits until `wake` for the first fetch to answer; its outcome and
+    /// index in `pending`, or `None` when `wake` came first.
+    async fn first_answer(
+        &mut self,
+        wake: Instant,
+    ) -> Option<(std::result::Result<Result<v1::FetchResponse>, JoinError>, usize)> {
+        if self.pending.is_empty() {
+            tokio::time::sleep_until(wake).await;
+            return None;
+        }
+        let tasks = self.pending.iter_mut().map(|p| &mut p.task);
+        tokio::time::timeout_at(wake, futures::future::select_all(tasks))
+            .await
+            .ok()
+            .map(|(joined, index, _)| (joined, index))
+    }
+
+    fn interrupted(&self, pending: &Pending, e: JoinError) -> Error {
+        let addr = self.cluster.connection(pending.leader).map_or_else(|| "a broker".to_string(), |c| c.addr);
+        Error::Transport(format!("the fetch from {addr} was interrupted: {e}"))
+    }
+
+    /// A fetch failed whole in a way retrying may fix (the connection broke,
+    /// the broker is unavailable): its partitions are fetched again from the
+    /// same positions after a pause, wherever the leader is by then.
+    fn fetch_failed(&mut self, pending: &Pending, e: &Error) {
+        self.failures += 1;
+        if self.failures == 1 || self.failures.is_multiple_of(10) {
+            tracing::warn!(failures = self.failures, "fetch failed, retrying: {e}");
+        } else {
+            tracing::debug!(failures = self.failures, "fetch failed, retrying: {e}");
+        }
+        if e.is_transport() {
+            self.cluster.broker_failed(pending.leader);
+        }
+        let now = Instant::now();
+        for (topic, partition, _) in &pending.asked {
+            if e.recovery() == Recovery::Reroute {
+                self.cluster.invalidate(topic, *partition);
+            }
+            if let Some(a) =
+                self.assignments.iter_mut().find(|a| a.topic == *topic && a.partition == *partition)
+            {
+                a.misses += 1;
+                a.not_before = Some(now + backoff(REROUTE_BACKOFF, a.misses, MAX_REROUTE_BACKOFF));
+            }
+        }
+    }
+
+    /// Partitions about to be fetched whose leader the cache does not know
+    /// make it ask the cluster (rate limited; not past `deadline`).
+    async fn route(&mut self, deadline: Instant) {
+        let now = Instant::now();
+        let lost = self.assignments.iter().any(|a| {
+            self.fetchable(a, now)
+                && self.cluster.leader(&a.topic, a.partition).and_then(Leader::broker).is_none()
+        });
+        if lost {
+            let seen = self.cluster.version();
+            if let Ok(Err(e)) = tokio::time::timeout_at(deadline, self.cluster.refresh_soon(seen)).await {
+                tracing::debug!("metadata refresh for the consumer failed: {e}");
+            }
+        }
+    }
+
+    /// Whether `a` may go into a new fetch now: readable, not in a fetch
+    /// already, not pausing.
+    fn fetchable(&self, a: &Assignment, now: Instant) -> bool {
+        a.stuck.is_none()
+            && a.not_before.is_none_or(|t| t <= now)
+            && !self
+                .pending
+                .iter()
+                .any(|p| p.asked.iter().any(|(t, q, _)| *t == a.topic && *q == a.partition))
+    }
+
+    /// When the next pausing partition may be fetched again.
+    fn next_retry(&self) -> Option<Instant> {
+        self.assignments.iter().filter(|a| a.stuck.is_none()).filter_map(|a| a.not_before).min()
     }
 
     /// Takes one answer: checks it, hands each partition's part over as `D`
@@ -525,11 +648,16 @@ impl Consumer {
     ) -> Result<(Vec<D::Item>, Option<Error>)> {
         let mut out = Vec::new();
         let mut stopped = None;
-        for part in self.check(response, asked)? {
+        let (checked, misrouted) = self.check(response, asked)?;
+        for m in misrouted {
+            self.reroute(m);
+        }
+        for part in checked {
             let index = part.index;
             let (next, stuck) = D::take(part, &mut out);
             let a = &mut self.assignments[index];
             a.position = next;
+            a.misses = 0;
             if let Some(stuck) = stuck {
                 tracing::debug!(
                     "{}-{} cannot be read at offset {}: {}; it stays there until skipped",
@@ -545,22 +673,85 @@ impl Consumer {
         Ok((out, stopped))
     }
 
-    /// What the next Fetch asks for: every partition not stopped by a batch
-    /// it cannot read, from its position, a different one first each time.
+    /// A partition the answer said is led elsewhere now: the cache learns
+    /// the hint (or forgets the leader), and the partition is fetched again
+    /// from the same position — at once when the hint says where, after a
+    /// pause otherwise.
+    fn reroute(&mut self, m: Misrouted) {
+        let Some(a) = self.assignments.get_mut(m.index) else { return };
+        let hinted = code_recovery(m.error.code) == Some(Recovery::Reroute)
+            && self.cluster.apply_hint(&a.topic, a.partition, &m.error);
+        a.misses += 1;
+        // A hint is followed at once, but not in a loop: a broker that keeps
+        // pointing elsewhere (or at itself) gets the pause too.
+        let at_once = hinted && a.misses == 1;
+        a.not_before =
+            (!at_once).then(|| Instant::now() + backoff(REROUTE_BACKOFF, a.misses, MAX_REROUTE_BACKOFF));
+        tracing::debug!(
+            "{}-{} is not served where it was fetched ({}); fetching it again from offset {}",
+            a.topic,
+            a.partition,
+            m.error.message,
+            a.position
+        );
+    }
+
+    /// What the next fetches ask for: every partition not stopped by a
+    /// batch it cannot read, not in a fetch already and not pausing, from
+    /// its position, a different one first each time.
     fn next_request(&mut self) -> Vec<(String, u32, i64)> {
-        let healthy: Vec<&Assignment> = self.assignments.iter().filter(|a| a.stuck.is_none()).collect();
-        let n = healthy.len();
+        let now = Instant::now();
+        let ready: Vec<&Assignment> = self.assignments.iter().filter(|a| self.fetchable(a, now)).collect();
+        let n = ready.len();
         self.rotation = (self.rotation + 1) % n.max(1);
         (0..n)
-            .map(|i| healthy[(i + self.rotation) % n])
+            .map(|i| ready[(i + self.rotation) % n])
             .map(|a| (a.topic.clone(), a.partition, a.position))
             .collect()
     }
 
-    /// Sends a Fetch from the current positions, long-polling up to `wait`
-    /// (at most `max_wait`).
-    fn start_fetch(&mut self, wait: Duration) -> Pending {
+    /// Sends a Fetch to each leader of the partitions ready to be fetched,
+    /// long-polling up to `wait` (at most `max_wait`). Partitions without a
+    /// known leader pause and wait for the metadata to say.
+    fn start_fetches(&mut self, wait: Duration) {
         let asked = self.next_request();
+        if asked.is_empty() {
+            return;
+        }
+        let cluster = self.cluster.clone();
+        let (routed, leaderless) = group_by_leader(asked, |(t, p, _)| cluster.leader(t, *p));
+        let mut waiting = leaderless;
+        for (leader, asked) in routed {
+            match cluster.connection(leader) {
+                Some(conn) => self.pending.push(self.fetch_from(leader, conn, asked, wait)),
+                None => {
+                    // A leader the broker list does not have: ask again.
+                    for (topic, partition, _) in &asked {
+                        cluster.invalidate(topic, *partition);
+                    }
+                    waiting.extend(asked);
+                }
+            }
+        }
+        let now = Instant::now();
+        for (topic, partition, _) in waiting {
+            if let Some(a) =
+                self.assignments.iter_mut().find(|a| a.topic == topic && a.partition == partition)
+            {
+                a.misses += 1;
+                a.not_before = Some(now + backoff(REROUTE_BACKOFF, a.misses, MAX_REROUTE_BACKOFF));
+            }
+        }
+    }
+
+    /// One Fetch to `leader` for `asked`, in a task of its own.
+    fn fetch_from(
+        &self,
+        leader: i32,
+        conn: crate::connection::Connection,
+        asked: Vec<(String, u32, i64)>,
+        wait: Duration,
+    ) -> Pending {
         let wait = wait.min(self.config.max_wait);
         let request = v1::FetchRequest {
             max_wait_ms: u32::try_from(wait.as_millis()).unwrap_or(u32::MAX),
@@ -573,25 +764,33 @@ impl Consumer {
                     partition: *partition,
                     offset: *offset,
                     max_bytes: self.config.max_partition_bytes,
+                    // A deposed leader that does not know it yet refuses
+                    // rather than serving us.
+                    current_leader_epoch: self.cluster.leader(topic, *partition).map_or(-1, |l| l.epoch),
                     ..Default::default()
                 })
                 .collect(),
             ..Default::default()
         };
-        let conn = self.conn.clone();
         let task = tokio::spawn(async move {
             let mut client = conn.log();
             conn.call("a fetch request", wait + FETCH_GRACE, client.fetch(request)).await
         });
-        Pending { task, asked }
+        Pending { leader, task, asked }
     }
 
     /// Checks an answer's partition errors and batch checksums; moves
-    /// nothing. A partition error fails the whole answer, so it loses no
-    /// records; a batch that fails its checksum ends only its partition's
-    /// part.
-    fn check(&self, response: v1::FetchResponse, asked: &[(String, u32, i64)]) -> Result<Vec<Checked>> {
+    /// nothing. A partition whose leader is elsewhere now comes back apart
+    /// (it is fetched again); any other partition error fails the whole
+    /// answer, so it loses no records; a batch that fails its checksum ends
+    /// only its partition's part.
+    fn check(
+        &self,
+        response: v1::FetchResponse,
+        asked: &[(String, u32, i64)],
+    ) -> Result<(Vec<Checked>, Vec<Misrouted>)> {
         let mut checked = Vec::new();
+        let mut misrouted = Vec::new();
         for part in response.partitions {
             let Some(&(_, _, offset)) =
                 asked.iter().find(|(t, p, _)| *t == part.topic && *p == part.partition)
@@ -614,6 +813,12 @@ impl Consumer {
                         start: part.log_start_offset,
                         end: part.high_watermark,
                     });
+                }
+            }
+            if let Some(e) = part.error.as_ref() {
+                if matches!(code_recovery(e.code), Some(Recovery::Reroute | Recovery::Retry)) {
+                    misrouted.push(Misrouted { index, error: e.clone() });
+                    continue;
                 }
             }
             if let Some(e) = partition_error(part.error.as_ref()) {
@@ -650,7 +855,7 @@ impl Consumer {
                 },
             });
         }
-        Ok(checked)
+        Ok((checked, misrouted))
     }
 }
 
@@ -778,9 +983,9 @@ mod tests {
     }
 
     async fn consumer(partitions: &[u32]) -> Consumer {
-        let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:9").connect_lazy();
-        let conn = Connection { channel, addr: "127.0.0.1:9".into() };
-        let mut c = Consumer::with_connection(conn, ConsumerConfig::default());
+        let conn = crate::connection::Connection::lazy("127.0.0.1:9").unwrap();
+        let cluster = Arc::new(Cluster::with_home(vec!["127.0.0.1:9".into()], conn, 1));
+        let mut c = Consumer::with_cluster(cluster, ConsumerConfig::default());
         for &p in partitions {
             c.set_position("t", p, 0);
         }
@@ -877,6 +1082,153 @@ mod tests {
         c.seek("t", 0, 0);
         assert!(c.stuck_error().is_none());
         assert_eq!(c.next_request(), [("t".to_string(), 0, 0)]);
+    }
+
+    /// Brokers 0 and 1; partition p of "t" led by `leaders[p]` at epoch 1.
+    fn learn_leaders(c: &Consumer, leaders: &[i32]) {
+        let broker = |id: i32| v1::BrokerInfo {
+            node_id: id,
+            address: format!("127.0.0.1:{}", 9 - id),
+            rack: String::new(),
+        };
+        c.cluster.learn(v1::MetadataResponse {
+            brokers: vec![broker(0), broker(1)],
+            controller_id: 0,
+            topics: vec![v1::TopicMetadata {
+                name: "t".into(),
+                partitions: leaders
+                    .iter()
+                    .enumerate()
+                    .map(|(p, &leader)| v1::PartitionMetadata {
+                        partition: p as u32,
+                        leader,
+                        leader_epoch: 1,
+                        replicas: vec![0, 1],
+                        isr: vec![0, 1],
+                    })
+                    .collect(),
+            }],
+            ..Default::default()
+        });
+    }
+
+    fn with_error(
+        mut response: v1::FetchResponse,
+        partition: u32,
+        error: v1::PartitionError,
+    ) -> v1::FetchResponse {
+        response.partitions.push(v1::FetchPartitionResponse {
+            topic: "t".into(),
+            partition,
+            high_watermark: -1,
+            log_start_offset: -1,
+            error: Some(error),
+            ..Default::default()
+        });
+        response
+    }
+
+    fn not_leader(leader_id: i32, leader_address: &str, leader_epoch: i32) -> v1::PartitionError {
+        v1::PartitionError {
+            code: v1::ErrorCode::NotLeader as i32,
+            message: "not the leader".into(),
+            leader_id,
+            leader_address: leader_address.into(),
+            leader_epoch,
+        }
+    }
+
+    #[tokio::test]
+    async fn fetches_are_grouped_per_leader() {
+        let mut c = consumer(&[0, 1, 2]).await;
+        learn_leaders(&c, &[0, 1, 0]);
+        c.start_fetches(Duration::from_millis(10));
+        let mut routes: Vec<(i32, Vec<u32>)> = c
+            .pending
+            .iter()
+            .map(|p| {
+                let mut parts: Vec<u32> = p.asked.iter().map(|a| a.1).collect();
+                parts.sort();
+                (p.leader, parts)
+            })
+            .collect();
+        routes.sort();
+        assert_eq!(routes, [(0, vec![0, 2]), (1, vec![1])]);
+        // Partitions in a fetch are not asked for again until it answers.
+        assert!(c.next_request().is_empty());
+        c.cancel_prefetch();
+        assert_eq!(c.next_request().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_moved_leader_keeps_its_partition_in_place_and_the_others_go_on() {
+        let mut c = consumer(&[0, 1]).await;
+        learn_leaders(&c, &[0, 0]);
+        let asked = c.next_request();
+        let response =
+            with_error(answer(&[(0, joined(&[batch(0, &["a", "b"])]))]), 1, not_leader(1, "127.0.0.1:8", 2));
+        let (records, stopped) = c.take_answer::<Records>(response, &asked).unwrap();
+        assert_eq!(offsets(&records), [(0, 0), (0, 1)]);
+        assert!(stopped.is_none());
+        assert_eq!(c.position("t", 0), Some(2));
+        assert_eq!(c.position("t", 1), Some(0), "nothing of the moved partition was taken");
+        // The hint moved it at once: the next fetch goes to broker 1.
+        assert_eq!(c.cluster.leader("t", 1), Some(Leader { id: 1, epoch: 2 }));
+        let mut next = c.next_request();
+        next.sort();
+        assert_eq!(next, [("t".to_string(), 0, 2), ("t".to_string(), 1, 0)]);
+    }
+
+    #[tokio::test]
+    async fn without_a_hint_the_partition_pauses_and_its_leader_is_forgotten() {
+        let mut c = consumer(&[0, 1]).await;
+        learn_leaders(&c, &[0, 0]);
+        let asked = c.next_request();
+        let no_leader = v1::PartitionError {
+            code: v1::ErrorCode::LeaderNotAvailable as i32,
+            message: "election".into(),
+            leader_id: -1,
+            ..Default::default()
+        };
+        let response = with_error(answer(&[(0, joined(&[batch(0, &["a"])]))]), 1, no_leader);
+        let (records, _) = c.take_answer::<Records>(response, &asked).unwrap();
+        assert_eq!(offsets(&records), [(0, 0)]);
+        assert_eq!(c.position("t", 1), Some(0));
+        assert_eq!(c.cluster.leader("t", 1).and_then(Leader::broker), None);
+        assert_eq!(c.next_request(), [("t".to_string(), 0, 1)], "the moved partition pauses");
+        let retry = c.next_retry().unwrap();
+        assert!(retry > Instant::now() && retry <= Instant::now() + REROUTE_BACKOFF);
+    }
+
+    #[tokio::test]
+    async fn a_failed_fetch_moves_nothing_and_is_asked_again_later() {
+        let mut c = consumer(&[0, 1]).await;
+        learn_leaders(&c, &[0, 1]);
+        c.seek("t", 0, 5);
+        let asked = c.next_request();
+        let pending =
+            Pending { leader: 0, task: tokio::spawn(async { Ok(v1::FetchResponse::default()) }), asked };
+        c.fetch_failed(&pending, &Error::Transport("cannot reach the broker at 127.0.0.1:9".into()));
+        assert_eq!(c.position("t", 0), Some(5));
+        assert_eq!(c.cluster.leader("t", 0).and_then(Leader::broker), None);
+        assert!(c.next_request().is_empty());
+        assert!(c.next_retry().is_some());
+    }
+
+    #[tokio::test]
+    async fn other_partition_errors_still_fail_the_whole_answer() {
+        let mut c = consumer(&[0, 1]).await;
+        learn_leaders(&c, &[0, 0]);
+        let asked = c.next_request();
+        let unknown = v1::PartitionError {
+            code: v1::ErrorCode::UnknownTopicOrPartition as i32,
+            message: "unknown partition 1".into(),
+            ..Default::default()
+        };
+        let response = with_error(answer(&[(0, joined(&[batch(0, &["a"])]))]), 1, unknown);
+        let e = c.take_answer::<Records>(response, &asked).unwrap_err();
+        assert!(!e.is_retriable(), "{e}");
+        assert_eq!((c.position("t", 0), c.position("t", 1)), (Some(0), Some(0)));
     }
 
     fn decode_all(fetched: &[FetchedBatches]) -> Vec<ConsumerRecord> {

@@ -56,24 +56,87 @@ pub enum Error {
 /// The crate's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// What a client does about a failed call, the one classification every
+/// retry loop (producer, consumer, groups, admin) follows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Recovery {
+    /// Retrying cannot help (bad input, unknown topic, a broker's internal
+    /// error): report it at once.
+    Fail,
+    /// The same broker may succeed shortly (too few in-sync replicas for
+    /// now, replication timed out, a leader epoch it has not caught up
+    /// with, a coordinator still loading): retry after a pause.
+    Retry,
+    /// The leader or coordinator moved, or its broker cannot be reached:
+    /// learn where to go (the leader hint, or fresh metadata) and retry
+    /// there after a pause.
+    Reroute,
+}
+
+/// The recovery for a per-partition (or group) outcome code; `None` for
+/// NONE.
+pub(crate) fn code_recovery(code: i32) -> Option<Recovery> {
+    use tributary_proto::v1::ErrorCode;
+    Some(match ErrorCode::try_from(code) {
+        Ok(ErrorCode::None) => return None,
+        Ok(ErrorCode::NotLeader | ErrorCode::LeaderNotAvailable | ErrorCode::FencedLeaderEpoch)
+        | Ok(ErrorCode::NotCoordinator) => Recovery::Reroute,
+        Ok(
+            ErrorCode::UnknownLeaderEpoch
+            | ErrorCode::NotEnoughReplicas
+            | ErrorCode::NotEnoughReplicasAfterAppend
+            | ErrorCode::RequestTimedOut
+            | ErrorCode::CoordinatorLoadInProgress,
+        ) => Recovery::Retry,
+        Ok(
+            ErrorCode::OffsetOutOfRange
+            | ErrorCode::UnknownTopicOrPartition
+            | ErrorCode::CorruptMessage
+            | ErrorCode::StorageError
+            | ErrorCode::RebalanceInProgress
+            | ErrorCode::UnknownMemberId
+            | ErrorCode::IllegalGeneration
+            | ErrorCode::FencedInstanceId
+            | ErrorCode::OutOfOrderSequence
+            | ErrorCode::InvalidProducerEpoch,
+        )
+        | Err(_) => Recovery::Fail,
+    })
+}
+
 impl Error {
     /// True when trying the same call again later may succeed: the broker is
-    /// unavailable or restarting, the connection broke, or a deadline passed.
-    /// Bad input, unknown topics and internal broker errors are not retried.
+    /// unavailable or restarting, the leader or coordinator moved, the
+    /// connection broke, or a deadline passed. Bad input, unknown topics and
+    /// internal broker errors are not retried.
     pub fn is_retriable(&self) -> bool {
+        self.recovery() != Recovery::Fail
+    }
+
+    /// What a client does about this failure (see [`Recovery`]).
+    pub(crate) fn recovery(&self) -> Recovery {
         match self {
-            Error::Transport(_) | Error::Timeout(_) => true,
-            Error::Status { code, .. } => matches!(
-                code,
-                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Aborted
-            ),
+            // The broker may be gone: ask the cluster where to go now.
+            Error::Transport(_) | Error::Timeout(_) => Recovery::Reroute,
+            Error::Status { code, .. } => match code {
+                // What leadership, coordinator and shutdown codes map to.
+                tonic::Code::Unavailable => Recovery::Reroute,
+                tonic::Code::DeadlineExceeded | tonic::Code::Aborted => Recovery::Retry,
+                _ => Recovery::Fail,
+            },
             Error::InvalidArgument(_)
             | Error::Corrupt(_)
             | Error::CorruptRecord { .. }
             | Error::OffsetOutOfRange { .. }
             | Error::Closed
-            | Error::Fenced(_) => false,
+            | Error::Fenced(_) => Recovery::Fail,
         }
+    }
+
+    /// Whether the connection itself failed (rather than the broker
+    /// answering with a refusal): the connection is dropped and made again.
+    pub(crate) fn is_transport(&self) -> bool {
+        matches!(self, Error::Transport(_) | Error::Timeout(_))
     }
 
     /// Converts a gRPC status from a call to the broker at `addr`.
@@ -106,17 +169,20 @@ pub(crate) fn partition_error(e: Option<&tributary_proto::v1::PartitionError>) -
     let code = match ErrorCode::try_from(e.code) {
         Ok(ErrorCode::None) => return None,
         Ok(ErrorCode::OffsetOutOfRange) => Code::OutOfRange,
-        // Leadership moves are transient: retry.
+        // Leadership moves are transient: go where the leader is now, retry.
         Ok(
             ErrorCode::NotLeader
-            | ErrorCode::NotEnoughReplicas
-            | ErrorCode::NotEnoughReplicasAfterAppend
             | ErrorCode::FencedLeaderEpoch
-            | ErrorCode::UnknownLeaderEpoch
             | ErrorCode::LeaderNotAvailable
-            | ErrorCode::NotCoordinator
-            | ErrorCode::CoordinatorLoadInProgress,
+            | ErrorCode::NotCoordinator,
         ) => Code::Unavailable,
+        // The same broker will do, shortly.
+        Ok(
+            ErrorCode::NotEnoughReplicas
+            | ErrorCode::NotEnoughReplicasAfterAppend
+            | ErrorCode::UnknownLeaderEpoch
+            | ErrorCode::CoordinatorLoadInProgress,
+        ) => Code::Aborted,
         Ok(ErrorCode::RequestTimedOut) => Code::DeadlineExceeded,
         Ok(ErrorCode::UnknownTopicOrPartition) => Code::NotFound,
         Ok(ErrorCode::CorruptMessage) => Code::DataLoss,
@@ -134,7 +200,9 @@ pub(crate) fn partition_error(e: Option<&tributary_proto::v1::PartitionError>) -
         ) => Code::FailedPrecondition,
         Err(_) => Code::Unknown,
     };
-    let message = if e.message.is_empty() { format!("error code {}", e.code) } else { e.message.clone() };
+    let name = ErrorCode::try_from(e.code)
+        .map_or_else(|_| format!("error code {}", e.code), |c| c.as_str_name().to_string());
+    let message = if e.message.is_empty() { name } else { e.message.clone() };
     Some(Error::status(code, message))
 }
 
@@ -205,6 +273,58 @@ mod tests {
         assert!(!Error::status(tonic::Code::InvalidArgument, "bad").is_retriable());
         assert!(Error::Transport("x".into()).is_retriable());
         assert!(Error::Timeout("x".into()).is_retriable());
+    }
+
+    fn code_error(code: tributary_proto::v1::ErrorCode) -> Error {
+        let e = tributary_proto::v1::PartitionError { code: code as i32, ..Default::default() };
+        partition_error(Some(&e)).unwrap()
+    }
+
+    #[test]
+    fn leadership_codes_reroute_and_replication_codes_retry() {
+        use tributary_proto::v1::ErrorCode as C;
+        for code in [C::NotLeader, C::LeaderNotAvailable, C::FencedLeaderEpoch, C::NotCoordinator] {
+            assert_eq!(code_recovery(code as i32), Some(Recovery::Reroute), "{code:?}");
+            assert_eq!(code_error(code).recovery(), Recovery::Reroute, "{code:?}");
+        }
+        for code in [
+            C::UnknownLeaderEpoch,
+            C::NotEnoughReplicas,
+            C::NotEnoughReplicasAfterAppend,
+            C::RequestTimedOut,
+            C::CoordinatorLoadInProgress,
+        ] {
+            assert_eq!(code_recovery(code as i32), Some(Recovery::Retry), "{code:?}");
+            assert_eq!(code_error(code).recovery(), Recovery::Retry, "{code:?}");
+            assert!(code_error(code).is_retriable());
+        }
+        for code in [
+            C::OffsetOutOfRange,
+            C::UnknownTopicOrPartition,
+            C::CorruptMessage,
+            C::StorageError,
+            C::OutOfOrderSequence,
+            C::InvalidProducerEpoch,
+            C::FencedInstanceId,
+        ] {
+            assert_eq!(code_recovery(code as i32), Some(Recovery::Fail), "{code:?}");
+            assert!(!code_error(code).is_retriable(), "{code:?}");
+        }
+        assert_eq!(code_recovery(C::None as i32), None);
+        assert_eq!(code_recovery(999), Some(Recovery::Fail));
+        // A code without a message still says which it was.
+        assert!(code_error(C::NotEnoughReplicas).to_string().contains("NOT_ENOUGH_REPLICAS"));
+    }
+
+    #[test]
+    fn broken_connections_reroute() {
+        assert_eq!(Error::Transport("cut".into()).recovery(), Recovery::Reroute);
+        assert_eq!(Error::Timeout("slow".into()).recovery(), Recovery::Reroute);
+        assert!(Error::Timeout("slow".into()).is_transport());
+        assert!(!Error::status(tonic::Code::Unavailable, "moved").is_transport());
+        assert_eq!(Error::status(tonic::Code::Unavailable, "shutting down").recovery(), Recovery::Reroute);
+        assert_eq!(Error::status(tonic::Code::NotFound, "unknown topic").recovery(), Recovery::Fail);
+        assert_eq!(Error::Closed.recovery(), Recovery::Fail);
     }
 
     #[test]

@@ -96,23 +96,29 @@ impl Sequence {
     }
 }
 
-/// Asks the broker for a producer id and epoch.
+/// Asks any broker for a producer id and epoch (ids come from the
+/// cluster, so any broker can give one).
 pub(crate) async fn init_producer_id(
-    conn: &crate::connection::Connection,
+    cluster: &crate::cluster::Cluster,
     timeout: std::time::Duration,
 ) -> Result<(i64, i16)> {
-    let request = v1::InitProducerIdRequest {};
-    let response = conn
-        .call("an init-producer-id request", timeout, conn.log().init_producer_id(request))
-        .await
-        .map_err(|e| match e {
-            Error::Status { code: tonic::Code::Unimplemented, .. } => Error::InvalidArgument(format!(
-                "the broker at {} does not support idempotent producers; \
-                 set ProducerConfig::enable_idempotence to false to produce without them",
-                conn.addr
-            )),
-            other => other,
-        })?;
+    let response = cluster
+        .call_any(|conn| async move {
+            let request = v1::InitProducerIdRequest {};
+            conn.call("an init-producer-id request", timeout, conn.log().init_producer_id(request))
+                .await
+                .map_err(|e| match e {
+                    Error::Status { code: tonic::Code::Unimplemented, .. } => {
+                        Error::InvalidArgument(format!(
+                            "the broker at {} does not support idempotent producers; \
+                         set ProducerConfig::enable_idempotence to false to produce without them",
+                            conn.addr
+                        ))
+                    }
+                    other => other,
+                })
+        })
+        .await?;
     let epoch = i16::try_from(response.producer_epoch).map_err(|_| {
         Error::status(
             tonic::Code::Internal,

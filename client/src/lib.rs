@@ -3,8 +3,13 @@
 //! other members of a consumer group, and an [`Admin`] client for topics and
 //! groups.
 //!
-//! All of them talk gRPC to a broker (services `Log`, `Group` and `Admin` of
-//! `tributary.v1`). Records travel as record batches in the format of
+//! All of them talk gRPC to the brokers of a cluster (services `Log`,
+//! `Group`, `Admin` and `Cluster` of `tributary.v1`), starting from a
+//! bootstrap list (`HOST:PORT,HOST:PORT,...`, as Kafka's
+//! `bootstrap.servers`: any broker that answers will do). Each partition's
+//! produce and fetch requests go to its leader, group calls to the group's
+//! coordinator, and when either moves the clients follow it (see "Riding
+//! through a failover" below). Records travel as record batches in the format of
 //! [`tributary_proto::batch`]: the producer encodes records straight into a
 //! batch per partition, the broker stores those bytes as they are, and the
 //! consumers decode them from the fetched buffer without copying.
@@ -45,14 +50,39 @@
 //!   [`Error::CorruptRecord`] with topic, partition and offset until the
 //!   application calls `skip_corrupt` or seeks. See [`consumer`].
 //!
+//!
+//! # Riding through a failover
+//!
+//! When a broker dies or leadership moves, requests that went to the old
+//! leader are answered NOT_LEADER (with a hint naming the new one, when the
+//! broker knows it), LEADER_NOT_AVAILABLE, or not at all. The clients then
+//! correct their metadata cache (from the hint, or by asking any broker
+//! that answers — rate limited, so an error storm costs little) and retry
+//! at the new leader after a short pause that grows while it lasts:
+//! * the producer resends the same batch bytes, so sequence numbers and
+//!   per-partition order stay intact and the broker recognises a batch it
+//!   already had; it gives up only at `retries` or `delivery_timeout`;
+//! * consumers fetch the partition again from the same position: nothing
+//!   is skipped or read twice;
+//! * group members find the coordinator again; heartbeats come sooner
+//!   until one is answered, and a commit that cannot be confirmed is
+//!   retried there and otherwise reported, never dropped.
+//!
+//! Errors retrying cannot fix (bad input, an unknown topic, a fenced
+//! producer) still fail at once, with a message that says what to do.
+//!
 //! How the pieces fit:
 //! * `connection`: opening gRPC channels (window sizes,
-//!   message limits) — the one place that knows transport settings.
+//!   message limits) — the one place that knows transport settings — and
+//!   reading bootstrap lists.
+//! * `cluster`: the metadata cache (brokers, leaders and epochs) and the
+//!   connections to each broker, shared by everything one client does.
 //! * [`partitioner`]: murmur2 of the key (Kafka-compatible), sticky without.
 //! * `accumulator`: per-partition batches and the completions records wait on.
 //! * `sender`: the linger timer and the per-partition request loop;
 //!   `idempotence` the producer id and sequence rules it follows;
-//!   `split` re-encodes a batch too large for its topic.
+//!   `split` re-encodes a batch too large for its topic; `dispatch` merges
+//!   the partitions' requests into one per leader.
 //! * [`producer`], [`consumer`], [`admin`]: the public clients.
 //! * [`group`]: the group consumer (membership, assignment, commits);
 //!   `coordinator` finds the broker that coordinates a group.
@@ -60,9 +90,11 @@
 
 mod accumulator;
 pub mod admin;
+pub(crate) mod cluster;
 pub(crate) mod connection;
 pub mod consumer;
 pub(crate) mod coordinator;
+pub(crate) mod dispatch;
 pub mod error;
 pub mod group;
 pub(crate) mod idempotence;

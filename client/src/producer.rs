@@ -10,6 +10,12 @@
 //! The producer is idempotent unless told otherwise
 //! ([`ProducerConfig::enable_idempotence`]): a retry after a lost answer
 //! does not store a record twice.
+//!
+//! In a cluster, each partition's batches go to its leader, found in the
+//! client's metadata cache (`cluster`); when leadership moves, batches are
+//! retried at the new leader with the same bytes and sequence numbers, so a
+//! failover costs latency, not errors or duplicates, within
+//! [`ProducerConfig::delivery_timeout`].
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -28,7 +34,8 @@ use crate::accumulator::{
     Accounting, Appended, BatchDone, BatchLimits, DeliveryFuture, NewRecord, PartitionState, TopicMeta,
     TopicState,
 };
-use crate::connection::Connection;
+use crate::cluster::Cluster;
+use crate::dispatch::Dispatcher;
 use crate::error::{Error, Result};
 use crate::idempotence::{self, SequenceState};
 use crate::partitioner::{self, StickyPartition};
@@ -84,7 +91,9 @@ impl std::fmt::Display for Acks {
 /// local broker.
 #[derive(Clone, Debug)]
 pub struct ProducerConfig {
-    /// "host:port" of a broker (`http://` optional).
+    /// Brokers to start from, `HOST:PORT,HOST:PORT,...` (`http://`
+    /// optional): any one that answers will do; the rest of the cluster is
+    /// learned from it.
     pub bootstrap: String,
     pub acks: Acks,
     /// How long a batch may wait for more records before it is sent.
@@ -95,13 +104,21 @@ pub struct ProducerConfig {
     pub compression: Compression,
     /// Bytes of records buffered (not yet acknowledged) before `send` waits.
     pub buffer_memory: usize,
-    /// How often a request failing with a retriable error is resent.
+    /// Most times a request failing with a retriable error (the leader
+    /// moved or is being elected, too few in-sync replicas, a broker that
+    /// cannot be reached, a timeout) is resent; `delivery_timeout` bounds
+    /// the time as well. Default: no limit but the delivery timeout.
     pub retries: u32,
-    /// Pause before the first retry; it doubles per retry, up to 5 s.
+    /// Pause before the first retry; it doubles per retry, up to 1 s (or
+    /// this, if longer).
     pub retry_backoff: Duration,
     /// How long one Produce request may take before it counts as failed
     /// (and, if retries are left, is resent).
     pub request_timeout: Duration,
+    /// How long a record may take from `send` until it is acknowledged,
+    /// retries included; past it, it fails with the last error. Leaves room
+    /// for a leader failover (seconds) several times over.
+    pub delivery_timeout: Duration,
     /// Most batches of one partition sent in one request. Each partition has
     /// one request in flight at a time: the broker handles concurrent
     /// requests in parallel, so several in flight could be stored out of
@@ -129,9 +146,10 @@ impl Default for ProducerConfig {
             batch_size: 256 << 10,
             compression: Compression::None,
             buffer_memory: 64 << 20,
-            retries: 5,
+            retries: u32::MAX,
             retry_backoff: Duration::from_millis(100),
             request_timeout: Duration::from_secs(30),
+            delivery_timeout: Duration::from_secs(120),
             max_in_flight: 5,
             record_latency: false,
             enable_idempotence: true,
@@ -246,7 +264,8 @@ impl Drop for Handle {
     }
 }
 
-/// Connections the producer opens; partitions are spread over them.
+/// Connections the producer keeps per broker; its requests are spread over
+/// them.
 const CONNECTIONS: usize = 2;
 /// Headers converted for the batch encoder on the stack, without a `Vec`.
 const INLINE_HEADERS: usize = 8;
@@ -262,7 +281,10 @@ enum Attempt {
 pub(crate) struct Shared {
     pub config: ProducerConfig,
     pub limits: BatchLimits,
-    connections: Vec<Connection>,
+    /// Brokers, leaders and the connections to them.
+    pub cluster: Arc<Cluster>,
+    /// Produce requests per leader.
+    pub dispatcher: Arc<Dispatcher>,
     topics: RwLock<HashMap<String, Arc<TopicState>>>,
     /// Every partition ever used, for the linger timer and `flush`.
     pub partitions: RwLock<Vec<Arc<PartitionState>>>,
@@ -281,10 +303,6 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub fn connection(&self, index: usize) -> &Connection {
-        &self.connections[index % self.connections.len()]
-    }
-
     pub fn spawn_sender(self: &Arc<Self>, part: &Arc<PartitionState>) {
         self.runtime.spawn(sender::run_partition(self.clone(), part.clone()));
     }
@@ -296,7 +314,7 @@ impl Shared {
 
     /// A new producer id, for a partition that used up its epochs.
     pub async fn new_producer_id(&self) -> Result<(i64, i16)> {
-        idempotence::init_producer_id(self.connection(0), self.config.request_timeout).await
+        idempotence::init_producer_id(&self.cluster, self.config.request_timeout).await
     }
 
     fn stop(&self) {
@@ -325,15 +343,10 @@ impl Shared {
                 }
             }
         }
-        let conn = self.connection(0);
-        let request = v1::MetadataRequest { topics: vec![name.to_string()] };
-        let mut client = conn.log();
-        let response =
-            conn.call("a metadata request", self.config.request_timeout, client.metadata(request)).await?;
-        let Some(meta) = response.topics.into_iter().find(|t| t.name == name) else {
+        self.cluster.refresh_now().await?;
+        let Some(count) = self.cluster.partition_count(name) else {
             return Err(Error::status(tonic::Code::NotFound, format!("unknown topic '{name}'")));
         };
-        let count = meta.partitions.iter().map(|p| p.partition + 1).max().unwrap_or(0);
         if count == 0 {
             return Err(Error::status(tonic::Code::NotFound, format!("topic '{name}' has no partitions")));
         }
@@ -354,9 +367,8 @@ impl Shared {
         partitions.truncate(count as usize);
         let mut registry = self.partitions.write();
         for p in partitions.len() as u32..count {
-            // Spread partitions over the connections as they appear.
             let sequence = SequenceState::start(self.identity);
-            let part = Arc::new(PartitionState::new(meta.clone(), p, registry.len(), sequence));
+            let part = Arc::new(PartitionState::new(meta.clone(), p, sequence));
             registry.push(part.clone());
             partitions.push(part);
         }
@@ -367,11 +379,13 @@ impl Shared {
 
     /// The topic's max.message.bytes, when the broker tells.
     pub async fn max_message_bytes(&self, topic: &str) -> Option<usize> {
-        let conn = self.connection(0);
-        let request = v1::DescribeTopicsRequest { names: vec![topic.to_string()] };
-        let mut client = conn.admin();
-        let described = conn
-            .call("a describe-topics request", self.config.request_timeout, client.describe_topics(request))
+        let timeout = self.config.request_timeout;
+        let described = self
+            .cluster
+            .call_any(|c| async move {
+                let request = v1::DescribeTopicsRequest { names: vec![topic.to_string()] };
+                c.call("a describe-topics request", timeout, c.admin().describe_topics(request)).await
+            })
             .await
             .ok()?;
         let t = described.topics.into_iter().find(|t| t.name == topic)?;
@@ -542,8 +556,9 @@ fn now_ms() -> i64 {
 }
 
 impl Producer {
-    /// Connects to the broker and starts the background tasks. Must be
-    /// called within a tokio runtime, which runs them.
+    /// Connects to the first broker of the bootstrap list that answers and
+    /// starts the background tasks. Must be called within a tokio runtime,
+    /// which runs them.
     pub async fn connect(config: ProducerConfig) -> Result<Producer> {
         if config.batch_size == 0 {
             return Err(Error::InvalidArgument("batch_size must be at least 1 byte".into()));
@@ -554,15 +569,18 @@ impl Producer {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
             Error::InvalidArgument("Producer::connect must be called within a tokio runtime".into())
         })?;
-        let mut connections = Vec::with_capacity(CONNECTIONS);
-        for _ in 0..CONNECTIONS {
-            connections.push(Connection::open(&config.bootstrap).await?);
-        }
+        let cluster = Arc::new(Cluster::connect(&config.bootstrap, CONNECTIONS).await?);
         let identity = if config.enable_idempotence && config.acks != Acks::None {
-            Some(idempotence::init_producer_id(&connections[0], config.request_timeout).await?)
+            Some(idempotence::init_producer_id(&cluster, config.request_timeout).await?)
         } else {
             None
         };
+        let dispatcher = Arc::new(Dispatcher::new(
+            cluster.clone(),
+            config.acks.wire(),
+            config.request_timeout,
+            CONNECTIONS,
+        ));
         let shared = Arc::new(Shared {
             limits: BatchLimits {
                 batch_size: config.batch_size,
@@ -571,7 +589,8 @@ impl Producer {
             },
             acct: Arc::new(Accounting::new(config.buffer_memory, config.record_latency)),
             config,
-            connections,
+            cluster,
+            dispatcher,
             topics: RwLock::new(HashMap::new()),
             partitions: RwLock::new(Vec::new()),
             metadata_lock: tokio::sync::Mutex::new(()),
@@ -717,7 +736,8 @@ mod tests {
         assert_eq!(c.linger, Duration::from_millis(5));
         assert_eq!(c.batch_size, 256 * 1024);
         assert_eq!(c.buffer_memory, 64 * 1024 * 1024);
-        assert_eq!(c.retries, 5);
+        assert_eq!(c.retries, u32::MAX);
+        assert_eq!(c.delivery_timeout, Duration::from_secs(120));
         assert_eq!(c.max_in_flight, 5);
         assert!(c.enable_idempotence);
     }

@@ -14,6 +14,15 @@
 //! the partition's sequence numbers as they are taken, so a retry whose
 //! first attempt was stored after all is recognised by the broker and not
 //! written twice; `idempotence` holds the rules.
+//!
+//! Each request goes to the partition's leader (through `dispatch`, which
+//! merges what goes to the same leader). When the leader moved (NOT_LEADER,
+//! with or without a hint), the partition has none for now, too few
+//! replicas are in sync, replication timed out or the broker cannot be
+//! reached, the same bytes are sent again — to wherever the leader hint or
+//! fresh metadata says — after a growing pause, until `retries` or the
+//! batch's `delivery_timeout` runs out: across a leader failover the
+//! application sees latency, not errors.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -23,7 +32,8 @@ use bytes::{Bytes, BytesMut};
 use tributary_proto::v1;
 
 use crate::accumulator::{Batch, PartitionState};
-use crate::error::{partition_error, Error, Result};
+use crate::cluster;
+use crate::error::{code_recovery, partition_error, Error, Recovery, Result};
 use crate::idempotence::{self, Sequence, SequenceState};
 use crate::producer::{Acks, Shared};
 use crate::split::{self, Split};
@@ -31,8 +41,9 @@ use crate::split::{self, Split};
 /// Upper bound on one Produce request's record bytes (the broker accepts
 /// 256 MiB messages; a smaller request keeps latency even).
 const MAX_REQUEST_BYTES: usize = 64 << 20;
-/// Longest pause between retries, however many there were.
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Longest pause between retries, however many there were: a leader
+/// failover takes seconds, and the first try after it should not wait long.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Closes batches whose linger elapsed, and hands the partition to a sender.
 ///
@@ -109,6 +120,8 @@ const MAX_IDEMPOTENT_BATCHES: usize = 5;
 async fn deliver(shared: &Shared, part: &PartitionState, batches: &mut [Batch]) {
     let counts: Vec<u32> = batches.iter().map(Batch::records).collect();
     let total: u64 = counts.iter().map(|&c| u64::from(c)).sum();
+    let oldest = batches.iter().map(Batch::created).min().unwrap_or_else(Instant::now);
+    let deadline = oldest + shared.config.delivery_timeout;
     let mut seq = match sequence(shared, part, total).await {
         Ok(seq) => seq,
         Err(e) => {
@@ -125,7 +138,7 @@ async fn deliver(shared: &Shared, part: &PartitionState, batches: &mut [Batch]) 
             b.build(stamp)
         })
         .collect();
-    let Err(e) = send_group(shared, part, batches, &payloads, seq).await else { return };
+    let Err(e) = send_group(shared, part, batches, &payloads, seq, deadline).await else { return };
     if !refused(&e) {
         for batch in batches.iter_mut() {
             batch.complete(Err(e.clone()));
@@ -133,7 +146,7 @@ async fn deliver(shared: &Shared, part: &PartitionState, batches: &mut [Batch]) 
         return;
     }
     if let ([batch], [payload]) = (&mut *batches, &payloads[..]) {
-        settle_refused(shared, part, batch, payload, e).await;
+        settle_refused(shared, part, batch, payload, e, deadline).await;
         return;
     }
     // The broker refuses a request as a whole and then stores nothing, so
@@ -144,13 +157,13 @@ async fn deliver(shared: &Shared, part: &PartitionState, batches: &mut [Batch]) 
         let count = batch.records();
         let sent = match restamped(shared, part, payload, u64::from(count)).await {
             Ok((payload, after)) => {
-                send_group(shared, part, std::slice::from_mut(batch), &[payload], after).await
+                send_group(shared, part, std::slice::from_mut(batch), &[payload], after, deadline).await
             }
             Err(e) => Err(e),
         };
         match sent {
             Ok(()) => {}
-            Err(e) if refused(&e) => settle_refused(shared, part, batch, payload, e).await,
+            Err(e) if refused(&e) => settle_refused(shared, part, batch, payload, e, deadline).await,
             Err(e) => batch.complete(Err(e)),
         }
     }
@@ -204,13 +217,14 @@ async fn settle_refused(
     batch: &mut Batch,
     payload: &Bytes,
     error: Error,
+    deadline: Instant,
 ) {
     if batch.records() > 1 {
         if let Some(limit) = shared.max_message_bytes(&part.topic.name).await {
             if payload.len() > limit {
                 if let Ok(smaller) = split::split(payload, shared.limits.compression, limit) {
                     if smaller.holes.len() < batch.records() as usize {
-                        send_split(shared, part, batch, smaller, limit).await;
+                        send_split(shared, part, batch, smaller, limit, deadline).await;
                         return;
                     }
                 }
@@ -224,7 +238,14 @@ async fn settle_refused(
 /// idempotent producer's retry can be recognised among), and settles the
 /// original batch: each record with its offset, or why it failed. A request
 /// that fails fails its records and every record after them.
-async fn send_split(shared: &Shared, part: &PartitionState, batch: &mut Batch, smaller: Split, limit: usize) {
+async fn send_split(
+    shared: &Shared,
+    part: &PartitionState,
+    batch: &mut Batch,
+    smaller: Split,
+    limit: usize,
+    deadline: Instant,
+) {
     let mut holes: Vec<(u32, Error)> =
         smaller.holes.iter().map(|&(index, size)| (index, too_large(part, size, limit))).collect();
     let sent_indexes: Vec<u32> =
@@ -238,7 +259,7 @@ async fn send_split(shared: &Shared, part: &PartitionState, batch: &mut Batch, s
         if failed.is_none() {
             let payload = concat(&chunk.iter().map(|(b, _)| b.clone()).collect::<Vec<_>>());
             let sent = match restamped(shared, part, &payload, u64::from(records)).await {
-                Ok((payload, after)) => send_records(shared, part, payload, &counts, after).await,
+                Ok((payload, after)) => send_records(shared, part, payload, &counts, after, deadline).await,
                 Err(e) => Err(e),
             };
             match sent {
@@ -295,6 +316,7 @@ async fn send_group(
     batches: &mut [Batch],
     payloads: &[Bytes],
     after: Option<Sequence>,
+    deadline: Instant,
 ) -> Result<()> {
     let records = concat(payloads);
     if shared.config.acks == Acks::None {
@@ -311,7 +333,7 @@ async fn send_group(
         return Ok(());
     }
     let counts: Vec<u32> = batches.iter().map(Batch::records).collect();
-    let offsets = send_records(shared, part, records, &counts, after).await?;
+    let offsets = send_records(shared, part, records, &counts, after, deadline).await?;
     for (b, offset) in batches.iter_mut().zip(offsets) {
         b.complete(Ok(offset));
     }
@@ -319,8 +341,8 @@ async fn send_group(
 }
 
 /// Sends concatenated batches of one partition (`counts` records each),
-/// retrying the same bytes while the error is retriable; returns each
-/// batch's base offset.
+/// retrying the same bytes while the error is retriable, at most `retries`
+/// times and not past `deadline`; returns each batch's base offset.
 ///
 /// Afterwards the partition's sequence is `after` when they were stored;
 /// when they were refused as bad input nothing was stored and it stays; on
@@ -332,6 +354,7 @@ async fn send_records(
     records: Bytes,
     counts: &[u32],
     after: Option<Sequence>,
+    deadline: Instant,
 ) -> Result<Vec<i64>> {
     let mut attempt = 0u32;
     loop {
@@ -342,18 +365,26 @@ async fn send_records(
                 }
                 return Ok(offsets);
             }
-            Err(e) if e.is_retriable() && attempt < shared.config.retries => {
-                attempt += 1;
-                let wait = backoff(shared.config.retry_backoff, attempt);
-                tracing::debug!(
-                    topic = %part.topic.name,
-                    partition = part.partition,
-                    attempt,
-                    "produce failed, retrying in {wait:?}: {e}"
-                );
-                tokio::time::sleep(wait).await;
-            }
             Err(e) => {
+                let wait = cluster::backoff(shared.config.retry_backoff, attempt + 1, MAX_BACKOFF);
+                if e.is_retriable() && attempt < shared.config.retries && Instant::now() + wait < deadline {
+                    attempt += 1;
+                    tracing::debug!(
+                        topic = %part.topic.name,
+                        partition = part.partition,
+                        attempt,
+                        "produce failed, retrying in {wait:?}: {e}"
+                    );
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
+                if e.is_retriable() && attempt > 0 {
+                    tracing::warn!(
+                        topic = %part.topic.name,
+                        partition = part.partition,
+                        "produce failed after {attempt} retries, giving up (retries or delivery_timeout used up): {e}"
+                    );
+                }
                 if matches!(e, Error::Status { code: tonic::Code::NotFound, .. }) {
                     // Deleted topic or fewer partitions: look again next send.
                     part.topic.stale.store(true, Ordering::Relaxed);
@@ -367,61 +398,68 @@ async fn send_records(
     }
 }
 
-/// Doubling from `base`, at most `MAX_BACKOFF` (or `base` if that is larger).
-fn backoff(base: Duration, attempt: u32) -> Duration {
-    let factor = 1u32 << attempt.saturating_sub(1).min(16);
-    base.saturating_mul(factor).min(MAX_BACKOFF.max(base))
+/// The broker leading the partition, as far as the cache knows, refreshing
+/// metadata (rate limited) when it does not. A topic or partition the fresh
+/// metadata does not have at all is an error that is not retried.
+async fn leader_of(shared: &Shared, part: &PartitionState) -> Result<i32> {
+    let (topic, partition) = (&*part.topic.name, part.partition);
+    let c = &shared.cluster;
+    if let Some(id) = c.leader(topic, partition).and_then(cluster::Leader::broker) {
+        return Ok(id);
+    }
+    c.refresh_soon(c.version()).await?;
+    match c.leader(topic, partition) {
+        Some(leader) => leader.broker().ok_or_else(|| crate::metadata::no_leader(topic, &[partition])),
+        None if c.partition_count(topic).is_none() => {
+            Err(Error::status(tonic::Code::NotFound, format!("unknown topic '{topic}'")))
+        }
+        None => Err(Error::status(
+            tonic::Code::NotFound,
+            format!("unknown partition {partition} of topic '{topic}'"),
+        )),
+    }
 }
 
-/// One Produce request; returns each batch's base offset (all -1 with
-/// acks = 0).
+/// One Produce request (merged with others for the same leader); returns
+/// each batch's base offset (all -1 with acks = 0). When the leader turns
+/// out to have moved, the cache is corrected first (from the answer's hint,
+/// or marked for a refresh) so the retry goes where the leader is.
 async fn produce_once(
     shared: &Shared,
     part: &PartitionState,
     records: Bytes,
     counts: &[u32],
 ) -> Result<Vec<i64>> {
-    let request = v1::ProduceRequest {
-        acks: shared.config.acks.wire(),
-        timeout_ms: u32::try_from(shared.config.request_timeout.as_millis()).unwrap_or(u32::MAX),
-        topics: vec![v1::TopicProduceData {
-            name: part.topic.name.to_string(),
-            partitions: vec![v1::PartitionProduceData { partition: part.partition, records }],
-        }],
-    };
-    let conn = shared.connection(part.connection);
-    let mut client = conn.log();
-    let response =
-        conn.call("a produce request", shared.config.request_timeout, client.produce(request)).await?;
-    let entry = response
-        .topics
-        .iter()
-        .filter(|t| *t.name == *part.topic.name)
-        .flat_map(|t| &t.partitions)
-        .find(|p| p.partition == part.partition);
-    let Some(entry) = entry else {
-        return Err(Error::status(
-            tonic::Code::Internal,
-            format!("the produce response has no result for {}-{}", part.topic.name, part.partition),
-        ));
+    let leader = leader_of(shared, part).await?;
+    let (topic, partition) = (&*part.topic.name, part.partition);
+    let answer = shared.dispatcher.produce(leader, part.topic.name.clone(), partition, records).await;
+    let entry = match answer {
+        Ok(entry) => entry,
+        Err(e) => {
+            if e.recovery() == Recovery::Reroute {
+                shared.cluster.invalidate(topic, partition);
+            }
+            return Err(e);
+        }
     };
     if let Some(e) = &entry.error {
         if let Ok(code @ (v1::ErrorCode::OutOfOrderSequence | v1::ErrorCode::InvalidProducerEpoch)) =
             v1::ErrorCode::try_from(e.code)
         {
-            return Err(idempotence::sequence_error(code, &part.topic.name, part.partition, &e.message));
+            return Err(idempotence::sequence_error(code, topic, partition, &e.message));
+        }
+        if code_recovery(e.code) == Some(Recovery::Reroute) {
+            shared.cluster.apply_hint(topic, partition, e);
         }
     }
     if let Some(e) = partition_error(entry.error.as_ref()) {
         return Err(e);
     }
-    batch_offsets(entry, counts).ok_or_else(|| {
+    batch_offsets(&entry, counts).ok_or_else(|| {
         Error::status(
             tonic::Code::Internal,
             format!(
-                "the produce response for {}-{} gives {} batch offsets for {} batches",
-                part.topic.name,
-                part.partition,
+                "the produce response for {topic}-{partition} gives {} batch offsets for {} batches",
                 entry.batch_base_offsets.len(),
                 counts.len()
             ),
@@ -455,16 +493,6 @@ fn batch_offsets(entry: &v1::PartitionProduceResponse, counts: &[u32]) -> Option
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_doubles_up_to_a_cap() {
-        let b = Duration::from_millis(100);
-        assert_eq!(backoff(b, 1), b);
-        assert_eq!(backoff(b, 2), Duration::from_millis(200));
-        assert_eq!(backoff(b, 4), Duration::from_millis(800));
-        assert_eq!(backoff(b, 30), MAX_BACKOFF);
-        assert_eq!(backoff(Duration::from_secs(9), 3), Duration::from_secs(9));
-    }
 
     fn answer(base: i64, listed: &[i64]) -> v1::PartitionProduceResponse {
         v1::PartitionProduceResponse {

@@ -3,6 +3,7 @@
 
 pub mod args;
 pub mod bench;
+pub mod cluster;
 pub mod consume;
 pub mod group;
 pub mod produce;
@@ -15,16 +16,17 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "tributary",
     version,
-    about = "Tributary client: manage topics and consumer groups, produce, consume, benchmark"
+    about = "Tributary client: manage topics, consumer groups and the cluster, produce, consume, benchmark"
 )]
 pub struct Cli {
-    /// Broker address to connect to.
+    /// Brokers to start from, comma-separated; any one that answers will
+    /// do (the rest of the cluster is learned from it).
     #[arg(
         long,
         global = true,
         env = "TRIBUTARY_BOOTSTRAP",
         default_value = "127.0.0.1:7070",
-        value_name = "HOST:PORT"
+        value_name = "HOST:PORT[,HOST:PORT...]"
     )]
     pub bootstrap: String,
     #[command(subcommand)]
@@ -47,6 +49,12 @@ pub enum Command {
     /// Measure produce or consume throughput and latency.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Show the cluster: brokers, controller, partition health.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
+    /// Move partition leadership.
+    #[command(subcommand)]
+    Leader(cluster::LeaderCommand),
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -56,6 +64,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Consume(args) => consume::run(&cli.bootstrap, args).await,
         Command::Group(cmd) => group::run(&cli.bootstrap, cmd).await,
         Command::Bench(cmd) => bench::run(&cli.bootstrap, cmd).await,
+        Command::Cluster(cmd) => cluster::run_cluster(&cli.bootstrap, cmd).await,
+        Command::Leader(cmd) => cluster::run_leader(&cli.bootstrap, cmd).await,
     }
 }
 
@@ -102,6 +112,54 @@ mod tests {
         assert_eq!(p.partition, Some(2));
         assert_eq!(p.compression, tributary_client::Compression::Zstd);
         assert_eq!(p.linger_ms, 7);
+    }
+
+    #[test]
+    fn bootstrap_takes_a_list() {
+        let cli = parse(&["tributary", "--bootstrap", "a:1,b:2,c:3", "cluster", "describe"]);
+        assert_eq!(cli.bootstrap, "a:1,b:2,c:3");
+        assert!(matches!(cli.command, Command::Cluster(cluster::ClusterCommand::Describe)));
+        // After the subcommand too (a global flag).
+        let cli = parse(&["tributary", "topic", "list", "--bootstrap", "x:1,y:2"]);
+        assert_eq!(cli.bootstrap, "x:1,y:2");
+    }
+
+    #[test]
+    fn leader_elect_flags() {
+        let cli = parse(&["tributary", "leader", "elect", "--preferred", "--topic", "a", "--topic", "b"]);
+        let Command::Leader(cluster::LeaderCommand::Elect { preferred, topics }) = cli.command else {
+            panic!("not leader elect")
+        };
+        assert!(preferred);
+        assert_eq!(topics, ["a".to_string(), "b".to_string()]);
+        let cli = parse(&["tributary", "leader", "elect", "--preferred"]);
+        let Command::Leader(cluster::LeaderCommand::Elect { topics, .. }) = cli.command else {
+            panic!("not leader elect")
+        };
+        assert!(topics.is_empty());
+    }
+
+    #[test]
+    fn produce_acks_all_and_replicated_topics() {
+        let cli = parse(&["tributary", "produce", "t", "--acks", "all"]);
+        let Command::Produce(p) = cli.command else { panic!("not produce") };
+        assert_eq!(p.acks, tributary_client::Acks::All);
+        let cli = parse(&[
+            "tributary",
+            "topic",
+            "create",
+            "t",
+            "--replication-factor",
+            "3",
+            "--config",
+            "min.insync.replicas=2",
+        ]);
+        let Command::Topic(topic::TopicCommand::Create { replication_factor, configs, .. }) = cli.command
+        else {
+            panic!("not topic create")
+        };
+        assert_eq!(replication_factor, 3);
+        assert_eq!(configs, vec![("min.insync.replicas".into(), "2".into())]);
     }
 
     #[test]

@@ -93,10 +93,17 @@ pub fn describe(t: &TopicDescription) -> String {
     out.push_str(&format!("Id: {}\n", t.topic_id));
     out.push_str(&format!("Partitions: {}\n", t.partitions.len()));
     out.push_str(&format!("Replication factor: {}\n\n", t.replication_factor));
-    let ids = |v: &[i32]| v.iter().map(i32::to_string).collect::<Vec<_>>().join(",");
+    let ids = |v: &[i32]| {
+        if v.is_empty() {
+            "-".to_string()
+        } else {
+            v.iter().map(i32::to_string).collect::<Vec<_>>().join(",")
+        }
+    };
     let mut rows = vec![vec![
         "PARTITION".to_string(),
         "LEADER".into(),
+        "EPOCH".into(),
         "REPLICAS".into(),
         "ISR".into(),
         "LOG-START".into(),
@@ -107,7 +114,9 @@ pub fn describe(t: &TopicDescription) -> String {
     for p in &t.partitions {
         rows.push(vec![
             p.partition.to_string(),
-            p.leader.to_string(),
+            // -1: no leader right now (offline, or an election under way).
+            if p.leader < 0 { "none".to_string() } else { p.leader.to_string() },
+            p.leader_epoch.to_string(),
             ids(&p.replicas),
             ids(&p.isr),
             p.log_start_offset.to_string(),
@@ -117,6 +126,11 @@ pub fn describe(t: &TopicDescription) -> String {
         ]);
     }
     out.push_str(&super::table::render(&rows));
+    let shrunk = t.partitions.iter().filter(|p| p.isr.len() < p.replicas.len()).count();
+    let offline = t.partitions.iter().filter(|p| p.leader < 0).count();
+    if shrunk > 0 || offline > 0 {
+        out.push_str(&format!("\n{shrunk} under-replicated, {offline} offline (no leader)\n"));
+    }
     out.push_str("\nConfigs:\n");
     // Effective values, plus any override the broker did not list there.
     let mut all: BTreeMap<&str, &str> =
@@ -182,6 +196,30 @@ mod tests {
         assert!(text.contains("cleanup.policy=delete\n"), "{text}");
         assert!(text.contains("2.0 KiB"), "{text}");
         assert!(text.lines().any(|l| l.starts_with("0 ") && l.contains("10")), "{text}");
+    }
+
+    #[test]
+    fn describe_shows_leader_epoch_replicas_and_isr() {
+        let part = |partition, leader, leader_epoch, isr: Vec<i32>| PartitionDescription {
+            partition,
+            leader,
+            leader_epoch,
+            replicas: vec![1, 2, 3],
+            isr,
+            ..Default::default()
+        };
+        let t = TopicDescription {
+            name: "r".into(),
+            replication_factor: 3,
+            partitions: vec![part(0, 1, 4, vec![1, 2, 3]), part(1, 2, 7, vec![2]), part(2, -1, 9, vec![])],
+            ..Default::default()
+        };
+        let text = describe(&t);
+        assert!(text.contains("PARTITION  LEADER  EPOCH  REPLICAS  ISR"), "{text}");
+        assert!(text.contains("\n0          1       4      1,2,3     1,2,3  "), "{text}");
+        assert!(text.contains("\n1          2       7      1,2,3     2  "), "{text}");
+        assert!(text.contains("\n2          none    9      1,2,3     -  "), "{text}");
+        assert!(text.contains("2 under-replicated, 1 offline (no leader)"), "{text}");
     }
 
     #[test]

@@ -7,6 +7,13 @@
 //! another task between polls; it never changes the consumer's state itself
 //! but reports what it learned ([`Event`]) and wakes the consumer, so every
 //! state change happens in `poll`, on the application's task.
+//!
+//! The coordinator can move (its broker fails, leadership of the group's
+//! offsets partition moves): an answer NOT_COORDINATOR, a coordinator still
+//! loading, or a broker that cannot be reached makes the calls here find it
+//! again ([`Coordinators`]). Heartbeats then come sooner than usual until
+//! one is answered, so the session survives the move; commits are retried
+//! at the new coordinator and reported if they still cannot be confirmed.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -18,11 +25,19 @@ use tokio::task::JoinHandle;
 use tributary_proto::v1::{self, ErrorCode};
 
 use super::assignment::{self, Assignor, TopicPartition};
+use crate::cluster::backoff;
 use crate::connection::Connection;
-use crate::error::{Error, Result};
+use crate::coordinator::{self, Coordinators};
+use crate::error::{Error, Recovery, Result};
 
 /// How long an offset or leave call may take.
 pub(crate) const RPC_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long commits, offset lookups and leaves keep trying a coordinator
+/// that moved before the failure is reported.
+pub(crate) const COORDINATOR_PATIENCE: Duration = Duration::from_secs(30);
+/// First pause before a heartbeat that failed is sent again (doubling, at
+/// most the heartbeat interval).
+const HEARTBEAT_RETRY: Duration = Duration::from_millis(200);
 /// How much longer than the rebalance timeout a JoinGroup may take.
 const JOIN_GRACE: Duration = Duration::from_secs(30);
 /// Join attempts answered "try again" before giving up (each one waits for
@@ -122,6 +137,11 @@ pub(crate) async fn join(conn: Connection, p: Arc<Params>, mut req: JoinRequest)
         };
         let timeout = p.rebalance_timeout + JOIN_GRACE;
         let joined = conn.call("a join-group request", timeout, conn.group().join_group(request)).await?;
+        if let Some(e) =
+            joined.error.as_ref().and_then(|e| coordinator::moved(&p.group_id, e.code, &e.message))
+        {
+            return Err(e);
+        }
         match outcome(joined.error.as_ref()) {
             None => {}
             Some((Ok(ErrorCode::UnknownMemberId), _)) => {
@@ -148,6 +168,11 @@ pub(crate) async fn join(conn: Connection, p: Arc<Params>, mut req: JoinRequest)
             group_instance_id: p.instance_id.clone(),
         };
         let synced = conn.call("a sync-group request", timeout, conn.group().sync_group(request)).await?;
+        if let Some(e) =
+            synced.error.as_ref().and_then(|e| coordinator::moved(&p.group_id, e.code, &e.message))
+        {
+            return Err(e);
+        }
         match outcome(synced.error.as_ref()) {
             None => {
                 return Ok(Joined {
@@ -260,7 +285,7 @@ impl Drop for PollGuard {
 /// itself when the member is gone (lost, fenced, timed out); otherwise the
 /// consumer aborts it when the generation ends.
 pub(crate) fn spawn_heartbeat(
-    conn: Connection,
+    coordinators: Arc<Coordinators>,
     p: Arc<Params>,
     member_id: String,
     generation: i32,
@@ -268,71 +293,128 @@ pub(crate) fn spawn_heartbeat(
     max_poll_interval: Duration,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
+        let mut failures = 0u32;
         loop {
-            tokio::time::sleep(p.heartbeat_interval).await;
+            tokio::time::sleep(heartbeat_pause(p.heartbeat_interval, failures)).await;
             if liveness.idle() > max_poll_interval {
                 tracing::warn!(
                     group = %p.group_id,
                     "poll was not called for more than max_poll_interval ({max_poll_interval:?}): \
                      leaving the group; the partitions count as lost and the next poll rejoins"
                 );
-                if let Err(e) = leave(&conn, &p, &member_id).await {
+                if let Err(e) = leave(&coordinators, &p, &member_id).await {
                     tracing::debug!(group = %p.group_id, "leave after the poll timeout failed: {e}");
                 }
                 liveness.report(generation, Event::PollTimeout);
                 return;
             }
-            let request = v1::HeartbeatRequest {
-                group_id: p.group_id.clone(),
-                member_id: member_id.clone(),
-                generation,
-                group_instance_id: p.instance_id.clone(),
-            };
-            let timeout = p.session_timeout.max(Duration::from_secs(1));
-            let answer = conn.call("a heartbeat", timeout, conn.group().heartbeat(request)).await;
-            match answer {
-                Ok(response) => match outcome(response.error.as_ref()) {
-                    None => {}
-                    // Go on beating: the session must stay alive until the
-                    // application's next poll rejoins.
-                    Some((Ok(ErrorCode::RebalanceInProgress | ErrorCode::IllegalGeneration), _)) => {
-                        liveness.report(generation, Event::Rejoin)
-                    }
-                    Some((Ok(ErrorCode::UnknownMemberId), _)) => {
-                        liveness.report(generation, Event::Lost);
+            match heartbeat(&coordinators, &p, &member_id, generation).await {
+                Ok(response) => {
+                    failures = 0;
+                    if !heartbeat_answered(&p, generation, &liveness, &response) {
                         return;
                     }
-                    Some((Ok(ErrorCode::FencedInstanceId), message)) => {
-                        liveness.report(generation, Event::Fenced(fenced(&p, &message).to_string()));
-                        return;
+                }
+                // The session timeout decides; keep trying, sooner than
+                // usual, wherever the coordinator is now.
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    if e.recovery() == Recovery::Reroute {
+                        coordinators.forget(&p.group_id);
                     }
-                    Some((code, message)) => {
-                        tracing::warn!(group = %p.group_id, "{}", unexpected("a heartbeat", code, &message))
-                    }
-                },
-                // The session timeout decides; keep trying.
-                Err(e) => tracing::debug!(group = %p.group_id, "heartbeat failed: {e}"),
+                    tracing::debug!(group = %p.group_id, failures, "heartbeat failed: {e}");
+                }
             }
         }
     })
 }
 
-/// LeaveGroup: the coordinator rebalances the others right away instead of
-/// waiting out this member's session.
-pub(crate) async fn leave(conn: &Connection, p: &Params, member_id: &str) -> Result<()> {
-    let request = v1::LeaveGroupRequest {
+/// The wait before the next heartbeat: the interval, or after failures a
+/// shorter growing pause, so a moved coordinator hears from us well within
+/// the session timeout.
+fn heartbeat_pause(interval: Duration, failures: u32) -> Duration {
+    if failures == 0 {
+        interval
+    } else {
+        backoff(HEARTBEAT_RETRY, failures, interval).min(interval)
+    }
+}
+
+/// One heartbeat at the coordinator; NOT_COORDINATOR (and a coordinator
+/// still loading) come back as errors, like an unreachable one.
+async fn heartbeat(
+    coordinators: &Coordinators,
+    p: &Params,
+    member_id: &str,
+    generation: i32,
+) -> Result<v1::HeartbeatResponse> {
+    let timeout = p.session_timeout.max(Duration::from_secs(1));
+    let conn = coordinators.for_group(&p.group_id, timeout).await?;
+    let request = v1::HeartbeatRequest {
         group_id: p.group_id.clone(),
         member_id: member_id.to_string(),
+        generation,
         group_instance_id: p.instance_id.clone(),
     };
-    conn.call("a leave-group request", RPC_TIMEOUT, conn.group().leave_group(request)).await?;
+    let response = conn.call("a heartbeat", timeout, conn.group().heartbeat(request)).await?;
+    match response.error.as_ref().and_then(|e| coordinator::moved(&p.group_id, e.code, &e.message)) {
+        Some(e) => Err(e),
+        None => Ok(response),
+    }
+}
+
+/// Acts on a heartbeat's answer; false when the member is gone and the
+/// task must end.
+fn heartbeat_answered(
+    p: &Params,
+    generation: i32,
+    liveness: &Liveness,
+    response: &v1::HeartbeatResponse,
+) -> bool {
+    match outcome(response.error.as_ref()) {
+        None => {}
+        // Go on beating: the session must stay alive until the
+        // application's next poll rejoins.
+        Some((Ok(ErrorCode::RebalanceInProgress | ErrorCode::IllegalGeneration), _)) => {
+            liveness.report(generation, Event::Rejoin)
+        }
+        Some((Ok(ErrorCode::UnknownMemberId), _)) => {
+            liveness.report(generation, Event::Lost);
+            return false;
+        }
+        Some((Ok(ErrorCode::FencedInstanceId), message)) => {
+            liveness.report(generation, Event::Fenced(fenced(p, &message).to_string()));
+            return false;
+        }
+        Some((code, message)) => {
+            tracing::warn!(group = %p.group_id, "{}", unexpected("a heartbeat", code, &message))
+        }
+    }
+    true
+}
+
+/// LeaveGroup: the coordinator rebalances the others right away instead of
+/// waiting out this member's session.
+pub(crate) async fn leave(coordinators: &Coordinators, p: &Params, member_id: &str) -> Result<()> {
+    coordinators
+        .call(&p.group_id, RPC_TIMEOUT, COORDINATOR_PATIENCE, |conn: Connection| async move {
+            let request = v1::LeaveGroupRequest {
+                group_id: p.group_id.clone(),
+                member_id: member_id.to_string(),
+                group_instance_id: p.instance_id.clone(),
+            };
+            conn.call("a leave-group request", RPC_TIMEOUT, conn.group().leave_group(request)).await
+        })
+        .await?;
     Ok(())
 }
 
 /// Commits `offsets` (the offset of the next record to read, per partition)
-/// as `member_id` of `generation`; "" and -1 outside the group.
+/// as `member_id` of `generation`; "" and -1 outside the group. While the
+/// coordinator moves, the commit is retried where it went; a commit that
+/// cannot be confirmed is an error, never dropped.
 pub(crate) async fn commit(
-    conn: &Connection,
+    coordinators: &Coordinators,
     p: &Params,
     member_id: &str,
     generation: i32,
@@ -353,14 +435,20 @@ pub(crate) async fn commit(
             })
             .collect(),
     };
-    conn.call("a commit-offsets request", RPC_TIMEOUT, conn.group().commit_offsets(request)).await?;
+    let request = &request;
+    coordinators
+        .call(&p.group_id, RPC_TIMEOUT, COORDINATOR_PATIENCE, |conn: Connection| async move {
+            let request = request.clone();
+            conn.call("a commit-offsets request", RPC_TIMEOUT, conn.group().commit_offsets(request)).await
+        })
+        .await?;
     Ok(())
 }
 
 /// The group's committed offsets of `partitions` (-1 where none); a group
 /// the coordinator does not know has none.
 pub(crate) async fn committed(
-    conn: &Connection,
+    coordinators: &Coordinators,
     group_id: &str,
     partitions: &[TopicPartition],
 ) -> Result<Vec<v1::OffsetEntry>> {
@@ -368,7 +456,14 @@ pub(crate) async fn committed(
         group_id: group_id.to_string(),
         partitions: assignment::to_wire(partitions),
     };
-    match conn.call("a fetch-offsets request", RPC_TIMEOUT, conn.group().fetch_offsets(request)).await {
+    let request = &request;
+    let answer = coordinators
+        .call(group_id, RPC_TIMEOUT, COORDINATOR_PATIENCE, |conn: Connection| async move {
+            let request = request.clone();
+            conn.call("a fetch-offsets request", RPC_TIMEOUT, conn.group().fetch_offsets(request)).await
+        })
+        .await;
+    match answer {
         Ok(response) => Ok(response.offsets),
         Err(Error::Status { code: tonic::Code::NotFound, .. }) => Ok(Vec::new()),
         Err(e) => Err(e),
@@ -407,11 +502,26 @@ mod tests {
     }
 
     #[test]
+    fn heartbeats_come_sooner_after_a_failure() {
+        let interval = Duration::from_secs(3);
+        assert_eq!(heartbeat_pause(interval, 0), interval);
+        assert_eq!(heartbeat_pause(interval, 1), HEARTBEAT_RETRY);
+        assert_eq!(heartbeat_pause(interval, 2), HEARTBEAT_RETRY * 2);
+        assert_eq!(heartbeat_pause(interval, 20), interval);
+        // An interval shorter than the first retry pause is kept.
+        assert_eq!(heartbeat_pause(Duration::from_millis(50), 1), Duration::from_millis(50));
+    }
+
+    #[test]
     fn outcome_codes() {
         assert_eq!(outcome(None), None);
         let none = v1::PartitionError { code: 0, message: String::new(), ..Default::default() };
         assert_eq!(outcome(Some(&none)), None);
-        let r = v1::PartitionError { code: ErrorCode::RebalanceInProgress as i32, message: "m".into(), ..Default::default() };
+        let r = v1::PartitionError {
+            code: ErrorCode::RebalanceInProgress as i32,
+            message: "m".into(),
+            ..Default::default()
+        };
         assert_eq!(outcome(Some(&r)), Some((Ok(ErrorCode::RebalanceInProgress), "m".to_string())));
         let odd = v1::PartitionError { code: 999, message: String::new(), ..Default::default() };
         assert_eq!(outcome(Some(&odd)), Some((Err(999), String::new())));

@@ -54,12 +54,13 @@ use tokio::time::Instant;
 
 pub use assignment::{Assignor, OffsetReset, TopicPartition};
 
+use crate::cluster::Cluster;
 use crate::connection::Connection;
 use crate::consumer::{
     Consumer, ConsumerConfig, ConsumerRecord, Delivery, FetchedBatches, RawBatches, Records,
 };
 use crate::coordinator::Coordinators;
-use crate::error::{Error, Result};
+use crate::error::{Error, Recovery, Result};
 use crate::metadata;
 use membership::{Event, JoinRequest, Joined, Liveness, Params, RPC_TIMEOUT};
 use subscription::{Subscription, View};
@@ -67,7 +68,8 @@ use subscription::{Subscription, View};
 /// Group consumer settings; [`GroupConfig::new`] gives the defaults.
 #[derive(Clone, Debug)]
 pub struct GroupConfig {
-    /// "host:port" of a broker (`http://` optional).
+    /// Brokers to start from, `HOST:PORT,HOST:PORT,...` (`http://`
+    /// optional): any one that answers will do.
     pub bootstrap: String,
     pub group_id: String,
     /// Static membership: a consumer restarting with the same instance id
@@ -168,9 +170,9 @@ pub trait RebalanceListener: Send {
 pub struct GroupConsumer {
     config: GroupConfig,
     params: Arc<Params>,
-    conn: Connection,
-    coordinators: Coordinators,
-    coordinator: Option<Connection>,
+    cluster: Arc<Cluster>,
+    /// Where the group's coordinator is (shared with the heartbeat task).
+    coordinators: Arc<Coordinators>,
     fetcher: Consumer,
     listener: Option<Box<dyn RebalanceListener>>,
     subscription: Option<Subscription>,
@@ -232,11 +234,12 @@ impl GroupConsumer {
     /// Nothing is joined until the first `poll` after a `subscribe`.
     pub async fn connect(config: GroupConfig) -> Result<GroupConsumer> {
         config.check()?;
-        let conn = Connection::open(&config.bootstrap).await?;
-        let coordinators = Coordinators::new(conn.clone());
-        let coordinator = coordinators.for_group(&config.group_id, RPC_TIMEOUT).await?;
-        let fetcher = Consumer::with_connection(
-            conn.clone(),
+        let cluster = Arc::new(Cluster::connect(&config.bootstrap, 1).await?);
+        let coordinators = Arc::new(Coordinators::new(cluster.clone()));
+        // Fails early when no broker can say where the coordinator is.
+        coordinators.for_group(&config.group_id, RPC_TIMEOUT).await?;
+        let fetcher = Consumer::with_cluster(
+            cluster.clone(),
             ConsumerConfig {
                 bootstrap: config.bootstrap.clone(),
                 max_wait: config.max_wait,
@@ -256,9 +259,8 @@ impl GroupConsumer {
         let wake = Arc::new(Notify::new());
         Ok(GroupConsumer {
             params,
-            conn,
+            cluster,
             coordinators,
-            coordinator: Some(coordinator),
             fetcher,
             listener: None,
             subscription: None,
@@ -295,7 +297,7 @@ impl GroupConsumer {
         if topics.is_empty() || topics.iter().any(|t| t.trim().is_empty()) {
             return Err(Error::InvalidArgument("subscribe needs one or more topic names".into()));
         }
-        let all = subscription::all_topics(&self.conn, RPC_TIMEOUT).await?;
+        let all = subscription::all_topics(&self.cluster).await?;
         if let Some(missing) = topics.iter().find(|t| !all.contains_key(**t)) {
             return Err(Error::status(tonic::Code::NotFound, format!("unknown topic '{missing}'")));
         }
@@ -309,7 +311,7 @@ impl GroupConsumer {
     /// re-checked about every 5 s.
     pub async fn subscribe_pattern(&mut self, regex: &str) -> Result<()> {
         let s = Subscription::pattern(regex)?;
-        let all = subscription::all_topics(&self.conn, RPC_TIMEOUT).await?;
+        let all = subscription::all_topics(&self.cluster).await?;
         self.set_subscription(s, &all);
         Ok(())
     }
@@ -423,10 +425,8 @@ impl GroupConsumer {
     /// pause, but not past `deadline`; false when the deadline came.
     async fn retry_later(&mut self, e: &Error, deadline: Instant) -> bool {
         self.failures += 1;
-        if matches!(e, Error::Transport(_) | Error::Timeout(_)) {
-            if let Some(c) = self.coordinator.take() {
-                self.coordinators.forget(&c);
-            }
+        if e.recovery() == Recovery::Reroute {
+            self.coordinators.forget(&self.config.group_id);
         }
         if self.failures == 1 || self.failures.is_multiple_of(10) {
             tracing::warn!(group = %self.config.group_id, failures = self.failures, "retrying: {e}");
@@ -506,7 +506,7 @@ impl GroupConsumer {
 
     async fn recheck_topics(&mut self) -> Result<()> {
         let Some(s) = &self.subscription else { return Ok(()) };
-        let all = subscription::all_topics(&self.conn, RPC_TIMEOUT).await?;
+        let all = subscription::all_topics(&self.cluster).await?;
         self.view = s.select(&all);
         self.checked = Instant::now();
         if self.generation >= 0 && self.view != self.joined_view && !self.rejoin {
@@ -517,12 +517,7 @@ impl GroupConsumer {
     }
 
     async fn coordinator(&mut self) -> Result<Connection> {
-        if let Some(c) = &self.coordinator {
-            return Ok(c.clone());
-        }
-        let c = self.coordinators.for_group(&self.config.group_id, RPC_TIMEOUT).await?;
-        self.coordinator = Some(c.clone());
-        Ok(c)
+        self.coordinators.for_group(&self.config.group_id, RPC_TIMEOUT).await
     }
 
     /// Sends JoinGroup (in a task). Positions are committed first (with
@@ -630,8 +625,7 @@ impl GroupConsumer {
     /// offset, else `auto_offset_reset`.
     async fn position_new(&mut self) -> Result<()> {
         let wanted: Vec<TopicPartition> = self.unpositioned.iter().cloned().collect();
-        let conn = self.coordinator().await?;
-        let committed = membership::committed(&conn, &self.config.group_id, &wanted).await?;
+        let committed = membership::committed(&self.coordinators, &self.config.group_id, &wanted).await?;
         let (known, reset) = assignment::starting_positions(&wanted, &committed);
         let mut positions = known.clone();
         let mut by_topic: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
@@ -640,7 +634,7 @@ impl GroupConsumer {
         }
         for (topic, partitions) in by_topic {
             let spec = self.config.auto_offset_reset.spec();
-            let found = metadata::list_offsets(&self.conn, RPC_TIMEOUT, topic, &partitions, spec).await?;
+            let found = metadata::list_offsets(&self.cluster, RPC_TIMEOUT, topic, &partitions, spec).await?;
             for (p, offset) in partitions.into_iter().zip(found) {
                 positions.push((TopicPartition::new(topic, p), offset.max(0)));
             }
@@ -665,8 +659,8 @@ impl GroupConsumer {
         if offsets.is_empty() {
             return Ok(());
         }
-        let conn = self.coordinator().await?;
-        membership::commit(&conn, &self.params, &self.member_id, self.generation, &offsets).await?;
+        membership::commit(&self.coordinators, &self.params, &self.member_id, self.generation, &offsets)
+            .await?;
         let mut map = self.committed.lock();
         for (tp, offset) in offsets {
             map.insert(tp, offset);
@@ -711,9 +705,8 @@ impl GroupConsumer {
 
     fn start_heartbeat(&mut self) {
         self.stop_heartbeat();
-        let Some(conn) = self.coordinator.clone() else { return };
         self.heartbeat = Some(membership::spawn_heartbeat(
-            conn,
+            self.coordinators.clone(),
             self.params.clone(),
             self.member_id.clone(),
             self.generation,
@@ -760,11 +753,7 @@ impl GroupConsumer {
         if offsets.is_empty() {
             return;
         }
-        let Some(conn) = self.coordinator.clone() else {
-            *self.async_error.lock() =
-                Some(Error::Transport("commit_async: the group coordinator is not known yet".into()));
-            return;
-        };
+        let coordinators = self.coordinators.clone();
         let earlier = self.async_commit.take();
         let params = self.params.clone();
         let member_id = self.member_id.clone();
@@ -775,7 +764,7 @@ impl GroupConsumer {
             if let Some(task) = earlier {
                 let _ = task.await;
             }
-            match membership::commit(&conn, &params, &member_id, generation, &offsets).await {
+            match membership::commit(&coordinators, &params, &member_id, generation, &offsets).await {
                 Ok(()) => {
                     let mut map = committed.lock();
                     for (tp, offset) in offsets {
@@ -804,8 +793,8 @@ impl GroupConsumer {
             return self.async_failure();
         }
         self.settle_async().await;
-        let conn = self.coordinator().await?;
-        membership::commit(&conn, &self.params, &self.member_id, self.generation, offsets).await?;
+        membership::commit(&self.coordinators, &self.params, &self.member_id, self.generation, offsets)
+            .await?;
         let mut map = self.committed.lock();
         for (tp, offset) in offsets {
             map.insert(tp.clone(), *offset);
@@ -883,10 +872,7 @@ impl GroupConsumer {
             }
         }
         if self.config.group_instance_id.is_none() && !self.member_id.is_empty() {
-            let left = match self.coordinator().await {
-                Ok(conn) => membership::leave(&conn, &self.params, &self.member_id).await,
-                Err(e) => Err(e),
-            };
+            let left = membership::leave(&self.coordinators, &self.params, &self.member_id).await;
             result = result.and(left);
         }
         result

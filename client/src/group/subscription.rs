@@ -10,9 +10,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use regex::Regex;
-use tributary_proto::v1;
 
-use crate::connection::Connection;
+use crate::cluster::Cluster;
 use crate::error::{Error, Result};
 
 /// How often the topics are read again.
@@ -55,18 +54,11 @@ fn one_line(e: &regex::Error) -> String {
     crate::error::one_line(&e.to_string())
 }
 
-/// Every topic of the cluster with its partition count.
-pub(crate) async fn all_topics(conn: &Connection, timeout: Duration) -> Result<View> {
-    let request = v1::MetadataRequest { topics: Vec::new() };
-    let response = conn.call("a metadata request", timeout, conn.log().metadata(request)).await?;
-    Ok(response
-        .topics
-        .into_iter()
-        .map(|t| {
-            let count = t.partitions.iter().map(|p| p.partition + 1).max().unwrap_or(0);
-            (t.name, count)
-        })
-        .collect())
+/// Every topic of the cluster with its partition count, from fresh
+/// metadata.
+pub(crate) async fn all_topics(cluster: &Cluster) -> Result<View> {
+    cluster.refresh_now().await?;
+    Ok(cluster.topics().into_iter().collect())
 }
 
 #[cfg(test)]
