@@ -195,6 +195,8 @@ pub struct PartitionLog {
     /// The epoch this replica was last told it leads or follows in; -1
     /// before it was told anything.
     current_epoch: i32,
+    /// Told to follow (and not to lead since): leader appends are refused.
+    following: bool,
     /// Where each leader epoch starts in this log.
     epochs: epochs::EpochCache,
     /// Whether the high watermark is checkpointed (the log is replicated):
@@ -421,6 +423,17 @@ impl PartitionLog {
     /// before anything is written. On any error nothing changed.
     pub fn append(&mut self, data: &[u8], config: &TopicConfig, now_ms: i64) -> Result<AppendInfo> {
         self.shared.check()?;
+        // A replica told to follow a newer epoch than the one it led in is
+        // fenced: whatever still tries to write as leader (a queued group
+        // commit, a produce that raced the change) is refused here.
+        if self.following {
+            return Err(Error::NotLeader {
+                node: -1,
+                topic: self.topic.clone(),
+                partition: self.partition,
+                leader: None,
+            });
+        }
         self.apply_visibility(config);
         // Checked before rolling, so a refused append leaves no trace, not
         // even an empty segment (a follower copying this log would not have

@@ -179,6 +179,7 @@ impl PartitionLog {
             log_end_offset: 0,
             leader_epoch: 0,
             current_epoch: -1,
+            following: false,
             epochs: EpochCache::default(),
             hw_checkpointed: false,
             lowest_truncation: i64::MAX,

@@ -49,6 +49,7 @@ impl PartitionLog {
         }
         self.leader_epoch = epoch;
         self.current_epoch = epoch;
+        self.following = false;
         Ok(())
     }
 
@@ -58,6 +59,7 @@ impl PartitionLog {
         self.shared.check()?;
         self.check_epoch(epoch)?;
         self.current_epoch = epoch;
+        self.following = true;
         Ok(())
     }
 
