@@ -224,7 +224,7 @@ impl ReplicaManager {
             if crate::topics::is_internal(&local.name) || md.cluster_id.is_empty() {
                 continue;
             }
-            if !md.topics.get(&local.name).is_some_and(|t| t.id == local.id) {
+            if md.topics.get(&local.name).is_none_or(|t| t.id != local.id) {
                 state.topics.delete_local(&local.name)?;
             }
         }

@@ -205,7 +205,7 @@ impl ClusterService {
                     count: md.topic(&p.topic).map_or(0, |t| t.partitions.len() as u32),
                 });
             }
-            if let Some(b) = p.replicas.iter().find(|b| !md.brokers.get(b).is_some_and(|x| !x.fenced)) {
+            if let Some(b) = p.replicas.iter().find(|b| md.brokers.get(b).is_none_or(|x| x.fenced)) {
                 return Err(Error::InvalidRequest(format!(
                     "{}-{}: broker {b} is not a live broker of the cluster",
                     p.topic, p.partition
