@@ -321,6 +321,44 @@ impl Admin {
     /// Moves leadership of every partition of `topics` (every topic when
     /// empty) to its preferred replica, the first of its replica list,
     /// where that one is in sync; returns how many partitions moved.
+    /// Changes a topic's replication factor by reassignment (new replicas
+    /// copy first; the switch happens once they are in sync). Returns the
+    /// reassignments started.
+    pub async fn alter_replication_factor(&self, topic: &str, replication_factor: u32) -> Result<v1::ReassignResponse> {
+        let request = &v1::AlterReplicationFactorRequest { topic: topic.to_string(), replication_factor };
+        self.any(|c| async move {
+            let mut cluster = c.cluster();
+            c.call("an alter-replication-factor request", ADMIN_TIMEOUT, cluster.alter_replication_factor(request.clone()))
+                .await
+                .map_err(|e| older_broker(e, &c, "change replication factors"))
+        })
+        .await
+    }
+
+    /// Moves one partition to `replicas` (the first is the preferred leader).
+    pub async fn reassign_partition(&self, topic: &str, partition: u32, replicas: &[i32]) -> Result<v1::ReassignResponse> {
+        let request = &v1::ReassignPartitionsRequest {
+            partitions: vec![v1::PartitionTarget { topic: topic.to_string(), partition, replicas: replicas.to_vec() }],
+        };
+        self.any(|c| async move {
+            c.call("a reassign-partitions request", ADMIN_TIMEOUT, c.cluster().reassign_partitions(request.clone()))
+                .await
+                .map_err(|e| older_broker(e, &c, "reassign partitions"))
+        })
+        .await
+    }
+
+    /// Moves every replica off broker `node` (before removing it).
+    pub async fn drain_broker(&self, node: i32) -> Result<v1::ReassignResponse> {
+        let request = &v1::DrainBrokerRequest { node_id: node };
+        self.any(|c| async move {
+            c.call("a drain-broker request", ADMIN_TIMEOUT, c.cluster().drain_broker(*request))
+                .await
+                .map_err(|e| older_broker(e, &c, "drain brokers"))
+        })
+        .await
+    }
+
     pub async fn elect_leaders(&self, topics: &[&str]) -> Result<u32> {
         let request = &v1::ElectLeadersRequest { topics: topics.iter().map(|t| t.to_string()).collect() };
         let response = self

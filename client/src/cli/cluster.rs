@@ -31,6 +31,62 @@ pub enum LeaderCommand {
     },
 }
 
+#[derive(Subcommand, Debug)]
+pub enum PartitionCommand {
+    /// Move a partition to new replicas: they copy first, and the switch
+    /// happens once all of them are in sync.
+    Reassign {
+        #[arg(long)]
+        topic: String,
+        #[arg(long)]
+        partition: u32,
+        /// Broker ids, comma-separated; the first is the preferred leader.
+        #[arg(long, value_delimiter = ',', required = true)]
+        replicas: Vec<i32>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BrokerCommand {
+    /// Move every replica (and so every leadership) off a broker, before
+    /// it is removed.
+    Drain { id: i32 },
+}
+
+/// The started reassignments, one line each.
+pub fn reassignments(r: &tributary_client::tributary_proto::v1::ReassignResponse) -> String {
+    let mut out = String::new();
+    for p in &r.started {
+        let replicas: Vec<String> = p.replicas.iter().map(i32::to_string).collect();
+        out.push_str(&format!("  {}-{} -> [{}]\n", p.topic, p.partition, replicas.join(",")));
+    }
+    out.push_str(&format!("reassignments in progress cluster-wide: {}\n", r.in_progress));
+    out
+}
+
+pub async fn run_partition(bootstrap: &str, cmd: PartitionCommand) -> anyhow::Result<()> {
+    let admin = Admin::connect(bootstrap).await?;
+    match cmd {
+        PartitionCommand::Reassign { topic, partition, replicas } => {
+            let r = admin.reassign_partition(&topic, partition, &replicas).await?;
+            print!("{}", reassignments(&r));
+        }
+    }
+    Ok(())
+}
+
+pub async fn run_broker(bootstrap: &str, cmd: BrokerCommand) -> anyhow::Result<()> {
+    let admin = Admin::connect(bootstrap).await?;
+    match cmd {
+        BrokerCommand::Drain { id } => {
+            let r = admin.drain_broker(id).await?;
+            println!("draining broker {id}: {} partition(s) moving", r.started.len());
+            print!("{}", reassignments(&r));
+        }
+    }
+    Ok(())
+}
+
 pub async fn run_cluster(bootstrap: &str, cmd: ClusterCommand) -> anyhow::Result<()> {
     let admin = Admin::connect(bootstrap).await?;
     match cmd {

@@ -55,6 +55,12 @@ pub enum Command {
     /// Move partition leadership.
     #[command(subcommand)]
     Leader(cluster::LeaderCommand),
+    /// Move partitions between brokers.
+    #[command(subcommand)]
+    Partition(cluster::PartitionCommand),
+    /// Broker operations (drain before removal).
+    #[command(subcommand)]
+    Broker(cluster::BrokerCommand),
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -66,6 +72,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(cmd) => bench::run(&cli.bootstrap, cmd).await,
         Command::Cluster(cmd) => cluster::run_cluster(&cli.bootstrap, cmd).await,
         Command::Leader(cmd) => cluster::run_leader(&cli.bootstrap, cmd).await,
+        Command::Partition(cmd) => cluster::run_partition(&cli.bootstrap, cmd).await,
+        Command::Broker(cmd) => cluster::run_broker(&cli.bootstrap, cmd).await,
     }
 }
 

@@ -26,9 +26,14 @@ pub enum TopicCommand {
     List,
     /// Show a topic's partitions and configs.
     Describe { name: String },
-    /// Set or remove config overrides.
+    /// Set or remove config overrides, or change the replication factor.
     Alter {
         name: String,
+        /// New replication factor: replicas are added (they copy first) or
+        /// removed by reassignment, with no unavailability beyond a leader
+        /// change.
+        #[arg(long)]
+        replication_factor: Option<u32>,
         /// Set KEY to VALUE (repeatable).
         #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_key_value)]
         configs: Vec<(String, String)>,
@@ -62,9 +67,17 @@ pub async fn run(bootstrap: &str, cmd: TopicCommand) -> anyhow::Result<()> {
             let t = admin.describe_topic(&name).await?;
             print!("{}", describe(&t));
         }
-        TopicCommand::Alter { name, configs, delete } => {
+        TopicCommand::Alter { name, replication_factor, configs, delete } => {
+            if let Some(rf) = replication_factor {
+                let r = admin.alter_replication_factor(&name, rf).await?;
+                println!("replication factor of {name} -> {rf}: {} partition(s) reassigning", r.started.len());
+                print!("{}", super::cluster::reassignments(&r));
+                if configs.is_empty() && delete.is_empty() {
+                    return Ok(());
+                }
+            }
             if configs.is_empty() && delete.is_empty() {
-                bail!("nothing to change: give --config KEY=VALUE and/or --delete-config KEY");
+                bail!("nothing to change: give --replication-factor R, --config KEY=VALUE and/or --delete-config KEY");
             }
             let set: BTreeMap<String, String> = configs.into_iter().collect();
             let overrides = admin.alter_topic_configs(&name, set, delete).await?;
