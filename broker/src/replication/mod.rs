@@ -117,10 +117,10 @@ impl ReplicaManager {
         partition: u32,
     ) -> std::result::Result<Arc<Replica>, v1::PartitionError> {
         let md = self.node.metadata();
-        let hint = md.partition(topic, partition).cloned();
+        let hint = md.partition(topic, partition);
         let r = self.replica(topic, partition);
-        match (&r, &hint) {
-            (Some(r), Some(h)) if r.role() == (Role::Leader { epoch: h.leader_epoch }) && h.leader == self.node.node_id() => {
+        match (&r, hint) {
+            (Some(r), Some(h)) if h.leader == self.node.node_id() && r.role() == (Role::Leader { epoch: h.leader_epoch }) => {
                 if !state.session.lease_valid() {
                     return Err(not_available(format!(
                         "broker {} leads {topic}-{partition} but its session with the controller lapsed",
@@ -129,7 +129,7 @@ impl ReplicaManager {
                 }
                 Ok(r.clone())
             }
-            _ => Err(not_leader(&md, self.node.node_id(), topic, partition, hint.as_ref())),
+            _ => Err(not_leader(&md, self.node.node_id(), topic, partition, hint)),
         }
     }
 

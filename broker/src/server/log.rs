@@ -136,9 +136,9 @@ fn append_all(
             }
             Err(e) => return Err(e),
         };
-        // Wake replica fetches waiting at the log end.
+        // Wake replica fetches waiting at the log end. (The high watermark
+        // moves with follower fetches; alone in the ISR, the log moves it.)
         replica.publish_log_end();
-        crate::replication::leader::update_high_watermark(&replica, state);
         appended.push((replica.clone(), info.last_offset, config.min_insync_replicas));
         let labels = TopicLabels { topic: partition.topic.clone() };
         state.metrics.bytes_in.get_or_create(&labels).inc_by(records.len() as u64);
