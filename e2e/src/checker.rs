@@ -291,6 +291,9 @@ pub struct Report {
     pub replica_divergent: Finding,
     /// A replica lacks batches below the HW.
     pub replica_short: Finding,
+    /// Every test record id in the final log (for scenario-specific checks:
+    /// "none of these may be readable").
+    pub stored_ids: std::collections::HashSet<u64>,
 }
 
 impl Report {
@@ -514,6 +517,7 @@ pub fn check(entries: &Entries, reads: &[PartitionRead], replicas: &[ReplicaLog]
         }
     }
     report.stored_unacked = locations.keys().filter(|id| !acked_ids.contains(id)).count();
+    report.stored_ids = locations.keys().copied().collect();
     check_ack_order(entries, &mut report);
     for o in &entries.observed {
         let Some(id) = o.id else { continue };

@@ -37,6 +37,28 @@ use crate::{wait_for, Broker, Launch};
 /// Lines of each broker's log a failure message carries.
 const LOG_TAIL: usize = 40;
 
+/// Broker settings that make a failover take seconds, not tens of them: a
+/// broker's session expires 3 s after its last heartbeat, and a follower
+/// 2 s behind leaves the ISR.
+pub const FAST_FAILOVER: &str = "broker_session_timeout_ms = 3000\n\
+                                 broker_heartbeat_interval_ms = 300\n\
+                                 replica_lag_time_max_ms = 2000\n";
+
+/// Unwraps a result or panics with the error *and* every broker's log tail:
+/// a failed cluster test is undiagnosable without them.
+pub trait OkOrLogs<T> {
+    fn ok_or_logs(self, cluster: &Cluster) -> T;
+}
+
+impl<T> OkOrLogs<T> for Result<T> {
+    fn ok_or_logs(self, cluster: &Cluster) -> T {
+        match self {
+            Ok(v) => v,
+            Err(e) => panic!("{e:#}\n{}", cluster.logs_tail()),
+        }
+    }
+}
+
 /// N brokers and the proxies between them; see the module docs. Dropping it
 /// kills every broker and removes their directories.
 pub struct Cluster {
@@ -244,6 +266,13 @@ impl Cluster {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// [`wait_ready`](Self::wait_ready) from async code: the blocking polls
+    /// run off the runtime's worker so producer tasks keep going (needs the
+    /// multi-threaded runtime).
+    pub async fn wait_ready_async(&mut self, i: usize, timeout: Duration) -> Result<()> {
+        tokio::task::block_in_place(|| self.wait_ready(i, timeout))
     }
 
     /// The last lines of broker `i`'s log.

@@ -111,10 +111,22 @@ impl ProducerStats {
 pub struct RunningProducer {
     stop: Arc<AtomicBool>,
     acked: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    number: u32,
     handle: JoinHandle<ProducerStats>,
 }
 
 impl RunningProducer {
+    /// Its number in the ledger ([`Acked::producer`]).
+    pub fn number(&self) -> u32 {
+        self.number
+    }
+
+    /// Attempts that failed so far (any cause).
+    pub fn failed_attempts(&self) -> u64 {
+        self.failed.load(Ordering::SeqCst)
+    }
+
     /// Records acknowledged so far.
     pub fn acked(&self) -> u64 {
         self.acked.load(Ordering::SeqCst)
@@ -146,18 +158,21 @@ impl RunningProducer {
 pub fn spawn_producer(bootstrap: &str, ledger: &Ledger, options: ProducerOptions) -> RunningProducer {
     let stop = Arc::new(AtomicBool::new(false));
     let acked = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let number = ledger.producer();
     let producer = Producer {
         router: Router::new(bootstrap),
         ledger: ledger.clone(),
-        number: ledger.producer(),
+        number,
         options,
         stop: stop.clone(),
         acked: acked.clone(),
+        failed: failed.clone(),
         stats: ProducerStats::default(),
         last_via: None,
     };
     let handle = tokio::spawn(producer.run());
-    RunningProducer { stop, acked, handle }
+    RunningProducer { stop, acked, failed, number, handle }
 }
 
 struct Producer {
@@ -167,6 +182,7 @@ struct Producer {
     options: ProducerOptions,
     stop: Arc<AtomicBool>,
     acked: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
     stats: ProducerStats,
     last_via: Option<String>,
 }
@@ -256,16 +272,15 @@ impl Producer {
         self.stats
     }
 
-    /// A producer id from any broker, retried until one answers or the
-    /// producer is stopped.
+    /// A producer id from any bootstrap broker, retried until one answers or
+    /// the producer is stopped.
     async fn init_producer_id(&mut self) -> Option<ProducerStamp> {
         let addrs = self.router.bootstrap().to_vec();
         let mut i = 0usize;
         while !self.stopped() {
-            let addr = match &self.options.route {
-                Route::Pinned(a) => a.clone(),
-                Route::Leader => addrs[i % addrs.len().max(1)].clone(),
-            };
+            // From any broker, also for a pinned producer: its broker may be
+            // cut off from the quorum that hands out producer ids.
+            let Some(addr) = addrs.get(i % addrs.len().max(1)).cloned() else { break };
             i += 1;
             let Ok(mut client) = self.router.client(&addr) else { break };
             match tokio::time::timeout(
@@ -303,7 +318,7 @@ impl Producer {
         let started = Instant::now();
         let mut last = String::from("never sent");
         loop {
-            if self.stopped() && self.stats.attempts > 0 && last != "never sent" {
+            if self.stopped() && last != "never sent" {
                 return Sent::GaveUp { reason: format!("stopped while retrying ({last})") };
             }
             if self.options.give_up_after.is_some_and(|d| started.elapsed() > d) {
@@ -322,7 +337,11 @@ impl Producer {
                 }
             };
             self.stats.attempts += 1;
-            match self.attempt(&addr, partition, bytes.clone()).await {
+            let outcome = self.attempt(&addr, partition, bytes.clone()).await;
+            if !matches!(outcome, Attempt::Acked { .. }) {
+                self.failed.fetch_add(1, Ordering::SeqCst);
+            }
+            match outcome {
                 Attempt::Acked { base_offset } => return Sent::Acked { base_offset, via: addr },
                 Attempt::Fatal { why } => {
                     self.stats.non_retriable.push(format!("{addr}: {why}"));

@@ -259,6 +259,9 @@ async fn bad_produce_requests_change_nothing() {
                 max_bytes: 1000,
                 ..Default::default()
             }],
+            // A consumer's fetch.
+            replica_id: -1,
+            is_replica: false,
         })
         .await
         .unwrap()
