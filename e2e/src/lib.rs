@@ -5,6 +5,24 @@
 //!
 //! The binaries are found next to the test executable's `deps/` folder (the
 //! workspace's target directory), or in `TRIBUTARY_BIN_DIR`.
+//!
+//! Replicated clusters (issue 8) build on the same [`Broker`]:
+//!
+//! * [`cluster`]: N brokers on fixed loopback ports, each reaching its peers
+//!   through per-link TCP proxies ([`proxy`]) so a test can partition the
+//!   network; kill, stop, pause, restart; leaders and ISR from Metadata.
+//! * [`workload`]: an idempotent `acks=all` producer and a tailing reader
+//!   over raw gRPC that follow leaders through failover and record what they
+//!   were told into a [`checker::Ledger`].
+//! * [`checker`]: reads every partition back, compares every replica's
+//!   segment files, and reports lost, duplicated, misplaced and reordered
+//!   records, reads that later vanished, and diverging replicas.
+
+pub mod checker;
+pub mod cluster;
+pub mod proxy;
+pub mod routing;
+pub mod workload;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -44,6 +62,11 @@ pub struct Broker {
     env: Vec<(String, String)>,
     /// Data directory elsewhere than `<root>/data` (e.g. on a small tmpfs).
     data: Option<PathBuf>,
+    /// Flags after the common ones (a cluster member's `--node-id`, `--peers`).
+    args: Vec<String>,
+    /// Starts wait for the "broker ready" log line; a cluster member is not
+    /// ready alone, so its starts return at once (see [`Broker::launch`]).
+    wait_on_start: bool,
     pub grpc: SocketAddr,
     pub http: SocketAddr,
     _tmp: Option<tempfile::TempDir>,
@@ -69,6 +92,8 @@ impl Broker {
             extra_config: config.to_string(),
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             data: None,
+            args: Vec::new(),
+            wait_on_start: true,
             grpc: "127.0.0.1:0".parse()?,
             http: "127.0.0.1:0".parse()?,
             _tmp: Some(tmp),
@@ -87,9 +112,33 @@ impl Broker {
             extra_config: config.to_string(),
             env: Vec::new(),
             data: Some(data.to_path_buf()),
+            args: Vec::new(),
+            wait_on_start: true,
             grpc: "127.0.0.1:0".parse()?,
             http: "127.0.0.1:0".parse()?,
             _tmp: Some(tmp),
+        };
+        b.spawn()?;
+        Ok(b)
+    }
+
+    /// Starts a broker process as `launch` describes and returns without
+    /// waiting for it to be ready (a cluster member cannot be ready before
+    /// its peers run); [`restart`](Self::restart) does not wait either.
+    pub fn launch(launch: Launch) -> Result<Broker> {
+        std::fs::create_dir_all(&launch.root)
+            .with_context(|| format!("creating {}", launch.root.display()))?;
+        let mut b = Broker {
+            child: None,
+            root: launch.root,
+            extra_config: launch.config,
+            env: Vec::new(),
+            data: None,
+            args: launch.args,
+            wait_on_start: false,
+            grpc: launch.grpc,
+            http: launch.http,
+            _tmp: None,
         };
         b.spawn()?;
         Ok(b)
@@ -128,6 +177,7 @@ impl Broker {
             .arg(&listen)
             .arg("--http-listen")
             .arg(&http)
+            .args(&self.args)
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
             .env("NO_COLOR", "1")
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -137,6 +187,9 @@ impl Broker {
             .spawn()
             .context("starting tributary-broker")?;
         self.child = Some(child);
+        if !self.wait_on_start {
+            return Ok(());
+        }
         let already = self.logs().matches("broker ready").count();
         self.wait_ready(already)
     }
@@ -161,6 +214,36 @@ impl Broker {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The process id while the broker runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// False once the process has exited (or was never restarted after a
+    /// kill); a stopped (SIGSTOP) process still counts as running.
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// How the process ended, if it has (without reaping a running one).
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGSTOP`) to the running process.
+    pub fn signal(&self, signal: i32) -> Result<()> {
+        let Some(pid) = self.pid() else { bail!("broker is not running") };
+        // SAFETY: kill(2) on a child pid we own (not yet reaped, so the pid
+        // cannot have been reused); no memory is touched.
+        if unsafe { libc::kill(pid as i32, signal) } != 0 {
+            bail!("kill({pid}, {signal}): {}", std::io::Error::last_os_error());
+        }
+        Ok(())
     }
 
     /// SIGKILL: no chance to flush or write its clean-shutdown marker.
@@ -215,9 +298,16 @@ impl Broker {
 
     /// GET on the broker's HTTP port; returns (status, body).
     pub fn http_get(&self, path: &str) -> Result<(u16, String)> {
+        self.http_get_within(path, Duration::from_secs(10))
+    }
+
+    /// GET that gives up after `timeout` (a paused broker accepts the
+    /// connection in the kernel but never answers).
+    pub fn http_get_within(&self, path: &str, timeout: Duration) -> Result<(u16, String)> {
         use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(self.http)?;
-        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut s = std::net::TcpStream::connect_timeout(&self.http, timeout)?;
+        s.set_read_timeout(Some(timeout))?;
+        s.set_write_timeout(Some(timeout))?;
         write!(s, "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", self.http)?;
         let mut resp = String::new();
         s.read_to_string(&mut resp)?;
@@ -230,6 +320,20 @@ impl Broker {
     pub fn cli(&self, args: &[&str], stdin: &str) -> Result<Output> {
         run_cli(&self.bootstrap(), args, stdin)
     }
+}
+
+/// How to launch one member of a cluster: see [`Broker::launch`].
+pub struct Launch {
+    /// Directory for its config, log and (in `data/`) data directory; kept
+    /// by the caller.
+    pub root: PathBuf,
+    /// Fixed addresses: peers must know them before the broker starts.
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+    /// TOML written to its `--config` file.
+    pub config: String,
+    /// Further flags (`--node-id`, `--peers`, ...).
+    pub args: Vec<String>,
 }
 
 impl Drop for Broker {
@@ -276,6 +380,27 @@ where
             return None;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Polls `check` every 100 ms until it returns Ok or `timeout` passes; then
+/// fails naming `what` and the last thing `check` reported (its Err), so a
+/// timed-out wait says what it saw instead of just "timed out".
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<T, String>>,
+{
+    let started = Instant::now();
+    loop {
+        let last = match check().await {
+            Ok(v) => return Ok(v),
+            Err(seen) => seen,
+        };
+        if started.elapsed() > timeout {
+            bail!("waited {:.1} s for {what}; last seen: {last}", started.elapsed().as_secs_f64());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
