@@ -312,10 +312,13 @@ async fn cluster_describe_shows_liveness_controller_and_under_replication() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let header =
-        text.lines().find(|l| l.to_ascii_uppercase().contains("ALIVE")).unwrap_or_else(|| panic!("{text}"));
+        text.lines().find(|l| l.split_whitespace().any(|w| w == "ALIVE")).unwrap_or_else(|| panic!("{text}"));
     let alive_of = |i: usize| {
+        // Table rows only (the controller line names an address too).
         let row = text
             .lines()
+            .skip_while(|l| *l != header)
+            .skip(1)
             .find(|l| l.contains(&c.addr(i)))
             .unwrap_or_else(|| panic!("no row for {i}:\n{text}"));
         cell(header, "ALIVE", row).unwrap_or_else(|| panic!("no ALIVE cell for {i}:\n{text}")).to_string()

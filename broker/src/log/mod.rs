@@ -698,10 +698,14 @@ impl PartitionLog {
     fn locate_up_to(&self, offset: i64, visible_end: i64) -> Result<Locate> {
         self.shared.check()?;
         let hw = visible_end;
-        if offset < self.log_start_offset || offset > hw {
+        // Out of range only past the log end: a new leader's high
+        // watermark can trail what its predecessor had shown (it learns
+        // the true one from its followers' next fetches), and a consumer
+        // already there must wait, not be told its position is gone.
+        if offset < self.log_start_offset || offset > hw.max(self.log_end_offset) {
             return Ok(Locate::OutOfRange { start: self.log_start_offset, end: hw });
         }
-        if offset == hw {
+        if offset >= hw {
             return Ok(Locate::AtEnd);
         }
         // The first segment at or after the one whose range holds `offset`

@@ -110,18 +110,23 @@ impl ReplicaManager {
     /// The replica, if this broker leads it now with a valid lease; else the
     /// per-partition error to answer (NOT_LEADER with the leader hint,
     /// LEADER_NOT_AVAILABLE).
+    ///
+    /// Writes need the lease; reads do not: what is below a deposed
+    /// leader's high watermark was committed, so a leader cut off from the
+    /// quorum still serves it (it just cannot acknowledge anything new).
     pub fn leader_replica(
         &self,
         state: &BrokerState,
         topic: &str,
         partition: u32,
+        write: bool,
     ) -> std::result::Result<Arc<Replica>, v1::PartitionError> {
         let md = self.node.metadata();
         let hint = md.partition(topic, partition);
         let r = self.replica(topic, partition);
         match (&r, hint) {
             (Some(r), Some(h)) if h.leader == self.node.node_id() && r.role() == (Role::Leader { epoch: h.leader_epoch }) => {
-                if !state.session.lease_valid() {
+                if write && !state.session.lease_valid() {
                     return Err(not_available(format!(
                         "broker {} leads {topic}-{partition} but its session with the controller lapsed",
                         self.node.node_id()

@@ -202,7 +202,7 @@ impl LogService {
                     });
                 }
                 validate_produce(&t.name, p.partition, &p.records, &config)?;
-                let replica = match self.state.replicas.leader_replica(&self.state, &t.name, p.partition) {
+                let replica = match self.state.replicas.leader_replica(&self.state, &t.name, p.partition, true) {
                     Ok(r) => r,
                     Err(error) => {
                         refused.push((t.name.clone(), refusal(p.partition, error)));
@@ -311,7 +311,7 @@ impl LogService {
                     count: meta.partitions.len() as u32,
                 });
             }
-            let target = match self.state.replicas.leader_replica(&self.state, &p.topic, p.partition) {
+            let target = match self.state.replicas.leader_replica(&self.state, &p.topic, p.partition, false) {
                 Ok(r) => match r.role() {
                     crate::replication::Role::Leader { epoch }
                         if p.current_leader_epoch >= 0 && p.current_leader_epoch != epoch =>
@@ -634,7 +634,7 @@ fn list_offsets_blocking(
                     count: meta.partitions.len() as u32,
                 });
             }
-            match state.replicas.leader_replica(state, &p.topic, p.partition) {
+            match state.replicas.leader_replica(state, &p.topic, p.partition, false) {
                 Ok(r) => r.partition.clone(),
                 Err(error) => {
                     out.push(v1::ListOffsetsPartitionResponse {
