@@ -14,6 +14,8 @@
 //! * [`workload`]: an idempotent `acks=all` producer and a tailing reader
 //!   over raw gRPC that follow leaders through failover and record what they
 //!   were told into a [`checker::Ledger`].
+//! * [`routing`]: leaders from every broker's Metadata merged by leader
+//!   epoch, so a stale (cut-off, resumed) broker never misroutes a test.
 //! * [`checker`]: reads every partition back, compares every replica's
 //!   segment files, and reports lost, duplicated, misplaced and reordered
 //!   records, reads that later vanished, and diverging replicas.

@@ -286,6 +286,47 @@ impl Router {
 mod tests {
     use super::*;
 
+    fn answer(controller: i32, leader: i32, epoch: i32, isr: Vec<i32>) -> MetadataResponse {
+        use tributary_proto::v1::{BrokerInfo, TopicMetadata};
+        MetadataResponse {
+            brokers: (0..3)
+                .map(|i| BrokerInfo { node_id: i, address: format!("b{i}:1"), rack: String::new() })
+                .collect(),
+            controller_id: controller,
+            topics: vec![TopicMetadata {
+                name: "t".into(),
+                partitions: vec![PartitionMetadata {
+                    partition: 0,
+                    leader,
+                    leader_epoch: epoch,
+                    replicas: vec![0, 1, 2],
+                    isr,
+                }],
+            }],
+            ..MetadataResponse::default()
+        }
+    }
+
+    #[test]
+    fn merged_metadata_trusts_the_newest_epoch_and_the_controllers_isr() {
+        // b0 is stale (cut off: still thinks it leads in epoch 3 and is the
+        // controller); b1 (the controller) and b2 know epoch 4, b2 with a
+        // fuller ISR than the controller has decided.
+        let answers = vec![
+            ("b0:1".to_string(), answer(0, 0, 3, vec![0, 1, 2])),
+            ("b1:1".to_string(), answer(1, 1, 4, vec![1, 2])),
+            ("b2:1".to_string(), answer(1, 1, 4, vec![0, 1, 2])),
+        ];
+        for order in [answers.clone(), answers.into_iter().rev().collect()] {
+            let mut v = View { controller_id: -1, ..View::default() };
+            merge(&mut v, order);
+            assert_eq!(v.controller_id, 1);
+            let (addr, p) = v.leader_address("t", 0).unwrap();
+            assert_eq!((addr.as_str(), p.leader_epoch, p.isr.clone()), ("b1:1", 4, vec![1, 2]));
+            assert_eq!(v.answered.len(), 3);
+        }
+    }
+
     #[test]
     fn bootstrap_lists_split_on_commas() {
         assert_eq!(addresses(" a:1, b:2 ,,c:3"), vec!["a:1", "b:2", "c:3"]);
