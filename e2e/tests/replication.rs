@@ -342,3 +342,42 @@ async fn cluster_describe_shows_liveness_controller_and_under_replication() {
     });
     assert!(shown, "under-replicated count {want} not shown:\n{text}");
 }
+
+/// Replication factor 1 -> 3 -> 2 on a live topic under load: the new
+/// replicas copy first and the switch happens once they are in sync, so
+/// writes go on (no failure the producer could not retry), nothing
+/// acknowledged is lost, and the replicas agree byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replication_factor_changes_under_load_lose_nothing() {
+    let mut c = start();
+    c.create_topic("rf", 2, 1, &[]).await.ok_or_logs(&c);
+    let ledger = Ledger::new();
+    let producer = spawn_producer(&c.bootstrap(), &ledger, ProducerOptions::new("rf", &[0, 1]));
+    let tail = spawn_tail(&c.bootstrap(), &ledger, "rf", &[0, 1], Route::Leader);
+    producer.wait_acked(50, WAIT).await.ok_or_logs(&c);
+    for (rf, isr) in [(3usize, 3usize), (2, 2)] {
+        let out = run_cli(&c.bootstrap(), &["topic", "alter", "rf", "--replication-factor", &rf.to_string()], "")
+            .ok_or_logs(&c);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let topic = ["rf".to_string()];
+        let boot: Vec<String> = c.bootstrap().split(',').map(str::to_string).collect();
+        wait_for(&format!("replication factor {rf} with a full ISR"), SETTLE, || async {
+            let view = routing::view(&boot, &topic).await.map_err(|e| e.to_string())?;
+            for p in 0..2 {
+                let m = view.partition("rf", p).ok_or("partition missing")?;
+                if m.replicas.len() != rf || m.isr.len() != isr {
+                    return Err(format!("{m:?}"));
+                }
+            }
+            Ok(())
+        })
+        .await
+        .ok_or_logs(&c);
+        producer.wait_acked(30, WAIT).await.ok_or_logs(&c);
+    }
+    let stats = producer.stop().await;
+    tail.stop().await;
+    assert!(stats.non_retriable.is_empty(), "{stats:?}");
+    let report = verify(&mut c, &ledger, "rf", &[0, 1], SETTLE).await.ok_or_logs(&c);
+    assert_clean(&report, &c.logs_tail());
+}
