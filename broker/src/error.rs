@@ -133,7 +133,9 @@ impl From<Error> for tonic::Status {
             Error::LogOffline { .. } => Code::Unavailable,
             Error::InternalTopic(_) => Code::PermissionDenied,
             Error::ShuttingDown => Code::Unavailable,
-            Error::NotController { .. } | Error::Unavailable(_) | Error::NotLeader { .. } => Code::Unavailable,
+            Error::NotController { .. } | Error::Unavailable(_) | Error::NotLeader { .. } => {
+                Code::Unavailable
+            }
             Error::Forwarded(s) => s.code(),
             Error::NotCoordinator { .. } => Code::Unavailable,
         };

@@ -16,7 +16,12 @@ pub fn spawn(state: Arc<BrokerState>, shutdown: Shutdown) -> Vec<tokio::task::Jo
         tokio::spawn(every(Duration::from_millis(100), state.clone(), shutdown.clone(), group_sessions)),
         tokio::spawn(every(retention, state.clone(), shutdown.clone(), retention_pass)),
         tokio::spawn(every(cleaner, state.clone(), shutdown.clone(), cleaning_pass)),
-        tokio::spawn(every(Duration::from_secs(5), state.clone(), shutdown.clone(), checkpoint_high_watermarks)),
+        tokio::spawn(every(
+            Duration::from_secs(5),
+            state.clone(),
+            shutdown.clone(),
+            checkpoint_high_watermarks,
+        )),
         tokio::spawn(every(Duration::from_secs(1), state.clone(), shutdown.clone(), cluster_gauges)),
         tokio::spawn(isr_maintenance(state, shutdown)),
     ]
@@ -58,7 +63,11 @@ fn cluster_gauges(state: &BrokerState) {
     m.controller.set(i64::from(state.cluster.is_controller()));
     for r in state.replicas.replicas() {
         let end = r.partition.log_end_offset();
-        let lag = r.leader.lock().as_ref().map(|l| l.followers.values().map(|f| (end - f.log_end).max(0)).max().unwrap_or(0));
+        let lag = r
+            .leader
+            .lock()
+            .as_ref()
+            .map(|l| l.followers.values().map(|f| (end - f.log_end).max(0)).max().unwrap_or(0));
         if let Some(lag) = lag {
             m.follower_lag
                 .get_or_create(&crate::metrics::PartitionLabels { topic: r.topic.clone(), partition: r.id })

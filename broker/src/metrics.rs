@@ -116,15 +116,27 @@ impl Metrics {
             "First stored offset per partition",
             m.log_start_offset.clone(),
         );
-        registry.register("isr_changes", "ISR shrinks and expansions asked of the controller", m.isr_changes.clone());
+        registry.register(
+            "isr_changes",
+            "ISR shrinks and expansions asked of the controller",
+            m.isr_changes.clone(),
+        );
         registry.register(
             "under_replicated_partitions",
             "Partitions with fewer live in-sync replicas than replicas (cluster-wide)",
             m.under_replicated_partitions.clone(),
         );
-        registry.register("offline_partitions", "Partitions with no leader (cluster-wide)", m.offline_partitions.clone());
+        registry.register(
+            "offline_partitions",
+            "Partitions with no leader (cluster-wide)",
+            m.offline_partitions.clone(),
+        );
         registry.register("raft_term", "Current term of the metadata quorum", m.raft_term.clone());
-        registry.register("raft_applied_index", "Last metadata entry applied here", m.raft_applied_index.clone());
+        registry.register(
+            "raft_applied_index",
+            "Last metadata entry applied here",
+            m.raft_applied_index.clone(),
+        );
         registry.register("controller", "1 while this broker is the controller", m.controller.clone());
         registry.register(
             "follower_lag_offsets",

@@ -475,7 +475,12 @@ impl Topics {
     /// creates the local topic (or replaces a local one with another id: a
     /// topic deleted and re-created while this broker was away), opens
     /// missing partitions, and takes the configs and counts. Idempotent.
-    pub fn ensure_hosted(&self, record: &crate::cluster::state::TopicRecord, hosted: &[u32], now_ms: i64) -> Result<()> {
+    pub fn ensure_hosted(
+        &self,
+        record: &crate::cluster::state::TopicRecord,
+        hosted: &[u32],
+        now_ms: i64,
+    ) -> Result<()> {
         let _admin = self.admin.lock();
         if let Ok(existing) = self.get(&record.name) {
             if existing.id != record.id {
@@ -541,7 +546,10 @@ impl Topics {
             self.fs.remove_dir_all(&dir)?;
         }
         self.persist(&topic)?;
-        for cf in [Store::partition_cf_name(&format!("{dir_name}@{}", topic.id)), Store::partition_cf_name(&dir_name)] {
+        for cf in [
+            Store::partition_cf_name(&format!("{dir_name}@{}", topic.id)),
+            Store::partition_cf_name(&dir_name),
+        ] {
             if let Err(e) = self.store.drop_cf(&cf) {
                 tracing::warn!(column_family = %cf, error = %e, "dropping a moved partition's index");
             }
@@ -606,7 +614,11 @@ impl Topics {
                 t.name, t.partitions
             )));
         }
-        let rf = if t.replication_factor == 0 { default_rf.min(live_brokers).max(1) } else { t.replication_factor };
+        let rf = if t.replication_factor == 0 {
+            default_rf.min(live_brokers).max(1)
+        } else {
+            t.replication_factor
+        };
         if rf > live_brokers {
             return Err(Error::InvalidReplicationFactor(format!(
                 "topic '{}' asks for replication factor {rf} but the cluster has {live_brokers} live broker(s)",

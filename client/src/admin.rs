@@ -324,26 +324,47 @@ impl Admin {
     /// Changes a topic's replication factor by reassignment (new replicas
     /// copy first; the switch happens once they are in sync). Returns the
     /// reassignments started.
-    pub async fn alter_replication_factor(&self, topic: &str, replication_factor: u32) -> Result<v1::ReassignResponse> {
+    pub async fn alter_replication_factor(
+        &self,
+        topic: &str,
+        replication_factor: u32,
+    ) -> Result<v1::ReassignResponse> {
         let request = &v1::AlterReplicationFactorRequest { topic: topic.to_string(), replication_factor };
         self.any(|c| async move {
             let mut cluster = c.cluster();
-            c.call("an alter-replication-factor request", ADMIN_TIMEOUT, cluster.alter_replication_factor(request.clone()))
-                .await
-                .map_err(|e| older_broker(e, &c, "change replication factors"))
+            c.call(
+                "an alter-replication-factor request",
+                ADMIN_TIMEOUT,
+                cluster.alter_replication_factor(request.clone()),
+            )
+            .await
+            .map_err(|e| older_broker(e, &c, "change replication factors"))
         })
         .await
     }
 
     /// Moves one partition to `replicas` (the first is the preferred leader).
-    pub async fn reassign_partition(&self, topic: &str, partition: u32, replicas: &[i32]) -> Result<v1::ReassignResponse> {
+    pub async fn reassign_partition(
+        &self,
+        topic: &str,
+        partition: u32,
+        replicas: &[i32],
+    ) -> Result<v1::ReassignResponse> {
         let request = &v1::ReassignPartitionsRequest {
-            partitions: vec![v1::PartitionTarget { topic: topic.to_string(), partition, replicas: replicas.to_vec() }],
+            partitions: vec![v1::PartitionTarget {
+                topic: topic.to_string(),
+                partition,
+                replicas: replicas.to_vec(),
+            }],
         };
         self.any(|c| async move {
-            c.call("a reassign-partitions request", ADMIN_TIMEOUT, c.cluster().reassign_partitions(request.clone()))
-                .await
-                .map_err(|e| older_broker(e, &c, "reassign partitions"))
+            c.call(
+                "a reassign-partitions request",
+                ADMIN_TIMEOUT,
+                c.cluster().reassign_partitions(request.clone()),
+            )
+            .await
+            .map_err(|e| older_broker(e, &c, "reassign partitions"))
         })
         .await
     }

@@ -252,7 +252,13 @@ async fn bad_produce_requests_change_nothing() {
             max_wait_ms: 0,
             min_bytes: 0,
             max_bytes: 1000,
-            partitions: vec![FetchPartition { topic: "t".into(), partition: 0, offset: 99, max_bytes: 1000, ..Default::default() }],
+            partitions: vec![FetchPartition {
+                topic: "t".into(),
+                partition: 0,
+                offset: 99,
+                max_bytes: 1000,
+                ..Default::default()
+            }],
             ..Default::default()
         })
         .await

@@ -356,8 +356,9 @@ async fn replication_factor_changes_under_load_lose_nothing() {
     let tail = spawn_tail(&c.bootstrap(), &ledger, "rf", &[0, 1], Route::Leader);
     producer.wait_acked(50, WAIT).await.ok_or_logs(&c);
     for (rf, isr) in [(3usize, 3usize), (2, 2)] {
-        let out = run_cli(&c.bootstrap(), &["topic", "alter", "rf", "--replication-factor", &rf.to_string()], "")
-            .ok_or_logs(&c);
+        let out =
+            run_cli(&c.bootstrap(), &["topic", "alter", "rf", "--replication-factor", &rf.to_string()], "")
+                .ok_or_logs(&c);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let topic = ["rf".to_string()];
         let boot: Vec<String> = c.bootstrap().split(',').map(str::to_string).collect();

@@ -117,9 +117,10 @@ impl ClusterNode {
         let state_machine = StateMachine::open(store)?;
         let network = network::Network { peers: peers.clone() };
         let lone = setup.voters().len() == 1;
-        let raft = Raft::new(setup.node_id as NodeId, raft_config(lone)?, network, log, state_machine.clone())
-            .await
-            .map_err(|e| Error::Storage(format!("starting the metadata quorum: {e}")))?;
+        let raft =
+            Raft::new(setup.node_id as NodeId, raft_config(lone)?, network, log, state_machine.clone())
+                .await
+                .map_err(|e| Error::Storage(format!("starting the metadata quorum: {e}")))?;
         let node = Arc::new(ClusterNode { setup, raft, state_machine, peers });
         node.form().await?;
         Ok(node)
@@ -190,7 +191,14 @@ impl ClusterNode {
 
     /// Every member (voters and learners).
     pub fn member_ids(&self) -> BTreeSet<i32> {
-        self.raft.metrics().borrow().membership_config.membership().nodes().map(|(id, _)| *id as i32).collect()
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, _)| *id as i32)
+            .collect()
     }
 
     /// Commits `command` (only on the controller) and answers what applying

@@ -9,8 +9,8 @@ use std::time::Duration;
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
-    VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
 };
 use openraft::BasicNode;
 use serde::de::DeserializeOwned;
@@ -97,7 +97,8 @@ impl PeerClient {
                 self.target
             )))));
         };
-        let mut request = tonic::Request::new(v1::RaftRequest { kind: kind.to_string(), payload: payload.into() });
+        let mut request =
+            tonic::Request::new(v1::RaftRequest { kind: kind.to_string(), payload: payload.into() });
         request.set_timeout(ttl);
         let response = match client.raft(request).await {
             Ok(r) => r.into_inner(),
@@ -112,8 +113,8 @@ impl PeerClient {
             }
         };
         if !response.error.is_empty() {
-            let remote: RaftError<NodeId, E> =
-                serde_json::from_slice(&response.error).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+            let remote: RaftError<NodeId, E> = serde_json::from_slice(&response.error)
+                .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
             return Err(RPCError::RemoteError(RemoteError::new(self.target, remote)));
         }
         serde_json::from_slice(&response.payload).map_err(|e| RPCError::Network(NetworkError::new(&e)))

@@ -11,7 +11,12 @@ use std::collections::BTreeMap;
 /// `partitions` replica lists of `rf` distinct brokers each, for partitions
 /// numbered from `first`. `brokers` are (id, rack); fenced brokers should not
 /// be passed. Err when there are fewer brokers than `rf`.
-pub fn assign(brokers: &[(i32, String)], first: u32, partitions: u32, rf: u32) -> Result<Vec<Vec<i32>>, String> {
+pub fn assign(
+    brokers: &[(i32, String)],
+    first: u32,
+    partitions: u32,
+    rf: u32,
+) -> Result<Vec<Vec<i32>>, String> {
     let rf = rf.max(1) as usize;
     if brokers.len() < rf {
         return Err(format!(

@@ -19,8 +19,8 @@ use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, RaftLogStorage, RaftStateMachine};
 use openraft::{
-    AnyError, Entry, EntryPayload, LogId, LogState, OptionalSend, RaftLogId, RaftLogReader, RaftSnapshotBuilder,
-    Snapshot, SnapshotMeta, StorageError, StorageIOError, StoredMembership, Vote,
+    AnyError, Entry, EntryPayload, LogId, LogState, OptionalSend, RaftLogId, RaftLogReader,
+    RaftSnapshotBuilder, Snapshot, SnapshotMeta, StorageError, StorageIOError, StoredMembership, Vote,
 };
 use parking_lot::Mutex;
 use rocksdb::WriteBatch;
@@ -84,7 +84,9 @@ impl LogStore {
         let mut it = self.store.db().raw_iterator_cf(&cf);
         it.seek_for_prev(log_key(u64::MAX));
         match (it.key(), it.value()) {
-            (Some(k), Some(v)) if k.first() == Some(&LOG) => serde_json::from_slice(v).map(Some).map_err(io_err),
+            (Some(k), Some(v)) if k.first() == Some(&LOG) => {
+                serde_json::from_slice(v).map(Some).map_err(io_err)
+            }
             _ => {
                 it.status().map_err(io_err)?;
                 Ok(None)
@@ -265,7 +267,8 @@ impl StateMachine {
 
     fn snapshot_now(&self) -> StoredSnapshot {
         let a = self.applied.lock();
-        let id = a.last_log_id.map_or_else(|| "empty".to_string(), |l| format!("{}-{}", l.leader_id, l.index));
+        let id =
+            a.last_log_id.map_or_else(|| "empty".to_string(), |l| format!("{}-{}", l.leader_id, l.index));
         StoredSnapshot {
             last_log_id: a.last_log_id,
             membership: a.membership.clone(),
@@ -374,8 +377,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StErr> {
         let cf = self.store.cf(RAFT_CF).map_err(|e| StorageIOError::read_snapshot(None, io_err(e)))?;
-        let Some(bytes) =
-            self.store.db().get_cf(&cf, SNAPSHOT).map_err(|e| StorageIOError::read_snapshot(None, io_err(e)))?
+        let Some(bytes) = self
+            .store
+            .db()
+            .get_cf(&cf, SNAPSHOT)
+            .map_err(|e| StorageIOError::read_snapshot(None, io_err(e)))?
         else {
             return Ok(None);
         };

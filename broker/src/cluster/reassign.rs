@@ -52,7 +52,9 @@ pub fn replication_factor(md: &MetadataState, topic: &str, rf: u32) -> Result<Ve
     }
     let min_isr = t.configs.get("min.insync.replicas").and_then(|v| v.parse::<usize>().ok()).unwrap_or(1);
     if rf < min_isr {
-        return Err(format!("replication factor {rf} is below the topic's min.insync.replicas={min_isr}; lower that first"));
+        return Err(format!(
+            "replication factor {rf} is below the topic's min.insync.replicas={min_isr}; lower that first"
+        ));
     }
     let mut load = load(md);
     let mut plans = Vec::new();
@@ -62,7 +64,10 @@ pub fn replication_factor(md: &MetadataState, topic: &str, rf: u32) -> Result<Ve
         }
         let mut target: Vec<i32> = Vec::new();
         // Keep the leader, then in-sync replicas, then the others.
-        for r in std::iter::once(&p.leader).chain(p.replicas.iter().filter(|r| p.isr.contains(r))).chain(p.replicas.iter()) {
+        for r in std::iter::once(&p.leader)
+            .chain(p.replicas.iter().filter(|r| p.isr.contains(r)))
+            .chain(p.replicas.iter())
+        {
             if *r >= 0 && p.replicas.contains(r) && !target.contains(r) && target.len() < rf {
                 target.push(*r);
             }
@@ -104,8 +109,11 @@ pub fn drain(md: &MetadataState, node: i32) -> Result<Vec<(String, u32, Vec<i32>
                 return Err(format!("{name}-{i} is being reassigned already; drain again once it finishes"));
             }
             let mut target: Vec<i32> = current.iter().copied().filter(|r| *r != node).collect();
-            let Some(b) = pick(md, &mut load, &current.iter().copied().chain(std::iter::once(node)).collect::<Vec<_>>())
-            else {
+            let Some(b) = pick(
+                md,
+                &mut load,
+                &current.iter().copied().chain(std::iter::once(node)).collect::<Vec<_>>(),
+            ) else {
                 return Err(format!("no other live broker can take {name}-{i}'s replica from broker {node}"));
             };
             // The replacement takes the drained broker's place in the order.
@@ -134,7 +142,13 @@ mod tests {
                 configs: Default::default(),
                 partitions: topic_replicas
                     .into_iter()
-                    .map(|r| PartitionRecord { replicas: r, leader: -1, leader_epoch: 0, isr: vec![], target: None })
+                    .map(|r| PartitionRecord {
+                        replicas: r,
+                        leader: -1,
+                        leader_epoch: 0,
+                        isr: vec![],
+                        target: None,
+                    })
                     .collect(),
             },
         });

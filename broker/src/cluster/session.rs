@@ -118,7 +118,8 @@ impl Session {
             shutting_down: self.shutting_down.load(Ordering::Acquire),
         });
         request.set_timeout(self.heartbeat_interval.max(Duration::from_millis(500)));
-        let response = client.broker_heartbeat(request).await.map_err(|s| s.message().to_string())?.into_inner();
+        let response =
+            client.broker_heartbeat(request).await.map_err(|s| s.message().to_string())?.into_inner();
         if !response.accepted {
             return Ok(Some(response.controller_id));
         }

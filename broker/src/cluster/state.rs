@@ -82,35 +82,72 @@ pub struct MetadataState {
 pub enum Command {
     /// Sets the cluster id if none is set yet (the first controller proposes
     /// it; a later proposal changes nothing).
-    Form { cluster_id: String },
+    Form {
+        cluster_id: String,
+    },
     /// A broker's address or rack, and (re)admission: unfences it and gives
     /// leaderless partitions whose ISR holds it a leader again.
-    Register { id: i32, address: String, rack: String },
+    Register {
+        id: i32,
+        address: String,
+        rack: String,
+    },
     /// The broker's session ended: it leaves every ISR it was in (unless it
     /// was the last member) and every partition it led gets a new leader.
-    Fence { id: i32 },
-    CreateTopic { topic: TopicRecord },
-    DeleteTopic { name: String },
-    SetConfigs { name: String, configs: BTreeMap<String, String> },
+    Fence {
+        id: i32,
+    },
+    CreateTopic {
+        topic: TopicRecord,
+    },
+    DeleteTopic {
+        name: String,
+    },
+    SetConfigs {
+        name: String,
+        configs: BTreeMap<String, String>,
+    },
     /// New partitions for an existing topic (their replicas; the first
     /// unfenced one leads).
-    AddPartitions { name: String, replicas: Vec<Vec<i32>> },
+    AddPartitions {
+        name: String,
+        replicas: Vec<Vec<i32>>,
+    },
     /// A leader's ISR change; refused when `leader_epoch` is not current
     /// (the leader was deposed meanwhile).
-    AlterIsr { topic: String, partition: u32, leader: i32, leader_epoch: i32, isr: Vec<i32> },
+    AlterIsr {
+        topic: String,
+        partition: u32,
+        leader: i32,
+        leader_epoch: i32,
+        isr: Vec<i32>,
+    },
     /// Moves leadership to `leader` (must be in the ISR and unfenced).
-    ElectLeader { topic: String, partition: u32, leader: i32 },
+    ElectLeader {
+        topic: String,
+        partition: u32,
+        leader: i32,
+    },
     /// Starts moving a partition to `target` replicas (its first the
     /// preferred leader): the new replicas join and copy; see
     /// `CompleteReassignment`.
-    Reassign { topic: String, partition: u32, target: Vec<i32> },
+    Reassign {
+        topic: String,
+        partition: u32,
+        target: Vec<i32>,
+    },
     /// Finishes a reassignment whose target replicas are all in sync: the
     /// others leave, and leadership moves into the target if it must.
-    CompleteReassignment { topic: String, partition: u32 },
+    CompleteReassignment {
+        topic: String,
+        partition: u32,
+    },
     /// Reserves a block of producer ids starting at or above `at_least`
     /// (ids a one-node broker handed out before it had a quorum); the result
     /// is its first id.
-    AllocateProducerIds { at_least: i64 },
+    AllocateProducerIds {
+        at_least: i64,
+    },
 }
 
 /// What applying a command answered.
@@ -119,7 +156,10 @@ pub enum Outcome {
     Done,
     /// Refused; the state did not change.
     Refused(String),
-    ProducerIds { start: i64, count: i64 },
+    ProducerIds {
+        start: i64,
+        count: i64,
+    },
 }
 
 impl MetadataState {
@@ -203,7 +243,9 @@ impl MetadataState {
             }
             Command::ElectLeader { topic, partition, leader } => self.elect(topic, *partition, *leader),
             Command::Reassign { topic, partition, target } => self.reassign(topic, *partition, target),
-            Command::CompleteReassignment { topic, partition } => self.complete_reassignment(topic, *partition),
+            Command::CompleteReassignment { topic, partition } => {
+                self.complete_reassignment(topic, *partition)
+            }
             Command::AllocateProducerIds { at_least } => {
                 let start = self.next_producer_id.max(*at_least);
                 self.next_producer_id = start + PRODUCER_ID_BLOCK;
@@ -259,7 +301,8 @@ impl MetadataState {
 
     fn alter_isr(&mut self, topic: &str, partition: u32, leader: i32, epoch: i32, isr: &[i32]) -> Outcome {
         let live: BTreeSet<i32> = self.live_brokers().map(|b| b.id).collect();
-        let Some(p) = self.topics.get_mut(topic).and_then(|t| t.partitions.get_mut(partition as usize)) else {
+        let Some(p) = self.topics.get_mut(topic).and_then(|t| t.partitions.get_mut(partition as usize))
+        else {
             return Outcome::Refused(format!("unknown partition {topic}-{partition}"));
         };
         if p.leader != leader || p.leader_epoch != epoch {
@@ -269,7 +312,9 @@ impl MetadataState {
             ));
         }
         if !isr.contains(&leader) || isr.iter().any(|r| !p.replicas.contains(r)) {
-            return Outcome::Refused(format!("{topic}-{partition}: ISR {isr:?} must hold the leader and only replicas"));
+            return Outcome::Refused(format!(
+                "{topic}-{partition}: ISR {isr:?} must hold the leader and only replicas"
+            ));
         }
         // A fenced broker may not join (it could not lead if elected).
         let added = isr.iter().filter(|r| !p.isr.contains(r));
@@ -285,11 +330,14 @@ impl MetadataState {
 
     fn elect(&mut self, topic: &str, partition: u32, leader: i32) -> Outcome {
         let live = self.is_live(leader);
-        let Some(p) = self.topics.get_mut(topic).and_then(|t| t.partitions.get_mut(partition as usize)) else {
+        let Some(p) = self.topics.get_mut(topic).and_then(|t| t.partitions.get_mut(partition as usize))
+        else {
             return Outcome::Refused(format!("unknown partition {topic}-{partition}"));
         };
         if !p.isr.contains(&leader) || !live {
-            return Outcome::Refused(format!("{topic}-{partition}: broker {leader} is not a live in-sync replica"));
+            return Outcome::Refused(format!(
+                "{topic}-{partition}: broker {leader} is not a live in-sync replica"
+            ));
         }
         if p.leader != leader {
             p.leader = leader;
@@ -303,12 +351,15 @@ impl MetadataState {
         distinct.sort_unstable();
         distinct.dedup();
         if target.is_empty() || distinct.len() != target.len() {
-            return Outcome::Refused(format!("{topic}-{partition}: target replicas {target:?} must be distinct and not empty"));
+            return Outcome::Refused(format!(
+                "{topic}-{partition}: target replicas {target:?} must be distinct and not empty"
+            ));
         }
         if let Some(b) = target.iter().find(|b| !self.brokers.contains_key(b)) {
             return Outcome::Refused(format!("{topic}-{partition}: broker {b} is not in the cluster"));
         }
-        let Some(p) = self.topics.get_mut(topic).and_then(|t| t.partitions.get_mut(partition as usize)) else {
+        let Some(p) = self.topics.get_mut(topic).and_then(|t| t.partitions.get_mut(partition as usize))
+        else {
             return Outcome::Refused(format!("unknown partition {topic}-{partition}"));
         };
         if p.target.is_some() {
@@ -327,7 +378,8 @@ impl MetadataState {
 
     fn complete_reassignment(&mut self, topic: &str, partition: u32) -> Outcome {
         let live: BTreeSet<i32> = self.live_brokers().map(|b| b.id).collect();
-        let Some(p) = self.topics.get_mut(topic).and_then(|t| t.partitions.get_mut(partition as usize)) else {
+        let Some(p) = self.topics.get_mut(topic).and_then(|t| t.partitions.get_mut(partition as usize))
+        else {
             return Outcome::Refused(format!("unknown partition {topic}-{partition}"));
         };
         let Some(target) = p.target.clone() else {
@@ -340,7 +392,8 @@ impl MetadataState {
         p.replicas = target.clone();
         p.target = None;
         if !target.contains(&p.leader) {
-            p.leader = target.iter().copied().find(|r| p.isr.contains(r) && live.contains(r)).unwrap_or(NO_LEADER);
+            p.leader =
+                target.iter().copied().find(|r| p.isr.contains(r) && live.contains(r)).unwrap_or(NO_LEADER);
             p.leader_epoch += 1;
         }
         Outcome::Done
@@ -400,7 +453,13 @@ mod tests {
                 configs: BTreeMap::new(),
                 partitions: replicas
                     .into_iter()
-                    .map(|r| PartitionRecord { replicas: r, leader: NO_LEADER, leader_epoch: 0, isr: vec![], target: None })
+                    .map(|r| PartitionRecord {
+                        replicas: r,
+                        leader: NO_LEADER,
+                        leader_epoch: 0,
+                        isr: vec![],
+                        target: None,
+                    })
                     .collect(),
             },
         }
@@ -410,19 +469,31 @@ mod tests {
     fn a_reassignment_copies_first_and_switches_once_the_target_is_in_sync() {
         let mut s = cluster(4);
         s.apply(&topic("t", vec![vec![0, 1, 2]]));
-        assert_eq!(s.apply(&Command::Reassign { topic: "t".into(), partition: 0, target: vec![3, 1] }), Outcome::Done);
+        assert_eq!(
+            s.apply(&Command::Reassign { topic: "t".into(), partition: 0, target: vec![3, 1] }),
+            Outcome::Done
+        );
         let p = s.partition("t", 0).cloned().unwrap();
         // 3 joins as a replica; nothing leaves yet; 0 still leads.
         assert_eq!((p.replicas.clone(), p.leader, p.isr.clone()), (vec![3, 1, 0, 2], 0, vec![0, 1, 2]));
         assert!(s.completable_reassignments().is_empty());
         let early = s.apply(&Command::CompleteReassignment { topic: "t".into(), partition: 0 });
         assert!(matches!(early, Outcome::Refused(_)));
-        s.apply(&Command::AlterIsr { topic: "t".into(), partition: 0, leader: 0, leader_epoch: 0, isr: vec![0, 1, 2, 3] });
+        s.apply(&Command::AlterIsr {
+            topic: "t".into(),
+            partition: 0,
+            leader: 0,
+            leader_epoch: 0,
+            isr: vec![0, 1, 2, 3],
+        });
         assert_eq!(s.completable_reassignments(), vec![("t".to_string(), 0)]);
         s.apply(&Command::CompleteReassignment { topic: "t".into(), partition: 0 });
         let p = s.partition("t", 0).cloned().unwrap();
         // 0 left, so leadership moved into the target with a new epoch.
-        assert_eq!((p.replicas, p.isr, p.leader, p.leader_epoch, p.target), (vec![3, 1], vec![1, 3], 3, 1, None));
+        assert_eq!(
+            (p.replicas, p.isr, p.leader, p.leader_epoch, p.target),
+            (vec![3, 1], vec![1, 3], 3, 1, None)
+        );
     }
 
     #[test]
@@ -431,7 +502,13 @@ mod tests {
         s.apply(&topic("t", vec![vec![0, 1, 2]]));
         assert_eq!(s.partition("t", 0).map(|p| (p.leader, p.leader_epoch)), Some((0, 0)));
         // 1 fell out of the ISR earlier: only 2 may take over.
-        s.apply(&Command::AlterIsr { topic: "t".into(), partition: 0, leader: 0, leader_epoch: 0, isr: vec![0, 2] });
+        s.apply(&Command::AlterIsr {
+            topic: "t".into(),
+            partition: 0,
+            leader: 0,
+            leader_epoch: 0,
+            isr: vec![0, 2],
+        });
         s.apply(&Command::Fence { id: 0 });
         let p = s.partition("t", 0).cloned().unwrap();
         assert_eq!((p.leader, p.leader_epoch, p.isr), (2, 1, vec![2]));
@@ -441,7 +518,13 @@ mod tests {
     fn the_last_in_sync_replica_stays_listed_and_leads_again_on_return() {
         let mut s = cluster(2);
         s.apply(&topic("t", vec![vec![0, 1]]));
-        s.apply(&Command::AlterIsr { topic: "t".into(), partition: 0, leader: 0, leader_epoch: 0, isr: vec![0] });
+        s.apply(&Command::AlterIsr {
+            topic: "t".into(),
+            partition: 0,
+            leader: 0,
+            leader_epoch: 0,
+            isr: vec![0],
+        });
         s.apply(&Command::Fence { id: 0 });
         let p = s.partition("t", 0).cloned().unwrap();
         // No unclean election: 1 is live but was not in sync.
@@ -473,7 +556,13 @@ mod tests {
     fn fenced_brokers_may_not_join_the_isr_and_elections_need_an_in_sync_replica() {
         let mut s = cluster(3);
         s.apply(&topic("t", vec![vec![0, 1, 2]]));
-        s.apply(&Command::AlterIsr { topic: "t".into(), partition: 0, leader: 0, leader_epoch: 0, isr: vec![0, 1] });
+        s.apply(&Command::AlterIsr {
+            topic: "t".into(),
+            partition: 0,
+            leader: 0,
+            leader_epoch: 0,
+            isr: vec![0, 1],
+        });
         s.apply(&Command::Fence { id: 2 });
         let out = s.apply(&Command::AlterIsr {
             topic: "t".into(),
@@ -487,7 +576,10 @@ mod tests {
             s.apply(&Command::ElectLeader { topic: "t".into(), partition: 0, leader: 2 }),
             Outcome::Refused(_)
         ));
-        assert_eq!(s.apply(&Command::ElectLeader { topic: "t".into(), partition: 0, leader: 1 }), Outcome::Done);
+        assert_eq!(
+            s.apply(&Command::ElectLeader { topic: "t".into(), partition: 0, leader: 1 }),
+            Outcome::Done
+        );
         assert_eq!(s.partition("t", 0).map(|p| (p.leader, p.leader_epoch)), Some((1, 1)));
     }
 

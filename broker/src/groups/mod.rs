@@ -278,7 +278,10 @@ impl Coordinator {
         let removed = self.loaded.lock().as_mut().is_some_and(|l| l.remove(&pid));
         if removed {
             self.groups.lock().retain(|id, _| self.offsets.partition_for(id) != pid);
-            tracing::info!(partition = pid, "no longer coordinating the groups of this __consumer_offsets partition");
+            tracing::info!(
+                partition = pid,
+                "no longer coordinating the groups of this __consumer_offsets partition"
+            );
         }
     }
 

@@ -170,10 +170,12 @@ impl Fetcher {
         let mut client = LogClient::new(ch).max_decoding_message_size(256 << 20);
         let mut req = tonic::Request::new(request);
         req.set_timeout(Duration::from_millis(u64::from(FETCH_WAIT_MS) + 5000));
-        let response = client.fetch(req).await.map_err(|s| Error::Unavailable(s.message().to_string()))?.into_inner();
+        let response =
+            client.fetch(req).await.map_err(|s| Error::Unavailable(s.message().to_string()))?.into_inner();
         let mut all_ok = true;
         for p in response.partitions {
-            let Some((r, epoch)) = asked.iter().find(|(r, _)| r.topic == p.topic && r.id == p.partition) else {
+            let Some((r, epoch)) = asked.iter().find(|(r, _)| r.topic == p.topic && r.id == p.partition)
+            else {
                 continue;
             };
             if let Some(e) = &p.error {
@@ -224,7 +226,12 @@ fn apply_fetched(
 }
 
 /// Truncates `replica` to where its log agrees with the leader's.
-async fn reconcile(replica: &Arc<Replica>, epoch: i32, mut client: ClusterClient<Channel>, me: i32) -> Result<()> {
+async fn reconcile(
+    replica: &Arc<Replica>,
+    epoch: i32,
+    mut client: ClusterClient<Channel>,
+    me: i32,
+) -> Result<()> {
     for _ in 0..64 {
         let latest = replica.partition.latest_epoch();
         if latest < 0 {

@@ -52,7 +52,16 @@ impl LeaderState {
             .map(|r| {
                 // Unknown until it fetches: it counts as caught up as of now
                 // (it gets a full lag time to show up), at offset 0.
-                (*r, Follower { log_end: 0, durable_end: 0, last_caught_up: now, last_fetch: now, leader_end_at_last_fetch: 0 })
+                (
+                    *r,
+                    Follower {
+                        log_end: 0,
+                        durable_end: 0,
+                        last_caught_up: now,
+                        last_fetch: now,
+                        leader_end_at_last_fetch: 0,
+                    },
+                )
             })
             .collect();
         LeaderState {
@@ -109,7 +118,13 @@ impl LeaderState {
             .iter()
             .filter(|r| **r != self.me)
             .map(|r| {
-                self.followers.get(r).map_or(0, |f| if durable_only { f.durable_end.min(f.log_end) } else { f.log_end })
+                self.followers.get(r).map_or(0, |f| {
+                    if durable_only {
+                        f.durable_end.min(f.log_end)
+                    } else {
+                        f.log_end
+                    }
+                })
             })
             .min()
     }
@@ -123,7 +138,9 @@ impl LeaderState {
             .isr
             .iter()
             .copied()
-            .filter(|r| *r == self.me || self.followers.get(r).is_some_and(|f| f.last_caught_up.elapsed() <= lag))
+            .filter(|r| {
+                *r == self.me || self.followers.get(r).is_some_and(|f| f.last_caught_up.elapsed() <= lag)
+            })
             .collect();
         for (id, f) in &self.followers {
             let caught_up = f.log_end >= high_watermark && f.log_end >= self.epoch_start;
@@ -169,7 +186,13 @@ pub fn serve_replica_fetch(
         _ => {
             let md = manager.node.metadata();
             let hint = md.partition(&want.topic, want.partition).cloned();
-            resp.error = Some(super::not_leader(&md, manager.node.node_id(), &want.topic, want.partition, hint.as_ref()));
+            resp.error = Some(super::not_leader(
+                &md,
+                manager.node.node_id(),
+                &want.topic,
+                want.partition,
+                hint.as_ref(),
+            ));
             return resp;
         }
     };
@@ -210,7 +233,8 @@ pub fn serve_replica_fetch(
                 _ => v1::ErrorCode::StorageError,
             };
             resp.log_start_offset = r.partition.log_start_offset();
-            resp.error = Some(v1::PartitionError { code: code as i32, message: e.to_string(), ..Default::default() });
+            resp.error =
+                Some(v1::PartitionError { code: code as i32, message: e.to_string(), ..Default::default() });
         }
     }
     resp

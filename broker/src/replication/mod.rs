@@ -38,10 +38,17 @@ use leader::LeaderState;
 /// What this broker is for one partition.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Role {
-    Leader { epoch: i32 },
-    Follower { leader: i32, epoch: i32 },
+    Leader {
+        epoch: i32,
+    },
+    Follower {
+        leader: i32,
+        epoch: i32,
+    },
     /// No leader, or this broker is no longer a replica.
-    Offline { epoch: i32 },
+    Offline {
+        epoch: i32,
+    },
 }
 
 /// One hosted partition.
@@ -125,7 +132,10 @@ impl ReplicaManager {
         let hint = md.partition(topic, partition);
         let r = self.replica(topic, partition);
         match (&r, hint) {
-            (Some(r), Some(h)) if h.leader == self.node.node_id() && r.role() == (Role::Leader { epoch: h.leader_epoch }) => {
+            (Some(r), Some(h))
+                if h.leader == self.node.node_id()
+                    && r.role() == (Role::Leader { epoch: h.leader_epoch }) =>
+            {
                 if write && !state.session.lease_valid() {
                     return Err(not_available(format!(
                         "broker {} leads {topic}-{partition} but its session with the controller lapsed",
@@ -257,7 +267,12 @@ impl ReplicaManager {
         r
     }
 
-    fn set_role(self: &Arc<Self>, state: &Arc<BrokerState>, r: &Arc<Replica>, p: &PartitionRecord) -> Result<()> {
+    fn set_role(
+        self: &Arc<Self>,
+        state: &Arc<BrokerState>,
+        r: &Arc<Replica>,
+        p: &PartitionRecord,
+    ) -> Result<()> {
         let me = self.node.node_id();
         let wanted = if p.leader == me {
             Role::Leader { epoch: p.leader_epoch }
@@ -286,7 +301,8 @@ impl ReplicaManager {
         match wanted {
             Role::Leader { epoch } => {
                 r.partition.become_leader(epoch)?;
-                *r.leader.lock() = Some(LeaderState::new(me, epoch, &p.isr, &p.replicas, r.partition.log_end_offset()));
+                *r.leader.lock() =
+                    Some(LeaderState::new(me, epoch, &p.isr, &p.replicas, r.partition.log_end_offset()));
                 tracing::info!(topic = %r.topic, partition = r.id, epoch, isr = ?p.isr, "leading");
                 *r.role.write() = wanted;
                 leader::update_high_watermark(r, state);

@@ -37,7 +37,8 @@ impl AdminService {
 
     fn describe(&self, names: &[String]) -> Result<v1::DescribeTopicsResponse, Error> {
         let md = self.state.cluster.metadata();
-        let names: Vec<String> = if names.is_empty() { md.topics.keys().cloned().collect() } else { names.to_vec() };
+        let names: Vec<String> =
+            if names.is_empty() { md.topics.keys().cloned().collect() } else { names.to_vec() };
         let mut out = Vec::with_capacity(names.len());
         for name in names {
             let Some(t) = md.topic(&name) else { return Err(Error::UnknownTopic(name)) };
@@ -101,7 +102,8 @@ impl AdminService {
         if controller == node.node_id() {
             return Ok(None);
         }
-        let address = node.peer_address(controller).ok_or(Error::NotController { controller: Some(controller) })?;
+        let address =
+            node.peer_address(controller).ok_or(Error::NotController { controller: Some(controller) })?;
         let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
             .map_err(|e| Error::Unavailable(e.to_string()))?
             .connect_timeout(Duration::from_secs(2));
@@ -132,7 +134,8 @@ impl AdminService {
                 replication_factor: t.replication_factor,
                 configs: t.configs.into_iter().collect(),
             };
-            let exists = md.topics.contains_key(&new.name) || self.state.topics.get(&new.name).is_ok_and(|l| is_internal(&l.name));
+            let exists = md.topics.contains_key(&new.name)
+                || self.state.topics.get(&new.name).is_ok_and(|l| is_internal(&l.name));
             let rf = self.state.topics.validate_spec(
                 &new,
                 false,
@@ -140,11 +143,14 @@ impl AdminService {
                 live.len() as u32,
                 self.state.config.default_replication_factor,
             )?;
-            let replicas = placement::assign(&live, 0, new.partitions, rf).map_err(Error::InvalidReplicationFactor)?;
+            let replicas =
+                placement::assign(&live, 0, new.partitions, rf).map_err(Error::InvalidReplicationFactor)?;
             checked.push((new, replicas));
         }
         if req.validate_only {
-            return Ok(v1::CreateTopicsResponse { created: checked.into_iter().map(|(t, _)| t.name).collect() });
+            return Ok(v1::CreateTopicsResponse {
+                created: checked.into_iter().map(|(t, _)| t.name).collect(),
+            });
         }
         let mut created = Vec::new();
         for (t, replicas) in checked {
@@ -154,11 +160,19 @@ impl AdminService {
                 configs: t.configs,
                 partitions: replicas
                     .into_iter()
-                    .map(|r| PartitionRecord { isr: r.clone(), replicas: r, leader: NO_LEADER, leader_epoch: 0, target: None })
+                    .map(|r| PartitionRecord {
+                        isr: r.clone(),
+                        replicas: r,
+                        leader: NO_LEADER,
+                        leader_epoch: 0,
+                        target: None,
+                    })
                     .collect(),
             };
             match self.state.cluster.propose(Command::CreateTopic { topic: record }).await? {
-                Outcome::Refused(why) if why.contains("already exists") => return Err(Error::TopicExists(t.name)),
+                Outcome::Refused(why) if why.contains("already exists") => {
+                    return Err(Error::TopicExists(t.name))
+                }
                 Outcome::Refused(why) => return Err(Error::InvalidRequest(why)),
                 _ => created.push(t.name),
             }
@@ -185,7 +199,10 @@ impl AdminService {
         Ok(v1::DeleteTopicsResponse { deleted })
     }
 
-    async fn alter_here(&self, req: v1::AlterTopicConfigsRequest) -> Result<v1::AlterTopicConfigsResponse, Error> {
+    async fn alter_here(
+        &self,
+        req: v1::AlterTopicConfigsRequest,
+    ) -> Result<v1::AlterTopicConfigsResponse, Error> {
         if is_internal(&req.name) {
             return Err(Error::InternalTopic(req.name));
         }
@@ -208,12 +225,18 @@ impl AdminService {
             });
         }
         if !req.validate_only {
-            self.state.cluster.propose(Command::SetConfigs { name: req.name.clone(), configs: overrides.clone() }).await?;
+            self.state
+                .cluster
+                .propose(Command::SetConfigs { name: req.name.clone(), configs: overrides.clone() })
+                .await?;
         }
         Ok(v1::AlterTopicConfigsResponse { configs: overrides.into_iter().collect() })
     }
 
-    async fn grow_here(&self, req: v1::CreatePartitionsRequest) -> Result<v1::CreatePartitionsResponse, Error> {
+    async fn grow_here(
+        &self,
+        req: v1::CreatePartitionsRequest,
+    ) -> Result<v1::CreatePartitionsResponse, Error> {
         let name = req.name;
         if is_internal(&name) {
             return Err(Error::InternalTopic(name));
@@ -231,11 +254,14 @@ impl AdminService {
             return Err(Error::InvalidPartitions(format!("topic '{name}' already has {current} partitions")));
         }
         if total > crate::topics::MAX_PARTITIONS {
-            return Err(Error::InvalidPartitions(format!("at most {} partitions per topic", crate::topics::MAX_PARTITIONS)));
+            return Err(Error::InvalidPartitions(format!(
+                "at most {} partitions per topic",
+                crate::topics::MAX_PARTITIONS
+            )));
         }
         let live: Vec<(i32, String)> = md.live_brokers().map(|b| (b.id, b.rack.clone())).collect();
-        let replicas =
-            placement::assign(&live, current, total - current, t.replication_factor()).map_err(Error::InvalidReplicationFactor)?;
+        let replicas = placement::assign(&live, current, total - current, t.replication_factor())
+            .map_err(Error::InvalidReplicationFactor)?;
         if !req.validate_only {
             self.state.cluster.propose(Command::AddPartitions { name, replicas }).await?;
         }
@@ -297,7 +323,8 @@ pub async fn ensure_offsets_topic(state: &BrokerState) -> Result<(), Error> {
     if controller == node.node_id() {
         create_offsets_topic_here(state).await?;
     } else {
-        let address = node.peer_address(controller).ok_or(Error::NotController { controller: Some(controller) })?;
+        let address =
+            node.peer_address(controller).ok_or(Error::NotController { controller: Some(controller) })?;
         let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
             .map_err(|e| Error::Unavailable(e.to_string()))?
             .connect_timeout(Duration::from_secs(2));
@@ -345,7 +372,13 @@ async fn create_offsets_topic_here(state: &BrokerState) -> Result<(), Error> {
         configs: offsets_topic_configs(rf),
         partitions: replicas
             .into_iter()
-            .map(|r| PartitionRecord { isr: r.clone(), replicas: r, leader: NO_LEADER, leader_epoch: 0, target: None })
+            .map(|r| PartitionRecord {
+                isr: r.clone(),
+                replicas: r,
+                leader: NO_LEADER,
+                leader_epoch: 0,
+                target: None,
+            })
             .collect(),
     };
     match state.cluster.propose(Command::CreateTopic { topic: record }).await? {
@@ -360,8 +393,10 @@ pub async fn elect_preferred(state: &BrokerState, topics: &[String]) -> Result<u
     let node = &state.cluster;
     if !node.is_controller() {
         let controller = node.controller_id().ok_or(Error::NotController { controller: None })?;
-        let address = node.peer_address(controller).ok_or(Error::NotController { controller: Some(controller) })?;
-        let mut client = crate::cluster::network::cluster_client(&address).ok_or(Error::NotController { controller: Some(controller) })?;
+        let address =
+            node.peer_address(controller).ok_or(Error::NotController { controller: Some(controller) })?;
+        let mut client = crate::cluster::network::cluster_client(&address)
+            .ok_or(Error::NotController { controller: Some(controller) })?;
         let r = client
             .elect_leaders(v1::ElectLeadersRequest { topics: topics.to_vec() })
             .await
@@ -378,7 +413,8 @@ pub async fn elect_preferred(state: &BrokerState, topics: &[String]) -> Result<u
             let Some(&preferred) = p.replicas.first() else { continue };
             let live = md.brokers.get(&preferred).is_some_and(|b| !b.fenced);
             if p.leader != preferred && live && p.isr.contains(&preferred) {
-                let cmd = Command::ElectLeader { topic: name.clone(), partition: i as u32, leader: preferred };
+                let cmd =
+                    Command::ElectLeader { topic: name.clone(), partition: i as u32, leader: preferred };
                 if node.propose(cmd).await? == Outcome::Done {
                     moved += 1;
                 }
@@ -454,7 +490,9 @@ impl Admin for AdminService {
         let start = Instant::now();
         let req = request.into_inner();
         let r = match self.forward() {
-            Ok(Some(mut c)) => c.alter_topic_configs(req).await.map(|r| r.into_inner()).map_err(Error::Forwarded),
+            Ok(Some(mut c)) => {
+                c.alter_topic_configs(req).await.map(|r| r.into_inner()).map_err(Error::Forwarded)
+            }
             Ok(None) => self.alter_here(req).await,
             Err(e) => Err(e),
         };
@@ -470,7 +508,9 @@ impl Admin for AdminService {
         let start = Instant::now();
         let req = request.into_inner();
         let r = match self.forward() {
-            Ok(Some(mut c)) => c.create_partitions(req).await.map(|r| r.into_inner()).map_err(Error::Forwarded),
+            Ok(Some(mut c)) => {
+                c.create_partitions(req).await.map(|r| r.into_inner()).map_err(Error::Forwarded)
+            }
             Ok(None) => self.grow_here(req).await,
             Err(e) => Err(e),
         };

@@ -23,7 +23,12 @@ impl ClusterService {
         ClusterService { state }
     }
 
-    fn finish<T>(&self, rpc: &'static str, start: Instant, r: Result<T, Error>) -> Result<Response<T>, Status> {
+    fn finish<T>(
+        &self,
+        rpc: &'static str,
+        start: Instant,
+        r: Result<T, Error>,
+    ) -> Result<Response<T>, Status> {
         super::respond(&self.state, rpc, start, r)
     }
 
@@ -87,7 +92,10 @@ impl ClusterService {
                     };
                     answer.error = Some(v1::PartitionError {
                         code: code as i32,
-                        message: format!("leader epoch is {epoch}, the request said {}", q.current_leader_epoch),
+                        message: format!(
+                            "leader epoch is {epoch}, the request said {}",
+                            q.current_leader_epoch
+                        ),
                         leader_epoch: epoch,
                         ..Default::default()
                     });
@@ -121,11 +129,16 @@ pub async fn alter_partition_via_controller(
     if controller == node.node_id() {
         return alter_partition_here(node, request).await;
     }
-    let address = node.peer_address(controller).ok_or(Error::NotController { controller: Some(controller) })?;
+    let address =
+        node.peer_address(controller).ok_or(Error::NotController { controller: Some(controller) })?;
     let mut client = cluster_client(&address).ok_or(Error::NotController { controller: Some(controller) })?;
     let mut req = Request::new(request);
     req.set_timeout(Duration::from_secs(5));
-    Ok(client.alter_partition(req).await.map_err(|s| Error::Unavailable(s.message().to_string()))?.into_inner())
+    Ok(client
+        .alter_partition(req)
+        .await
+        .map_err(|s| Error::Unavailable(s.message().to_string()))?
+        .into_inner())
 }
 
 async fn alter_partition_here(
@@ -167,7 +180,8 @@ fn controller_client(
     if controller == node.node_id() {
         return Ok(None);
     }
-    let address = node.peer_address(controller).ok_or(Error::NotController { controller: Some(controller) })?;
+    let address =
+        node.peer_address(controller).ok_or(Error::NotController { controller: Some(controller) })?;
     cluster_client(&address).map(Some).ok_or(Error::NotController { controller: Some(controller) })
 }
 
@@ -216,7 +230,10 @@ impl ClusterService {
         start_reassignments(&self.state.cluster, plans).await
     }
 
-    async fn alter_rf_here(&self, req: v1::AlterReplicationFactorRequest) -> Result<v1::ReassignResponse, Error> {
+    async fn alter_rf_here(
+        &self,
+        req: v1::AlterReplicationFactorRequest,
+    ) -> Result<v1::ReassignResponse, Error> {
         let md = self.state.cluster.metadata();
         if md.topic(&req.topic).is_none() {
             return Err(Error::UnknownTopic(req.topic));
@@ -290,7 +307,9 @@ impl Cluster for ClusterService {
         let start = Instant::now();
         let req = request.into_inner();
         let r = match controller_client(&self.state.cluster) {
-            Ok(Some(mut c)) => c.reassign_partitions(req).await.map(|r| r.into_inner()).map_err(Error::Forwarded),
+            Ok(Some(mut c)) => {
+                c.reassign_partitions(req).await.map(|r| r.into_inner()).map_err(Error::Forwarded)
+            }
             Ok(None) => self.reassign_here(req).await,
             Err(e) => Err(e),
         };
@@ -304,7 +323,9 @@ impl Cluster for ClusterService {
         let start = Instant::now();
         let req = request.into_inner();
         let r = match controller_client(&self.state.cluster) {
-            Ok(Some(mut c)) => c.alter_replication_factor(req).await.map(|r| r.into_inner()).map_err(Error::Forwarded),
+            Ok(Some(mut c)) => {
+                c.alter_replication_factor(req).await.map(|r| r.into_inner()).map_err(Error::Forwarded)
+            }
             Ok(None) => self.alter_rf_here(req).await,
             Err(e) => Err(e),
         };

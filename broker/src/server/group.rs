@@ -153,8 +153,8 @@ impl Group for GroupService {
             check?;
             self.blocking(move |s| s.coordinator.leave(&s.topics, &req)).await
         }
-            .await
-            .map(|_| v1::LeaveGroupResponse {});
+        .await
+        .map(|_| v1::LeaveGroupResponse {});
         self.finish("leave_group", start, r)
     }
 
@@ -230,8 +230,8 @@ impl Group for GroupService {
             check?;
             self.blocking(move |s| s.coordinator.delete(&s.topics, &req.group_id)).await
         }
-            .await
-            .map(|_| v1::DeleteGroupResponse {});
+        .await
+        .map(|_| v1::DeleteGroupResponse {});
         self.finish("delete_group", start, r)
     }
 

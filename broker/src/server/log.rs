@@ -88,11 +88,7 @@ type ProduceWork = Vec<(Arc<Replica>, Arc<TopicConfig>, Bytes)>;
 
 /// Appends every partition's batches (blocking); returns the responses and
 /// the fsyncs owed before answering.
-fn append_all(
-    state: &BrokerState,
-    work: ProduceWork,
-    acks: i32,
-) -> Result<Appended, Error> {
+fn append_all(state: &BrokerState, work: ProduceWork, acks: i32) -> Result<Appended, Error> {
     let now = now_ms();
     let mut syncs = Vec::new();
     let mut out: Vec<v1::TopicProduceResponse> = Vec::new();
@@ -191,7 +187,10 @@ impl LogService {
             // quorum's); resolving it per request is for topics not hosted.
             let config = match self.state.topics.get(&t.name) {
                 Ok(local) if local.id == meta.id => local.config(),
-                _ => Arc::new(crate::config::TopicConfig::resolve(self.state.topics.defaults(), &meta.configs)?),
+                _ => Arc::new(crate::config::TopicConfig::resolve(
+                    self.state.topics.defaults(),
+                    &meta.configs,
+                )?),
             };
             for p in t.partitions {
                 if p.partition as usize >= meta.partitions.len() {
@@ -202,13 +201,14 @@ impl LogService {
                     });
                 }
                 validate_produce(&t.name, p.partition, &p.records, &config)?;
-                let replica = match self.state.replicas.leader_replica(&self.state, &t.name, p.partition, true) {
-                    Ok(r) => r,
-                    Err(error) => {
-                        refused.push((t.name.clone(), refusal(p.partition, error)));
-                        continue;
-                    }
-                };
+                let replica =
+                    match self.state.replicas.leader_replica(&self.state, &t.name, p.partition, true) {
+                        Ok(r) => r,
+                        Err(error) => {
+                            refused.push((t.name.clone(), refusal(p.partition, error)));
+                            continue;
+                        }
+                    };
                 if req.acks == -1 {
                     let isr = replica.leader.lock().as_ref().map_or(0, |l| l.isr.len()) as i64;
                     if isr < config.min_insync_replicas {
@@ -263,10 +263,17 @@ impl LogService {
             let timeout = if req.timeout_ms == 0 {
                 Duration::from_millis(self.state.config.replication_timeout_ms)
             } else {
-                Duration::from_millis(u64::from(req.timeout_ms)).min(Duration::from_millis(self.state.config.replication_timeout_ms))
+                Duration::from_millis(u64::from(req.timeout_ms))
+                    .min(Duration::from_millis(self.state.config.replication_timeout_ms))
             };
             let waits = appended.iter().map(|(r, last, min_isr)| {
-                crate::replication::leader::wait_replicated(r, &self.state, *last, (*min_isr).max(1) as usize, timeout)
+                crate::replication::leader::wait_replicated(
+                    r,
+                    &self.state,
+                    *last,
+                    (*min_isr).max(1) as usize,
+                    timeout,
+                )
             });
             let outcomes = futures::future::join_all(waits).await;
             for ((r, _, _), outcome) in appended.iter().zip(outcomes) {
@@ -323,7 +330,10 @@ impl LogService {
                         };
                         Target::Refused(v1::PartitionError {
                             code: code as i32,
-                            message: format!("leader epoch is {epoch}, the fetch said {}", p.current_leader_epoch),
+                            message: format!(
+                                "leader epoch is {epoch}, the fetch said {}",
+                                p.current_leader_epoch
+                            ),
                             leader_id: self.state.cluster.node_id(),
                             leader_epoch: epoch,
                             ..Default::default()
@@ -359,13 +369,23 @@ impl LogService {
                 let mut moved = false;
                 let mut out = Vec::with_capacity(r.partitions.len());
                 for want in &r.partitions {
-                    let before = state.replicas.replica(&want.topic, want.partition).map(|x| x.partition.high_watermark());
+                    let before = state
+                        .replicas
+                        .replica(&want.topic, want.partition)
+                        .map(|x| x.partition.high_watermark());
                     let asked = if want.max_bytes == 0 { 1 << 20 } else { want.max_bytes as usize };
                     let budget = max_total.saturating_sub(total).min(asked);
-                    let resp = crate::replication::leader::serve_replica_fetch(&state.replicas, &state, r.replica_id, want, budget);
+                    let resp = crate::replication::leader::serve_replica_fetch(
+                        &state.replicas,
+                        &state,
+                        r.replica_id,
+                        want,
+                        budget,
+                    );
                     // A follower must hear about a high watermark its own
                     // fetch moved, without waiting for new data.
-                    moved |= before.is_some_and(|b| resp.high_watermark > b && want.offset >= resp.high_watermark);
+                    moved |=
+                        before.is_some_and(|b| resp.high_watermark > b && want.offset >= resp.high_watermark);
                     total += resp.records.len();
                     out.push(resp);
                 }
@@ -556,7 +576,8 @@ impl LogService {
             let producer_id = self.state.producer_ids.allocate(node).await?;
             return Ok(v1::InitProducerIdResponse { producer_id, producer_epoch: 0 });
         }
-        let address = node.peer_address(controller).ok_or(Error::NotController { controller: Some(controller) })?;
+        let address =
+            node.peer_address(controller).ok_or(Error::NotController { controller: Some(controller) })?;
         let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
             .map_err(|e| Error::Unavailable(e.to_string()))?
             .connect_timeout(Duration::from_secs(2));
@@ -566,7 +587,9 @@ impl LogService {
         Ok(client
             .init_producer_id(req)
             .await
-            .map_err(|s| Error::Unavailable(format!("the controller (broker {controller}): {}", s.message())))?
+            .map_err(|s| {
+                Error::Unavailable(format!("the controller (broker {controller}): {}", s.message()))
+            })?
             .into_inner())
     }
 }

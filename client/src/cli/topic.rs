@@ -70,7 +70,10 @@ pub async fn run(bootstrap: &str, cmd: TopicCommand) -> anyhow::Result<()> {
         TopicCommand::Alter { name, replication_factor, configs, delete } => {
             if let Some(rf) = replication_factor {
                 let r = admin.alter_replication_factor(&name, rf).await?;
-                println!("replication factor of {name} -> {rf}: {} partition(s) reassigning", r.started.len());
+                println!(
+                    "replication factor of {name} -> {rf}: {} partition(s) reassigning",
+                    r.started.len()
+                );
                 print!("{}", super::cluster::reassignments(&r));
                 if configs.is_empty() && delete.is_empty() {
                     return Ok(());
