@@ -48,9 +48,25 @@ impl GroupService {
         crate::server::admin::ensure_offsets_topic(&self.state).await
     }
 
+    /// When this broker has just become the group's coordinator (the
+    /// offsets topic was just created, or leadership just moved here), waits
+    /// briefly for it to finish loading instead of sending the caller away.
+    async fn settle_coordinator(&self, group: &str) {
+        let p = self.state.coordinator.offsets().partition_for(group);
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !self.state.coordinator.owns(group) && tokio::time::Instant::now() < deadline {
+            let leader = self.state.cluster.metadata().partition(OFFSETS_TOPIC, p).map(|x| x.leader);
+            if leader != Some(self.state.config.node_id) {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
     /// Err unless this broker coordinates `group` now: the leader of the
     /// group's `__consumer_offsets` partition, with that partition loaded.
-    fn check_coordinator(&self, group: &str) -> Result<(), Error> {
+    async fn check_coordinator(&self, group: &str) -> Result<(), Error> {
+        self.settle_coordinator(group).await;
         if self.state.coordinator.owns(group) {
             return Ok(());
         }
@@ -112,7 +128,7 @@ impl Group for GroupService {
         // completes it also waits (asynchronously) for the group record.
         let r = async {
             self.ensure_offsets_topic().await?;
-            self.check_coordinator(&req.group_id)?;
+            self.check_coordinator(&req.group_id).await?;
             self.state.coordinator.join(&self.state.topics, req, host).await
         }
         .await;
@@ -126,7 +142,10 @@ impl Group for GroupService {
     ) -> Result<Response<v1::SyncGroupResponse>, Status> {
         let start = Instant::now();
         let req = request.into_inner();
-        let r = self.check_coordinator(&req.group_id).and_then(|_| self.state.coordinator.sync(&req));
+        let r = match self.check_coordinator(&req.group_id).await {
+            Ok(()) => self.state.coordinator.sync(&req),
+            Err(e) => Err(e),
+        };
         self.finish("sync_group", start, r)
     }
 
@@ -137,7 +156,10 @@ impl Group for GroupService {
     ) -> Result<Response<v1::HeartbeatResponse>, Status> {
         let start = Instant::now();
         let req = request.into_inner();
-        let r = self.check_coordinator(&req.group_id).and_then(|_| self.state.coordinator.heartbeat(&req));
+        let r = match self.check_coordinator(&req.group_id).await {
+            Ok(()) => self.state.coordinator.heartbeat(&req),
+            Err(e) => Err(e),
+        };
         self.finish("heartbeat", start, r)
     }
 
@@ -148,7 +170,7 @@ impl Group for GroupService {
     ) -> Result<Response<v1::LeaveGroupResponse>, Status> {
         let start = Instant::now();
         let req = request.into_inner();
-        let check = self.check_coordinator(&req.group_id);
+        let check = self.check_coordinator(&req.group_id).await;
         let r = async {
             check?;
             self.blocking(move |s| s.coordinator.leave(&s.topics, &req)).await
@@ -167,7 +189,7 @@ impl Group for GroupService {
         let req = request.into_inner();
         let r = async {
             self.ensure_offsets_topic().await?;
-            self.check_coordinator(&req.group_id)?;
+            self.check_coordinator(&req.group_id).await?;
             self.state.coordinator.start_commit(&self.state.topics, &req)?.wait().await
         }
         .await
@@ -182,7 +204,7 @@ impl Group for GroupService {
     ) -> Result<Response<v1::FetchOffsetsResponse>, Status> {
         let start = Instant::now();
         let req = request.into_inner();
-        let check = self.check_coordinator(&req.group_id);
+        let check = self.check_coordinator(&req.group_id).await;
         // Reads RocksDB.
         let r = async {
             check?;
@@ -209,7 +231,7 @@ impl Group for GroupService {
     ) -> Result<Response<v1::DescribeGroupResponse>, Status> {
         let start = Instant::now();
         let req = request.into_inner();
-        let check = self.check_coordinator(&req.group_id);
+        let check = self.check_coordinator(&req.group_id).await;
         let r = async {
             check?;
             self.blocking(move |s| s.coordinator.describe(&s.topics, &req.group_id)).await
@@ -225,7 +247,7 @@ impl Group for GroupService {
     ) -> Result<Response<v1::DeleteGroupResponse>, Status> {
         let start = Instant::now();
         let req = request.into_inner();
-        let check = self.check_coordinator(&req.group_id);
+        let check = self.check_coordinator(&req.group_id).await;
         let r = async {
             check?;
             self.blocking(move |s| s.coordinator.delete(&s.topics, &req.group_id)).await
@@ -252,7 +274,8 @@ impl Group for GroupService {
                 "say where to reset to: earliest, latest, timestamp or offset".into(),
             )),
         };
-        let r = match to.and_then(|to| self.check_coordinator(&req.group_id).map(|_| to)) {
+        let check = self.check_coordinator(&req.group_id).await;
+        let r = match to.and_then(|to| check.map(|_| to)) {
             Ok(to) => {
                 self.blocking(move |s| {
                     s.coordinator.reset(
