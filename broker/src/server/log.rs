@@ -109,11 +109,7 @@ fn append_all(
                     partition: partition.id,
                     base_offset: -1,
                     log_start_offset: -1,
-                    error: Some(v1::PartitionError {
-                        code: code as i32,
-                        message: e.to_string(),
-                        ..Default::default()
-                    }),
+                    error: Some(v1::PartitionError { code: code as i32, message: e.to_string(), ..Default::default() }),
                     batch_base_offsets: Vec::new(),
                 };
                 push_response(&mut out, &partition.topic, resp);
@@ -263,11 +259,7 @@ impl LogService {
             req.topics.iter().map(|t| self.state.topics.get(t)).collect::<Result<_, _>>()?
         };
         Ok(v1::MetadataResponse {
-            brokers: vec![v1::BrokerInfo {
-                node_id: node,
-                address: self.state.config.advertised(),
-                ..Default::default()
-            }],
+            brokers: vec![v1::BrokerInfo { node_id: node, address: self.state.config.advertised(), ..Default::default() }],
             controller_id: node,
             topics: topics
                 .iter()
@@ -325,8 +317,7 @@ fn read_one(
                 }
                 _ => v1::ErrorCode::StorageError,
             };
-            resp.error =
-                Some(v1::PartitionError { code: code as i32, message: e.to_string(), ..Default::default() });
+            resp.error = Some(v1::PartitionError { code: code as i32, message: e.to_string(), ..Default::default() });
         }
     }
     resp
