@@ -388,6 +388,22 @@ fn leader_epochs_are_durable_and_only_move_forward() {
     let (offset, _) = produce(&r.part, &cfg, &value_batch(&["c"]));
     assert_eq!(header_at(&r.part, offset).leader_epoch, 6);
     assert!(r.part.become_follower(6).is_ok());
+
+    // An epoch whose records a power loss took is forgotten with them: the
+    // replica must not claim to hold it.
+    let cfg = config(&[]);
+    let mut r = Replica::new(&cfg);
+    r.part.become_leader(1).unwrap();
+    produce(&r.part, &cfg, &value_batch(&["a", "b", "c"]));
+    r.part.with_log(|l| l.roll(&cfg, NOW)).unwrap();
+    produce(&r.part, &cfg, &value_batch(&["d", "e"]));
+    r.part.become_leader(2).unwrap();
+    produce(&r.part, &cfg, &value_batch(&["f"]));
+    assert_eq!(r.epochs(), vec![(1, 0), (2, 5)]);
+    r.power_loss(&cfg, usize::MAX);
+    assert_eq!(r.part.log_end_offset(), 3, "only the rolled segment was fsynced");
+    assert_eq!(r.epochs(), vec![(1, 0)]);
+    assert_eq!(r.part.end_offset_for_epoch(2).unwrap(), (1, 3));
 }
 
 /// Two logs share a prefix, then diverge in different epochs over several
@@ -475,6 +491,8 @@ fn assert_exactly(r: &Replica, expect: &Records, what: &str) {
     assert_eq!(r.part.log_end_offset(), end, "{what}: log end");
     assert_eq!(r.part.high_watermark(), end, "{what}: high watermark");
     assert_eq!(&r.records(), expect, "{what}: records");
+    let epochs = r.epochs();
+    assert!(epochs.iter().all(|(_, start)| *start <= end), "{what}: epochs {epochs:?} past the end {end}");
     r.part.with_log(|l| {
         assert!(l.index().offsets_in(end, i64::MAX).unwrap().is_empty(), "{what}: offset index past the end");
         if let Some((_, off)) = l.index().last_time().unwrap() {
