@@ -287,13 +287,7 @@ async fn adopt_local_topics(state: &Arc<BrokerState>) -> anyhow::Result<()> {
             id: t.id.clone(),
             configs: t.overrides(),
             partitions: (0..t.partition_count())
-                .map(|_| cluster::state::PartitionRecord {
-                    replicas: vec![me],
-                    leader: me,
-                    leader_epoch: 0,
-                    isr: vec![me],
-                    target: None,
-                })
+                .map(|_| cluster::state::PartitionRecord::new(vec![me]))
                 .collect(),
         };
         tracing::info!(topic = %t.name, "adopting a local topic into the metadata quorum");

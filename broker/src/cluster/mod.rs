@@ -228,6 +228,19 @@ impl ClusterNode {
         }
     }
 
+    /// A channel to the controller, for calls decided there; None when this
+    /// broker is the controller.
+    pub fn controller_channel(&self) -> Result<Option<tonic::transport::Channel>> {
+        let controller = self.controller_id().ok_or(Error::NotController { controller: None })?;
+        if controller == self.node_id() {
+            return Ok(None);
+        }
+        self.peer_address(controller)
+            .and_then(|address| network::peer_channel(&address))
+            .map(Some)
+            .ok_or(Error::NotController { controller: Some(controller) })
+    }
+
     /// Inter-broker address of `id`.
     pub fn peer_address(&self, id: i32) -> Option<String> {
         self.peers.address(id)

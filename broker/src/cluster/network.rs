@@ -47,20 +47,27 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     }
 }
 
-/// A gRPC client to `address`, connecting lazily (the first call connects;
-/// a broker that is down makes calls fail fast, not this).
-pub fn cluster_client(address: &str) -> Option<ClusterClient<Channel>> {
+/// A channel to another broker at `address`, connecting lazily (the first
+/// call connects; a broker that is down makes calls fail fast, not this).
+/// None when `address` is not a usable URI authority.
+pub fn peer_channel(address: &str) -> Option<Channel> {
     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
         .ok()?
         .connect_timeout(Duration::from_secs(2))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(5))
         .keep_alive_timeout(Duration::from_secs(5));
-    Some(
-        ClusterClient::new(endpoint.connect_lazy())
-            .max_decoding_message_size(MAX_MESSAGE)
-            .max_encoding_message_size(MAX_MESSAGE),
-    )
+    Some(endpoint.connect_lazy())
+}
+
+/// The `Cluster` service of the broker at `address`.
+pub fn cluster_client(address: &str) -> Option<ClusterClient<Channel>> {
+    Some(wrap_cluster(peer_channel(address)?))
+}
+
+/// A `Cluster` client on `channel`, with the Raft message size limits.
+pub fn wrap_cluster(channel: Channel) -> ClusterClient<Channel> {
+    ClusterClient::new(channel).max_decoding_message_size(MAX_MESSAGE).max_encoding_message_size(MAX_MESSAGE)
 }
 
 #[derive(Debug)]

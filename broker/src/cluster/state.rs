@@ -47,6 +47,14 @@ pub struct PartitionRecord {
     pub target: Option<Vec<i32>>,
 }
 
+impl PartitionRecord {
+    /// A partition to create on `replicas`: its leader and ISR are set when
+    /// the creating command is applied.
+    pub fn new(replicas: Vec<i32>) -> PartitionRecord {
+        PartitionRecord { isr: replicas.clone(), replicas, leader: NO_LEADER, leader_epoch: 0, target: None }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TopicRecord {
     pub name: String,
@@ -220,13 +228,7 @@ impl MetadataState {
             Command::AddPartitions { name, replicas } => {
                 let mut added = Vec::new();
                 for r in replicas {
-                    let mut p = PartitionRecord {
-                        replicas: r.clone(),
-                        leader: NO_LEADER,
-                        leader_epoch: -1,
-                        isr: r.clone(),
-                        target: None,
-                    };
+                    let mut p = PartitionRecord::new(r.clone());
                     self.initial_leader(&mut p);
                     added.push(p);
                 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tributary_proto::v1::admin_client::AdminClient;
 
 use crate::cluster::placement;
-use crate::cluster::state::{Command, Outcome, PartitionRecord, TopicRecord, NO_LEADER};
+use crate::cluster::state::{Command, Outcome, PartitionRecord, TopicRecord};
 use crate::error::Error;
 use crate::groups::offsets::OFFSETS_TOPIC;
 use crate::topics::{is_internal, NewTopic};
@@ -97,17 +97,7 @@ impl AdminService {
     /// The controller's admin client, when this broker is not the
     /// controller (admin calls are decided there).
     fn forward(&self) -> Result<Option<AdminClient<tonic::transport::Channel>>, Error> {
-        let node = &self.state.cluster;
-        let controller = node.controller_id().ok_or(Error::NotController { controller: None })?;
-        if controller == node.node_id() {
-            return Ok(None);
-        }
-        let address =
-            node.peer_address(controller).ok_or(Error::NotController { controller: Some(controller) })?;
-        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-            .map_err(|e| Error::Unavailable(e.to_string()))?
-            .connect_timeout(Duration::from_secs(2));
-        Ok(Some(AdminClient::new(endpoint.connect_lazy())))
+        Ok(self.state.cluster.controller_channel()?.map(AdminClient::new))
     }
 
     async fn create_here(&self, req: v1::CreateTopicsRequest) -> Result<v1::CreateTopicsResponse, Error> {
@@ -158,16 +148,7 @@ impl AdminService {
                 name: t.name.clone(),
                 id: crate::topics::new_topic_id(),
                 configs: t.configs,
-                partitions: replicas
-                    .into_iter()
-                    .map(|r| PartitionRecord {
-                        isr: r.clone(),
-                        replicas: r,
-                        leader: NO_LEADER,
-                        leader_epoch: 0,
-                        target: None,
-                    })
-                    .collect(),
+                partitions: replicas.into_iter().map(PartitionRecord::new).collect(),
             };
             match self.state.cluster.propose(Command::CreateTopic { topic: record }).await? {
                 Outcome::Refused(why) if why.contains("already exists") => {
@@ -319,24 +300,18 @@ pub async fn ensure_offsets_topic(state: &BrokerState) -> Result<(), Error> {
         return Ok(());
     }
     let node = &state.cluster;
-    let controller = node.controller_id().ok_or(Error::NotController { controller: None })?;
-    if controller == node.node_id() {
-        create_offsets_topic_here(state).await?;
-    } else {
-        let address =
-            node.peer_address(controller).ok_or(Error::NotController { controller: Some(controller) })?;
-        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-            .map_err(|e| Error::Unavailable(e.to_string()))?
-            .connect_timeout(Duration::from_secs(2));
+    if let Some(channel) = node.controller_channel()? {
         let spec = v1::TopicSpec {
             name: OFFSETS_TOPIC.to_string(),
             configs: [(BROKER_REQUEST_KEY.to_string(), "offsets".to_string())].into_iter().collect(),
             ..Default::default()
         };
-        AdminClient::new(endpoint.connect_lazy())
+        AdminClient::new(channel)
             .create_topics(v1::CreateTopicsRequest { topics: vec![spec], validate_only: false })
             .await
             .map_err(Error::Forwarded)?;
+    } else {
+        create_offsets_topic_here(state).await?;
     }
     // Until this broker's metadata has it, its callers cannot use it.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
@@ -370,16 +345,7 @@ async fn create_offsets_topic_here(state: &BrokerState) -> Result<(), Error> {
         name: OFFSETS_TOPIC.to_string(),
         id: crate::topics::new_topic_id(),
         configs: offsets_topic_configs(rf),
-        partitions: replicas
-            .into_iter()
-            .map(|r| PartitionRecord {
-                isr: r.clone(),
-                replicas: r,
-                leader: NO_LEADER,
-                leader_epoch: 0,
-                target: None,
-            })
-            .collect(),
+        partitions: replicas.into_iter().map(PartitionRecord::new).collect(),
     };
     match state.cluster.propose(Command::CreateTopic { topic: record }).await? {
         Outcome::Refused(why) if !why.contains("already exists") => Err(Error::InvalidRequest(why)),
@@ -391,13 +357,8 @@ async fn create_offsets_topic_here(state: &BrokerState) -> Result<(), Error> {
 /// where that one is a live in-sync replica. Decided by the controller.
 pub async fn elect_preferred(state: &BrokerState, topics: &[String]) -> Result<u32, Error> {
     let node = &state.cluster;
-    if !node.is_controller() {
-        let controller = node.controller_id().ok_or(Error::NotController { controller: None })?;
-        let address =
-            node.peer_address(controller).ok_or(Error::NotController { controller: Some(controller) })?;
-        let mut client = crate::cluster::network::cluster_client(&address)
-            .ok_or(Error::NotController { controller: Some(controller) })?;
-        let r = client
+    if let Some(channel) = node.controller_channel()? {
+        let r = crate::cluster::network::wrap_cluster(channel)
             .elect_leaders(v1::ElectLeadersRequest { topics: topics.to_vec() })
             .await
             .map_err(|s| Error::Unavailable(s.message().to_string()))?;

@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 use tonic::{Request, Response, Status};
 use tributary_proto::v1::{self, cluster_server::Cluster};
 
-use crate::cluster::network::cluster_client;
 use crate::cluster::state::{Command, Outcome, NO_LEADER};
 use crate::cluster::ClusterNode;
 use crate::error::Error;
@@ -123,15 +122,9 @@ pub async fn alter_partition_via_controller(
     node: &ClusterNode,
     request: v1::AlterPartitionRequest,
 ) -> Result<v1::AlterPartitionResponse, Error> {
-    let Some(controller) = node.controller_id() else {
-        return Err(Error::NotController { controller: None });
-    };
-    if controller == node.node_id() {
+    let Some(mut client) = controller_client(node)? else {
         return alter_partition_here(node, request).await;
-    }
-    let address =
-        node.peer_address(controller).ok_or(Error::NotController { controller: Some(controller) })?;
-    let mut client = cluster_client(&address).ok_or(Error::NotController { controller: Some(controller) })?;
+    };
     let mut req = Request::new(request);
     req.set_timeout(Duration::from_secs(5));
     Ok(client
@@ -176,13 +169,7 @@ async fn alter_partition_here(
 fn controller_client(
     node: &ClusterNode,
 ) -> Result<Option<tributary_proto::v1::cluster_client::ClusterClient<tonic::transport::Channel>>, Error> {
-    let controller = node.controller_id().ok_or(Error::NotController { controller: None })?;
-    if controller == node.node_id() {
-        return Ok(None);
-    }
-    let address =
-        node.peer_address(controller).ok_or(Error::NotController { controller: Some(controller) })?;
-    cluster_client(&address).map(Some).ok_or(Error::NotController { controller: Some(controller) })
+    Ok(node.controller_channel()?.map(crate::cluster::network::wrap_cluster))
 }
 
 /// Commits one `Reassign` per plan (on the controller).

@@ -571,17 +571,12 @@ impl LogService {
     /// Producer ids come from the controller's block (forwarded there).
     async fn init_producer_id_inner(&self) -> Result<v1::InitProducerIdResponse, Error> {
         let node = &self.state.cluster;
-        let controller = node.controller_id().ok_or(Error::NotController { controller: None })?;
-        if controller == node.node_id() {
+        let Some(channel) = node.controller_channel()? else {
             let producer_id = self.state.producer_ids.allocate(node).await?;
             return Ok(v1::InitProducerIdResponse { producer_id, producer_epoch: 0 });
-        }
-        let address =
-            node.peer_address(controller).ok_or(Error::NotController { controller: Some(controller) })?;
-        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-            .map_err(|e| Error::Unavailable(e.to_string()))?
-            .connect_timeout(Duration::from_secs(2));
-        let mut client = v1::log_client::LogClient::new(endpoint.connect_lazy());
+        };
+        let controller = node.controller_id().unwrap_or(-1);
+        let mut client = v1::log_client::LogClient::new(channel);
         let mut req = Request::new(v1::InitProducerIdRequest {});
         req.set_timeout(Duration::from_secs(5));
         Ok(client
