@@ -51,13 +51,19 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 /// call connects; a broker that is down makes calls fail fast, not this).
 /// None when `address` is not a usable URI authority.
 pub fn peer_channel(address: &str) -> Option<Channel> {
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-        .ok()?
-        .connect_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(5))
-        .keep_alive_timeout(Duration::from_secs(5));
-    Some(endpoint.connect_lazy())
+    Some(peer_endpoint(address)?.connect_lazy())
+}
+
+/// How every broker-to-broker connection is set up (timeouts, keep-alive).
+pub fn peer_endpoint(address: &str) -> Option<tonic::transport::Endpoint> {
+    Some(
+        tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+            .ok()?
+            .connect_timeout(Duration::from_secs(2))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(5)),
+    )
 }
 
 /// The `Cluster` service of the broker at `address`.

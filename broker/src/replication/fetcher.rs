@@ -43,13 +43,11 @@ pub struct Fetcher {
     wake: Notify,
 }
 
+/// A peer connection with large HTTP/2 windows: a fetch answer carries up
+/// to megabytes of batches, and the default 64 KiB window would stall it on
+/// round trips.
 fn channel(address: &str) -> Option<Channel> {
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-        .ok()?
-        .connect_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(5))
-        .keep_alive_timeout(Duration::from_secs(5))
+    let endpoint = crate::cluster::network::peer_endpoint(address)?
         .initial_stream_window_size(Some(8 << 20))
         .initial_connection_window_size(Some(16 << 20));
     Some(endpoint.connect_lazy())

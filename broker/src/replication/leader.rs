@@ -247,13 +247,8 @@ pub fn serve_replica_fetch(
             }
         }
         Err(e) => {
-            let code = match e {
-                crate::error::Error::OffsetOutOfRange { .. } => v1::ErrorCode::OffsetOutOfRange,
-                _ => v1::ErrorCode::StorageError,
-            };
             resp.log_start_offset = r.partition.log_start_offset();
-            resp.error =
-                Some(v1::PartitionError { code: code as i32, message: e.to_string(), ..Default::default() });
+            resp.error = Some(crate::server::log::read_failure(&e));
         }
     }
     resp

@@ -617,19 +617,24 @@ fn read_one(
             resp.records = r.records;
         }
         Err(e) => {
-            let code = match e {
-                Error::OffsetOutOfRange { start, end, .. } => {
-                    resp.log_start_offset = start;
-                    resp.high_watermark = end;
-                    v1::ErrorCode::OffsetOutOfRange
-                }
-                _ => v1::ErrorCode::StorageError,
-            };
-            resp.error =
-                Some(v1::PartitionError { code: code as i32, message: e.to_string(), ..Default::default() });
+            if let Error::OffsetOutOfRange { start, end, .. } = e {
+                resp.log_start_offset = start;
+                resp.high_watermark = end;
+            }
+            resp.error = Some(read_failure(&e));
         }
     }
     resp
+}
+
+/// A failed read as a fetch answers it: OFFSET_OUT_OF_RANGE, or a storage
+/// error (consumer and replica fetches alike).
+pub(crate) fn read_failure(e: &Error) -> v1::PartitionError {
+    let code = match e {
+        Error::OffsetOutOfRange { .. } => v1::ErrorCode::OffsetOutOfRange,
+        _ => v1::ErrorCode::StorageError,
+    };
+    v1::PartitionError { code: code as i32, message: e.to_string(), ..Default::default() }
 }
 
 /// ListOffsets (blocking: a time lookup reads segment files).
