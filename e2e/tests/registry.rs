@@ -313,3 +313,45 @@ async fn avro_round_trips_with_confluents_serializer() {
     let got = cli_ok(b.cli(&["--registry", &url, "schema", "get", "other"], "").unwrap());
     assert_eq!(parse(&got)["name"], "Payment");
 }
+
+/// Four brokers, `__schemas` on three: the fourth has no replica, reads
+/// `__schemas` from its leader, and forwards writes like the others; and
+/// writes racing through all four.
+#[test]
+fn a_broker_without_a_replica_of_schemas_answers_too() {
+    let c = Cluster::start(4, "").unwrap();
+    let http: Vec<std::net::SocketAddr> = (0..4).map(|i| c.broker(i).http).collect();
+    assert_eq!(register(&http[0], "first", &schema(1)), 1);
+    for (i, addr) in http.iter().enumerate() {
+        let id = register(addr, &format!("from-{i}"), &schema(10 + i as u32));
+        assert_eq!(id, 2 + i as u64, "broker {i}");
+    }
+    for (i, addr) in http.iter().enumerate() {
+        for id in 1..=5 {
+            let (s, v) = schema_by_id(addr, id);
+            assert_eq!(s, 200, "broker {i}, id {id}: {v}");
+        }
+        let (_, subjects) = http_send(addr, "GET", "/subjects", "").unwrap();
+        assert_eq!(parse(&subjects).as_array().map(Vec::len), Some(5), "broker {i}: {subjects}");
+    }
+
+    // Concurrent writes through every broker: distinct schemas get distinct
+    // ids, one schema under many subjects gets one id.
+    let threads: Vec<_> = (0..8u32)
+        .map(|t| {
+            let addr = http[t as usize % 4];
+            std::thread::spawn(move || {
+                let own = register(&addr, &format!("race-{t}"), &schema(100 + t));
+                let shared = register(&addr, &format!("shared-{t}"), &schema(999));
+                (own, shared)
+            })
+        })
+        .collect();
+    let results: Vec<(u64, u64)> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let mut own: Vec<u64> = results.iter().map(|r| r.0).collect();
+    own.sort_unstable();
+    own.dedup();
+    assert_eq!(own.len(), 8, "every distinct schema got its own id: {results:?}");
+    assert!(results.iter().all(|r| r.1 == results[0].1), "one schema, one id: {results:?}");
+    assert!(!own.contains(&results[0].1) && own.iter().all(|id| *id > 5), "{results:?}");
+}

@@ -1,6 +1,9 @@
 //! Confluent Schema Registry's REST API, on the broker's HTTP port.
 //!
-//! Reads are answered from this broker's replayed state. Every change
+//! Reads are answered from this broker's replayed state, after it has
+//! caught up with what the leader of `__schemas` committed
+//! ([`super::sync_with_leader`]), so a read on any broker sees every
+//! write acknowledged before it. Every change
 //! (register, delete, config) goes through [`change`], the one place where
 //! the authorization check of the security work goes: it either commits
 //! the change here (this broker leads `__schemas`) or forwards the request
@@ -156,10 +159,12 @@ pub async fn change(state: &Arc<BrokerState>, op: WriteOp, raw: Raw) -> Response
 // ---- subjects and versions ----
 
 async fn list_subjects(State(b): S, Query(q): Q) -> Response {
+    super::sync_with_leader(&b).await;
     ok(json!(b.registry.read(|s| s.subjects(flag(&q, "deleted")))))
 }
 
 async fn list_versions(State(b): S, Path(subject): Path<String>, Query(q): Q) -> Response {
+    super::sync_with_leader(&b).await;
     reply(b.registry.read(|s| s.versions(&subject, flag(&q, "deleted")).map(|v| json!(v))))
 }
 
@@ -172,6 +177,7 @@ fn version_json(b: &BrokerState, subject: &str, version: &str, deleted: bool) ->
 }
 
 async fn get_version(State(b): S, Path((subject, version)): Path<(String, String)>, Query(q): Q) -> Response {
+    super::sync_with_leader(&b).await;
     reply(version_json(&b, &subject, &version, flag(&q, "deleted")))
 }
 
@@ -180,6 +186,7 @@ async fn get_version_schema(
     Path((subject, version)): Path<(String, String)>,
     Query(q): Q,
 ) -> Response {
+    super::sync_with_leader(&b).await;
     match version_json(&b, &subject, &version, flag(&q, "deleted")) {
         Ok(v) => raw_schema(&v),
         Err(e) => fail(e),
@@ -213,6 +220,7 @@ async fn register(
 }
 
 async fn lookup(State(b): S, Path(subject): Path<String>, Query(q): Q, body: Body) -> Response {
+    super::sync_with_leader(&b).await;
     let r = async {
         let request: SchemaRequest = parse_json(&read_body(body).await?)?;
         b.registry.read(|s| s.lookup(&subject, &request, flag(&q, "deleted")))
@@ -261,10 +269,12 @@ fn schema_json(b: &BrokerState, id: &str) -> Result<Value> {
 }
 
 async fn get_schema(State(b): S, Path(id): Path<String>) -> Response {
+    super::sync_with_leader(&b).await;
     reply(schema_json(&b, &id))
 }
 
 async fn get_schema_text(State(b): S, Path(id): Path<String>) -> Response {
+    super::sync_with_leader(&b).await;
     match schema_json(&b, &id) {
         Ok(v) => raw_schema(&v),
         Err(e) => fail(e),
@@ -272,6 +282,7 @@ async fn get_schema_text(State(b): S, Path(id): Path<String>) -> Response {
 }
 
 async fn get_schema_versions(State(b): S, Path(id): Path<String>, Query(q): Q) -> Response {
+    super::sync_with_leader(&b).await;
     let r = parse_id(&id).and_then(|id| {
         b.registry.read(|s| {
             s.schema(id)?;
@@ -286,6 +297,7 @@ async fn get_schema_versions(State(b): S, Path(id): Path<String>, Query(q): Q) -
 }
 
 async fn get_schema_subjects(State(b): S, Path(id): Path<String>, Query(q): Q) -> Response {
+    super::sync_with_leader(&b).await;
     let r = parse_id(&id).and_then(|id| {
         b.registry.read(|s| {
             s.schema(id)?;
@@ -326,10 +338,12 @@ async fn check_version(
     Query(q): Q,
     body: Body,
 ) -> Response {
+    super::sync_with_leader(&b).await;
     check(&b, &subject, Some(&version), &q, body).await
 }
 
 async fn check_all(State(b): S, Path(subject): Path<String>, Query(q): Q, body: Body) -> Response {
+    super::sync_with_leader(&b).await;
     check(&b, &subject, None, &q, body).await
 }
 
@@ -341,10 +355,12 @@ struct ConfigRequest {
 }
 
 async fn get_global_config(State(b): S) -> Response {
+    super::sync_with_leader(&b).await;
     ok(json!({"compatibilityLevel": b.registry.read(|s| s.global_level()).as_str()}))
 }
 
 async fn get_subject_config(State(b): S, Path(subject): Path<String>, Query(q): Q) -> Response {
+    super::sync_with_leader(&b).await;
     let level = b.registry.read(|s| {
         s.subject_level(&subject).or_else(|| flag(&q, "defaultToGlobal").then(|| s.global_level()))
     });

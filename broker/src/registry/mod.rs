@@ -8,7 +8,9 @@
 //! compacted, and is replicated like `__consumer_offsets` (replication
 //! factor min(3, brokers), created by the controller the first time a
 //! write needs it). Every broker that hosts a replica replays it up to
-//! its high watermark into memory ([`run`]) and answers reads from that;
+//! its high watermark into memory ([`run`]) and answers reads from that
+//! (a follower first fetches from the leader what it has not seen committed
+//! yet: [`sync_with_leader`]);
 //! a restart replays it again before the broker is ready. A broker without
 //! a replica (a cluster larger than the replication factor) reads it from
 //! the leader over the `Log` service, as a consumer would.
@@ -136,6 +138,10 @@ impl Registry {
     /// next offset to replay.
     fn apply_batches(&self, batches: &Bytes, mut at: i64, hw: i64) -> Result<i64, String> {
         let mut state = self.state.write();
+        // Two replays may read the same range (the follow loop and a
+        // write); what the other already applied is not applied again, so
+        // the state never goes back to an older record.
+        let floor = state.next_offset;
         let mut pos = 0;
         for b in Batches::new(batches) {
             let (h, slice) = b.map_err(|e| format!("unreadable batch at {at}: {e}"))?;
@@ -144,7 +150,7 @@ impl Registry {
             let records = batch::records(&bytes).map_err(|e| format!("unreadable batch at {at}: {e}"))?;
             for r in records {
                 match r {
-                    Ok(r) if r.offset >= at && r.offset < hw => {
+                    Ok(r) if r.offset >= at.max(floor) && r.offset < hw => {
                         let Some(key) = r.key.as_deref() else { continue };
                         if let Err(why) = state.apply(key, r.value.as_deref()) {
                             tracing::warn!(offset = r.offset, %why, "skipping a record of {SCHEMAS_TOPIC}");
@@ -158,15 +164,36 @@ impl Registry {
             }
             at = at.max(h.next_offset().min(hw));
         }
-        state.next_offset = at;
+        state.next_offset = state.next_offset.max(at);
+        let applied = state.next_offset;
         drop(state);
-        self.applied.send_replace(at);
-        Ok(at)
+        self.applied.send_replace(applied);
+        Ok(applied)
     }
 }
 
-/// A broker that hosts no replica of `__schemas` (a cluster larger than its
-/// replication factor) reads it from the leader, as a consumer does.
+/// Before a read on a broker that does not lead `__schemas`: applies what
+/// the leader has committed and this broker has not yet (a follower learns
+/// the high watermark one fetch late), so a read anywhere sees every write
+/// acknowledged before it. If the leader does not answer quickly, the read
+/// is served from what this broker has.
+pub async fn sync_with_leader(state: &Arc<BrokerState>) {
+    if leader(state).is_none_or(|(l, _)| l == state.config.node_id) {
+        return;
+    }
+    match tokio::time::timeout(Duration::from_secs(2), catch_up_remote(state)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!(error = %e, "reading {SCHEMAS_TOPIC} from its leader before a read"),
+        Err(_) => {
+            tracing::debug!("the leader of {SCHEMAS_TOPIC} did not answer within 2 s; reading local state")
+        }
+    }
+}
+
+/// Reads `__schemas` from its leader, as a consumer does, up to the
+/// leader's high watermark: how a broker without a replica (a cluster
+/// larger than the replication factor) follows it, and how a follower
+/// catches up before a read.
 async fn catch_up_remote(state: &Arc<BrokerState>) -> Result<(), String> {
     use tributary_proto::v1;
     let Some((leader, _)) = leader(state) else { return Ok(()) };
