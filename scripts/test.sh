@@ -5,4 +5,9 @@ cd "$(dirname "$0")/.."
 source scripts/env.sh
 # The black-box tests run the built binaries: build them for this checkout first.
 cargo build --release --workspace --bins
+# The schema registry is tested with Confluent's Python client, from a
+# cached venv (e2e/tests/registry.rs skips, saying why, without it).
+TRIBUTARY_REGISTRY_PYTHON="$(scripts/registry-venv.sh)"
+export TRIBUTARY_REGISTRY_PYTHON
+export PYTHONDONTWRITEBYTECODE=1
 exec cargo test --release --workspace "$@"

@@ -22,6 +22,10 @@ pub struct BrokerConfig {
     pub http_listen: SocketAddr,
     /// Address clients are told to connect to (Metadata); defaults to `listen`.
     pub advertised_address: Option<String>,
+    /// Where other brokers and clients reach the HTTP port (the schema
+    /// registry forwards writes there); defaults to `http_listen`, with the
+    /// advertised host when `http_listen` binds every interface.
+    pub http_advertised_address: Option<String>,
     /// How often segments are checked for retention and rolled by age.
     pub retention_check_interval_ms: u64,
     /// How often compacted topics are looked at by the log cleaner.
@@ -74,6 +78,7 @@ impl Default for BrokerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
             http_listen: SocketAddr::from(([127, 0, 0, 1], 7071)),
             advertised_address: None,
+            http_advertised_address: None,
             retention_check_interval_ms: 30_000,
             cleaner_interval_ms: 15_000,
             block_cache_bytes: 64 << 20,
@@ -113,6 +118,19 @@ impl BrokerConfig {
 
     pub fn advertised(&self) -> String {
         self.advertised_address.clone().unwrap_or_else(|| self.listen.to_string())
+    }
+
+    /// The HTTP port's address as other hosts reach it.
+    pub fn http_advertised(&self) -> String {
+        if let Some(a) = &self.http_advertised_address {
+            return a.clone();
+        }
+        if !self.http_listen.ip().is_unspecified() {
+            return self.http_listen.to_string();
+        }
+        let advertised = self.advertised();
+        let host = advertised.rsplit_once(':').map_or(advertised.as_str(), |(h, _)| h);
+        format!("{host}:{}", self.http_listen.port())
     }
 }
 

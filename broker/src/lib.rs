@@ -18,7 +18,8 @@
 //!    roles, follower fetching and the high watermark. [`server::admin`]
 //!    and [`server::cluster`] expose them.
 //!
-//! [`maintenance`] runs timed flushes, retention and compaction;
+//! [`registry`] is the schema registry on the HTTP port, kept in
+//! `__schemas`. [`maintenance`] runs timed flushes, retention and compaction;
 //! [`metrics`] and [`telemetry`] are the observability; [`config`] the
 //! settings; [`error`] the one error type and its gRPC mapping.
 
@@ -32,6 +33,7 @@ pub mod maintenance;
 pub mod metrics;
 pub mod partition;
 pub mod producer_ids;
+pub mod registry;
 pub mod replication;
 pub mod server;
 pub mod shutdown;
@@ -74,6 +76,7 @@ pub struct BrokerState {
     pub session: Arc<cluster::session::Session>,
     pub controller: Arc<cluster::controller::Controller>,
     pub replicas: Arc<replication::ReplicaManager>,
+    pub registry: registry::Registry,
     pub shutdown: shutdown::Shutdown,
 }
 
@@ -174,6 +177,7 @@ impl Broker {
             std::time::Duration::from_millis(config.replica_lag_time_max_ms.max(1)),
         );
         let (trigger, shutdown) = shutdown::channel();
+        let registry = registry::Registry::new(config.http_advertised());
         let state = Arc::new(BrokerState {
             config,
             topics,
@@ -186,6 +190,7 @@ impl Broker {
             session: session.clone(),
             controller: controller.clone(),
             replicas: replicas.clone(),
+            registry,
             shutdown: shutdown.clone(),
         });
 
@@ -211,8 +216,13 @@ impl Broker {
                 tracing::error!(error = %e, "HTTP server stopped");
             }
         }));
-        // Ready once the local roles follow the metadata.
+        // Ready once the local roles follow the metadata, and the schema
+        // registry has replayed what this broker holds of `__schemas`.
         replicas.wait_caught_up(std::time::Duration::from_secs(10)).await;
+        if let Err(e) = registry::catch_up_now(&state).await {
+            tracing::warn!(error = %e, "replaying the schema registry's log");
+        }
+        tasks.push(tokio::spawn(registry::run(state.clone(), state.shutdown.clone())));
         // ... and it may lead (its session lease holds).
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
         while !state.session.lease_valid() && tokio::time::Instant::now() < deadline {

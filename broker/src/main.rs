@@ -21,7 +21,7 @@ struct Args {
     /// gRPC listen address [default: 127.0.0.1:7070]
     #[arg(long, env = "TRIBUTARY_LISTEN")]
     listen: Option<SocketAddr>,
-    /// HTTP listen address for /healthz, /readyz, /metrics [default: 127.0.0.1:7071]
+    /// HTTP listen address for /healthz, /readyz, /metrics and the schema registry [default: 127.0.0.1:7071]
     #[arg(long, env = "TRIBUTARY_HTTP_LISTEN")]
     http_listen: Option<SocketAddr>,
     /// This broker's id [default: 0]
@@ -30,6 +30,9 @@ struct Args {
     /// Address clients should connect to, if not the listen address.
     #[arg(long, env = "TRIBUTARY_ADVERTISED_ADDRESS")]
     advertised_address: Option<String>,
+    /// Where other brokers reach the HTTP port, if not the HTTP listen address.
+    #[arg(long, env = "TRIBUTARY_HTTP_ADVERTISED_ADDRESS")]
+    http_advertised_address: Option<String>,
     /// Seeds a new cluster: ID@HOST:PORT of every broker, this one included
     /// (how this broker reaches each peer). Read only when the data
     /// directory is empty; afterwards membership lives in the quorum.
@@ -70,6 +73,9 @@ fn load_config(args: Args) -> anyhow::Result<BrokerConfig> {
     }
     if let Some(v) = args.advertised_address {
         config.advertised_address = Some(v);
+    }
+    if let Some(v) = args.http_advertised_address {
+        config.http_advertised_address = Some(v);
     }
     if let Some(v) = args.peers {
         config.peers = v;

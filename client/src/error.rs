@@ -51,6 +51,13 @@ pub enum Error {
     /// on (fatal: every later call reports it too).
     #[error("{0}")]
     Fenced(String),
+    /// The schema registry refused the call: its HTTP status, Confluent
+    /// error code (40401 no such subject, 409 incompatible, ...) and message.
+    #[error("schema registry: {message} (error {code})")]
+    Registry { status: u16, code: i64, message: String },
+    /// A value could not be serialized or deserialized (Avro).
+    #[error("{0}")]
+    Serialization(String),
 }
 
 /// The crate's result type.
@@ -129,7 +136,9 @@ impl Error {
             | Error::CorruptRecord { .. }
             | Error::OffsetOutOfRange { .. }
             | Error::Closed
-            | Error::Fenced(_) => Recovery::Fail,
+            | Error::Fenced(_)
+            | Error::Registry { .. }
+            | Error::Serialization(_) => Recovery::Fail,
         }
     }
 

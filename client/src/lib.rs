@@ -86,10 +86,13 @@
 //! * [`producer`], [`consumer`], [`admin`]: the public clients.
 //! * [`group`]: the group consumer (membership, assignment, commits);
 //!   `coordinator` finds the broker that coordinates a group.
+//! * [`registry`]: a schema registry client (Confluent's REST API) with an
+//!   id cache; [`avro`]: Avro values in Confluent's wire format.
 //! * [`error`]: the one error type, one actionable line each.
 
 mod accumulator;
 pub mod admin;
+pub mod avro;
 pub(crate) mod cluster;
 pub(crate) mod connection;
 pub mod consumer;
@@ -101,6 +104,7 @@ pub(crate) mod idempotence;
 pub mod metadata;
 pub mod partitioner;
 pub mod producer;
+pub mod registry;
 pub(crate) mod sender;
 mod split;
 

@@ -318,10 +318,35 @@ impl Broker {
         Ok((status, body))
     }
 
+    /// A request with a JSON body on the broker's HTTP port (the schema
+    /// registry's API); returns (status, body).
+    pub fn http_send(&self, method: &str, path: &str, body: &str) -> Result<(u16, String)> {
+        http_send(&self.http, method, path, body)
+    }
+
     /// Runs the `tributary` CLI against this broker with `stdin` as input.
     pub fn cli(&self, args: &[&str], stdin: &str) -> Result<Output> {
         run_cli(&self.bootstrap(), args, stdin)
     }
+}
+
+/// One HTTP/1.1 request with a JSON body to `addr`; returns (status, body).
+pub fn http_send(addr: &SocketAddr, method: &str, path: &str, body: &str) -> Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let timeout = Duration::from_secs(30);
+    let mut s = std::net::TcpStream::connect_timeout(addr, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/vnd.schemaregistry.v1+json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    let status = resp.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Ok((status, body))
 }
 
 /// How to launch one member of a cluster: see [`Broker::launch`].

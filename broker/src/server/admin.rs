@@ -103,12 +103,14 @@ impl AdminService {
     async fn create_here(&self, req: v1::CreateTopicsRequest) -> Result<v1::CreateTopicsResponse, Error> {
         // Brokers ask the controller for the internal offsets topic this way
         // (clients get "reserved"); its settings are the brokers' own.
-        if req.topics.len() == 1
-            && req.topics[0].name == OFFSETS_TOPIC
-            && req.topics[0].configs.get(BROKER_REQUEST_KEY).map(String::as_str) == Some("offsets")
-        {
-            create_offsets_topic_here(&self.state).await?;
-            return Ok(v1::CreateTopicsResponse { created: vec![OFFSETS_TOPIC.to_string()] });
+        if let [t] = req.topics.as_slice() {
+            let asked = t.configs.get(BROKER_REQUEST_KEY).map(String::as_str);
+            if let Some(kind) =
+                InternalTopic::ALL.into_iter().find(|k| k.name() == t.name && Some(k.request()) == asked)
+            {
+                create_internal_topic_here(&self.state, kind).await?;
+                return Ok(v1::CreateTopicsResponse { created: vec![kind.name().to_string()] });
+            }
         }
         let md = self.state.cluster.metadata();
         let live: Vec<(i32, String)> = md.live_brokers().map(|b| (b.id, b.rack.clone())).collect();
@@ -277,8 +279,8 @@ impl AdminService {
 /// brokers' settings.
 const BROKER_REQUEST_KEY: &str = "tributary.broker.request";
 
-/// The settings of `__consumer_offsets`: compacted, every commit fsynced
-/// before it is acknowledged.
+/// The settings of `__consumer_offsets` and `__schemas`: compacted, every
+/// write fsynced before it is acknowledged.
 fn offsets_topic_configs(rf: u32) -> std::collections::BTreeMap<String, String> {
     [
         ("cleanup.policy", "compact".to_string()),
@@ -296,14 +298,58 @@ fn offsets_topic_configs(rf: u32) -> std::collections::BTreeMap<String, String> 
 /// with) once that many brokers are live, `min.insync.replicas` 2 where
 /// possible (Kafka's `offsets.topic.replication.factor`).
 pub async fn ensure_offsets_topic(state: &BrokerState) -> Result<(), Error> {
-    if state.cluster.metadata().topic(OFFSETS_TOPIC).is_some() {
+    ensure_internal_topic(state, InternalTopic::Offsets).await
+}
+
+/// Makes sure `__schemas` (the schema registry's log) exists, like
+/// [`ensure_offsets_topic`]: one partition, so every change has one order.
+pub async fn ensure_schemas_topic(state: &BrokerState) -> Result<(), Error> {
+    ensure_internal_topic(state, InternalTopic::Schemas).await
+}
+
+/// The internal topics brokers create through the controller.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum InternalTopic {
+    Offsets,
+    Schemas,
+}
+
+impl InternalTopic {
+    const ALL: [InternalTopic; 2] = [InternalTopic::Offsets, InternalTopic::Schemas];
+
+    fn name(self) -> &'static str {
+        match self {
+            InternalTopic::Offsets => OFFSETS_TOPIC,
+            InternalTopic::Schemas => crate::registry::SCHEMAS_TOPIC,
+        }
+    }
+
+    /// The [`BROKER_REQUEST_KEY`] value asking for it.
+    fn request(self) -> &'static str {
+        match self {
+            InternalTopic::Offsets => "offsets",
+            InternalTopic::Schemas => "schemas",
+        }
+    }
+
+    fn partitions(self, state: &BrokerState) -> u32 {
+        match self {
+            InternalTopic::Offsets => state.config.offsets_topic_partitions.max(1),
+            InternalTopic::Schemas => 1,
+        }
+    }
+}
+
+async fn ensure_internal_topic(state: &BrokerState, kind: InternalTopic) -> Result<(), Error> {
+    let name = kind.name();
+    if state.cluster.metadata().topic(name).is_some() {
         return Ok(());
     }
     let node = &state.cluster;
     if let Some(channel) = node.controller_channel()? {
         let spec = v1::TopicSpec {
-            name: OFFSETS_TOPIC.to_string(),
-            configs: [(BROKER_REQUEST_KEY.to_string(), "offsets".to_string())].into_iter().collect(),
+            name: name.to_string(),
+            configs: [(BROKER_REQUEST_KEY.to_string(), kind.request().to_string())].into_iter().collect(),
             ..Default::default()
         };
         AdminClient::new(channel)
@@ -311,23 +357,24 @@ pub async fn ensure_offsets_topic(state: &BrokerState) -> Result<(), Error> {
             .await
             .map_err(Error::Forwarded)?;
     } else {
-        create_offsets_topic_here(state).await?;
+        create_internal_topic_here(state, kind).await?;
     }
     // Until this broker's metadata has it, its callers cannot use it.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     let mut rx = node.subscribe();
-    while rx.borrow_and_update().topic(OFFSETS_TOPIC).is_none() {
+    while rx.borrow_and_update().topic(name).is_none() {
         if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
-            return Err(Error::Unavailable(format!("{OFFSETS_TOPIC} is being created; retry")));
+            return Err(Error::Unavailable(format!("{name} is being created; retry")));
         }
     }
     state.replicas.wait_caught_up(Duration::from_secs(5)).await;
     Ok(())
 }
 
-async fn create_offsets_topic_here(state: &BrokerState) -> Result<(), Error> {
+async fn create_internal_topic_here(state: &BrokerState, kind: InternalTopic) -> Result<(), Error> {
+    let name = kind.name();
     let md = state.cluster.metadata();
-    if md.topic(OFFSETS_TOPIC).is_some() {
+    if md.topic(name).is_some() {
         return Ok(());
     }
     let expected = state.cluster.setup.peers.len().max(1) as u32;
@@ -335,14 +382,14 @@ async fn create_offsets_topic_here(state: &BrokerState) -> Result<(), Error> {
     let live: Vec<(i32, String)> = md.live_brokers().map(|b| (b.id, b.rack.clone())).collect();
     if (live.len() as u32) < rf {
         return Err(Error::Unavailable(format!(
-            "{OFFSETS_TOPIC} needs {rf} live brokers for its replication factor; {} are live",
+            "{name} needs {rf} live brokers for its replication factor; {} are live",
             live.len()
         )));
     }
-    let partitions = state.config.offsets_topic_partitions.max(1);
-    let replicas = placement::assign(&live, 0, partitions, rf).map_err(Error::InvalidReplicationFactor)?;
+    let replicas =
+        placement::assign(&live, 0, kind.partitions(state), rf).map_err(Error::InvalidReplicationFactor)?;
     let record = TopicRecord {
-        name: OFFSETS_TOPIC.to_string(),
+        name: name.to_string(),
         id: crate::topics::new_topic_id(),
         configs: offsets_topic_configs(rf),
         partitions: replicas.into_iter().map(PartitionRecord::new).collect(),

@@ -1,5 +1,6 @@
 //! The broker's network front: the gRPC services (`Log`, `Admin`) and the
-//! HTTP port (`/healthz`, `/readyz`, `/metrics`).
+//! HTTP port (`/healthz`, `/readyz`, `/metrics`, and the schema registry's
+//! REST API: [`crate::registry::api`]).
 
 pub mod admin;
 pub mod cluster;
@@ -75,6 +76,8 @@ pub async fn serve_http(
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .merge(crate::registry::api::routes())
+        .fallback(crate::registry::api::not_found)
         .with_state(state);
     axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.wait().await }).await?;
     Ok(())

@@ -28,6 +28,23 @@ pub enum BenchCommand {
     /// Read N records from the start of every partition of a topic (or, with
     /// --group, from the group's committed offsets, by C group members).
     Consume(BenchConsumeArgs),
+    /// Schema registry lookups by id over HTTP (the registry's state is in
+    /// memory: a warm cache on the broker's side), and Avro decodes with
+    /// the deserializer's id cache warm.
+    Registry(BenchRegistryArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct BenchRegistryArgs {
+    /// Lookups (GET /schemas/ids/ID) in total.
+    #[arg(long, default_value_t = 20_000)]
+    pub lookups: u64,
+    /// Lookups in flight at once (one HTTP connection each).
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: u64,
+    /// Avro decodes with the id cache warm.
+    #[arg(long, default_value_t = 200_000)]
+    pub decodes: u64,
 }
 
 #[derive(Args, Debug)]
@@ -124,10 +141,14 @@ impl BenchResult {
     }
 }
 
-pub async fn run(bootstrap: &str, cmd: BenchCommand) -> anyhow::Result<()> {
+pub async fn run(bootstrap: &str, registry: &str, cmd: BenchCommand) -> anyhow::Result<()> {
     let result = match cmd {
         BenchCommand::Produce(args) => produce(bootstrap, args).await?,
         BenchCommand::Consume(args) => consume(bootstrap, args).await?,
+        BenchCommand::Registry(args) => {
+            println!("{}", serde_json::to_string(&registry_lookups(registry, args).await?)?);
+            return Ok(());
+        }
     };
     println!("{}", serde_json::to_string(&result)?);
     Ok(())
@@ -442,4 +463,60 @@ async fn consume_group(bootstrap: &str, group: &str, args: BenchConsumeArgs) -> 
         finished.duration_since(start),
         Some(summary),
     ))
+}
+
+#[derive(Serialize, Debug)]
+struct RegistryBenchResult {
+    lookups: u64,
+    concurrency: u64,
+    lookup_seconds: f64,
+    lookups_per_sec: f64,
+    decodes: u64,
+    decode_seconds: f64,
+    cached_decodes_per_sec: f64,
+}
+
+/// Registers a small schema, then looks it up by id over HTTP from
+/// `concurrency` tasks, then decodes one framed record `decodes` times.
+async fn registry_lookups(url: &str, args: BenchRegistryArgs) -> anyhow::Result<RegistryBenchResult> {
+    use tributary_client::avro::{AvroDeserializer, AvroSerializer, SubjectStrategy};
+    use tributary_client::registry::RegistryClient;
+    const SCHEMA: &str = r#"{"type":"record","name":"BenchRecord","fields":[{"name":"id","type":"long"},{"name":"name","type":"string"}]}"#;
+    let client = Arc::new(RegistryClient::new(url)?);
+    let ser = AvroSerializer::new(client.clone(), SCHEMA, SubjectStrategy::Topic)?;
+    let framed = ser.serialize_json("bench-registry", &serde_json::json!({"id": 7, "name": "seven"})).await?;
+    let id = ser.id("bench-registry").await?;
+    let concurrency = args.concurrency.max(1);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for t in 0..concurrency {
+        let client = client.clone();
+        let n = args.lookups / concurrency + u64::from(t < args.lookups % concurrency);
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..n {
+                client.request(hyper::Method::GET, &format!("/schemas/ids/{id}"), None).await?;
+            }
+            Ok::<(), Error>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let lookup_seconds = start.elapsed().as_secs_f64().max(1e-9);
+    let de = AvroDeserializer::new(client);
+    de.deserialize(&framed).await?;
+    let start = Instant::now();
+    for _ in 0..args.decodes {
+        de.deserialize(&framed).await?;
+    }
+    let decode_seconds = start.elapsed().as_secs_f64().max(1e-9);
+    Ok(RegistryBenchResult {
+        lookups: args.lookups,
+        concurrency,
+        lookup_seconds,
+        lookups_per_sec: args.lookups as f64 / lookup_seconds,
+        decodes: args.decodes,
+        decode_seconds,
+        cached_decodes_per_sec: args.decodes as f64 / decode_seconds,
+    })
 }

@@ -26,6 +26,8 @@ use tributary_client::{
     OffsetSpec, TopicPartition,
 };
 
+use tributary_client::avro::AvroDeserializer;
+
 use super::args::parse_start_offset;
 
 #[derive(Args, Debug)]
@@ -83,6 +85,10 @@ pub struct ConsumeArgs {
     /// this reader, and with --group to the group.
     #[arg(long)]
     pub skip_corrupt: bool,
+    /// Values are Avro in Confluent's wire format: print each as JSON (the
+    /// writer schema fetched by id from --registry).
+    #[arg(long)]
+    pub avro: bool,
 }
 
 impl ConsumeArgs {
@@ -99,9 +105,10 @@ impl ConsumeArgs {
 /// enough that Ctrl-C and --max-messages feel immediate.
 const POLL: Duration = Duration::from_secs(1);
 
-pub async fn run(bootstrap: &str, args: ConsumeArgs) -> anyhow::Result<()> {
+pub async fn run(bootstrap: &str, registry: &str, args: ConsumeArgs) -> anyhow::Result<()> {
+    let avro = if args.avro { Some(AvroDeserializer::new(super::schema::client(registry)?)) } else { None };
     if let Some(group) = args.group.clone() {
-        return run_group(bootstrap, &group, args).await;
+        return run_group(bootstrap, &group, args, avro.as_ref()).await;
     }
     let mut consumer =
         Consumer::connect(ConsumerConfig { bootstrap: bootstrap.to_string(), ..ConsumerConfig::default() })
@@ -110,7 +117,7 @@ pub async fn run(bootstrap: &str, args: ConsumeArgs) -> anyhow::Result<()> {
         Some(p) => consumer.assign(&args.topic, p, args.start()).await?,
         None => consumer.assign_all(&args.topic, args.start()).await?,
     }
-    print_records(&mut consumer, &args).await
+    print_records(&mut consumer, &args, avro.as_ref()).await
 }
 
 /// Where `print_records` gets records: a standalone consumer or a group
@@ -155,7 +162,11 @@ impl RecordSource for GroupConsumer {
 
 /// Prints records until --max-messages, --timeout-ms of silence, Ctrl-C or
 /// a closed stdout.
-async fn print_records(source: &mut impl RecordSource, args: &ConsumeArgs) -> anyhow::Result<()> {
+async fn print_records(
+    source: &mut impl RecordSource,
+    args: &ConsumeArgs,
+    avro: Option<&AvroDeserializer>,
+) -> anyhow::Result<()> {
     let idle_limit = args.timeout_ms.map(Duration::from_millis);
     let mut printed: u64 = 0;
     let mut last_record = Instant::now();
@@ -201,6 +212,10 @@ async fn print_records(source: &mut impl RecordSource, args: &ConsumeArgs) -> an
         if records.is_empty() {
             continue;
         }
+        let records = match avro {
+            Some(d) => decode_avro(d, records).await?,
+            None => records,
+        };
         last_record = Instant::now();
         out.clear();
         let mut shown = 0;
@@ -217,6 +232,23 @@ async fn print_records(source: &mut impl RecordSource, args: &ConsumeArgs) -> an
             return Ok(());
         }
     }
+}
+
+/// Replaces each Avro value with its JSON text.
+async fn decode_avro(
+    d: &AvroDeserializer,
+    mut records: Vec<ConsumerRecord>,
+) -> anyhow::Result<Vec<ConsumerRecord>> {
+    for r in &mut records {
+        if let Some(v) = &r.value {
+            let json = d
+                .deserialize_json(v)
+                .await
+                .with_context(|| format!("{}-{} offset {}", r.topic, r.partition, r.offset))?;
+            r.value = Some(bytes::Bytes::from(json.to_string()));
+        }
+    }
+    Ok(records)
 }
 
 /// "t-0 offset 3" or "t-0 offsets 3..=5": what a skip from `offset` to
@@ -244,7 +276,12 @@ fn write_out(out: &[u8]) -> anyhow::Result<bool> {
 /// auto-commit commits was printed; at --max-messages, partitions with
 /// records returned but not printed are moved back to the first of those
 /// before the final commit in `close`.
-async fn run_group(bootstrap: &str, group: &str, args: ConsumeArgs) -> anyhow::Result<()> {
+async fn run_group(
+    bootstrap: &str,
+    group: &str,
+    args: ConsumeArgs,
+    avro: Option<&AvroDeserializer>,
+) -> anyhow::Result<()> {
     let mut config = GroupConfig::new(bootstrap, group);
     config.group_instance_id = args.instance_id.clone();
     config.assignor = args.assignor;
@@ -254,7 +291,7 @@ async fn run_group(bootstrap: &str, group: &str, args: ConsumeArgs) -> anyhow::R
     config.auto_offset_reset = if args.from_beginning { OffsetReset::Earliest } else { OffsetReset::Latest };
     let mut consumer = GroupConsumer::connect(config).await?;
     consumer.subscribe(&[args.topic.as_str()]).await?;
-    let printed = print_records(&mut consumer, &args).await;
+    let printed = print_records(&mut consumer, &args, avro).await;
     // Commit what was printed and leave, even after an error.
     let closed = consumer.close().await;
     printed?;

@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod consume;
 pub mod group;
 pub mod produce;
+pub mod schema;
 pub mod table;
 pub mod topic;
 
@@ -29,6 +30,16 @@ pub struct Cli {
         value_name = "HOST:PORT[,HOST:PORT...]"
     )]
     pub bootstrap: String,
+    /// The schema registry: any broker's HTTP port (or a Confluent-compatible
+    /// registry), for `schema`, `produce --value-schema` and `consume --avro`.
+    #[arg(
+        long,
+        global = true,
+        env = "TRIBUTARY_REGISTRY",
+        default_value = "http://127.0.0.1:7071",
+        value_name = "URL"
+    )]
+    pub registry: String,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -61,19 +72,23 @@ pub enum Command {
     /// Broker operations (drain before removal).
     #[command(subcommand)]
     Broker(cluster::BrokerCommand),
+    /// Schemas in the registry: list, get, register, check, config.
+    #[command(subcommand)]
+    Schema(schema::SchemaCommand),
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Topic(cmd) => topic::run(&cli.bootstrap, cmd).await,
-        Command::Produce(args) => produce::run(&cli.bootstrap, args).await,
-        Command::Consume(args) => consume::run(&cli.bootstrap, args).await,
+        Command::Produce(args) => produce::run(&cli.bootstrap, &cli.registry, args).await,
+        Command::Consume(args) => consume::run(&cli.bootstrap, &cli.registry, args).await,
         Command::Group(cmd) => group::run(&cli.bootstrap, cmd).await,
-        Command::Bench(cmd) => bench::run(&cli.bootstrap, cmd).await,
+        Command::Bench(cmd) => bench::run(&cli.bootstrap, &cli.registry, cmd).await,
         Command::Cluster(cmd) => cluster::run_cluster(&cli.bootstrap, cmd).await,
         Command::Leader(cmd) => cluster::run_leader(&cli.bootstrap, cmd).await,
         Command::Partition(cmd) => cluster::run_partition(&cli.bootstrap, cmd).await,
         Command::Broker(cmd) => cluster::run_broker(&cli.bootstrap, cmd).await,
+        Command::Schema(cmd) => schema::run(&cli.registry, cmd).await,
     }
 }
 
@@ -308,6 +323,20 @@ mod tests {
             "-1"
         ])
         .is_err());
+    }
+
+    #[test]
+    fn schema_and_avro_flags() {
+        let cli = parse(&["tributary", "--registry", "http://h:1", "schema", "get", "--id", "3"]);
+        assert_eq!(cli.registry, "http://h:1");
+        assert!(matches!(cli.command, Command::Schema(schema::SchemaCommand::Get { id: Some(3), .. })));
+        assert!(Cli::try_parse_from(["tributary", "schema", "get"]).is_err(), "a subject or --id");
+        let cli = parse(&["tributary", "produce", "t", "--value-schema", "u.avsc"]);
+        let Command::Produce(p) = cli.command else { panic!("not produce") };
+        assert_eq!(p.value_schema.as_deref(), Some(std::path::Path::new("u.avsc")));
+        let cli = parse(&["tributary", "consume", "t", "--avro"]);
+        let Command::Consume(c) = cli.command else { panic!("not consume") };
+        assert!(c.avro);
     }
 
     #[test]

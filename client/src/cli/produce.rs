@@ -11,6 +11,7 @@ use anyhow::{bail, Context};
 use bytes::Bytes;
 use clap::Args;
 use tokio::sync::mpsc;
+use tributary_client::avro::{AvroSerializer, SubjectStrategy};
 use tributary_client::{Acks, Compression, Producer, ProducerConfig, ProducerRecord};
 
 use super::args::{parse_key_value, split_key, strip_newline};
@@ -38,9 +39,26 @@ pub struct ProduceArgs {
     /// How long a batch waits for more records, in ms.
     #[arg(long, default_value_t = 5)]
     pub linger_ms: u64,
+    /// Each line is a JSON value of this Avro schema (.avsc): it is sent
+    /// Avro-encoded in Confluent's wire format, the schema registered under
+    /// TOPIC-value (see --registry).
+    #[arg(long, value_name = "FILE.avsc")]
+    pub value_schema: Option<std::path::PathBuf>,
 }
 
-pub async fn run(bootstrap: &str, args: ProduceArgs) -> anyhow::Result<()> {
+pub async fn run(bootstrap: &str, registry: &str, args: ProduceArgs) -> anyhow::Result<()> {
+    let avro = match &args.value_schema {
+        Some(file) => {
+            let text =
+                std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+            let r = super::schema::client(registry)?;
+            let ser = AvroSerializer::new(r, &text, SubjectStrategy::Topic)?;
+            // Registered before the first line: a refusal stops here.
+            ser.id(&args.topic).await?;
+            Some(ser)
+        }
+        None => None,
+    };
     let producer = Producer::connect(ProducerConfig {
         bootstrap: bootstrap.to_string(),
         acks: args.acks,
@@ -64,11 +82,23 @@ pub async fn run(bootstrap: &str, args: ProduceArgs) -> anyhow::Result<()> {
                 Some(sep) => split_key(text, sep),
                 None => (None, text),
             };
+            let value = match &avro {
+                Some(ser) => {
+                    let json: serde_json::Value = serde_json::from_slice(value)
+                        .with_context(|| format!("line {}: not JSON", total + 1))?;
+                    Bytes::from(
+                        ser.serialize_json(&args.topic, &json)
+                            .await
+                            .with_context(|| format!("line {}", total + 1))?,
+                    )
+                }
+                None => Bytes::copy_from_slice(value),
+            };
             let record = ProducerRecord {
                 topic: args.topic.clone(),
                 partition: args.partition,
                 key: key.map(Bytes::copy_from_slice),
-                value: Some(Bytes::copy_from_slice(value)),
+                value: Some(value),
                 headers: headers.clone(),
                 timestamp: None,
             };
