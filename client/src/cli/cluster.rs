@@ -221,6 +221,8 @@ mod tests {
             under_replicated_partitions: 2,
             offline_partitions: 1,
             partitions: 12,
+            reassignments_in_progress: 0,
+            reassignment_throttle_bytes_per_sec: 0,
         };
         let text = describe(&d);
         assert!(
@@ -230,6 +232,14 @@ mod tests {
             ),
             "{text}"
         );
+        // Reassignments and their throttle show only while there are any.
+        assert!(!text.contains("Reassignments"), "{text}");
+        let moving = DescribeClusterResponse {
+            reassignments_in_progress: 3,
+            reassignment_throttle_bytes_per_sec: 500,
+            ..d.clone()
+        };
+        assert!(describe(&moving).contains("Reassignments: 3 in progress (throttle 500 bytes/s)\n"));
         assert!(text.contains("ID  ADDRESS  RACK  ALIVE  VOTER  CONTROLLER\n"), "{text}");
         assert!(text.contains("1   b1:7070  b     yes    yes    *\n"), "{text}");
         assert!(text.contains("3   b3:7070  -     no     no\n"), "{text}");
