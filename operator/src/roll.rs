@@ -436,7 +436,9 @@ mod tests {
         let fresh = at(10);
         let old = at(900);
 
-        let table: Vec<(&str, Vec<Pod>, Result<&ClusterHealth, &str>, Option<&RollProgress>, &str)> = vec![
+        type Row<'a> =
+            (&'a str, Vec<Pod>, Result<&'a ClusterHealth, &'a str>, Option<&'a RollProgress>, &'a str);
+        let table: Vec<Row<'_>> = vec![
             ("all current, no roll", all(["v2"; 3]), Ok(&h), None, "up-to-date elect=false"),
             ("highest ordinal first", all(["v1"; 3]), Ok(&h), None, "restart events-2"),
             ("controller last", all(["v1"; 3]), Ok(&controller_two), None, "restart events-1"),

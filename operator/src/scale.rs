@@ -267,7 +267,8 @@ mod tests {
         let next = health(3, &[&[0, 2]]);
         let mut catching_up = health(4, &[&[0, 1, 2, 3], &[2, 0, 1]]);
         catching_up.partitions[0].isr = vec![0, 1, 3];
-        let table: Vec<(&str, ScaleInput<'_>, (i32, Vec<&str>, Option<&str>))> = vec![
+        type Row<'a> = (&'a str, ScaleInput<'a>, (i32, Vec<&'a str>, Option<&'a str>));
+        let table: Vec<Row<'_>> = vec![
             ("new cluster", input(3, None, &on_3), (3, vec![], None)),
             ("steady", input(4, Some(4), &on_3), (4, vec![], None)),
             ("scale-up runs the new brokers", input(5, Some(4), &on_3), (5, vec![], None)),

@@ -65,8 +65,7 @@ impl ObservedTopic {
 pub enum ClusterView {
     /// No Cluster of that name in the Topic's namespace.
     Missing,
-    /// The Cluster exists and runs this many brokers (its `spec.replicas`,
-    /// capped by [`crate::cluster::runnable_brokers`] until brokers replicate).
+    /// The Cluster exists and declares this many brokers (`spec.replicas`).
     Present { brokers: i32 },
 }
 
@@ -620,7 +619,9 @@ mod tests {
         // as the brokers report them at each step.
         let started =
             Reassignment { from_replication_factor: 1, to_replication_factor: 3, partitions_done: 0 };
-        let table: Vec<(&str, Vec<(u32, u32)>, Option<Reassignment>, bool, Outcome, &str, Option<i32>)> = vec![
+        type Row =
+            (&'static str, Vec<(u32, u32)>, Option<Reassignment>, bool, Outcome, &'static str, Option<i32>);
+        let table: Vec<Row> = vec![
             (
                 "not started: start it",
                 vec![(1, 1); 3],
