@@ -143,6 +143,9 @@ pub struct TopicConfig {
     pub flush_ms: i64,
     pub index_interval_bytes: u64,
     pub min_insync_replicas: i64,
+    /// Elect a replica that is not in sync when no in-sync one is left
+    /// (available again, losing what only the in-sync ones held).
+    pub unclean_leader_election: bool,
     /// Idempotent producers idle this long are forgotten.
     pub producer_id_expiration_ms: i64,
 }
@@ -162,6 +165,7 @@ impl Default for TopicConfig {
             flush_ms: 1000,
             index_interval_bytes: 4096,
             min_insync_replicas: 1,
+            unclean_leader_election: false,
             producer_id_expiration_ms: 24 * 3600 * 1000,
         }
     }
@@ -182,6 +186,10 @@ pub const TOPIC_KEYS: &[(&str, &str)] = &[
     ("flush.ms", "fsync at least this often"),
     ("index.interval.bytes", "bytes between sparse offset-index entries"),
     ("min.insync.replicas", "replicas that must have a record before acks=all succeeds"),
+    (
+        "unclean.leader.election.enable",
+        "true: with no in-sync replica left, elect one that is not (available again, losing what it lacks)",
+    ),
     ("producer.id.expiration.ms", "idempotent producers idle this long are forgotten"),
 ];
 
@@ -202,6 +210,18 @@ fn parse_i64(key: &str, value: &str, min: i64) -> Result<i64> {
         });
     }
     Ok(n)
+}
+
+fn parse_bool(key: &str, value: &str) -> Result<bool> {
+    match value.trim() {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(Error::InvalidConfigValue {
+            key: key.to_string(),
+            value: value.to_string(),
+            reason: "must be true or false".into(),
+        }),
+    }
 }
 
 fn parse_policy(value: &str) -> Result<CleanupPolicy> {
@@ -252,6 +272,7 @@ impl TopicConfig {
                 "flush.ms" => c.flush_ms = parse_i64(k, value, 0)?,
                 "index.interval.bytes" => c.index_interval_bytes = parse_i64(k, value, 0)? as u64,
                 "min.insync.replicas" => c.min_insync_replicas = parse_i64(k, value, 1)?,
+                "unclean.leader.election.enable" => c.unclean_leader_election = parse_bool(k, value)?,
                 "producer.id.expiration.ms" => c.producer_id_expiration_ms = parse_i64(k, value, 1)?,
                 _ => return Err(Error::UnknownConfig(key.clone())),
             }
@@ -279,6 +300,7 @@ impl TopicConfig {
             ("flush.ms", self.flush_ms.to_string()),
             ("index.interval.bytes", self.index_interval_bytes.to_string()),
             ("min.insync.replicas", self.min_insync_replicas.to_string()),
+            ("unclean.leader.election.enable", self.unclean_leader_election.to_string()),
             ("producer.id.expiration.ms", self.producer_id_expiration_ms.to_string()),
         ]
         .into_iter()

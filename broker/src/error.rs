@@ -41,6 +41,10 @@ pub enum Error {
     GroupNotEmpty(String, usize),
     #[error("{0}")]
     CommitRejected(String),
+    /// The cluster is not in the state the call needs (a broker still
+    /// hosting replicas cannot be removed).
+    #[error("{0}")]
+    Precondition(String),
     #[error("storage error: {0}")]
     Storage(String),
     #[error("disk full: {0}; free space by deleting topics or lowering retention")]
@@ -123,7 +127,9 @@ impl From<Error> for tonic::Status {
             Error::UnknownTopic(_) | Error::UnknownPartition { .. } | Error::UnknownGroup(_) => {
                 Code::NotFound
             }
-            Error::GroupNotEmpty(..) | Error::CommitRejected(_) => Code::FailedPrecondition,
+            Error::GroupNotEmpty(..) | Error::CommitRejected(_) | Error::Precondition(_) => {
+                Code::FailedPrecondition
+            }
             Error::OffsetOutOfRange { .. } => Code::OutOfRange,
             Error::OutOfOrderSequence { .. }
             | Error::InvalidProducerEpoch { .. }

@@ -218,8 +218,11 @@ impl Broker {
         while !state.session.lease_valid() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
-        state.ready.store(true, Ordering::Release);
-        tracing::info!(node_id = state.config.node_id, grpc = %grpc_addr, http = %http_addr, data_dir = %state.config.data_dir.display(), "broker ready");
+        tracing::info!(node_id = state.config.node_id, grpc = %grpc_addr, "broker serving");
+        // ... and what it follows has caught up with where its leaders were
+        // (a restarted broker is not back until then: the operator's roll
+        // waits on this before it takes down the next one).
+        tasks.push(tokio::spawn(become_ready(state.clone(), grpc_addr, http_addr)));
         Ok(Broker { state, grpc_addr, http_addr, trigger, tasks })
     }
 
@@ -253,6 +256,30 @@ impl Broker {
     }
 }
 
+/// Sets `/readyz` once every partition this broker follows has caught up
+/// with its leader's high watermark as of the start.
+async fn become_ready(state: Arc<BrokerState>, grpc_addr: SocketAddr, http_addr: SocketAddr) {
+    let mut shutdown = state.shutdown.clone();
+    let mut last_report = std::time::Instant::now();
+    loop {
+        let lagging = state.replicas.lagging_since_start();
+        if lagging.is_empty() {
+            break;
+        }
+        if last_report.elapsed() > std::time::Duration::from_secs(10) {
+            last_report = std::time::Instant::now();
+            tracing::info!(count = lagging.len(), first = %lagging[0], "not ready yet: replicas still catching up with their leaders");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}
+            _ = shutdown.wait() => return,
+        }
+    }
+    state.ready.store(true, Ordering::Release);
+    // Tests and scripts read the addresses off this line.
+    tracing::info!(node_id = state.config.node_id, grpc = %grpc_addr, http = %http_addr, data_dir = %state.config.data_dir.display(), "broker ready");
+}
+
 /// A one-node broker's topics from before the quorum existed become the
 /// quorum's (same ids, this broker the only replica), so upgrading keeps
 /// every topic. Internal topics stay local.
@@ -267,11 +294,18 @@ async fn adopt_local_topics(state: &Arc<BrokerState>) -> anyhow::Result<()> {
     }
     // The broker must be registered before its topics get a leader.
     let me = node.node_id();
-    if node.metadata().brokers.get(&me).is_none_or(|b| b.fenced || b.address != node.setup.advertised) {
+    let incarnation = state.session.incarnation;
+    let registered = node
+        .metadata()
+        .brokers
+        .get(&me)
+        .is_some_and(|b| !b.fenced && b.address == node.setup.advertised && b.incarnation == incarnation);
+    if !registered {
         node.propose(cluster::state::Command::Register {
             id: me,
             address: node.setup.advertised.clone(),
             rack: node.setup.rack.clone(),
+            incarnation,
         })
         .await?;
     }

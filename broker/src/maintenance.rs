@@ -58,6 +58,7 @@ fn cluster_gauges(state: &BrokerState) {
     let m = &state.metrics;
     m.under_replicated_partitions.set(i64::from(under));
     m.offline_partitions.set(i64::from(offline));
+    m.reassignments.set(md.reassignments_in_progress() as i64);
     m.raft_term.set(state.cluster.raft_term() as i64);
     m.raft_applied_index.set(state.cluster.applied_index() as i64);
     m.controller.set(i64::from(state.cluster.is_controller()));

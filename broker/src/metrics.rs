@@ -74,6 +74,10 @@ pub struct Metrics {
     /// Per led partition: how many offsets the slowest follower is behind
     /// the leader's log end.
     pub follower_lag: Family<PartitionLabels, Gauge>,
+    /// Bytes this leader sent to replicas copying for a reassignment under
+    /// the throttle.
+    pub throttled_bytes: Counter,
+    pub reassignments: Gauge,
 }
 
 fn request_histogram() -> Histogram {
@@ -101,6 +105,8 @@ impl Metrics {
             raft_applied_index: Gauge::default(),
             controller: Gauge::default(),
             follower_lag: Family::default(),
+            throttled_bytes: Counter::default(),
+            reassignments: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("bytes_in", "Record batch bytes appended", m.bytes_in.clone());
@@ -142,6 +148,16 @@ impl Metrics {
             "follower_lag_offsets",
             "Per led partition: offsets the slowest follower is behind the log end",
             m.follower_lag.clone(),
+        );
+        registry.register(
+            "reassignment_throttled_bytes",
+            "Bytes sent to replicas copying for a reassignment, under the throttle",
+            m.throttled_bytes.clone(),
+        );
+        registry.register(
+            "reassignments_in_progress",
+            "Partitions being reassigned (cluster-wide)",
+            m.reassignments.clone(),
         );
         let g = group_metrics();
         registry.register(

@@ -334,12 +334,19 @@ impl Admin {
     /// Changes a topic's replication factor by reassignment (new replicas
     /// copy first; the switch happens once they are in sync). Returns the
     /// reassignments started.
+    /// `throttle`: bytes/s for all reassignment copying cluster-wide until
+    /// the last reassignment completes (None leaves the current one).
     pub async fn alter_replication_factor(
         &self,
         topic: &str,
         replication_factor: u32,
+        throttle: Option<u64>,
     ) -> Result<v1::ReassignResponse> {
-        let request = &v1::AlterReplicationFactorRequest { topic: topic.to_string(), replication_factor };
+        let request = &v1::AlterReplicationFactorRequest {
+            topic: topic.to_string(),
+            replication_factor,
+            throttle_bytes_per_sec: throttle,
+        };
         self.any(|c| async move {
             let mut cluster = c.cluster();
             c.call(
@@ -353,12 +360,14 @@ impl Admin {
         .await
     }
 
-    /// Moves one partition to `replicas` (the first is the preferred leader).
+    /// Moves one partition to `replicas` (the first is the preferred leader);
+    /// `throttle` as for [`Admin::alter_replication_factor`].
     pub async fn reassign_partition(
         &self,
         topic: &str,
         partition: u32,
         replicas: &[i32],
+        throttle: Option<u64>,
     ) -> Result<v1::ReassignResponse> {
         let request = &v1::ReassignPartitionsRequest {
             partitions: vec![v1::PartitionTarget {
@@ -366,6 +375,7 @@ impl Admin {
                 partition,
                 replicas: replicas.to_vec(),
             }],
+            throttle_bytes_per_sec: throttle,
         };
         self.any(|c| async move {
             c.call(
@@ -379,15 +389,31 @@ impl Admin {
         .await
     }
 
-    /// Moves every replica off broker `node` (before removing it).
-    pub async fn drain_broker(&self, node: i32) -> Result<v1::ReassignResponse> {
-        let request = &v1::DrainBrokerRequest { node_id: node };
+    /// Moves every replica off broker `node` (before removing it);
+    /// `throttle` as for [`Admin::alter_replication_factor`].
+    pub async fn drain_broker(&self, node: i32, throttle: Option<u64>) -> Result<v1::ReassignResponse> {
+        let request = &v1::DrainBrokerRequest { node_id: node, throttle_bytes_per_sec: throttle };
         self.any(|c| async move {
             c.call("a drain-broker request", ADMIN_TIMEOUT, c.cluster().drain_broker(*request))
                 .await
                 .map_err(|e| older_broker(e, &c, "drain brokers"))
         })
         .await
+    }
+
+    /// Removes a drained broker from the cluster (metadata and metadata
+    /// quorum); refused (FAILED_PRECONDITION) while it hosts a replica.
+    /// Returns the Raft voters after the removal.
+    pub async fn remove_broker(&self, node: i32) -> Result<Vec<i32>> {
+        let request = &v1::RemoveBrokerRequest { node_id: node };
+        let response = self
+            .any(|c| async move {
+                c.call("a remove-broker request", ADMIN_TIMEOUT, c.cluster().remove_broker(*request))
+                    .await
+                    .map_err(|e| older_broker(e, &c, "remove brokers"))
+            })
+            .await?;
+        Ok(response.voters)
     }
 
     pub async fn elect_leaders(&self, topics: &[&str]) -> Result<u32> {

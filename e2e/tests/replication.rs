@@ -124,6 +124,63 @@ async fn a_paused_leader_steps_down_and_nothing_divergent_is_readable() {
     assert_clean(&report, &c.logs_tail());
 }
 
+/// Sessions long enough that a restarted broker is back before the
+/// controller would have fenced it.
+const LONG_SESSION: &str = "broker_session_timeout_ms = 10000\n\
+                            broker_heartbeat_interval_ms = 300\n\
+                            replica_lag_time_max_ms = 2000\n";
+
+/// What a power loss does to a partition on one broker: the end of its
+/// active segment, written but never fsynced, is gone (kill -9 alone keeps
+/// it: the page cache survives the process). Answers the bytes cut.
+fn lose_unsynced_tail(dir: &std::path::Path) -> anyhow::Result<u64> {
+    let mut segments: Vec<std::path::PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
+    segments.sort();
+    let active = segments.pop().ok_or_else(|| anyhow::anyhow!("no segment in {}", dir.display()))?;
+    let len = std::fs::metadata(&active)?.len();
+    std::fs::OpenOptions::new().write(true).open(&active)?.set_len(len / 2)?;
+    Ok(len - len / 2)
+}
+
+/// The leader loses its unsynced tail to a power loss and is back within
+/// its session, before the controller noticed it was gone. Its followers
+/// hold records it no longer has, all acknowledged with `acks=all`: the
+/// restarted run must not lead on in the old epoch (appending new records
+/// at offsets the followers hold others at, and moving the high watermark
+/// over them). The controller ends the old run's session when the new one
+/// registers, so an in-sync follower leads in a new epoch and the restarted
+/// broker truncates and copies back what it lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_back_from_a_power_loss_within_its_session_takes_nothing_from_its_followers() {
+    let mut c = Cluster::start(3, LONG_SESSION).unwrap();
+    c.create_topic("w", 1, 3, &[MIN_ISR]).await.ok_or_logs(&c);
+    let ledger = Ledger::new();
+    let producer = spawn_producer(&c.bootstrap(), &ledger, ProducerOptions::new("w", &[0]));
+    producer.wait_acked(300, WAIT).await.ok_or_logs(&c);
+    let (old, epoch) = c.wait_leader("w", 0, None, WAIT).await.ok_or_logs(&c);
+    let killed_at = Instant::now();
+    c.kill(old).ok_or_logs(&c);
+    let cut = lose_unsynced_tail(&c.broker(old).data_dir().join("w-0")).ok_or_logs(&c);
+    assert!(cut > 0, "the active segment was empty: the power loss took nothing");
+    c.restart(old).ok_or_logs(&c);
+    c.wait_ready_async(old, Duration::from_secs(60)).await.ok_or_logs(&c);
+    assert!(
+        killed_at.elapsed() < Duration::from_secs(10),
+        "the restart took {:?}, longer than the session: the scenario needs it back before it is fenced",
+        killed_at.elapsed()
+    );
+    producer.wait_acked(100, WAIT).await.ok_or_logs(&c);
+    let (_, now_epoch) = c.wait_leader("w", 0, None, WAIT).await.ok_or_logs(&c);
+    let stats = producer.stop().await;
+    assert!(stats.non_retriable.is_empty(), "{stats:?}");
+    let report = verify(&mut c, &ledger, "w", &[0], SETTLE).await.ok_or_logs(&c);
+    assert_clean(&report, &c.logs_tail());
+    assert!(now_epoch > epoch, "still leader epoch {epoch} after the restart: the old run's epoch went on");
+}
+
 /// The leader cut off from both other brokers by the proxies while clients
 /// still reach it. Nothing first sent to it after the cut may be
 /// acknowledged (it cannot be replicated), the majority elects a new leader

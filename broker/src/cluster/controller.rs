@@ -57,23 +57,39 @@ impl Controller {
             controller_address: controller.and_then(|c| self.node.peer_address(c)).unwrap_or_default(),
             session_timeout_ms: self.session_timeout.as_millis() as u32,
             metadata_index: 0,
+            registered: false,
         };
         if controller != Some(self.node.node_id()) {
             return response;
         }
         self.start_term_if_new();
         let id = req.node_id;
-        self.sessions.lock().insert(id, Instant::now());
         let md = self.node.metadata();
+        if md.removed.get(&id) == Some(&req.incarnation) {
+            // Removed from the cluster and still running until its pod
+            // goes: no session, no lease, not a learner again.
+            self.sessions.lock().remove(&id);
+            response.accepted = true;
+            response.metadata_index = self.node.applied_index();
+            return response;
+        }
+        self.sessions.lock().insert(id, Instant::now());
         if req.shutting_down {
             if md.brokers.get(&id).is_some_and(|b| !b.fenced) {
                 self.propose_once(id, "fence", Command::Fence { id });
             }
         } else {
             let current = md.brokers.get(&id);
-            let changed = current.is_none_or(|b| b.fenced || b.address != req.address || b.rack != req.rack);
+            let changed = current.is_none_or(|b| {
+                b.fenced || b.address != req.address || b.rack != req.rack || b.incarnation != req.incarnation
+            });
             if changed {
-                let cmd = Command::Register { id, address: req.address.clone(), rack: req.rack.clone() };
+                let cmd = Command::Register {
+                    id,
+                    address: req.address.clone(),
+                    rack: req.rack.clone(),
+                    incarnation: req.incarnation,
+                };
                 self.propose_once(id, "register", cmd);
             }
         }
@@ -81,6 +97,9 @@ impl Controller {
             self.add_learner(id, &req.address);
         }
         response.accepted = true;
+        // Read before the index: the registration is then in what the
+        // broker waits to apply.
+        response.registered = md.brokers.get(&id).is_some_and(|b| b.incarnation == req.incarnation);
         response.metadata_index = self.node.applied_index();
         response
     }

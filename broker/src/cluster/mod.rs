@@ -167,8 +167,19 @@ impl ClusterNode {
     }
 
     /// The Raft leader (the controller), if there is one now.
+    ///
+    /// A broker never names itself unless its Raft node really leads: one
+    /// restarted after it was removed from the quorum comes back with its
+    /// own old leadership in its stored vote and no one to depose it (no
+    /// member replicates to it), and must ask its peers instead.
     pub fn controller_id(&self) -> Option<i32> {
-        self.raft.metrics().borrow().current_leader.map(|id| id as i32)
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        let me = self.setup.node_id as NodeId;
+        match m.current_leader {
+            Some(id) if id == me && m.state != openraft::ServerState::Leader => None,
+            other => other.map(|id| id as i32),
+        }
     }
 
     pub fn is_controller(&self) -> bool {

@@ -133,7 +133,12 @@ mod tests {
     fn cluster(n: i32, topic_replicas: Vec<Vec<i32>>) -> MetadataState {
         let mut s = MetadataState::default();
         for id in 0..n {
-            s.apply(&Command::Register { id, address: format!("b{id}"), rack: String::new() });
+            s.apply(&Command::Register {
+                id,
+                address: format!("b{id}"),
+                rack: String::new(),
+                incarnation: 1,
+            });
         }
         s.apply(&Command::CreateTopic {
             topic: TopicRecord {

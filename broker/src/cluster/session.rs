@@ -28,6 +28,19 @@ pub struct Session {
     pub session_timeout: Duration,
     pub heartbeat_interval: Duration,
     shutting_down: AtomicBool,
+    /// Unique to this process run (see `BrokerHeartbeatRequest`).
+    pub incarnation: u64,
+}
+
+/// A value no earlier run of this broker used: the wall clock in
+/// nanoseconds, mixed with the process id (never 0, which old metadata
+/// records hold).
+fn new_incarnation() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or_default();
+    (nanos ^ (u64::from(std::process::id()) << 48)).max(1)
 }
 
 impl Session {
@@ -38,6 +51,7 @@ impl Session {
             session_timeout,
             heartbeat_interval,
             shutting_down: AtomicBool::new(false),
+            incarnation: new_incarnation(),
         })
     }
 
@@ -116,12 +130,18 @@ impl Session {
             address: node.setup.advertised.clone(),
             rack: node.setup.rack.clone(),
             shutting_down: self.shutting_down.load(Ordering::Acquire),
+            incarnation: self.incarnation,
         });
         request.set_timeout(self.heartbeat_interval.max(Duration::from_millis(500)));
         let response =
             client.broker_heartbeat(request).await.map_err(|s| s.message().to_string())?.into_inner();
         if !response.accepted {
             return Ok(Some(response.controller_id));
+        }
+        if !response.registered {
+            // The controller is registering this run; the next heartbeat
+            // renews once that is committed.
+            return Ok(None);
         }
         // The lease must not outlive what `sent` allows, however long the
         // metadata takes to catch up.

@@ -15,6 +15,9 @@ use serde::{Deserialize, Serialize};
 /// No leader (the partition is offline) / no broker.
 pub const NO_LEADER: i32 = -1;
 
+/// The topic config that allows electing a replica out of sync.
+pub const UNCLEAN_ELECTION: &str = "unclean.leader.election.enable";
+
 /// Producer ids are handed out in blocks of this many per request.
 pub const PRODUCER_ID_BLOCK: i64 = 1000;
 
@@ -27,6 +30,9 @@ pub struct BrokerRecord {
     /// Its session with the controller expired (or it shut down): it leads
     /// nothing and is in no ISR until it comes back.
     pub fenced: bool,
+    /// The process run that registered (see `Command::Register`).
+    #[serde(default)]
+    pub incarnation: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,6 +84,16 @@ pub struct MetadataState {
     pub topics: BTreeMap<String, TopicRecord>,
     /// The first producer id not yet handed out to any broker.
     pub next_producer_id: i64,
+    /// Brokers removed from the cluster, with the process run that was
+    /// removed: that run's heartbeats are refused (it may still be up until
+    /// its pod goes), while a later run of the same id may join again.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub removed: BTreeMap<i32, u64>,
+    /// Bytes per second a leader sends, in all, to replicas that are
+    /// copying for a reassignment (0: no limit). Cleared when the last
+    /// reassignment completes.
+    #[serde(default)]
+    pub reassignment_throttle: u64,
     /// The Raft log index this state reflects (set when it is published;
     /// not part of the replicated state).
     #[serde(skip)]
@@ -94,11 +110,18 @@ pub enum Command {
         cluster_id: String,
     },
     /// A broker's address or rack, and (re)admission: unfences it and gives
-    /// leaderless partitions whose ISR holds it a leader again.
+    /// leaderless partitions whose ISR holds it a leader again. A new
+    /// `incarnation` of a broker that was not fenced means it restarted
+    /// within its session: its previous run is fenced first, because a
+    /// restart after a power loss may have taken records it had not
+    /// fsynced — it must not lead in an epoch whose records its followers
+    /// hold and it no longer does, nor count as in sync.
     Register {
         id: i32,
         address: String,
         rack: String,
+        #[serde(default)]
+        incarnation: u64,
     },
     /// The broker's session ended: it leaves every ISR it was in (unless it
     /// was the last member) and every partition it led gets a new leader.
@@ -150,6 +173,15 @@ pub enum Command {
         topic: String,
         partition: u32,
     },
+    /// Removes a broker that hosts no replica (drained) from the cluster;
+    /// refused while it hosts any.
+    Unregister {
+        id: i32,
+    },
+    /// Sets `MetadataState::reassignment_throttle`.
+    SetReassignmentThrottle {
+        bytes_per_sec: u64,
+    },
     /// Reserves a block of producer ids starting at or above `at_least`
     /// (ids a one-node broker handed out before it had a quorum); the result
     /// is its first id.
@@ -195,12 +227,24 @@ impl MetadataState {
                 }
                 Outcome::Done
             }
-            Command::Register { id, address, rack } => {
-                self.register(*id, address, rack);
+            Command::Register { id, address, rack, incarnation } => {
+                if self.removed.get(id) == Some(incarnation) {
+                    return Outcome::Refused(format!(
+                        "broker {id} was removed from the cluster; a restarted broker {id} may join again"
+                    ));
+                }
+                self.register(*id, address, rack, *incarnation);
+                self.elect_unclean();
+                Outcome::Done
+            }
+            Command::Unregister { id } => self.unregister(*id),
+            Command::SetReassignmentThrottle { bytes_per_sec } => {
+                self.reassignment_throttle = *bytes_per_sec;
                 Outcome::Done
             }
             Command::Fence { id } => {
                 self.fence(*id);
+                self.elect_unclean();
                 Outcome::Done
             }
             Command::CreateTopic { topic } => {
@@ -221,6 +265,9 @@ impl MetadataState {
             Command::SetConfigs { name, configs } => match self.topics.get_mut(name) {
                 Some(t) => {
                     t.configs = configs.clone();
+                    // Turning unclean election on brings offline partitions
+                    // back at once.
+                    self.elect_unclean();
                     Outcome::Done
                 }
                 None => Outcome::Refused(format!("unknown topic '{name}'")),
@@ -246,7 +293,12 @@ impl MetadataState {
             Command::ElectLeader { topic, partition, leader } => self.elect(topic, *partition, *leader),
             Command::Reassign { topic, partition, target } => self.reassign(topic, *partition, target),
             Command::CompleteReassignment { topic, partition } => {
-                self.complete_reassignment(topic, *partition)
+                let out = self.complete_reassignment(topic, *partition);
+                if self.reassignments_in_progress() == 0 {
+                    // The throttle was asked for the moves that just ended.
+                    self.reassignment_throttle = 0;
+                }
+                out
             }
             Command::AllocateProducerIds { at_least } => {
                 let start = self.next_producer_id.max(*at_least);
@@ -263,16 +315,83 @@ impl MetadataState {
         p.leader_epoch = 0;
     }
 
-    fn register(&mut self, id: i32, address: &str, rack: &str) {
+    fn register(&mut self, id: i32, address: &str, rack: &str, incarnation: u64) {
+        let restarted = self.brokers.get(&id).is_some_and(|b| !b.fenced && b.incarnation != incarnation);
+        if restarted {
+            self.fence(id);
+        }
+        self.removed.remove(&id);
         self.brokers.insert(
             id,
-            BrokerRecord { id, address: address.to_string(), rack: rack.to_string(), fenced: false },
+            BrokerRecord {
+                id,
+                address: address.to_string(),
+                rack: rack.to_string(),
+                fenced: false,
+                incarnation,
+            },
         );
         // Offline partitions whose last in-sync replica is back lead again.
         for t in self.topics.values_mut() {
             for p in &mut t.partitions {
                 if p.leader == NO_LEADER && p.isr.contains(&id) {
                     p.leader = id;
+                    p.leader_epoch += 1;
+                }
+            }
+        }
+    }
+
+    fn unregister(&mut self, id: i32) -> Outcome {
+        let Some(b) = self.brokers.get(&id) else {
+            return Outcome::Refused(format!("broker {id} is not in the cluster"));
+        };
+        let incarnation = b.incarnation;
+        let hosted = self.hosted_by(id);
+        if let Some(first) = hosted.first() {
+            return Outcome::Refused(format!(
+                "broker {id} still hosts {} replica(s) (first {first}); drain it first (`tributary broker drain {id}`) and wait until the reassignments complete",
+                hosted.len()
+            ));
+        }
+        self.brokers.remove(&id);
+        self.removed.insert(id, incarnation);
+        Outcome::Done
+    }
+
+    /// Partitions (`topic-N`) with a replica on `id`, now or as a target.
+    pub fn hosted_by(&self, id: i32) -> Vec<String> {
+        let mut out = Vec::new();
+        for (name, t) in &self.topics {
+            for (i, p) in t.partitions.iter().enumerate() {
+                if p.replicas.contains(&id) || p.target.as_ref().is_some_and(|t| t.contains(&id)) {
+                    out.push(format!("{name}-{i}"));
+                }
+            }
+        }
+        out
+    }
+
+    pub fn reassignments_in_progress(&self) -> usize {
+        self.topics.values().flat_map(|t| &t.partitions).filter(|p| p.target.is_some()).count()
+    }
+
+    /// Leaderless partitions of topics with `unclean.leader.election.enable`
+    /// take their first live replica as leader, in sync or not: available
+    /// again, at the price of what only the lost in-sync replicas held.
+    fn elect_unclean(&mut self) {
+        let live: BTreeSet<i32> = self.live_brokers().map(|b| b.id).collect();
+        for t in self.topics.values_mut() {
+            if t.configs.get(UNCLEAN_ELECTION).map(String::as_str) != Some("true") {
+                continue;
+            }
+            for p in &mut t.partitions {
+                if p.leader != NO_LEADER {
+                    continue;
+                }
+                if let Some(r) = p.replicas.iter().copied().find(|r| live.contains(r)) {
+                    p.leader = r;
+                    p.isr = vec![r];
                     p.leader_epoch += 1;
                 }
             }
@@ -442,7 +561,12 @@ mod tests {
     fn cluster(n: i32) -> MetadataState {
         let mut s = MetadataState::default();
         for id in 0..n {
-            s.apply(&Command::Register { id, address: format!("b{id}"), rack: String::new() });
+            s.apply(&Command::Register {
+                id,
+                address: format!("b{id}"),
+                rack: String::new(),
+                incarnation: 1,
+            });
         }
         s
     }
@@ -532,9 +656,102 @@ mod tests {
         // No unclean election: 1 is live but was not in sync.
         assert_eq!((p.leader, p.isr.clone()), (NO_LEADER, vec![0]));
         assert_eq!(s.health(), (1, 1, 1));
-        s.apply(&Command::Register { id: 0, address: "b0".into(), rack: String::new() });
+        s.apply(&Command::Register { id: 0, address: "b0".into(), rack: String::new(), incarnation: 1 });
         let p = s.partition("t", 0).cloned().unwrap();
         assert_eq!((p.leader, p.leader_epoch), (0, 2));
+    }
+
+    #[test]
+    fn a_broker_back_with_a_new_run_before_it_was_fenced_gives_up_what_it_led() {
+        // It may have lost records to a power loss that its followers hold:
+        // another in-sync replica leads, in a new epoch, and it is out of
+        // every ISR it was in until it catches up again.
+        let mut s = cluster(3);
+        s.apply(&topic("t", vec![vec![0, 1, 2], vec![1, 0, 2]]));
+        let before: Vec<PartitionRecord> = s.topics["t"].partitions.clone();
+        let register =
+            |incarnation| Command::Register { id: 0, address: "b0".into(), rack: String::new(), incarnation };
+        // The same run heartbeating again changes nothing.
+        s.apply(&register(1));
+        assert_eq!(s.topics["t"].partitions, before);
+        s.apply(&register(2));
+        let (p0, p1) = (&s.topics["t"].partitions[0], &s.topics["t"].partitions[1]);
+        assert_eq!((p0.leader, p0.leader_epoch, p0.isr.clone()), (1, before[0].leader_epoch + 1, vec![1, 2]));
+        assert_eq!((p1.leader, p1.leader_epoch, p1.isr.clone()), (1, before[1].leader_epoch, vec![1, 2]));
+        assert!(!s.brokers[&0].fenced);
+        assert_eq!(s.brokers[&0].incarnation, 2);
+        // Where it was the only in-sync replica it leads again, but in a new
+        // epoch, so followers reconcile with what it still has.
+        let mut s = cluster(2);
+        s.apply(&topic("u", vec![vec![0, 1]]));
+        s.apply(&Command::AlterIsr {
+            topic: "u".into(),
+            partition: 0,
+            leader: 0,
+            leader_epoch: 0,
+            isr: vec![0],
+        });
+        s.apply(&register(2));
+        let p = s.partition("u", 0).cloned().unwrap();
+        assert_eq!((p.leader, p.isr), (0, vec![0]));
+        assert!(p.leader_epoch > 0);
+    }
+
+    #[test]
+    fn unclean_election_is_per_topic_and_off_by_default() {
+        let mut s = cluster(2);
+        s.apply(&topic("clean", vec![vec![0, 1]]));
+        s.apply(&topic("unclean", vec![vec![0, 1]]));
+        for t in ["clean", "unclean"] {
+            s.apply(&Command::AlterIsr {
+                topic: t.into(),
+                partition: 0,
+                leader: 0,
+                leader_epoch: 0,
+                isr: vec![0],
+            });
+        }
+        let on: BTreeMap<String, String> = [(UNCLEAN_ELECTION.to_string(), "true".to_string())].into();
+        s.apply(&Command::SetConfigs { name: "unclean".into(), configs: on.clone() });
+        s.apply(&Command::Fence { id: 0 });
+        let clean = s.partition("clean", 0).cloned().unwrap();
+        assert_eq!((clean.leader, clean.isr), (NO_LEADER, vec![0]));
+        let unclean = s.partition("unclean", 0).cloned().unwrap();
+        assert_eq!((unclean.leader, unclean.isr), (1, vec![1]));
+        assert!(unclean.leader_epoch > 0);
+        // Turned on while offline: elected at once.
+        s.apply(&Command::SetConfigs { name: "clean".into(), configs: on });
+        assert_eq!(s.partition("clean", 0).unwrap().leader, 1);
+    }
+
+    #[test]
+    fn a_broker_is_removed_only_once_drained_and_its_removed_run_cannot_come_back() {
+        let mut s = cluster(3);
+        s.apply(&topic("t", vec![vec![0, 1]]));
+        let out = s.apply(&Command::Unregister { id: 1 });
+        assert!(matches!(&out, Outcome::Refused(why) if why.contains("t-0")), "{out:?}");
+        assert!(s.brokers.contains_key(&1));
+        s.apply(&Command::Reassign { topic: "t".into(), partition: 0, target: vec![0, 2] });
+        // A target counts as hosted too.
+        assert!(matches!(s.apply(&Command::Unregister { id: 2 }), Outcome::Refused(_)));
+        s.apply(&Command::AlterIsr {
+            topic: "t".into(),
+            partition: 0,
+            leader: 0,
+            leader_epoch: 0,
+            isr: vec![0, 1, 2],
+        });
+        s.apply(&Command::SetReassignmentThrottle { bytes_per_sec: 1000 });
+        s.apply(&Command::CompleteReassignment { topic: "t".into(), partition: 0 });
+        assert_eq!(s.reassignment_throttle, 0, "the throttle ends with the last reassignment");
+        assert_eq!(s.apply(&Command::Unregister { id: 1 }), Outcome::Done);
+        assert!(!s.brokers.contains_key(&1));
+        let again =
+            |incarnation| Command::Register { id: 1, address: "b1".into(), rack: String::new(), incarnation };
+        assert!(matches!(s.apply(&again(1)), Outcome::Refused(_)));
+        assert!(!s.brokers.contains_key(&1));
+        assert_eq!(s.apply(&again(2)), Outcome::Done);
+        assert!(s.brokers.contains_key(&1));
     }
 
     #[test]

@@ -178,6 +178,9 @@ impl Fetcher {
             else {
                 continue;
             };
+            if p.error.is_none() && p.high_watermark >= 0 {
+                manager.note_start_target(&p.topic, p.partition, p.high_watermark);
+            }
             if let Some(e) = &p.error {
                 all_ok = false;
                 tracing::debug!(topic = %p.topic, partition = p.partition, code = e.code, message = %e.message, "replica fetch refused");

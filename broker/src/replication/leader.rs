@@ -217,15 +217,34 @@ pub fn serve_replica_fetch(
         return resp;
     }
     let leader_end = r.partition.log_end_offset();
-    if let Some(l) = r.leader.lock().as_mut() {
+    let in_sync = {
+        let mut guard = r.leader.lock();
+        let Some(l) = guard.as_mut() else { return resp };
         l.on_fetch(follower, want.offset, want.durable_end, leader_end);
-    }
+        l.isr.contains(&follower)
+    };
     update_high_watermark(&r, state);
     resp.high_watermark = r.partition.high_watermark();
+    let throttle = reassignment_throttle(manager, &want.topic, want.partition, in_sync);
+    let budget = match throttle {
+        Some(rate) => match manager.throttle.allowance(rate) {
+            0 => {
+                // Nothing this time: the follower asks again.
+                resp.log_start_offset = r.partition.log_start_offset();
+                return resp;
+            }
+            allowed => budget.min(allowed),
+        },
+        None => budget,
+    };
     match r.partition.read_replica(want.offset, budget.max(1)) {
         Ok(read) => {
             resp.log_start_offset = read.log_start_offset;
             resp.records = read.records;
+            if throttle.is_some() {
+                manager.throttle.spend(resp.records.len());
+                state.metrics.throttled_bytes.inc_by(resp.records.len() as u64);
+            }
         }
         Err(e) => {
             let code = match e {
@@ -240,9 +259,32 @@ pub fn serve_replica_fetch(
     resp
 }
 
+/// The throttle rate for a fetch by a replica copying for a reassignment
+/// (a target replica not in sync), when one is set.
+fn reassignment_throttle(
+    manager: &ReplicaManager,
+    topic: &str,
+    partition: u32,
+    in_sync: bool,
+) -> Option<u64> {
+    if in_sync {
+        return None;
+    }
+    let md = manager.node.metadata();
+    let rate = md.reassignment_throttle;
+    let moving = md.partition(topic, partition).is_some_and(|p| p.target.is_some());
+    (rate > 0 && moving).then_some(rate)
+}
+
 /// Shrinks and expands ISRs of the partitions this broker leads; run
 /// periodically.
 pub async fn maintain_isrs(manager: Arc<ReplicaManager>, state: Arc<BrokerState>) {
+    // Without a lease this broker may be a deposed leader, or a restarted
+    // one whose new run is not registered yet (it may have lost records its
+    // followers hold): it must not shrink the ISR to itself.
+    if !state.session.lease_valid() {
+        return;
+    }
     for r in manager.replicas() {
         let Role::Leader { epoch } = r.role() else { continue };
         let hw = r.partition.high_watermark();

@@ -8,6 +8,8 @@
 //!   each last caught up, the high watermark (the minimum over the ISR) and
 //!   ISR shrinks and expansions, which it asks the controller for.
 //! * [`fetcher`]: a follower's fetch loop, one per leader broker.
+//! * [`throttle`]: the byte-rate limit on replicas copying for a
+//!   reassignment.
 //!
 //! Safety rests on three rules: only the metadata makes a broker leader (and
 //! then with a new epoch); a leader acknowledges only while its session
@@ -17,6 +19,7 @@
 
 pub mod fetcher;
 pub mod leader;
+pub mod throttle;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -92,6 +95,12 @@ pub struct ReplicaManager {
     /// each pass), for admin calls that wait until their change is live.
     applied: watch::Sender<u64>,
     pub lag_time: Duration,
+    /// Bytes sent to replicas copying for a reassignment (all partitions).
+    pub throttle: throttle::Throttle,
+    /// Until the broker is ready after a start: per followed partition, the
+    /// leader's high watermark at the first fetch answer. The broker is
+    /// ready once every followed partition's log reaches it.
+    start_targets: Mutex<Option<HashMap<(String, u32), i64>>>,
 }
 
 impl ReplicaManager {
@@ -103,6 +112,8 @@ impl ReplicaManager {
             fetchers: Mutex::new(BTreeMap::new()),
             applied,
             lag_time,
+            throttle: throttle::Throttle::default(),
+            start_targets: Mutex::new(Some(HashMap::new())),
         })
     }
 
@@ -150,6 +161,38 @@ impl ReplicaManager {
 
     /// Waits until the local roles reflect metadata at least as new as what
     /// this broker has applied now (admin calls use it).
+    /// A follower's first fetch answer since the start: where it must get
+    /// to before the broker reports ready.
+    pub fn note_start_target(&self, topic: &str, partition: u32, high_watermark: i64) {
+        if let Some(targets) = self.start_targets.lock().as_mut() {
+            targets.entry((topic.to_string(), partition)).or_insert(high_watermark);
+        }
+    }
+
+    /// Followed partitions not yet caught up with where their leader was at
+    /// the start (empty: this broker serves its replicas); partitions with
+    /// no leader to copy from don't count. Once empty it stays so.
+    pub fn lagging_since_start(&self) -> Vec<String> {
+        let mut guard = self.start_targets.lock();
+        let Some(targets) = guard.as_ref() else { return Vec::new() };
+        let mut lagging = Vec::new();
+        for r in self.replicas() {
+            if !matches!(r.role(), Role::Follower { .. }) {
+                continue;
+            }
+            let caught_up = targets
+                .get(&(r.topic.clone(), r.id))
+                .is_some_and(|target| r.partition.log_end_offset() >= *target);
+            if !caught_up {
+                lagging.push(format!("{}-{}", r.topic, r.id));
+            }
+        }
+        if lagging.is_empty() {
+            *guard = None;
+        }
+        lagging
+    }
+
     pub async fn wait_caught_up(&self, timeout: Duration) {
         let target = self.node.metadata_version();
         let mut rx = self.applied.subscribe();

@@ -56,6 +56,8 @@ impl ClusterService {
             under_replicated_partitions: under,
             offline_partitions: offline,
             partitions,
+            reassignments_in_progress: md.reassignments_in_progress() as u32,
+            reassignment_throttle_bytes_per_sec: md.reassignment_throttle,
         }
     }
 
@@ -172,11 +174,18 @@ fn controller_client(
     Ok(node.controller_channel()?.map(crate::cluster::network::wrap_cluster))
 }
 
-/// Commits one `Reassign` per plan (on the controller).
+/// Commits the throttle when one was asked, then one `Reassign` per plan
+/// (on the controller).
 async fn start_reassignments(
     node: &ClusterNode,
     plans: Vec<(String, u32, Vec<i32>)>,
+    throttle: Option<u64>,
 ) -> Result<v1::ReassignResponse, Error> {
+    if let Some(bytes_per_sec) = throttle {
+        // Before the moves, so no byte of them goes unthrottled.
+        node.propose(Command::SetReassignmentThrottle { bytes_per_sec }).await?;
+        tracing::info!(bytes_per_sec, "reassignment throttle set");
+    }
     let mut started = Vec::new();
     for (topic, partition, target) in plans {
         let cmd = Command::Reassign { topic: topic.clone(), partition, target: target.clone() };
@@ -189,9 +198,8 @@ async fn start_reassignments(
         }
     }
     let md = node.metadata();
-    let in_progress =
-        md.topics.values().flat_map(|t| &t.partitions).filter(|p| p.target.is_some()).count() as u32;
-    Ok(v1::ReassignResponse { started, in_progress })
+    let in_progress = md.reassignments_in_progress() as u32;
+    Ok(v1::ReassignResponse { started, in_progress, throttle_bytes_per_sec: md.reassignment_throttle })
 }
 
 impl ClusterService {
@@ -214,7 +222,7 @@ impl ClusterService {
             }
             plans.push((p.topic, p.partition, p.replicas));
         }
-        start_reassignments(&self.state.cluster, plans).await
+        start_reassignments(&self.state.cluster, plans, req.throttle_bytes_per_sec).await
     }
 
     async fn alter_rf_here(
@@ -228,13 +236,72 @@ impl ClusterService {
         let plans = crate::cluster::reassign::replication_factor(&md, &req.topic, req.replication_factor)
             .map_err(Error::InvalidReplicationFactor)?;
         let plans = plans.into_iter().map(|(p, target)| (req.topic.clone(), p, target)).collect();
-        start_reassignments(&self.state.cluster, plans).await
+        start_reassignments(&self.state.cluster, plans, req.throttle_bytes_per_sec).await
     }
 
     async fn drain_here(&self, req: v1::DrainBrokerRequest) -> Result<v1::ReassignResponse, Error> {
         let md = self.state.cluster.metadata();
         let plans = crate::cluster::reassign::drain(&md, req.node_id).map_err(Error::InvalidRequest)?;
-        start_reassignments(&self.state.cluster, plans).await
+        start_reassignments(&self.state.cluster, plans, req.throttle_bytes_per_sec).await
+    }
+
+    /// Removes a drained broker: from the metadata first (its heartbeats
+    /// are refused from then on, so it cannot come back as it is), then
+    /// from the Raft membership. A voter removed from a quorum of three or
+    /// fewer is replaced by a live learner when there is one, so the quorum
+    /// keeps its size. Asking again finishes a removal cut short.
+    async fn remove_here(&self, req: v1::RemoveBrokerRequest) -> Result<v1::RemoveBrokerResponse, Error> {
+        let node = &self.state.cluster;
+        let id = req.node_id;
+        let md = node.metadata();
+        if md.brokers.contains_key(&id) {
+            match node.propose(Command::Unregister { id }).await? {
+                Outcome::Refused(why) => return Err(Error::Precondition(why)),
+                _ => tracing::info!(broker = id, "broker removed from the cluster metadata"),
+            }
+        } else if !md.removed.contains_key(&id) && !node.member_ids().contains(&id) {
+            return Err(Error::InvalidRequest(format!("broker {id} is not in the cluster")));
+        }
+        self.remove_member(id).await?;
+        Ok(v1::RemoveBrokerResponse { voters: node.voter_ids().into_iter().collect() })
+    }
+
+    async fn remove_member(&self, id: i32) -> Result<(), Error> {
+        use openraft::ChangeMembers;
+        let node = &self.state.cluster;
+        if !node.member_ids().contains(&id) {
+            return Ok(());
+        }
+        let voters = node.voter_ids();
+        let change = if voters.contains(&id) {
+            let mut next: std::collections::BTreeSet<u64> =
+                voters.iter().filter(|v| **v != id).map(|v| *v as u64).collect();
+            if next.is_empty() {
+                return Err(Error::Precondition(format!(
+                    "broker {id} is the only controller (Raft voter): it cannot be removed"
+                )));
+            }
+            let md = node.metadata();
+            if next.len() < 3 {
+                let learner = node
+                    .member_ids()
+                    .into_iter()
+                    .find(|m| !voters.contains(m) && md.brokers.get(m).is_some_and(|b| !b.fenced));
+                if let Some(l) = learner {
+                    tracing::info!(broker = l, "promoting a learner to controller in place of a removed one");
+                    next.insert(l as u64);
+                }
+            }
+            ChangeMembers::ReplaceAllVoters(next)
+        } else {
+            ChangeMembers::RemoveNodes([id as u64].into())
+        };
+        node.raft
+            .change_membership(change, false)
+            .await
+            .map_err(|e| Error::Unavailable(format!("removing broker {id} from the metadata quorum: {e}")))?;
+        tracing::info!(broker = id, "broker removed from the metadata quorum");
+        Ok(())
     }
 }
 
@@ -331,6 +398,20 @@ impl Cluster for ClusterService {
             Err(e) => Err(e),
         };
         self.finish("drain_broker", start, r)
+    }
+
+    async fn remove_broker(
+        &self,
+        request: Request<v1::RemoveBrokerRequest>,
+    ) -> Result<Response<v1::RemoveBrokerResponse>, Status> {
+        let start = Instant::now();
+        let req = request.into_inner();
+        let r = match controller_client(&self.state.cluster) {
+            Ok(Some(mut c)) => c.remove_broker(req).await.map(|r| r.into_inner()).map_err(Error::Forwarded),
+            Ok(None) => self.remove_here(req).await,
+            Err(e) => Err(e),
+        };
+        self.finish("remove_broker", start, r)
     }
 
     async fn elect_leaders(

@@ -43,14 +43,33 @@ pub enum PartitionCommand {
         /// Broker ids, comma-separated; the first is the preferred leader.
         #[arg(long, value_delimiter = ',', required = true)]
         replicas: Vec<i32>,
+        #[command(flatten)]
+        throttle: Throttle,
     },
+}
+
+/// The reassignment byte-rate limit.
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub struct Throttle {
+    /// Leaders send replicas copying for reassignments at most this many
+    /// bytes per second in all, until the last reassignment completes
+    /// (0: no limit; default: keep the current one).
+    #[arg(long = "throttle", value_name = "BYTES_PER_SEC")]
+    pub bytes_per_sec: Option<u64>,
 }
 
 #[derive(Subcommand, Debug)]
 pub enum BrokerCommand {
     /// Move every replica (and so every leadership) off a broker, before
     /// it is removed.
-    Drain { id: i32 },
+    Drain {
+        id: i32,
+        #[command(flatten)]
+        throttle: Throttle,
+    },
+    /// Remove a drained broker from the cluster and its metadata quorum
+    /// (then stop it for good; a restarted broker with the id joins again).
+    Remove { id: i32 },
 }
 
 /// The started reassignments, one line each.
@@ -61,14 +80,17 @@ pub fn reassignments(r: &tributary_client::tributary_proto::v1::ReassignResponse
         out.push_str(&format!("  {}-{} -> [{}]\n", p.topic, p.partition, replicas.join(",")));
     }
     out.push_str(&format!("reassignments in progress cluster-wide: {}\n", r.in_progress));
+    if r.throttle_bytes_per_sec > 0 {
+        out.push_str(&format!("throttle: {} bytes/s\n", r.throttle_bytes_per_sec));
+    }
     out
 }
 
 pub async fn run_partition(bootstrap: &str, cmd: PartitionCommand) -> anyhow::Result<()> {
     let admin = Admin::connect(bootstrap).await?;
     match cmd {
-        PartitionCommand::Reassign { topic, partition, replicas } => {
-            let r = admin.reassign_partition(&topic, partition, &replicas).await?;
+        PartitionCommand::Reassign { topic, partition, replicas, throttle } => {
+            let r = admin.reassign_partition(&topic, partition, &replicas, throttle.bytes_per_sec).await?;
             print!("{}", reassignments(&r));
         }
     }
@@ -78,10 +100,15 @@ pub async fn run_partition(bootstrap: &str, cmd: PartitionCommand) -> anyhow::Re
 pub async fn run_broker(bootstrap: &str, cmd: BrokerCommand) -> anyhow::Result<()> {
     let admin = Admin::connect(bootstrap).await?;
     match cmd {
-        BrokerCommand::Drain { id } => {
-            let r = admin.drain_broker(id).await?;
+        BrokerCommand::Drain { id, throttle } => {
+            let r = admin.drain_broker(id, throttle.bytes_per_sec).await?;
             println!("draining broker {id}: {} partition(s) moving", r.started.len());
             print!("{}", reassignments(&r));
+        }
+        BrokerCommand::Remove { id } => {
+            let voters = admin.remove_broker(id).await?;
+            let voters: Vec<String> = voters.iter().map(i32::to_string).collect();
+            println!("broker {id} removed; metadata quorum voters: {}", voters.join(","));
         }
     }
     Ok(())
@@ -138,6 +165,13 @@ pub fn describe(d: &DescribeClusterResponse) -> String {
         "Partitions: {} ({} under-replicated, {} offline)\n",
         d.partitions, d.under_replicated_partitions, d.offline_partitions
     ));
+    if d.reassignments_in_progress > 0 || d.reassignment_throttle_bytes_per_sec > 0 {
+        let throttle = match d.reassignment_throttle_bytes_per_sec {
+            0 => "no throttle".to_string(),
+            t => format!("throttle {t} bytes/s"),
+        };
+        out.push_str(&format!("Reassignments: {} in progress ({throttle})\n", d.reassignments_in_progress));
+    }
     let alive = d.brokers.iter().filter(|b| b.alive).count();
     out.push_str(&format!("Brokers: {} ({alive} alive)\n\n", d.brokers.len()));
     let mut rows = vec![vec![

@@ -34,6 +34,8 @@ pub enum TopicCommand {
         /// change.
         #[arg(long)]
         replication_factor: Option<u32>,
+        #[command(flatten)]
+        throttle: super::cluster::Throttle,
         /// Set KEY to VALUE (repeatable).
         #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_key_value)]
         configs: Vec<(String, String)>,
@@ -67,9 +69,9 @@ pub async fn run(bootstrap: &str, cmd: TopicCommand) -> anyhow::Result<()> {
             let t = admin.describe_topic(&name).await?;
             print!("{}", describe(&t));
         }
-        TopicCommand::Alter { name, replication_factor, configs, delete } => {
+        TopicCommand::Alter { name, replication_factor, throttle, configs, delete } => {
             if let Some(rf) = replication_factor {
-                let r = admin.alter_replication_factor(&name, rf).await?;
+                let r = admin.alter_replication_factor(&name, rf, throttle.bytes_per_sec).await?;
                 println!(
                     "replication factor of {name} -> {rf}: {} partition(s) reassigning",
                     r.started.len()
