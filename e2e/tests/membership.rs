@@ -167,7 +167,18 @@ async fn the_reassignment_throttle_bounds_the_copy_rate() {
     let replicas = format!("{leader},{target}");
     let out = cli(
         &c,
-        &["partition", "reassign", "--topic", "big", "--partition", "0", "--replicas", &replicas, "--throttle", &RATE.to_string()],
+        &[
+            "partition",
+            "reassign",
+            "--topic",
+            "big",
+            "--partition",
+            "0",
+            "--replicas",
+            &replicas,
+            "--throttle",
+            &RATE.to_string(),
+        ],
     );
     assert!(out.status.success(), "{}", text(&out));
     let shown = cli(&c, &["cluster", "describe"]);

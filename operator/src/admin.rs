@@ -219,44 +219,37 @@ fn not_found(e: &ClientError) -> bool {
     matches!(e, ClientError::Status { code: Code::NotFound, .. })
 }
 
-/// Starts a replication-factor change. The throttle is carried by the plan;
-/// needs main: pass `throttle` to `Admin::alter_replication_factor` once the
-/// lead's reassignment throttle lands (the current call has no argument for it).
+/// Starts a replication-factor change, new replicas copying at most
+/// `throttle` bytes/s cluster-wide.
 async fn alter_replication_factor(
     admin: &Admin,
     topic: &str,
     rf: u32,
-    _throttle: Option<u64>,
+    throttle: Option<u64>,
 ) -> Result<(), ClientError> {
-    admin.alter_replication_factor(topic, rf).await.map(drop)
+    admin.alter_replication_factor(topic, rf, throttle).await.map(drop)
 }
 
-/// Drains a broker. needs main: pass `throttle` to `Admin::drain_broker`.
-async fn drain_broker(admin: &Admin, node: i32, _throttle: Option<u64>) -> Result<(), ClientError> {
-    admin.drain_broker(node).await.map(drop)
+/// Moves every replica off `node`, copying at most `throttle` bytes/s.
+async fn drain_broker(admin: &Admin, node: i32, throttle: Option<u64>) -> Result<(), ClientError> {
+    admin.drain_broker(node, throttle).await.map(drop)
 }
 
-/// Moves one partition. needs main: pass `throttle` to `Admin::reassign_partition`.
+/// Moves one partition, copying at most `throttle` bytes/s.
 async fn reassign_partition(
     admin: &Admin,
     topic: &str,
     partition: u32,
     replicas: &[i32],
-    _throttle: Option<u64>,
+    throttle: Option<u64>,
 ) -> Result<(), ClientError> {
-    admin.reassign_partition(topic, partition, replicas).await.map(drop)
+    admin.reassign_partition(topic, partition, replicas, throttle).await.map(drop)
 }
 
-/// Removes a drained broker from the quorum and the metadata.
-///
-/// needs main: the body becomes `admin.remove_broker(node).await` once the
-/// lead's `Admin::remove_broker` (RPC `Cluster.RemoveBroker`) is merged;
-/// until then a scale-down stops, `Stalled`, after the drain.
-async fn remove_broker(_admin: &Admin, node: i32) -> Result<(), ClientError> {
-    Err(ClientError::InvalidArgument(format!(
-        "broker {node} is drained, but this operator build cannot remove a broker from the quorum yet \
-         (Admin::remove_broker is not available); scale the StatefulSet down by hand or wait for the upgrade"
-    )))
+/// Removes a drained broker from the quorum and the metadata (the broker
+/// refuses while it still hosts replicas).
+async fn remove_broker(admin: &Admin, node: i32) -> Result<(), ClientError> {
+    admin.remove_broker(node).await.map(drop)
 }
 
 impl Brokers for ClientBrokers {

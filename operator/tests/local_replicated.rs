@@ -7,12 +7,8 @@
 //! - a Topic whose `replicationFactor` goes from 1 to 3 is reassigned and
 //!   reports Ready with three in-sync replicas;
 //! - scale 3→4 (the new broker gets replicas: `rebalanceOnScale`) →3 (the
-//!   leaving broker is drained, removed, stopped) under the same producer
-//!   loses nothing. Removing a drained broker from the quorum needs
-//!   `Admin::remove_broker`; until this build has it the scale-down stops
-//!   after the drain (`BrokersRefused`, saying so): the test then checks the
-//!   drain, says that it skips the rest and why, and still checks that no
-//!   acknowledged record was lost. Once the call exists the whole 4→3 runs.
+//!   leaving broker is drained, removed from the quorum, then stopped, in
+//!   that order) under an `acks=all` producer loses nothing.
 //!
 //! The two tests run one after the other (each starts its own brokers).
 //!
@@ -388,30 +384,25 @@ async fn scale_three_four_three_with_drain_loses_nothing() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 
-    // 4 -> 3: drain broker 3, remove it, stop it.
+    // 4 -> 3: drain broker 3, remove it from the quorum, stop it.
     write(scale_manifests(3));
-    let s = wait_until(
-        dir.path(),
-        &op,
-        "broker 3 drained and removed (or refused for want of remove_broker)",
-        Duration::from_secs(240),
-        |s| {
-            let c = &s["clusters"]["default/s"];
+    let s =
+        wait_until(dir.path(), &op, "broker 3 drained, removed and stopped", Duration::from_secs(240), |s| {
             cluster_ready(s, 3)
-                || (c["reason"] == "BrokersRefused"
-                    && c["message"].as_str().is_some_and(|m| m.contains("remove_broker")))
-        },
-    )
-    .await;
-    assert_eq!(replicas_on(&admin, 3).await, 0, "broker 3 was drained first\n{}", op.tail());
-    if s["clusters"]["default/s"]["reason"] == "BrokersRefused" {
-        eprintln!(
-            "skipped the rest of 4->3: broker 3 is drained, but this build cannot remove it from the quorum \
-             (needs Admin::remove_broker); it keeps running"
-        );
-    } else {
-        assert_eq!(s["clusters"]["default/s"]["brokers"].as_array().map(Vec::len), Some(3), "{s:#}");
-    }
+        })
+        .await;
+    assert_eq!(s["clusters"]["default/s"]["brokers"].as_array().map(Vec::len), Some(3), "{s:#}");
+    assert_eq!(replicas_on(&admin, 3).await, 0, "broker 3 holds nothing\n{}", op.tail());
+    let members = admin.describe_cluster().await.expect("describe cluster");
+    let ids: Vec<i32> = members.brokers.iter().map(|b| b.node_id).collect();
+    assert_eq!(ids, [0, 1, 2], "broker 3 left the quorum and the metadata");
+    let log = std::fs::read_to_string(&op.log).unwrap_or_default();
+    let order = ["DrainBroker", "RemoveBroker", "stopped broker 3"].map(|w| log.find(w));
+    assert!(
+        order.iter().all(Option::is_some) && order.windows(2).all(|w| w[0] < w[1]),
+        "drain, then remove, then stop:\n{}",
+        op.tail()
+    );
 
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (sent, acked, failed) = writer.stop().await;
