@@ -95,6 +95,16 @@ impl Admin {
         Ok(())
     }
 
+    /// Creates several topics in one `CreateTopics` call. The broker checks
+    /// every topic first: one invalid topic refuses the whole call (the
+    /// error names it) and none is created.
+    pub async fn create_topics(&self, topics: Vec<v1::TopicSpec>) -> Result<()> {
+        let request = v1::CreateTopicsRequest { topics, validate_only: false };
+        let c = self.once();
+        c.call("a create-topics request", ADMIN_TIMEOUT, c.admin().create_topics(request)).await?;
+        Ok(())
+    }
+
     pub async fn delete_topic(&self, name: &str) -> Result<()> {
         let request = v1::DeleteTopicsRequest { names: vec![name.to_string()] };
         let c = self.once();

@@ -15,10 +15,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::conditions::{conditions_schema, Condition};
 
-/// Default number of brokers: 1 while brokers do not replicate (the
-/// operator runs at most one per Cluster until then; see
-/// operator/src/cluster.rs). Raise with replication.
+/// Default number of brokers. It stays 1 (as before brokers replicated):
+/// raising it would scale up every existing Cluster that never set
+/// `replicas`.
 pub const DEFAULT_REPLICAS: i32 = 1;
+/// How long a restarted broker may take to come back (ready, alive and in
+/// every ISR) before the roll reports `Stalled`.
+pub const DEFAULT_BROKER_TIMEOUT_SECONDS: i64 = 600;
 /// Default volume size for each broker.
 pub const DEFAULT_STORAGE_SIZE: &str = "10Gi";
 /// Default gRPC port (the broker's own default).
@@ -40,6 +43,8 @@ pub const TOPIC_CONFIG_KEYS: &[&str] = &[
     "flush.ms",
     "index.interval.bytes",
     "min.insync.replicas",
+    "unclean.leader.election.enable",
+    "producer.id.expiration.ms",
 ];
 
 /// A set of Tributary brokers.
@@ -71,9 +76,8 @@ pub const TOPIC_CONFIG_KEYS: &[&str] = &[
 #[serde(rename_all = "camelCase")]
 pub struct ClusterSpec {
     /// Number of brokers. Broker ids are the pod ordinals 0..replicas-1.
-    /// Until brokers replicate, the operator runs 1 broker per Cluster and
-    /// reports `Stalled` (`ReplicationNotAvailable`) when more are declared;
-    /// it never removes a running broker (`ScaleDownRequiresDrain`).
+    /// Scaling down drains the leaving (highest) brokers, removes them from
+    /// the quorum, and only then shrinks the StatefulSet.
     #[serde(default = "default_replicas")]
     #[schemars(range(min = 1, max = 1000))]
     pub replicas: i32,
@@ -109,7 +113,7 @@ pub struct ClusterSpec {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(extend("maxProperties" = 64, "additionalProperties" = {"type": "string", "maxLength": 256}))]
     #[schemars(extend("x-kubernetes-validations" = [{
-        "rule": "self.all(k, k in ['cleanup.policy', 'retention.ms', 'retention.bytes', 'segment.bytes', 'segment.ms', 'delete.retention.ms', 'min.compaction.lag.ms', 'max.message.bytes', 'flush.messages', 'flush.ms', 'index.interval.bytes', 'min.insync.replicas'])",
+        "rule": "self.all(k, k in ['cleanup.policy', 'retention.ms', 'retention.bytes', 'segment.bytes', 'segment.ms', 'delete.retention.ms', 'min.compaction.lag.ms', 'max.message.bytes', 'flush.messages', 'flush.ms', 'index.interval.bytes', 'min.insync.replicas', 'unclean.leader.election.enable', 'producer.id.expiration.ms'])",
         "message": "unknown topic config key; see the topic config table in the README",
     }]))]
     pub topic_defaults: BTreeMap<String, String>,
@@ -122,6 +126,57 @@ pub struct ClusterSpec {
     /// Metrics and tracing.
     #[serde(default)]
     pub observability: Observability,
+    /// How rolling restarts proceed.
+    #[serde(default)]
+    pub roll: RollSettings,
+    /// After a scale-up, move replicas onto the new brokers (with the
+    /// reassignment throttle) so that every broker holds a fair share.
+    #[serde(default)]
+    pub rebalance_on_scale: bool,
+    /// Partition reassignments the operator starts (drains, rebalances,
+    /// replication-factor changes).
+    #[serde(default)]
+    pub reassignment: ReassignmentSettings,
+}
+
+/// How rolling restarts proceed.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RollSettings {
+    /// Restart brokers even though a topic with replication factor 1 has
+    /// its only replica there (the topic is unavailable while it restarts).
+    /// Otherwise such a topic blocks the roll with `Stalled`.
+    #[serde(default)]
+    pub allow_single_replica_downtime: bool,
+    /// How long a restarted broker may take to be ready, alive and back in
+    /// every ISR before the roll reports `Stalled` naming it.
+    #[serde(default = "default_broker_timeout_seconds")]
+    #[schemars(range(min = 30, max = 86400))]
+    pub broker_timeout_seconds: i64,
+}
+
+fn default_broker_timeout_seconds() -> i64 {
+    DEFAULT_BROKER_TIMEOUT_SECONDS
+}
+
+impl Default for RollSettings {
+    fn default() -> Self {
+        RollSettings {
+            allow_single_replica_downtime: false,
+            broker_timeout_seconds: DEFAULT_BROKER_TIMEOUT_SECONDS,
+        }
+    }
+}
+
+/// Reassignments the operator starts.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReassignmentSettings {
+    /// Cluster-wide limit on the bytes per second new replicas copy while
+    /// reassignments run; unlimited when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1024))]
+    pub throttle_bytes_per_second: Option<i64>,
 }
 
 fn default_replicas() -> i32 {
@@ -144,6 +199,9 @@ impl Default for ClusterSpec {
             listeners: Listeners::default(),
             pod_template: None,
             observability: Observability::default(),
+            roll: RollSettings::default(),
+            rebalance_on_scale: false,
+            reassignment: ReassignmentSettings::default(),
         }
     }
 }
@@ -183,6 +241,12 @@ pub struct Storage {
     /// (for example Argo CD's `argocd.argoproj.io/sync-options: Prune=false`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
+    /// Delete a removed broker's volume claim when the Cluster scales down
+    /// (the StatefulSet's `persistentVolumeClaimRetentionPolicy.whenScaled`).
+    /// Kept by default: a claim left behind costs disk, a deleted one
+    /// cannot be brought back.
+    #[serde(default)]
+    pub delete_claims_on_scale_down: bool,
 }
 
 fn default_storage_size() -> String {
@@ -191,7 +255,12 @@ fn default_storage_size() -> String {
 
 impl Default for Storage {
     fn default() -> Self {
-        Storage { size: default_storage_size(), storage_class_name: None, annotations: BTreeMap::new() }
+        Storage {
+            size: default_storage_size(),
+            storage_class_name: None,
+            annotations: BTreeMap::new(),
+            delete_claims_on_scale_down: false,
+        }
     }
 }
 
@@ -352,7 +421,20 @@ pub struct ClusterStatus {
     /// Brokers the StatefulSet runs.
     #[serde(default)]
     pub replicas: i32,
-    /// Node id of the metadata controller, when known.
+    /// Brokers the Cluster declares (`spec.replicas`).
+    #[serde(default)]
+    pub declared_brokers: i32,
+    /// Brokers holding a live session with the controller.
+    #[serde(default)]
+    pub alive_brokers: i32,
+    /// Partitions with fewer in-sync replicas than replicas, as the brokers
+    /// report them.
+    #[serde(default)]
+    pub under_replicated_partitions: i32,
+    /// Partitions without a leader.
+    #[serde(default)]
+    pub offline_partitions: i32,
+    /// Node id of the metadata controller (the Raft quorum leader), when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub controller: Option<i32>,
     /// Image the brokers run.
@@ -367,4 +449,28 @@ pub struct ClusterStatus {
     /// Why a rolling restart is waiting, while it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub roll_blocked: Option<String>,
+    /// The rolling restart in progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub roll: Option<RollProgress>,
+    /// What a scale-down or rebalance is doing, while it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scaling: Option<String>,
+}
+
+/// A rolling restart in progress.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RollProgress {
+    /// Brokers running the current pod template.
+    #[serde(default)]
+    pub updated: i32,
+    /// Brokers in the StatefulSet.
+    #[serde(default)]
+    pub total: i32,
+    /// Node id of the broker restarted last, until it is back in every ISR.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restarting: Option<i32>,
+    /// When that broker was restarted (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restarted_at: Option<String>,
 }

@@ -117,7 +117,7 @@ mod tests {
         assert_eq!(spec["properties"]["deletionPolicy"]["enum"], serde_json::json!(["Delete", "Retain"]));
         assert_eq!(spec["properties"]["deletionPolicy"]["default"], "Retain");
         let config_rules = rules(&spec["properties"]["config"]);
-        assert_eq!(config_rules.len(), 3);
+        assert_eq!(config_rules.len(), 4);
         for key in cluster::TOPIC_CONFIG_KEYS {
             assert!(config_rules[0].contains(&format!("'{key}'")), "{key} allowed");
         }

@@ -72,9 +72,10 @@ pub struct MirrorSource {
     /// A Cluster object, possibly in another namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster_ref: Option<NamespacedClusterRef>,
-    /// `host:port` of any broker of a cluster not managed here.
+    /// `host:port` of brokers of a cluster not managed here: one, or a
+    /// comma-separated list (any broker that answers will do).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(pattern(r"^[A-Za-z0-9.-]+:[0-9]{1,5}$"))]
+    #[schemars(pattern(r"^[A-Za-z0-9.-]+:[0-9]{1,5}(,[A-Za-z0-9.-]+:[0-9]{1,5})*$"))]
     pub bootstrap: Option<String>,
     /// Short name of the source, used as the prefix of copied topics and in
     /// provenance headers; the Cluster's name when unset.

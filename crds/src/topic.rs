@@ -76,7 +76,7 @@ pub struct TopicSpec {
     #[schemars(extend("maxProperties" = 64, "additionalProperties" = {"type": "string", "maxLength": 256}))]
     #[schemars(extend("x-kubernetes-validations" = [
         {
-            "rule": "self.all(k, k in ['cleanup.policy', 'retention.ms', 'retention.bytes', 'segment.bytes', 'segment.ms', 'delete.retention.ms', 'min.compaction.lag.ms', 'max.message.bytes', 'flush.messages', 'flush.ms', 'index.interval.bytes', 'min.insync.replicas'])",
+            "rule": "self.all(k, k in ['cleanup.policy', 'retention.ms', 'retention.bytes', 'segment.bytes', 'segment.ms', 'delete.retention.ms', 'min.compaction.lag.ms', 'max.message.bytes', 'flush.messages', 'flush.ms', 'index.interval.bytes', 'min.insync.replicas', 'unclean.leader.election.enable', 'producer.id.expiration.ms'])",
             "message": "unknown topic config key; see the topic config table in the README",
         },
         {
@@ -84,8 +84,12 @@ pub struct TopicSpec {
             "message": "cleanup.policy must be delete, compact or compact,delete",
         },
         {
-            "rule": "self.all(k, k == 'cleanup.policy' || self[k].matches('^-?[0-9]{1,19}$'))",
+            "rule": "self.all(k, k == 'cleanup.policy' || k == 'unclean.leader.election.enable' || self[k].matches('^-?[0-9]{1,19}$'))",
             "message": "numeric topic configs must be whole numbers",
+        },
+        {
+            "rule": "!('unclean.leader.election.enable' in self) || self['unclean.leader.election.enable'] in ['true', 'false']",
+            "message": "unclean.leader.election.enable must be true or false",
         },
     ]))]
     pub config: BTreeMap<String, String>,
@@ -158,7 +162,7 @@ pub struct TopicStatus {
 }
 
 /// A running replication-factor change.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Reassignment {
     pub from_replication_factor: i32,

@@ -88,6 +88,20 @@ fn topic_configs_are_checked() {
     assert_eq!(messages(validate_cel(&forever)), "");
 }
 
+#[test]
+fn replication_settings_are_accepted() {
+    let replicated = topic(with(
+        base(),
+        "config",
+        json!({"min.insync.replicas": "2", "unclean.leader.election.enable": "false", "producer.id.expiration.ms": "60000"}),
+    ));
+    assert_eq!(messages(validate_cel(&replicated)), "");
+    let unclean = topic(with(base(), "config", json!({"unclean.leader.election.enable": "yes"})));
+    assert!(messages(validate_cel(&unclean)).contains("unclean.leader.election.enable must be true or false"));
+    let isr = topic(with(base(), "config", json!({"min.insync.replicas": "two"})));
+    assert!(messages(validate_cel(&isr)).contains("whole numbers"));
+}
+
 fn link(spec: Value) -> MirrorLink {
     serde_json::from_value(json!({
         "apiVersion": "tributary.dev/v1alpha1", "kind": "MirrorLink",

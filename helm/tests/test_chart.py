@@ -152,6 +152,25 @@ def test_switches_leave_objects_out():
     assert "--leader-election" not in pod["containers"][0]["args"]
 
 
+def test_rack_awareness_grants_node_reads_to_broker_pods_only():
+    assert not [o for o in render() if "rack" in o["metadata"]["name"]], "nothing without rackAwareness"
+    objects = render({"rackAwareness": {"enabled": True, "namespaces": ["team-a", "team-b"]}})
+    (role,) = [o for o in by_kind(objects, "ClusterRole") if o["metadata"]["name"].endswith("broker-rack")]
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]}]
+    (binding,) = [o for o in by_kind(objects, "ClusterRoleBinding") if o["metadata"]["name"].endswith("broker-rack")]
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "tributary-broker", "namespace": ns} for ns in ("team-a", "team-b")
+    ]
+    accounts = {(o["metadata"]["name"], o["metadata"]["namespace"]) for o in by_kind(objects, "ServiceAccount")}
+    assert {("tributary-broker", "team-a"), ("tributary-broker", "team-b")} <= accounts
+    # The operator's own rules stay the same: it never reads nodes.
+    assert all("nodes" not in r["resources"] for _, r in _rules(render()))
+    (default_ns,) = [o for o in by_kind(render({"rackAwareness": {"enabled": True}}), "ServiceAccount")
+                     if o["metadata"]["name"] == "tributary-broker"]
+    assert default_ns["metadata"]["namespace"] == NAMESPACE
+
+
 def test_release_names_shape_the_full_name():
     (dep,) = by_kind(render(name="streaming"), "Deployment")
     assert dep["metadata"]["name"] == "streaming-tributary"
@@ -163,6 +182,7 @@ def test_release_names_shape_the_full_name():
     {"replicaCount": 2},
     {"operator": {"watchNamespaces": ["a"], "otlpEndpoint": "http://otel:4317"}},
     {"resources": {"requests": {"cpu": 1}}, "tolerations": [{"key": "k", "operator": "Exists"}]},
+    {"rackAwareness": {"enabled": True, "namespaces": ["streaming"]}},
 ])
 def test_values_schema_accepts(values):
     with helm.Chart.load(str(CHART)) as chart:
@@ -178,6 +198,7 @@ def test_values_schema_accepts(values):
     {"operator": {"otlpEndpoint": "otel:4317"}},
     {"metrics": {"port": 80}},
     {"crds": {"enabled": "yes"}},
+    {"rackAwareness": {"enabled": True, "namespaces": ["Bad_NS"]}},
 ])
 def test_values_schema_refuses(values):
     with helm.Chart.load(str(CHART)) as chart:

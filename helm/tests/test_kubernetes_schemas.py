@@ -28,6 +28,7 @@ VARIANTS = {
             {"matchExpressions": [{"key": "kubernetes.io/os", "operator": "In", "values": ["linux"]}]}]}}},
         "priorityClassName": "system-cluster-critical",
         "operator": {"otlpEndpoint": "http://otel:4317", "logLevel": "debug"},
+        "rackAwareness": {"enabled": True, "namespaces": ["streaming"]},
     },
 }
 
@@ -72,13 +73,21 @@ def test_operator_objects_follow_the_example(generated):
     sts = [o for o in generated if o["kind"] == "StatefulSet"]
     local = next(s for s in sts if s["metadata"]["name"] == "local-a")
     assert local["metadata"]["namespace"] == "streaming"
-    # One broker per Cluster until brokers replicate.
-    assert local["spec"]["replicas"] == 1
+    assert local["spec"]["replicas"] == 3
+    assert local["spec"]["persistentVolumeClaimRetentionPolicy"] == {"whenScaled": "Retain", "whenDeleted": "Retain"}
     pvc = local["spec"]["volumeClaimTemplates"][0]
     assert pvc["spec"]["resources"]["requests"]["storage"] == "50Gi"
     assert pvc["metadata"]["annotations"]["argocd.argoproj.io/sync-options"] == "Prune=false"
     pod = local["spec"]["template"]["spec"]
     assert pod["topologySpreadConstraints"][0]["topologyKey"] == "topology.kubernetes.io/zone"
+    # Rack awareness: the init step reads the node label; the chart's
+    # rackAwareness gives this service account `get` on nodes.
+    (init,) = pod["initContainers"]
+    assert init["command"] == ["tributary-operator"] and init["args"][0] == "rack-init"
+    assert pod["serviceAccountName"] == "tributary-broker"
+    config = next(o for o in generated if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "local-a-config")
+    assert config["data"]["peers"].count("@local-a-") == 3
+    assert config["data"]["controllers"] == "0,1,2"
     c = pod["containers"][0]
     assert c["command"] == ["tributary-broker"]
     assert "--node-id" in c["args"] and "$(TRIBUTARY_NODE_ID)" in c["args"]

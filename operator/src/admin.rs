@@ -1,20 +1,23 @@
-//! Talking to a Cluster's brokers: the operator's only use of the gRPC Admin API.
+//! Talking to a Cluster's brokers: the operator's only way to them.
 //!
-//! [`Brokers`] is the seam between the Topic controller and the network: the
-//! controller asks it to describe a topic and to make the calls
-//! [`crate::topic_plan`] decided, and tests put a fake behind it. The real one,
-//! [`GrpcBrokers`], keeps one lazily-connected channel per cluster address.
+//! [`Brokers`] is the seam between the controllers and the network: the
+//! controllers ask it to describe a topic or the cluster and to make the
+//! calls [`crate::topic_plan`], [`crate::roll`] and [`crate::scale`]
+//! decided, and tests put a fake behind it. The real one, [`ClientBrokers`],
+//! is the client crate's [`tributary_client::Admin`] (one per cluster
+//! address), so the operator routes to the controller and partition leaders
+//! and retries exactly as the `tributary` CLI does: one admin client in the
+//! project.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
-use std::time::Duration;
 
 use futures::future::BoxFuture;
-use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
-use tributary_proto::v1::admin_client::AdminClient;
+use tributary_client::{Admin, Error as ClientError};
 use tributary_proto::v1::{self, TopicDescription};
 
+use crate::health::{ClusterCall, ClusterHealth};
 use crate::topic_plan::{AdminCall, ObservedTopic};
 
 /// A failed call to the brokers.
@@ -45,7 +48,7 @@ pub trait Brokers: Send + Sync + 'static {
     /// reconciles with one call.
     ///
     /// The default asks [`Brokers::describe`] for each name in turn and cannot
-    /// list every topic; [`GrpcBrokers`] makes one `DescribeTopics` call.
+    /// list every topic; [`ClientBrokers`] makes one `DescribeTopics` call.
     fn describe_many<'a>(
         &'a self,
         address: &'a str,
@@ -72,7 +75,7 @@ pub trait Brokers: Send + Sync + 'static {
     /// is all-or-nothing: one invalid topic refuses the whole call.
     ///
     /// The default makes one [`Brokers::execute`] per topic, stopping at the
-    /// first error; [`GrpcBrokers`] makes one `CreateTopics` call.
+    /// first error; [`ClientBrokers`] makes one `CreateTopics` call.
     fn create_many<'a>(
         &'a self,
         address: &'a str,
@@ -83,6 +86,31 @@ pub trait Brokers: Send + Sync + 'static {
                 self.execute(address, &t.to_call()).await?;
             }
             Ok(())
+        })
+    }
+
+    /// The brokers' view of the cluster: members, controller, and every
+    /// partition's replicas and ISR. The default cannot (a topic-only fake).
+    fn cluster_health<'a>(&'a self, address: &'a str) -> BoxFuture<'a, Result<ClusterHealth, AdminError>> {
+        Box::pin(async move {
+            Err(AdminError::Unavailable {
+                address: address.into(),
+                message: "this admin client cannot describe the cluster".into(),
+            })
+        })
+    }
+
+    /// Makes one call on the cluster (drain, remove, reassign, elect).
+    fn cluster_call<'a>(
+        &'a self,
+        _address: &'a str,
+        call: &'a ClusterCall,
+    ) -> BoxFuture<'a, Result<(), AdminError>> {
+        Box::pin(async move {
+            Err(AdminError::Refused {
+                call: call.name().into(),
+                message: "this admin client cannot make cluster calls".into(),
+            })
         })
     }
 }
@@ -139,94 +167,130 @@ pub fn observed_from(d: &TopicDescription) -> ObservedTopic {
         configs: d.configs.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         under_replicated: d.partitions.iter().filter(|p| p.isr.len() < p.replicas.len()).count() as u32,
         offline: d.partitions.iter().filter(|p| p.leader < 0).count() as u32,
+        replicas: d
+            .partitions
+            .iter()
+            .map(|p| {
+                let in_sync = p.replicas.iter().filter(|r| p.isr.contains(r)).count();
+                (p.replicas.len() as u32, in_sync as u32)
+            })
+            .collect(),
     }
 }
 
-/// [`Brokers`] over gRPC.
+/// [`Brokers`] through the client crate's [`Admin`], one per address
+/// (connected on first use, kept while it works).
 #[derive(Default)]
-pub struct GrpcBrokers {
-    channels: Mutex<HashMap<String, Channel>>,
+pub struct ClientBrokers {
+    admins: Mutex<HashMap<String, Admin>>,
 }
 
-impl GrpcBrokers {
-    fn client(&self, address: &str) -> Result<AdminClient<Channel>, AdminError> {
-        let mut channels = self.channels.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(c) = channels.get(address) {
-            return Ok(AdminClient::new(c.clone()));
+impl ClientBrokers {
+    async fn admin(&self, address: &str) -> Result<Admin, AdminError> {
+        if let Some(a) = self.admins.lock().unwrap_or_else(|p| p.into_inner()).get(address) {
+            return Ok(a.clone());
         }
-        let endpoint = Endpoint::from_shared(format!("http://{address}"))
-            .map_err(|e| AdminError::Unavailable { address: address.into(), message: e.to_string() })?
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(30));
-        let channel = endpoint.connect_lazy();
-        channels.insert(address.to_string(), channel.clone());
-        Ok(AdminClient::new(channel))
+        let admin = Admin::connect(address)
+            .await
+            .map_err(|e| AdminError::Unavailable { address: address.into(), message: e.to_string() })?;
+        self.admins.lock().unwrap_or_else(|p| p.into_inner()).insert(address.to_string(), admin.clone());
+        Ok(admin)
     }
 }
 
-fn status_error(address: &str, call: &str, s: tonic::Status) -> AdminError {
-    match s.code() {
-        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => {
-            AdminError::Unavailable { address: address.into(), message: s.message().to_string() }
-        }
-        _ => AdminError::Refused { call: call.into(), message: format!("{:?}: {}", s.code(), s.message()) },
+/// Unreachable (try again) or refused (report it), from a client error.
+fn admin_error(address: &str, call: &str, e: ClientError) -> AdminError {
+    let unavailable = match &e {
+        ClientError::Transport(_) | ClientError::Timeout(_) => true,
+        ClientError::Status { code, .. } => matches!(
+            code,
+            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown | Code::Aborted
+        ),
+        _ => false,
+    };
+    if unavailable {
+        AdminError::Unavailable { address: address.into(), message: e.to_string() }
+    } else {
+        AdminError::Refused { call: call.into(), message: e.to_string() }
     }
 }
 
-impl Brokers for GrpcBrokers {
+fn not_found(e: &ClientError) -> bool {
+    matches!(e, ClientError::Status { code: Code::NotFound, .. })
+}
+
+/// Starts a replication-factor change, new replicas copying at most
+/// `throttle` bytes/s cluster-wide.
+async fn alter_replication_factor(
+    admin: &Admin,
+    topic: &str,
+    rf: u32,
+    throttle: Option<u64>,
+) -> Result<(), ClientError> {
+    admin.alter_replication_factor(topic, rf, throttle).await.map(drop)
+}
+
+/// Moves every replica off `node`, copying at most `throttle` bytes/s.
+async fn drain_broker(admin: &Admin, node: i32, throttle: Option<u64>) -> Result<(), ClientError> {
+    admin.drain_broker(node, throttle).await.map(drop)
+}
+
+/// Moves one partition, copying at most `throttle` bytes/s.
+async fn reassign_partition(
+    admin: &Admin,
+    topic: &str,
+    partition: u32,
+    replicas: &[i32],
+    throttle: Option<u64>,
+) -> Result<(), ClientError> {
+    admin.reassign_partition(topic, partition, replicas, throttle).await.map(drop)
+}
+
+/// Removes a drained broker from the quorum and the metadata (the broker
+/// refuses while it still hosts replicas).
+async fn remove_broker(admin: &Admin, node: i32) -> Result<(), ClientError> {
+    admin.remove_broker(node).await.map(drop)
+}
+
+impl Brokers for ClientBrokers {
     fn describe<'a>(
         &'a self,
         address: &'a str,
         topic: &'a str,
     ) -> BoxFuture<'a, Result<Option<ObservedTopic>, AdminError>> {
         Box::pin(async move {
-            let mut client = self.client(address)?;
-            let request = v1::DescribeTopicsRequest { names: vec![topic.to_string()] };
-            match client.describe_topics(request).await {
-                Ok(r) => Ok(r.into_inner().topics.iter().find(|t| t.name == topic).map(observed_from)),
-                Err(s) if s.code() == Code::NotFound => Ok(None),
-                Err(s) => Err(status_error(address, "DescribeTopics", s)),
+            let admin = self.admin(address).await?;
+            match admin.describe_topic(topic).await {
+                Ok(d) => Ok(Some(observed_from(&d))),
+                Err(e) if not_found(&e) => Ok(None),
+                Err(e) => Err(admin_error(address, "DescribeTopics", e)),
             }
         })
     }
 
     fn execute<'a>(&'a self, address: &'a str, call: &'a AdminCall) -> BoxFuture<'a, Result<(), AdminError>> {
         Box::pin(async move {
-            let mut client = self.client(address)?;
-            let result = match call.clone() {
-                AdminCall::Create { .. } => {
-                    let topics = NewTopic::from_call(call).map(|t| t.to_spec()).into_iter().collect();
-                    client
-                        .create_topics(v1::CreateTopicsRequest { topics, validate_only: false })
-                        .await
-                        .map(drop)
+            let admin = self.admin(address).await?;
+            let result = match call {
+                AdminCall::Create { name, partitions, replication_factor, configs } => {
+                    admin.create_topic(name, *partitions, *replication_factor, configs.clone()).await
                 }
-                AdminCall::CreatePartitions { name, total } => client
-                    .create_partitions(v1::CreatePartitionsRequest {
-                        name,
-                        total_count: total,
-                        validate_only: false,
-                    })
-                    .await
-                    .map(drop),
-                AdminCall::AlterConfigs { name, set, delete } => client
-                    .alter_topic_configs(v1::AlterTopicConfigsRequest {
-                        name,
-                        set: set.into_iter().collect(),
-                        delete,
-                        validate_only: false,
-                    })
-                    .await
-                    .map(drop),
-                AdminCall::Delete { name } => {
-                    match client.delete_topics(v1::DeleteTopicsRequest { names: vec![name] }).await {
-                        // Already gone is what deleting wanted.
-                        Err(s) if s.code() == Code::NotFound => Ok(()),
-                        other => other.map(drop),
-                    }
+                AdminCall::CreatePartitions { name, total } => {
+                    admin.create_partitions(name, *total).await.map(drop)
+                }
+                AdminCall::AlterConfigs { name, set, delete } => {
+                    admin.alter_topic_configs(name, set.clone(), delete.clone()).await.map(drop)
+                }
+                AdminCall::Delete { name } => match admin.delete_topic(name).await {
+                    // Already gone is what deleting wanted.
+                    Err(e) if not_found(&e) => Ok(()),
+                    other => other,
+                },
+                AdminCall::AlterReplicationFactor { name, replication_factor, throttle } => {
+                    alter_replication_factor(&admin, name, *replication_factor, *throttle).await
                 }
             };
-            result.map_err(|s| status_error(address, call.name(), s))
+            result.map_err(|e| admin_error(address, call.name(), e))
         })
     }
 
@@ -236,31 +300,24 @@ impl Brokers for GrpcBrokers {
         names: &'a [String],
     ) -> BoxFuture<'a, Result<HashMap<String, ObservedTopic>, AdminError>> {
         Box::pin(async move {
-            let mut client = self.client(address)?;
-            let wanted: HashSet<&str> = names.iter().map(String::as_str).collect();
-            let keep = |topics: Vec<TopicDescription>| -> HashMap<String, ObservedTopic> {
-                topics
-                    .iter()
-                    .filter(|t| wanted.is_empty() || wanted.contains(t.name.as_str()))
-                    .map(|t| (t.name.clone(), observed_from(t)))
-                    .collect()
-            };
-            let request = v1::DescribeTopicsRequest { names: names.to_vec() };
-            match client.describe_topics(request).await {
-                Ok(r) => Ok(keep(r.into_inner().topics)),
-                // The broker answers NotFound when any one name is missing
-                // (a topic about to be created, usually). One name: that is
-                // the answer. Several: list every topic once and pick ours,
-                // rather than one call per name.
-                Err(s) if s.code() == Code::NotFound && names.len() == 1 => Ok(HashMap::new()),
-                Err(s) if s.code() == Code::NotFound && !names.is_empty() => {
-                    match client.describe_topics(v1::DescribeTopicsRequest { names: vec![] }).await {
-                        Ok(r) => Ok(keep(r.into_inner().topics)),
-                        Err(s) => Err(status_error(address, "DescribeTopics", s)),
-                    }
-                }
-                Err(s) => Err(status_error(address, "DescribeTopics", s)),
+            if let [one] = names {
+                return Ok(self
+                    .describe(address, one)
+                    .await?
+                    .map(|o| (one.clone(), o))
+                    .into_iter()
+                    .collect());
             }
+            // Several names: one describe-all, keeping ours (the broker
+            // refuses a named describe when any one name is missing).
+            let admin = self.admin(address).await?;
+            let wanted: HashSet<&str> = names.iter().map(String::as_str).collect();
+            let all = admin.describe_topics().await.map_err(|e| admin_error(address, "DescribeTopics", e))?;
+            Ok(all
+                .iter()
+                .filter(|t| wanted.is_empty() || wanted.contains(t.name.as_str()))
+                .map(|t| (t.name.clone(), observed_from(t)))
+                .collect())
         })
     }
 
@@ -270,16 +327,39 @@ impl Brokers for GrpcBrokers {
         topics: &'a [NewTopic],
     ) -> BoxFuture<'a, Result<(), AdminError>> {
         Box::pin(async move {
-            let mut client = self.client(address)?;
-            let request = v1::CreateTopicsRequest {
-                topics: topics.iter().map(NewTopic::to_spec).collect(),
-                validate_only: false,
-            };
-            client
-                .create_topics(request)
+            let admin = self.admin(address).await?;
+            admin
+                .create_topics(topics.iter().map(NewTopic::to_spec).collect())
                 .await
-                .map(drop)
-                .map_err(|s| status_error(address, "CreateTopics", s))
+                .map_err(|e| admin_error(address, "CreateTopics", e))
+        })
+    }
+
+    fn cluster_health<'a>(&'a self, address: &'a str) -> BoxFuture<'a, Result<ClusterHealth, AdminError>> {
+        Box::pin(async move {
+            let admin = self.admin(address).await?;
+            let (cluster, topics) = futures::try_join!(admin.describe_cluster(), admin.describe_topics())
+                .map_err(|e| admin_error(address, "DescribeCluster", e))?;
+            Ok(ClusterHealth::from_responses(&cluster, &topics))
+        })
+    }
+
+    fn cluster_call<'a>(
+        &'a self,
+        address: &'a str,
+        call: &'a ClusterCall,
+    ) -> BoxFuture<'a, Result<(), AdminError>> {
+        Box::pin(async move {
+            let admin = self.admin(address).await?;
+            let result = match call {
+                ClusterCall::Drain { node, throttle } => drain_broker(&admin, *node, *throttle).await,
+                ClusterCall::RemoveBroker { node } => remove_broker(&admin, *node).await,
+                ClusterCall::Reassign { topic, partition, replicas, throttle } => {
+                    reassign_partition(&admin, topic, *partition, replicas, *throttle).await
+                }
+                ClusterCall::ElectLeaders => admin.elect_leaders(&[]).await.map(drop),
+            };
+            result.map_err(|e| admin_error(address, call.name(), e))
         })
     }
 }
@@ -313,5 +393,6 @@ mod tests {
         assert_eq!((o.partitions, o.replication_factor, o.under_replicated, o.offline), (3, 3, 2, 1));
         assert_eq!(o.configs.get("retention.ms").map(String::as_str), Some("1"));
         assert_eq!(o.topic_id, "id");
+        assert_eq!(o.replicas, [(3, 3), (3, 1), (3, 0)]);
     }
 }

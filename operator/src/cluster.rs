@@ -13,15 +13,30 @@
 //! time, only when no partition would become under-replicated, rather than
 //! by the StatefulSet controller.
 //!
-//! How many brokers run is decided by [`replica_plan`], not copied from
-//! `spec.replicas`: until brokers replicate, a Cluster runs at most
-//! [`MAX_BROKERS_WITHOUT_REPLICATION`] broker, and a scale-down never removes
-//! a running broker whose partitions were not drained first.
+//! Every broker finds the others through `--peers`, built from the
+//! headless Service's stable pod names (`ID@<pod>.<headless>.<ns>.svc:PORT`),
+//! and the first three ordinals are the Raft voters (`--controllers`). Both
+//! are only read when a broker's data directory is empty, and they change
+//! with the broker count, so they reach the broker as environment variables
+//! from the ConfigMap (keys [`PEERS_KEY`], [`CONTROLLERS_KEY`]) rather than
+//! in the pod template: a scale-up does not restart the running brokers.
+//!
+//! With `spec.rack.topologyKey`, an init container (`tributary-operator
+//! rack-init`, same image) reads that label of the pod's node, which the
+//! downward API cannot, and writes `rack = "..."` ahead of the ConfigMap's
+//! `broker.toml` into an emptyDir the broker reads its config from. It needs
+//! `get` on nodes: the Helm chart adds a ClusterRole and the service account
+//! [`RACK_SERVICE_ACCOUNT`] only when rack awareness is enabled there.
+//!
+//! How many brokers the StatefulSet runs is decided by
+//! [`crate::scale::plan_scale`] (a scale-down drains first), not copied from
+//! `spec.replicas`.
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec, StatefulSetUpdateStrategy};
-use k8s_openapi::api::core::v1::Capabilities;
+use k8s_openapi::api::apps::v1::{
+    StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec, StatefulSetUpdateStrategy,
+};
 use k8s_openapi::api::core::v1::{
     Affinity, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
     HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodAffinityTerm,
@@ -29,6 +44,7 @@ use k8s_openapi::api::core::v1::{
     Service, ServicePort, ServiceSpec, TopologySpreadConstraint, Volume, VolumeMount,
     VolumeResourceRequirements, WeightedPodAffinityTerm,
 };
+use k8s_openapi::api::core::v1::{Capabilities, ConfigMapKeySelector, EmptyDirVolumeSource};
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -40,7 +56,6 @@ use crate::labels::{
     client_service_name, common_labels, config_map_name, headless_service_name, selector_labels,
     CONFIG_HASH_ANNOTATION, POD_INDEX_LABEL,
 };
-use crate::topic_plan::{Outcome, Verdict};
 
 /// Where the broker keeps its data inside the container.
 pub const DATA_DIR: &str = "/var/lib/tributary";
@@ -53,112 +68,29 @@ pub const DEFAULT_IMAGE_REPOSITORY: &str = "tributary/tributary";
 /// UID/GID the broker runs as (the image's `tributary` user).
 pub const BROKER_UID: i64 = 10001;
 
-/// Most brokers one Cluster runs until brokers replicate.
-///
-/// Each broker is still its own single-node log (replication is a later
-/// milestone): N brokers behind one client Service would be N unrelated logs,
-/// with admin calls and records landing on whichever broker the Service
-/// picks. So the operator runs one broker per Cluster and reports the Cluster
-/// `Stalled` with reason [`REPLICATION_NOT_AVAILABLE`] when more are
-/// declared; local mode does the same. When replication lands, delete this
-/// constant and the cap in [`replica_plan`] (and the tests that name it);
-/// the scale-down rule there stays.
-pub const MAX_BROKERS_WITHOUT_REPLICATION: i32 = 1;
+/// ConfigMap key holding `--peers` (read by the broker as `TRIBUTARY_PEERS`).
+pub const PEERS_KEY: &str = "peers";
+/// ConfigMap key holding `--controllers` (`TRIBUTARY_CONTROLLERS`).
+pub const CONTROLLERS_KEY: &str = "controllers";
+/// How many of the lowest ordinals are Raft voters.
+pub const VOTERS: i32 = 3;
+/// Where the rack init step writes the broker's config.
+pub const RUNTIME_DIR: &str = "/var/run/tributary";
+/// Service account for broker pods of rack-aware Clusters that name none
+/// (the Helm chart's `rackAwareness` creates it with `get` on nodes).
+pub const RACK_SERVICE_ACCOUNT: &str = "tributary-broker";
 
-/// `Stalled` reason: more brokers declared than run until replication lands.
-pub const REPLICATION_NOT_AVAILABLE: &str = "ReplicationNotAvailable";
-/// `Stalled` reason: fewer brokers declared than run, and the leaving
-/// brokers' partitions cannot be drained first.
-pub const SCALE_DOWN_REQUIRES_DRAIN: &str = "ScaleDownRequiresDrain";
-
-/// How many brokers to run, and why that differs from `spec.replicas`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ReplicaPlan {
-    /// `spec.replicas` of the StatefulSet to apply.
-    pub replicas: i32,
-    /// A `Stalled` verdict when `replicas` is not what the Cluster declares.
-    pub held: Option<Verdict>,
+/// `--peers` for `replicas` brokers of Cluster `name` in `namespace`.
+pub fn peers(name: &str, namespace: &str, replicas: i32, grpc_port: i32) -> String {
+    (0..replicas.max(1))
+        .map(|i| format!("{i}@{name}-{i}.{}.{namespace}.svc:{grpc_port}", headless_service_name(name)))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
-/// The brokers a Cluster declaring `declared` runs (for a Topic's
-/// replication-factor check): the cap while brokers do not replicate.
-pub fn runnable_brokers(declared: i32) -> i32 {
-    declared.min(MAX_BROKERS_WITHOUT_REPLICATION)
-}
-
-/// The StatefulSet's replicas for a Cluster declaring `declared` brokers when
-/// its StatefulSet runs `running` (`None` before it exists).
-pub fn replica_plan(declared: i32, running: Option<i32>) -> ReplicaPlan {
-    plan_replicas(declared, running, Some(MAX_BROKERS_WITHOUT_REPLICATION))
-}
-
-/// [`replica_plan`] with the broker cap as a parameter (`None`: no cap, as
-/// once replication lands), so the scale-down rule is tested without it.
-///
-/// - The target is `declared`, capped.
-/// - Scale-down: when the target is below what runs, the running count is
-///   kept. The leaving brokers' partitions must be drained to the remaining
-///   brokers first, and draining needs replication, so the operator refuses
-///   (`ScaleDownRequiresDrain`) rather than delete brokers with data. This
-///   also holds when the cap alone lowers the target (brokers started before
-///   the cap existed keep running).
-/// - Otherwise the target runs; when the cap lowered it, the verdict says so
-///   (`ReplicationNotAvailable`).
-pub fn plan_replicas(declared: i32, running: Option<i32>, cap: Option<i32>) -> ReplicaPlan {
-    let target = cap.map_or(declared, |cap| declared.min(cap));
-    let stalled = |reason, message| Some(Verdict { outcome: Outcome::Stalled, reason, message });
-    match running {
-        Some(running) if running > target => {
-            let leaving = if running - target == 1 {
-                format!("broker {target}")
-            } else {
-                format!("brokers {target} to {}", running - 1)
-            };
-            let (why, todo) = if declared < running {
-                (
-                    format!("spec.replicas is {declared}"),
-                    format!(
-                        "set spec.replicas back to {running}, or move the topics off {leaving} and scale the \
-                         Cluster's StatefulSet down to {target} by hand"
-                    ),
-                )
-            } else {
-                (
-                    format!(
-                        "brokers do not form a replicated cluster yet, so a Cluster runs at most {target} \
-                         broker(s)"
-                    ),
-                    format!(
-                        "move the topics off {leaving}, scale the Cluster's StatefulSet down to {target} by hand, \
-                         then set replicas: {target}"
-                    ),
-                )
-            };
-            ReplicaPlan {
-                replicas: running,
-                held: stalled(
-                    SCALE_DOWN_REQUIRES_DRAIN,
-                    format!(
-                        "{running} broker(s) are running and {why}; removing {leaving} needs their \
-                         partitions drained to the remaining brokers first, which needs replication (not \
-                         available yet). Keeping {running} broker(s): {todo}"
-                    ),
-                ),
-            }
-        }
-        _ if target < declared => ReplicaPlan {
-            replicas: target,
-            held: stalled(
-                REPLICATION_NOT_AVAILABLE,
-                format!(
-                    "brokers do not form a replicated cluster yet (each would be a separate log behind one \
-                     Service), so {target} of the {declared} declared brokers is running; set replicas: \
-                     {target} until replication lands"
-                ),
-            ),
-        },
-        _ => ReplicaPlan { replicas: declared, held: None },
-    }
+/// `--controllers`: the lowest ordinals, up to [`VOTERS`].
+pub fn controllers(replicas: i32) -> String {
+    (0..replicas.clamp(1, VOTERS)).map(|i| i.to_string()).collect::<Vec<_>>().join(",")
 }
 
 /// What the operator was started with that shapes generated objects.
@@ -191,8 +123,8 @@ pub enum DesiredError {
 /// Everything the operator applies for one Cluster, in apply order.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DesiredCluster {
-    /// How many brokers the StatefulSet runs, and why not `spec.replicas`.
-    pub replicas: ReplicaPlan,
+    /// How many brokers the StatefulSet runs.
+    pub replicas: i32,
     pub config_map: ConfigMap,
     pub headless_service: Service,
     pub client_service: Service,
@@ -234,25 +166,24 @@ pub fn image(cluster: &Cluster, defaults: &Defaults) -> String {
     }
 }
 
-/// Builds every object for `cluster`, whose StatefulSet currently runs
-/// `running` brokers (`None` when it does not exist yet).
+/// Builds every object for `cluster`, its StatefulSet running `replicas`
+/// brokers (what [`crate::scale::plan_scale`] decided).
 pub fn desired(
     cluster: &Cluster,
     defaults: &Defaults,
-    running: Option<i32>,
+    replicas: i32,
 ) -> Result<DesiredCluster, DesiredError> {
     let name = cluster.metadata.name.as_deref().ok_or(DesiredError::MissingMetadata("name"))?;
     let namespace =
         cluster.metadata.namespace.as_deref().ok_or(DesiredError::MissingMetadata("namespace"))?;
     let owner = cluster.controller_owner_ref(&()).ok_or(DesiredError::MissingMetadata("uid"))?;
     let config = broker_toml(cluster)?;
-    let replicas = replica_plan(cluster.spec.replicas, running);
     let ctx =
         Ctx { cluster, name, namespace, owner, labels: common_labels(name, cluster.spec.tier.as_str()) };
     Ok(DesiredCluster {
-        stateful_set: ctx.stateful_set(&image(cluster, defaults), &config, replicas.replicas),
+        stateful_set: ctx.stateful_set(&image(cluster, defaults), &config, replicas),
         replicas,
-        config_map: ctx.config_map(&config),
+        config_map: ctx.config_map(&config, replicas),
         headless_service: ctx.headless_service(),
         client_service: ctx.client_service(),
         pod_disruption_budget: ctx.pod_disruption_budget(),
@@ -290,13 +221,23 @@ pub fn broker_toml(cluster: &Cluster) -> Result<String, DesiredError> {
 }
 
 /// FNV-1a, 64 bits: a stable, dependency-free fingerprint of the config.
-fn fingerprint(s: &str) -> String {
+pub fn fingerprint(s: &str) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in s.bytes() {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
     format!("{h:016x}")
+}
+
+/// The container security context of every generated container.
+fn restricted() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), ..Capabilities::default() }),
+        ..SecurityContext::default()
+    }
 }
 
 struct Ctx<'a> {
@@ -351,10 +292,14 @@ impl Ctx<'_> {
         ]
     }
 
-    fn config_map(&self, config: &str) -> ConfigMap {
+    fn config_map(&self, config: &str, replicas: i32) -> ConfigMap {
         ConfigMap {
             metadata: self.meta(config_map_name(self.name)),
-            data: Some(BTreeMap::from([(CONFIG_FILE.to_string(), config.to_string())])),
+            data: Some(BTreeMap::from([
+                (CONFIG_FILE.to_string(), config.to_string()),
+                (PEERS_KEY.to_string(), peers(self.name, self.namespace, replicas, self.grpc_port())),
+                (CONTROLLERS_KEY.to_string(), controllers(replicas)),
+            ])),
             ..ConfigMap::default()
         }
     }
@@ -421,6 +366,8 @@ impl Ctx<'_> {
                 value_from: Some(field("metadata.namespace")),
                 ..EnvVar::default()
             },
+            self.config_env("TRIBUTARY_PEERS", PEERS_KEY),
+            self.config_env("TRIBUTARY_CONTROLLERS", CONTROLLERS_KEY),
         ];
         let obs = &self.cluster.spec.observability;
         if let Some(level) = &obs.log_level {
@@ -441,6 +388,79 @@ impl Ctx<'_> {
         env
     }
 
+    /// An environment variable read from a ConfigMap key at container start.
+    fn config_env(&self, name: &str, key: &str) -> EnvVar {
+        EnvVar {
+            name: name.into(),
+            value_from: Some(EnvVarSource {
+                config_map_key_ref: Some(ConfigMapKeySelector {
+                    name: config_map_name(self.name),
+                    key: key.into(),
+                    optional: Some(false),
+                }),
+                ..EnvVarSource::default()
+            }),
+            ..EnvVar::default()
+        }
+    }
+
+    /// Where the broker reads its config: the ConfigMap, or the copy the
+    /// rack init step wrote with `rack` added.
+    fn config_path(&self) -> String {
+        match self.cluster.spec.rack {
+            Some(_) => format!("{RUNTIME_DIR}/{CONFIG_FILE}"),
+            None => format!("{CONFIG_DIR}/{CONFIG_FILE}"),
+        }
+    }
+
+    /// The init step that turns the node's topology label into `rack`.
+    fn rack_init_container(&self, image: &str) -> Option<Container> {
+        let rack = self.cluster.spec.rack.as_ref()?;
+        Some(Container {
+            name: "rack".into(),
+            image: Some(image.into()),
+            image_pull_policy: self.cluster.spec.image_pull_policy.map(|p| p.as_str().into()),
+            command: Some(vec!["tributary-operator".into()]),
+            args: Some(vec![
+                "rack-init".into(),
+                "--node".into(),
+                "$(NODE_NAME)".into(),
+                "--topology-key".into(),
+                rack.topology_key.clone(),
+                "--config-in".into(),
+                format!("{CONFIG_DIR}/{CONFIG_FILE}"),
+                "--config-out".into(),
+                format!("{RUNTIME_DIR}/{CONFIG_FILE}"),
+            ]),
+            env: Some(vec![EnvVar {
+                name: "NODE_NAME".into(),
+                value_from: Some(EnvVarSource {
+                    field_ref: Some(ObjectFieldSelector {
+                        field_path: "spec.nodeName".into(),
+                        ..ObjectFieldSelector::default()
+                    }),
+                    ..EnvVarSource::default()
+                }),
+                ..EnvVar::default()
+            }]),
+            volume_mounts: Some(vec![
+                VolumeMount {
+                    name: "config".into(),
+                    mount_path: CONFIG_DIR.into(),
+                    read_only: Some(true),
+                    ..VolumeMount::default()
+                },
+                VolumeMount {
+                    name: "runtime".into(),
+                    mount_path: RUNTIME_DIR.into(),
+                    ..VolumeMount::default()
+                },
+            ]),
+            security_context: Some(restricted()),
+            ..Container::default()
+        })
+    }
+
     fn args(&self) -> Vec<String> {
         let advertised = format!(
             "$(POD_NAME).{}.$(POD_NAMESPACE).svc:{}",
@@ -449,7 +469,7 @@ impl Ctx<'_> {
         );
         vec![
             "--config".into(),
-            format!("{CONFIG_DIR}/{CONFIG_FILE}"),
+            self.config_path(),
             "--data-dir".into(),
             DATA_DIR.into(),
             "--listen".into(),
@@ -460,6 +480,8 @@ impl Ctx<'_> {
             "$(TRIBUTARY_NODE_ID)".into(),
             "--advertised-address".into(),
             advertised,
+            "--cluster-name".into(),
+            self.name.to_string(),
         ]
     }
 
@@ -502,26 +524,50 @@ impl Ctx<'_> {
             liveness_probe: Some(probe("/healthz", 10, 3)),
             readiness_probe: Some(probe("/readyz", 5, 2)),
             resources: self.cluster.spec.resources.clone(),
-            volume_mounts: Some(vec![
-                VolumeMount { name: "data".into(), mount_path: DATA_DIR.into(), ..VolumeMount::default() },
-                VolumeMount {
-                    name: "config".into(),
-                    mount_path: CONFIG_DIR.into(),
-                    read_only: Some(true),
-                    ..VolumeMount::default()
-                },
-            ]),
-            security_context: Some(SecurityContext {
-                allow_privilege_escalation: Some(false),
-                read_only_root_filesystem: Some(true),
-                capabilities: Some(Capabilities {
-                    drop: Some(vec!["ALL".into()]),
-                    ..Capabilities::default()
-                }),
-                ..SecurityContext::default()
-            }),
+            volume_mounts: Some(self.broker_mounts()),
+            security_context: Some(restricted()),
             ..Container::default()
         }
+    }
+
+    fn broker_mounts(&self) -> Vec<VolumeMount> {
+        let mut mounts = vec![
+            VolumeMount { name: "data".into(), mount_path: DATA_DIR.into(), ..VolumeMount::default() },
+            VolumeMount {
+                name: "config".into(),
+                mount_path: CONFIG_DIR.into(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            },
+        ];
+        if self.cluster.spec.rack.is_some() {
+            mounts.push(VolumeMount {
+                name: "runtime".into(),
+                mount_path: RUNTIME_DIR.into(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            });
+        }
+        mounts
+    }
+
+    fn volumes(&self) -> Vec<Volume> {
+        let mut volumes = vec![Volume {
+            name: "config".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: config_map_name(self.name),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        }];
+        if self.cluster.spec.rack.is_some() {
+            volumes.push(Volume {
+                name: "runtime".into(),
+                empty_dir: Some(EmptyDirVolumeSource::default()),
+                ..Volume::default()
+            });
+        }
+        volumes
     }
 
     /// Prefer one broker per node unless the user chose an affinity.
@@ -572,8 +618,13 @@ impl Ctx<'_> {
                 ..ObjectMeta::default()
             }),
             spec: Some(PodSpec {
+                init_containers: self.rack_init_container(image).map(|c| vec![c]),
                 containers: vec![self.broker_container(image)],
-                service_account_name: overrides.service_account_name,
+                // The rack init step reads the node: it needs the chart's
+                // service account with `get` on nodes.
+                service_account_name: overrides
+                    .service_account_name
+                    .or_else(|| self.cluster.spec.rack.as_ref().map(|_| RACK_SERVICE_ACCOUNT.to_string())),
                 // The broker fsyncs and closes every log on SIGTERM.
                 termination_grace_period_seconds: Some(60),
                 security_context: Some(PodSecurityContext {
@@ -592,14 +643,7 @@ impl Ctx<'_> {
                 tolerations: (!overrides.tolerations.is_empty()).then_some(overrides.tolerations),
                 node_selector: (!overrides.node_selector.is_empty()).then_some(overrides.node_selector),
                 priority_class_name: overrides.priority_class_name,
-                volumes: Some(vec![Volume {
-                    name: "config".into(),
-                    config_map: Some(ConfigMapVolumeSource {
-                        name: config_map_name(self.name),
-                        ..ConfigMapVolumeSource::default()
-                    }),
-                    ..Volume::default()
-                }]),
+                volumes: Some(self.volumes()),
                 ..PodSpec::default()
             }),
         }
@@ -643,6 +687,21 @@ impl Ctx<'_> {
                 }),
                 template: self.pod_template(image, config),
                 volume_claim_templates: Some(vec![self.volume_claim_template()]),
+                // A scale-down only shrinks after the broker was drained and
+                // removed; its claim then goes or stays as the Cluster says.
+                persistent_volume_claim_retention_policy: Some(
+                    StatefulSetPersistentVolumeClaimRetentionPolicy {
+                        when_scaled: Some(
+                            if self.cluster.spec.storage.delete_claims_on_scale_down {
+                                "Delete"
+                            } else {
+                                "Retain"
+                            }
+                            .into(),
+                        ),
+                        when_deleted: Some("Retain".into()),
+                    },
+                ),
                 ..StatefulSetSpec::default()
             }),
             ..StatefulSet::default()
@@ -664,7 +723,8 @@ mod tests {
     }
 
     fn build(spec: ClusterSpec) -> DesiredCluster {
-        desired(&cluster(spec), &Defaults::default(), None).expect("desired objects")
+        let replicas = spec.replicas;
+        desired(&cluster(spec), &Defaults::default(), replicas).expect("desired objects")
     }
 
     fn pod_spec(d: &DesiredCluster) -> &PodSpec {
@@ -701,9 +761,9 @@ mod tests {
     fn missing_uid_is_an_error_not_a_panic() {
         let mut c = cluster(ClusterSpec::default());
         c.metadata.uid = None;
-        assert_eq!(desired(&c, &Defaults::default(), None), Err(DesiredError::MissingMetadata("uid")));
+        assert_eq!(desired(&c, &Defaults::default(), 1), Err(DesiredError::MissingMetadata("uid")));
         c.metadata.namespace = None;
-        assert_eq!(desired(&c, &Defaults::default(), None), Err(DesiredError::MissingMetadata("namespace")));
+        assert_eq!(desired(&c, &Defaults::default(), 1), Err(DesiredError::MissingMetadata("namespace")));
     }
 
     #[test]
@@ -716,7 +776,7 @@ mod tests {
             args,
             "--config /etc/tributary/broker.toml --data-dir /var/lib/tributary --listen 0.0.0.0:7070 \
              --http-listen 0.0.0.0:7071 --node-id $(TRIBUTARY_NODE_ID) \
-             --advertised-address $(POD_NAME).events-brokers.$(POD_NAMESPACE).svc:7070"
+             --advertised-address $(POD_NAME).events-brokers.$(POD_NAMESPACE).svc:7070 --cluster-name events"
         );
         // $(VAR) in args only expands for variables defined on the container.
         let env = c.env.as_ref().expect("env");
@@ -753,7 +813,10 @@ mod tests {
         let d = build(spec);
         let s = d.stateful_set.spec.as_ref().expect("spec");
         assert_eq!(s.replicas, Some(1));
-        assert_eq!(d.replicas, ReplicaPlan { replicas: 1, held: None });
+        assert_eq!(d.replicas, 1);
+        let retention = s.persistent_volume_claim_retention_policy.as_ref().expect("retention");
+        assert_eq!(retention.when_scaled.as_deref(), Some("Retain"), "claims are kept by default");
+        assert_eq!(retention.when_deleted.as_deref(), Some("Retain"));
         assert_eq!(s.service_name.as_deref(), Some("events-brokers"));
         assert_eq!(s.pod_management_policy.as_deref(), Some("Parallel"));
         assert_eq!(s.update_strategy.as_ref().and_then(|u| u.type_.as_deref()), Some("OnDelete"));
@@ -863,82 +926,79 @@ mod tests {
         );
     }
 
-    fn held(p: &ReplicaPlan) -> (i32, Option<&'static str>) {
-        (p.replicas, p.held.as_ref().map(|v| v.reason))
-    }
-
     #[test]
-    fn one_broker_runs_until_replication_lands() {
-        assert_eq!(MAX_BROKERS_WITHOUT_REPLICATION, 1);
-        assert_eq!(held(&replica_plan(1, None)), (1, None));
-        assert_eq!(held(&replica_plan(1, Some(1))), (1, None));
+    fn many_brokers_find_each_other_through_the_config_map() {
+        let d = build(ClusterSpec { replicas: 5, ..ClusterSpec::default() });
+        assert_eq!(d.stateful_set.spec.as_ref().and_then(|s| s.replicas), Some(5));
+        let data = d.config_map.data.as_ref().expect("data");
         assert_eq!(
-            held(&replica_plan(1, Some(0))),
-            (1, None),
-            "a StatefulSet scaled to 0 by hand comes back"
+            data[PEERS_KEY],
+            "0@events-0.events-brokers.prod.svc:7070,1@events-1.events-brokers.prod.svc:7070,\
+             2@events-2.events-brokers.prod.svc:7070,3@events-3.events-brokers.prod.svc:7070,\
+             4@events-4.events-brokers.prod.svc:7070"
         );
-        for running in [None, Some(0), Some(1)] {
-            let p = replica_plan(3, running);
-            assert_eq!(held(&p), (1, Some(REPLICATION_NOT_AVAILABLE)), "running {running:?}");
-            let v = p.held.expect("verdict");
-            assert_eq!(v.outcome, Outcome::Stalled);
-            assert!(v.message.contains("do not form a replicated cluster yet"), "{}", v.message);
-            assert!(v.message.contains("1 of the 3 declared brokers is running"), "{}", v.message);
-            assert!(v.message.contains("set replicas: 1"), "{}", v.message);
+        assert_eq!(data[CONTROLLERS_KEY], "0,1,2");
+        assert_eq!(controllers(1), "0");
+        assert_eq!(controllers(2), "0,1");
+        let env = pod_spec(&d).containers[0].env.clone().unwrap_or_default();
+        for (var, key) in [("TRIBUTARY_PEERS", PEERS_KEY), ("TRIBUTARY_CONTROLLERS", CONTROLLERS_KEY)] {
+            let e = env.iter().find(|e| e.name == var).expect(var);
+            let r =
+                e.value_from.as_ref().and_then(|v| v.config_map_key_ref.as_ref()).expect("configMapKeyRef");
+            assert_eq!((r.name.as_str(), r.key.as_str()), ("events-config", key));
         }
-        assert_eq!(runnable_brokers(3), 1);
-        assert_eq!(runnable_brokers(1), 1);
+        // Scaling changes the ConfigMap, not the pod template: no roll.
+        let three = build(ClusterSpec { replicas: 3, ..ClusterSpec::default() });
+        assert_eq!(
+            d.stateful_set.spec.as_ref().map(|s| &s.template),
+            three.stateful_set.spec.as_ref().map(|s| &s.template)
+        );
+        assert_ne!(d.config_map, three.config_map);
     }
 
     #[test]
-    fn the_capped_stateful_set_runs_one_broker_and_says_why() {
-        let d = build(ClusterSpec { replicas: 3, ..ClusterSpec::default() });
-        assert_eq!(d.stateful_set.spec.as_ref().and_then(|s| s.replicas), Some(1));
-        assert_eq!(d.replicas.held.map(|v| v.reason), Some(REPLICATION_NOT_AVAILABLE));
-        // Default replicas (3) are capped the same way.
-        assert_eq!(build(ClusterSpec::default()).replicas.replicas, 1);
+    fn rack_awareness_adds_the_init_step_and_its_service_account() {
+        let plain = build(ClusterSpec::default());
+        assert!(pod_spec(&plain).init_containers.is_none());
+        assert_eq!(pod_spec(&plain).service_account_name, None);
+
+        let spec = ClusterSpec {
+            replicas: 3,
+            rack: Some(RackAwareness { topology_key: "topology.kubernetes.io/zone".into() }),
+            ..ClusterSpec::default()
+        };
+        let d = build(spec.clone());
+        let p = pod_spec(&d);
+        let init = &p.init_containers.as_ref().expect("init")[0];
+        assert_eq!(init.command.as_deref(), Some(&["tributary-operator".to_string()][..]));
+        assert_eq!(
+            init.args.as_ref().expect("args").join(" "),
+            "rack-init --node $(NODE_NAME) --topology-key topology.kubernetes.io/zone \
+             --config-in /etc/tributary/broker.toml --config-out /var/run/tributary/broker.toml"
+        );
+        let node =
+            init.env.as_ref().and_then(|e| e.iter().find(|v| v.name == "NODE_NAME")).expect("NODE_NAME");
+        let path = node.value_from.as_ref().and_then(|v| v.field_ref.as_ref()).map(|f| f.field_path.as_str());
+        assert_eq!(path, Some("spec.nodeName"));
+        assert_eq!(p.service_account_name.as_deref(), Some(RACK_SERVICE_ACCOUNT));
+        let args = p.containers[0].args.as_ref().expect("args");
+        assert_eq!(args[1], "/var/run/tributary/broker.toml", "the broker reads the copy with its rack");
+        assert!(p.volumes.iter().flatten().any(|v| v.name == "runtime" && v.empty_dir.is_some()));
+
+        let mut named = spec;
+        named.pod_template =
+            Some(PodOverrides { service_account_name: Some("mine".into()), ..PodOverrides::default() });
+        assert_eq!(pod_spec(&build(named)).service_account_name.as_deref(), Some("mine"));
     }
 
     #[test]
-    fn scale_down_keeps_the_running_brokers_until_they_can_be_drained() {
-        // Without the cap (as once replication lands).
-        let plan = |declared, running| plan_replicas(declared, running, None);
-        assert_eq!(held(&plan(5, None)), (5, None), "a new cluster");
-        assert_eq!(held(&plan(5, Some(3))), (5, None), "scale-up");
-        assert_eq!(held(&plan(3, Some(3))), (3, None), "steady");
-        assert_eq!(held(&plan(2, Some(3))), (3, Some(SCALE_DOWN_REQUIRES_DRAIN)));
-        assert_eq!(held(&plan(1, Some(5))), (5, Some(SCALE_DOWN_REQUIRES_DRAIN)));
-        let one = plan(2, Some(3)).held.expect("verdict");
-        assert_eq!(one.outcome, Outcome::Stalled);
-        assert!(one.message.contains("spec.replicas is 2"), "{}", one.message);
-        assert!(one.message.contains("removing broker 2 "), "{}", one.message);
-        assert!(one.message.contains("Keeping 3 broker(s)"), "{}", one.message);
-        assert!(one.message.contains("set spec.replicas back to 3"), "{}", one.message);
-        let many = plan(1, Some(5)).held.expect("verdict");
-        assert!(many.message.contains("removing brokers 1 to 4 "), "{}", many.message);
-        assert!(many.message.contains("down to 1 by hand"), "{}", many.message);
-
-        // With the cap: declared below what runs is a scale-down first.
-        assert_eq!(held(&plan_replicas(2, Some(3), Some(1))), (3, Some(SCALE_DOWN_REQUIRES_DRAIN)));
-        assert_eq!(held(&replica_plan(1, Some(3))), (3, Some(SCALE_DOWN_REQUIRES_DRAIN)));
-        // Brokers started before the cap keep running: removing them would
-        // strand their topics.
-        let upgraded = replica_plan(3, Some(3));
-        assert_eq!(held(&upgraded), (3, Some(SCALE_DOWN_REQUIRES_DRAIN)));
-        let message = upgraded.held.expect("verdict").message;
-        assert!(message.contains("do not form a replicated cluster yet"), "{message}");
-        assert!(message.contains("then set replicas: 1"), "{message}");
-        // A larger cap lets brokers up to it run.
-        assert_eq!(held(&plan_replicas(5, Some(3), Some(4))), (4, Some(REPLICATION_NOT_AVAILABLE)));
-        assert_eq!(held(&plan_replicas(5, Some(4), Some(4))), (4, Some(REPLICATION_NOT_AVAILABLE)));
-    }
-
-    #[test]
-    fn a_running_stateful_set_is_not_scaled_down() {
-        let c = cluster(ClusterSpec { replicas: 1, ..ClusterSpec::default() });
-        let d = desired(&c, &Defaults::default(), Some(2)).expect("desired");
-        assert_eq!(d.stateful_set.spec.as_ref().and_then(|s| s.replicas), Some(2));
-        assert_eq!(d.replicas.held.map(|v| v.reason), Some(SCALE_DOWN_REQUIRES_DRAIN));
+    fn claims_follow_delete_claims_on_scale_down() {
+        let mut spec = ClusterSpec::default();
+        spec.storage.delete_claims_on_scale_down = true;
+        let d = build(spec);
+        let policy =
+            d.stateful_set.spec.as_ref().and_then(|s| s.persistent_volume_claim_retention_policy.clone());
+        assert_eq!(policy.and_then(|p| p.when_scaled).as_deref(), Some("Delete"));
     }
 
     #[test]

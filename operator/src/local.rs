@@ -1,18 +1,22 @@
 //! Local mode: the same Cluster, Topic and MirrorLink manifests, run on one
 //! machine without Kubernetes (`tributary-operator local -f DIR`).
 //!
-//! Each Cluster becomes `tributary-broker` processes with their own data
-//! directory and ports on 127.0.0.1, configured from the same `broker.toml`
-//! the operator puts in a ConfigMap, as many as the controller would run
-//! ([`crate::cluster::replica_plan`]): one until brokers replicate, with the
-//! same `Stalled` reason printed and kept in `state.json` when more are
-//! declared. Topics are reconciled by the same plan the controller uses
-//! ([`crate::topic_plan`]) through the same gRPC admin client
-//! ([`crate::admin::GrpcBrokers`]). MirrorLinks get the controller's checks.
-//! The manifests are read again every few seconds, so an edited file
-//! converges like an applied one; status is printed when it changes and kept
-//! in `state.json` under the state directory. Ctrl-C (or SIGTERM) stops every
-//! broker cleanly.
+//! Each Cluster becomes `spec.replicas` `tributary-broker` processes with
+//! their own data directory and ports on 127.0.0.1, configured from the
+//! same `broker.toml` the operator puts in a ConfigMap and started with the
+//! same `--peers` / `--controllers` / `--cluster-name` flags (the peers at
+//! their loopback ports). Every pass runs the controller's plans on them:
+//! [`crate::scale::plan_scale`] (new brokers start; a scale-down drains,
+//! removes and then stops the highest broker), [`crate::roll::decide`] on
+//! the brokers as if they were pods (a changed `broker.toml` restarts them
+//! one at a time under the same gates, ending with a preferred-leader
+//! election), and [`crate::topic_plan`] for Topics, all through the same
+//! admin client ([`crate::admin::ClientBrokers`]). MirrorLinks get the
+//! controller's checks. The manifests are read again every few seconds, so
+//! an edited file converges like an applied one (Clusters are fixed at
+//! start: a new Cluster needs a restart of local mode); status is printed
+//! when it changes and kept in `state.json` under the state directory.
+//! Ctrl-C (or SIGTERM) stops every broker cleanly.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -30,10 +34,19 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 use tributary_crds::{Cluster, MirrorLink, Topic, TopicStatus};
 
-use crate::admin::{AdminError, Brokers, GrpcBrokers};
-use crate::cluster::{broker_toml, replica_plan, ReplicaPlan};
+use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec, StatefulSetStatus};
+use k8s_openapi::api::core::v1::{Pod, PodCondition, PodStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use tributary_crds::cluster::RollProgress;
+
+use crate::admin::{AdminError, Brokers, ClientBrokers};
+use crate::cluster::{broker_toml, controllers, fingerprint};
+use crate::controller::cluster::cluster_verdict;
 use crate::controller::topic::older_claimant;
+use crate::health::ClusterCall;
 use crate::mirror_plan::{self, ClustersSeen};
+use crate::roll::{decide, progress_after, RollDecision, RollInput, RollPolicy, REVISION_LABEL};
+use crate::scale::{plan_scale, ScaleInput};
 use crate::topic_plan::{self, ClusterView, Outcome, PlanInput, Verdict};
 
 /// Most brokers one Cluster may have in local mode.
@@ -145,33 +158,43 @@ struct LocalBroker {
     data_dir: PathBuf,
     log: PathBuf,
     child: Child,
+    /// Fingerprint of the config it was started with (its "pod revision").
+    revision: String,
 }
 
 struct LocalCluster {
     cluster: Cluster,
-    /// How many brokers run, and the `Stalled` verdict when not `replicas`.
-    plan: ReplicaPlan,
+    /// Position among the Clusters: its block of ports.
+    index: usize,
+    dir: PathBuf,
     brokers: Vec<LocalBroker>,
-}
-
-/// The brokers local mode runs for `cluster`: the controller's plan for a
-/// Cluster with no StatefulSet yet (local brokers start afresh each run).
-pub fn local_replicas(cluster: &Cluster) -> ReplicaPlan {
-    replica_plan(cluster.spec.replicas, None)
+    /// The roll in progress, as the controller keeps it in the status.
+    roll: Option<RollProgress>,
+    verdict: Verdict,
 }
 
 /// The line printed for a Cluster once its brokers are ready.
-pub fn cluster_line(key: &str, brokers: usize, bootstrap: &str, plan: &ReplicaPlan) -> String {
-    let ready = format!("cluster {key}: {brokers} broker(s) ready, bootstrap {bootstrap}");
-    match &plan.held {
-        Some(v) => format!("{ready}; {:?} {}: {}", v.outcome, v.reason, v.message),
-        None => ready,
-    }
+pub fn cluster_line(key: &str, brokers: usize, bootstrap: &str) -> String {
+    format!("cluster {key}: {brokers} broker(s) ready, bootstrap {bootstrap}")
+}
+
+/// `--peers` for brokers `0..n` of the `index`-th Cluster.
+pub fn local_peers(base: u16, index: usize, n: i32) -> String {
+    (0..n)
+        .filter_map(|node| ports(base, index, node).map(|(grpc, _)| format!("{node}@127.0.0.1:{grpc}")))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 impl LocalCluster {
+    /// Every broker's address, the bootstrap list clients use.
     fn address(&self) -> Option<String> {
-        self.brokers.first().map(|b| b.grpc.to_string())
+        (!self.brokers.is_empty())
+            .then(|| self.brokers.iter().map(|b| b.grpc.to_string()).collect::<Vec<_>>().join(","))
+    }
+
+    fn key(&self) -> String {
+        key(&self.cluster.namespace().unwrap_or_default(), &self.cluster.name_any())
     }
 }
 
@@ -191,19 +214,33 @@ fn log_tail(path: &Path) -> String {
     lines[lines.len().saturating_sub(10)..].join("\n")
 }
 
+/// How one broker is started: its config and the cluster-forming flags.
+struct BrokerLaunch<'a> {
+    config: &'a str,
+    node_id: i32,
+    ports: (u16, u16),
+    peers: String,
+    controllers: String,
+    cluster_name: String,
+}
+
 async fn start_broker(
     opts: &LocalOptions,
     dir: &Path,
-    config: &str,
-    node_id: i32,
-    (grpc, http): (u16, u16),
+    launch: BrokerLaunch<'_>,
 ) -> anyhow::Result<LocalBroker> {
+    let BrokerLaunch { config, node_id, ports: (grpc, http), peers, controllers, cluster_name } = launch;
     let data_dir = dir.join(format!("broker-{node_id}"));
     std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
     let config_file = dir.join(format!("broker-{node_id}.toml"));
     std::fs::write(&config_file, config).with_context(|| format!("writing {}", config_file.display()))?;
     let log = dir.join(format!("broker-{node_id}.log"));
-    let log_file = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+    // Appended: a restarted broker's log follows the previous run's.
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .with_context(|| format!("opening {}", log.display()))?;
     let grpc: SocketAddr = ([127, 0, 0, 1], grpc).into();
     let http: SocketAddr = ([127, 0, 0, 1], http).into();
     let child = Command::new(&opts.broker_bin)
@@ -217,13 +254,21 @@ async fn start_broker(
         .arg(http.to_string())
         .arg("--node-id")
         .arg(node_id.to_string())
+        .arg("--advertised-address")
+        .arg(grpc.to_string())
+        .arg("--peers")
+        .arg(peers)
+        .arg("--controllers")
+        .arg(controllers)
+        .arg("--cluster-name")
+        .arg(cluster_name)
         .stdin(Stdio::null())
         .stdout(log_file.try_clone()?)
         .stderr(log_file)
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("starting {}", opts.broker_bin.display()))?;
-    Ok(LocalBroker { node_id, grpc, http, data_dir, log, child })
+    Ok(LocalBroker { node_id, grpc, http, data_dir, log, child, revision: fingerprint(config) })
 }
 
 async fn wait_ready(b: &mut LocalBroker, within: Duration) -> anyhow::Result<()> {
@@ -265,6 +310,28 @@ async fn stop_broker(b: &mut LocalBroker) {
     }
 }
 
+/// Starts broker `node` of `lc` with the Cluster's current config, among
+/// `count` brokers.
+async fn launch(
+    opts: &LocalOptions,
+    lc: &LocalCluster,
+    node: i32,
+    count: i32,
+) -> anyhow::Result<LocalBroker> {
+    let config = broker_toml(&lc.cluster)?;
+    let p = ports(opts.base_port, lc.index, node)
+        .with_context(|| format!("Cluster {}: out of ports", lc.key()))?;
+    let launch = BrokerLaunch {
+        config: &config,
+        node_id: node,
+        ports: p,
+        peers: local_peers(opts.base_port, lc.index, count),
+        controllers: controllers(count),
+        cluster_name: lc.cluster.name_any(),
+    };
+    start_broker(opts, &lc.dir, launch).await
+}
+
 async fn start_clusters(
     opts: &LocalOptions,
     m: &Manifests,
@@ -275,19 +342,24 @@ async fn start_clusters(
     for (index, c) in clusters.into_iter().enumerate() {
         let ns = c.namespace().unwrap_or_default();
         let k = key(&ns, &c.name_any());
-        if !(1..=MAX_LOCAL_BROKERS).contains(&c.spec.replicas) {
-            bail!("Cluster {k}: local mode runs 1 to {MAX_LOCAL_BROKERS} brokers, not {}", c.spec.replicas);
+        check_replicas(c)?;
+        let waiting = Verdict {
+            outcome: Outcome::Progressing,
+            reason: "WaitingForBrokers",
+            message: "starting".into(),
+        };
+        let mut lc = LocalCluster {
+            cluster: c.clone(),
+            index,
+            dir: opts.state_dir.join(&ns).join(c.name_any()),
+            brokers: Vec::new(),
+            roll: None,
+            verdict: waiting,
+        };
+        for node in 0..c.spec.replicas {
+            let b = launch(opts, &lc, node, c.spec.replicas).await?;
+            lc.brokers.push(b);
         }
-        let dir = opts.state_dir.join(&ns).join(c.name_any());
-        let config = broker_toml(c)?;
-        let plan = local_replicas(c);
-        let mut brokers = Vec::new();
-        for node in 0..plan.replicas {
-            let p =
-                ports(opts.base_port, index, node).with_context(|| format!("Cluster {k}: out of ports"))?;
-            brokers.push(start_broker(opts, &dir, &config, node, p).await?);
-        }
-        let mut lc = LocalCluster { cluster: c.clone(), plan, brokers };
         for b in &mut lc.brokers {
             if let Err(e) = wait_ready(b, Duration::from_secs(60)).await {
                 stop_all(&mut out).await;
@@ -297,10 +369,158 @@ async fn start_clusters(
                 return Err(e.context(format!("Cluster {k}")));
             }
         }
-        println!("{}", cluster_line(&k, lc.brokers.len(), &lc.address().unwrap_or_default(), &lc.plan));
+        println!("{}", cluster_line(&k, lc.brokers.len(), &lc.address().unwrap_or_default()));
         out.insert(k, lc);
     }
     Ok(out)
+}
+
+fn check_replicas(c: &Cluster) -> anyhow::Result<()> {
+    if !(1..=MAX_LOCAL_BROKERS).contains(&c.spec.replicas) {
+        bail!(
+            "Cluster {}: local mode runs 1 to {MAX_LOCAL_BROKERS} brokers, not {}",
+            c.name_any(),
+            c.spec.replicas
+        );
+    }
+    Ok(())
+}
+
+/// The brokers as the roll sees pods: a StatefulSet whose update revision
+/// is the current config's fingerprint, and one "pod" per broker, ready
+/// when its `/readyz` answers 200.
+async fn as_pods(lc: &mut LocalCluster) -> anyhow::Result<(StatefulSet, Vec<Pod>)> {
+    let revision = fingerprint(&broker_toml(&lc.cluster)?);
+    let name = lc.cluster.name_any();
+    let mut pods = Vec::new();
+    for b in &mut lc.brokers {
+        let running = b.child.try_wait().ok().flatten().is_none();
+        let ready = running && http_status(b.http, "/readyz").await == Some(200);
+        pods.push(Pod {
+            metadata: ObjectMeta {
+                name: Some(format!("{name}-{}", b.node_id)),
+                labels: Some([(REVISION_LABEL.to_string(), b.revision.clone())].into_iter().collect()),
+                ..ObjectMeta::default()
+            },
+            status: Some(PodStatus {
+                conditions: Some(vec![PodCondition {
+                    type_: "Ready".into(),
+                    status: if ready { "True" } else { "False" }.into(),
+                    ..PodCondition::default()
+                }]),
+                ..PodStatus::default()
+            }),
+            ..Pod::default()
+        });
+    }
+    let count = i32::try_from(lc.brokers.len()).unwrap_or(i32::MAX);
+    let ready = pods
+        .iter()
+        .filter(|p| {
+            p.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| c[0].status == "True")
+        })
+        .count();
+    let sts = StatefulSet {
+        spec: Some(StatefulSetSpec { replicas: Some(count), ..StatefulSetSpec::default() }),
+        status: Some(StatefulSetStatus {
+            replicas: count,
+            ready_replicas: Some(i32::try_from(ready).unwrap_or(i32::MAX)),
+            update_revision: Some(revision),
+            ..StatefulSetStatus::default()
+        }),
+        ..StatefulSet::default()
+    };
+    Ok((sts, pods))
+}
+
+/// One pass of the controller's Cluster plans over a local cluster.
+async fn step_cluster(
+    opts: &LocalOptions,
+    lc: &mut LocalCluster,
+    brokers: &dyn Brokers,
+) -> anyhow::Result<()> {
+    let Some(address) = lc.address() else { bail!("Cluster {} has no broker left", lc.key()) };
+    let health = brokers.cluster_health(&address).await.map_err(|e| e.to_string());
+    let running = i32::try_from(lc.brokers.len()).unwrap_or(i32::MAX);
+    let throttle = lc.cluster.spec.reassignment.throttle_bytes_per_second.and_then(|t| u64::try_from(t).ok());
+    let scale = plan_scale(ScaleInput {
+        declared: lc.cluster.spec.replicas.clamp(1, MAX_LOCAL_BROKERS),
+        running: Some(running),
+        health: health.as_ref().map_err(String::as_str),
+        rebalance: lc.cluster.spec.rebalance_on_scale,
+        throttle,
+    });
+    while (lc.brokers.len() as i32) < scale.replicas {
+        let node = lc.brokers.len() as i32;
+        let b = launch(opts, lc, node, scale.replicas).await?;
+        println!("cluster {}: started broker {node}", lc.key());
+        lc.brokers.push(b);
+    }
+    let mut refused = None;
+    for call in &scale.calls {
+        match brokers.cluster_call(&address, call).await {
+            Ok(()) => println!(
+                "cluster {}: {} ({})",
+                lc.key(),
+                call.name(),
+                scale.verdict.as_ref().map(|v| v.message.as_str()).unwrap_or_default()
+            ),
+            Err(e @ AdminError::Refused { .. }) if !e.to_string().contains("being reassigned") => {
+                refused = Some(Verdict {
+                    outcome: Outcome::Stalled,
+                    reason: "BrokersRefused",
+                    message: e.to_string(),
+                });
+            }
+            Err(e) => println!("cluster {}: {} failed, retrying: {e}", lc.key(), call.name()),
+        }
+    }
+    while (lc.brokers.len() as i32) > scale.replicas {
+        if let Some(mut b) = lc.brokers.pop() {
+            stop_broker(&mut b).await;
+            println!("cluster {}: stopped broker {} (drained and removed)", lc.key(), b.node_id);
+            if lc.cluster.spec.storage.delete_claims_on_scale_down {
+                let _ = std::fs::remove_dir_all(&b.data_dir);
+            }
+        }
+    }
+    let (sts, pods) = as_pods(lc).await?;
+    let mut decision = decide(RollInput {
+        sts: &sts,
+        pods: &pods,
+        health: health.as_ref().map_err(String::as_str),
+        policy: RollPolicy::of(&lc.cluster),
+        progress: lc.roll.as_ref(),
+        now: Timestamp::now(),
+    });
+    if scale.busy() {
+        if let RollDecision::Restart { outdated, .. } = decision {
+            decision =
+                RollDecision::Blocked { reason: "waiting for replicas to stop moving".into(), outdated };
+        }
+    }
+    match &decision {
+        RollDecision::Restart { node, outdated, .. } => {
+            let count = lc.brokers.len() as i32;
+            if let Some(i) = lc.brokers.iter().position(|b| b.node_id == *node) {
+                stop_broker(&mut lc.brokers[i]).await;
+                lc.brokers[i] = launch(opts, lc, *node, count).await?;
+                println!(
+                    "cluster {}: restarted broker {node} for the new config ({outdated} outdated)",
+                    lc.key()
+                );
+            }
+        }
+        RollDecision::UpToDate { elect_leaders: true } => {
+            brokers.cluster_call(&address, &ClusterCall::ElectLeaders).await?;
+            println!("cluster {}: roll finished; preferred leaders elected", lc.key());
+        }
+        _ => {}
+    }
+    lc.roll = progress_after(lc.roll.as_ref(), &decision, running, Timestamp::now());
+    lc.verdict =
+        refused.unwrap_or_else(|| cluster_verdict(&lc.cluster, &sts, &decision, &scale, health.as_ref()));
+    Ok(())
 }
 
 async fn stop_all(clusters: &mut BTreeMap<String, LocalCluster>) {
@@ -320,11 +540,12 @@ pub struct TopicReport {
 }
 
 /// Reconciles every Topic once, with the controller's plan. `clusters` maps
-/// `namespace/name` to (brokers, bootstrap address).
+/// `namespace/name` to (declared brokers, bootstrap list, reassignment throttle).
 pub async fn reconcile_topics(
     m: &Manifests,
-    clusters: &BTreeMap<String, (i32, String)>,
+    clusters: &BTreeMap<String, (i32, String, Option<u64>)>,
     brokers: &dyn Brokers,
+    previous: &BTreeMap<String, TopicStatus>,
     now: Timestamp,
 ) -> Vec<TopicReport> {
     let all: Vec<Arc<Topic>> = m.topics.iter().cloned().map(Arc::new).collect();
@@ -334,7 +555,7 @@ pub async fn reconcile_topics(
         let k = key(&ns, &topic.name_any());
         let conflict = older_claimant(topic, &all);
         let found = clusters.get(&key(&ns, &topic.spec.cluster_ref.name));
-        let view = found.map_or(ClusterView::Missing, |(n, _)| ClusterView::Present { brokers: *n });
+        let view = found.map_or(ClusterView::Missing, |(n, _, _)| ClusterView::Present { brokers: *n });
         let report = |status: TopicStatus, verdict: Verdict| TopicReport { key: k.clone(), status, verdict };
         let unreachable = |e: AdminError| {
             let verdict = Verdict {
@@ -349,7 +570,7 @@ pub async fn reconcile_topics(
             report(status, verdict)
         };
         let observed = match (found, &conflict) {
-            (Some((_, address)), None) => match brokers.describe(address, topic.topic_name()).await {
+            (Some((_, address, _)), None) => match brokers.describe(address, topic.topic_name()).await {
                 Ok(o) => o,
                 Err(e) => {
                     out.push(unreachable(e));
@@ -358,16 +579,24 @@ pub async fn reconcile_topics(
             },
             _ => None,
         };
+        // Local mode has no status store: the previous pass's report stands in.
+        let mut topic = topic.clone();
+        topic.status = previous.get(&k).cloned();
+        let topic = &topic;
         let p = topic_plan::plan(PlanInput {
             topic,
             cluster: view,
             observed: observed.as_ref(),
             conflicts_with: conflict.as_deref(),
+            throttle: found.and_then(|(_, _, t)| *t),
         });
         let mut verdict = p.verdict.clone();
-        if let Some((_, address)) = found {
+        if let Some((_, address, _)) = found {
             for call in &p.calls {
                 if let Err(e) = brokers.execute(address, call).await {
+                    if e.to_string().contains("being reassigned") {
+                        continue;
+                    }
                     verdict = Verdict {
                         outcome: Outcome::Stalled,
                         reason: "BrokersRefused",
@@ -379,7 +608,7 @@ pub async fn reconcile_topics(
         }
         let mut status = topic_plan::status_after(
             topic,
-            &topic_plan::TopicPlan { calls: p.calls, verdict: verdict.clone() },
+            &topic_plan::TopicPlan { calls: p.calls, verdict: verdict.clone(), reassignment: p.reassignment },
             observed.as_ref(),
             now,
         );
@@ -420,15 +649,17 @@ fn write_state(
             "bootstrap": c.address(),
             "replicas": c.cluster.spec.replicas,
             "runningBrokers": c.brokers.len(),
-            "outcome": format!("{:?}", c.plan.held.as_ref().map_or(Outcome::Ready, |v| v.outcome)),
-            "reason": c.plan.held.as_ref().map(|v| v.reason),
-            "message": c.plan.held.as_ref().map(|v| v.message.clone()),
+            "outcome": format!("{:?}", c.verdict.outcome),
+            "reason": c.verdict.reason,
+            "message": c.verdict.message,
+            "roll": c.roll,
             "brokers": c.brokers.iter().map(|b| serde_json::json!({
                 "nodeId": b.node_id,
                 "grpc": b.grpc.to_string(),
                 "http": b.http.to_string(),
                 "pid": b.child.id(),
                 "dataDir": b.data_dir,
+                "revision": b.revision,
             })).collect::<Vec<_>>(),
         }))).collect::<serde_json::Map<_, _>>(),
         "topics": topics.iter().map(|r| (r.key.clone(), serde_json::to_value(&r.status).unwrap_or_default())).collect::<serde_json::Map<_, _>>(),
@@ -482,17 +713,40 @@ pub async fn run(opts: LocalOptions) -> anyhow::Result<()> {
     std::fs::create_dir_all(&opts.state_dir)
         .with_context(|| format!("creating {}", opts.state_dir.display()))?;
     let mut clusters = start_clusters(&opts, &manifests).await?;
-    let brokers = GrpcBrokers::default();
+    let brokers = ClientBrokers::default();
     let mut last_printed = None;
+    let mut last_clusters: BTreeMap<String, Verdict> = BTreeMap::new();
+    let mut previous: BTreeMap<String, TopicStatus> = BTreeMap::new();
     let mut warned: Vec<String> = Vec::new();
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     let result = loop {
-        let addresses: BTreeMap<String, (i32, String)> = clusters
+        for (k, lc) in clusters.iter_mut() {
+            if let Err(e) = step_cluster(&opts, lc, &brokers).await {
+                lc.verdict = Verdict {
+                    outcome: Outcome::Progressing,
+                    reason: "BrokersUnreachable",
+                    message: format!("{e:#}"),
+                };
+            }
+            if last_clusters.get(k) != Some(&lc.verdict) {
+                println!(
+                    "cluster {k}: {:?} {}: {}",
+                    lc.verdict.outcome, lc.verdict.reason, lc.verdict.message
+                );
+                last_clusters.insert(k.clone(), lc.verdict.clone());
+            }
+        }
+        let addresses: BTreeMap<String, (i32, String, Option<u64>)> = clusters
             .iter()
-            .filter_map(|(k, c)| c.address().map(|a| (k.clone(), (c.brokers.len() as i32, a))))
+            .filter_map(|(k, c)| {
+                let throttle =
+                    c.cluster.spec.reassignment.throttle_bytes_per_second.and_then(|t| u64::try_from(t).ok());
+                c.address().map(|a| (k.clone(), (c.cluster.spec.replicas, a, throttle)))
+            })
             .collect();
-        let topics = reconcile_topics(&manifests, &addresses, &brokers, Timestamp::now()).await;
+        let topics = reconcile_topics(&manifests, &addresses, &brokers, &previous, Timestamp::now()).await;
+        previous = topics.iter().map(|r| (r.key.clone(), r.status.clone())).collect();
         let links = link_reports(&manifests);
         let summary: Vec<_> =
             topics.iter().map(|r| (r.key.clone(), r.verdict.clone(), r.status.partitions)).collect();
@@ -512,22 +766,24 @@ pub async fn run(opts: LocalOptions) -> anyhow::Result<()> {
         }
         match read_manifests(&opts.manifests, &opts.namespace) {
             Ok(m) => {
-                let changed: Vec<String> = m
-                    .clusters
-                    .iter()
-                    .filter(|c| {
-                        let k = key(&c.namespace().unwrap_or_default(), &c.name_any());
-                        clusters.get(&k).is_some_and(|lc| lc.cluster.spec != c.spec)
-                    })
-                    .map(|c| c.name_any())
-                    .collect();
-                if !changed.is_empty() && changed != warned {
-                    println!(
-                        "cluster spec changed for {}: restart local mode to apply it",
-                        changed.join(", ")
-                    );
+                // Changed Clusters converge through the plans; new ones
+                // would need ports and processes of their own: say so.
+                let mut new = Vec::new();
+                for c in &m.clusters {
+                    let k = key(&c.namespace().unwrap_or_default(), &c.name_any());
+                    match clusters.get_mut(&k) {
+                        Some(lc) if lc.cluster.spec != c.spec => match check_replicas(c) {
+                            Ok(()) => lc.cluster = c.clone(),
+                            Err(e) => eprintln!("keeping the previous spec: {e:#}"),
+                        },
+                        Some(_) => {}
+                        None => new.push(c.name_any()),
+                    }
                 }
-                warned = changed;
+                if !new.is_empty() && new != warned {
+                    println!("new Cluster(s) {}: restart local mode to run them", new.join(", "));
+                }
+                warned = new;
                 manifests = m;
             }
             Err(e) => eprintln!("keeping the previous manifests: {e:#}"),
@@ -570,29 +826,14 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
-    fn cluster_with(replicas: i32) -> Cluster {
-        Cluster::new("c", tributary_crds::ClusterSpec { replicas, ..Default::default() })
-    }
-
     #[test]
-    fn one_local_broker_runs_until_replication_lands() {
-        let one = local_replicas(&cluster_with(1));
-        assert_eq!((one.replicas, &one.held), (1, &None));
+    fn local_brokers_find_each_other_on_their_ports() {
+        assert_eq!(local_peers(17070, 0, 3), "0@127.0.0.1:17070,1@127.0.0.1:17072,2@127.0.0.1:17074");
+        assert_eq!(local_peers(17070, 1, 1), "0@127.0.0.1:17170");
         assert_eq!(
-            cluster_line("dev/c", 1, "127.0.0.1:17070", &one),
-            "cluster dev/c: 1 broker(s) ready, bootstrap 127.0.0.1:17070"
+            cluster_line("dev/c", 3, "127.0.0.1:17070,127.0.0.1:17072,127.0.0.1:17074"),
+            "cluster dev/c: 3 broker(s) ready, bootstrap 127.0.0.1:17070,127.0.0.1:17072,127.0.0.1:17074"
         );
-
-        let three = local_replicas(&cluster_with(3));
-        assert_eq!(three.replicas, 1, "the same cap as the controller");
-        let line = cluster_line("dev/c", 1, "127.0.0.1:17070", &three);
-        assert!(
-            line.starts_with(
-                "cluster dev/c: 1 broker(s) ready, bootstrap 127.0.0.1:17070; Stalled ReplicationNotAvailable: "
-            ),
-            "{line}"
-        );
-        assert!(line.contains("set replicas: 1"), "{line}");
     }
 
     #[test]

@@ -55,6 +55,21 @@ enum Command {
         #[arg(long)]
         once: bool,
     },
+    /// Init step of rack-aware broker pods: write the broker config with the
+    /// node's topology label as its rack.
+    #[command(hide = true)]
+    RackInit {
+        /// The pod's node (`spec.nodeName` through the downward API).
+        #[arg(long)]
+        node: String,
+        /// The node label naming the failure domain.
+        #[arg(long)]
+        topology_key: String,
+        #[arg(long)]
+        config_in: PathBuf,
+        #[arg(long)]
+        config_out: PathBuf,
+    },
     /// Print the objects the operator would create for each Cluster in a file.
     #[command(hide = true)]
     RenderCluster {
@@ -108,6 +123,15 @@ fn main() -> ExitCode {
             render_clusters(&file, &namespace, &cluster::Defaults { image_repository, image_tag })
         }
         Command::Run(args) => run(args),
+        Command::RackInit { node, topology_key, config_in, config_out } => {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(anyhow::Error::from)
+                .and_then(|rt| {
+                    rt.block_on(tributary_operator::rack::run(&node, &topology_key, &config_in, &config_out))
+                })
+        }
         Command::Local { manifests, state_dir, base_port, broker_bin, namespace, interval, once } => {
             local(local::LocalOptions {
                 manifests,
@@ -188,7 +212,7 @@ fn render_clusters(file: &PathBuf, namespace: &str, defaults: &cluster::Defaults
         let mut c: Cluster = serde_json::from_value(value).context("reading a Cluster")?;
         c.metadata.namespace.get_or_insert_with(|| namespace.to_string());
         c.metadata.uid.get_or_insert_with(|| "00000000-0000-0000-0000-000000000000".to_string());
-        for obj in cluster::desired(&c, defaults, None)?.to_values()? {
+        for obj in cluster::desired(&c, defaults, c.spec.replicas)?.to_values()? {
             out.push_str("---\n");
             out.push_str(&serde_norway::to_string(&obj)?);
         }

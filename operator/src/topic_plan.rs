@@ -6,16 +6,21 @@
 //! topic, grows partitions, sets configs that differ and removes config keys
 //! set behind the operator's back. It never shrinks a topic, never changes
 //! anything for a Topic that conflicts with an older one, and never reports
-//! `Ready` for what it did not do: whatever it cannot do yet (a replication
-//! factor change needs reassignment, which lands with replication) or must
-//! not do (shrink, exceed the brokers) becomes a `Stalled` verdict with a
-//! reason a person can act on, while the changes it can make still go ahead.
+//! `Ready` for what it did not do: whatever it must not do (shrink, exceed
+//! the brokers) becomes a `Stalled` verdict with a reason a person can act
+//! on, while the changes it can make still go ahead.
+//!
+//! A replication-factor change is a reassignment on the brokers (new
+//! replicas copy, then the switch): the plan starts it once
+//! (`AlterReplicationFactor`, remembered in `status.reassignment`), reports
+//! `Reconciling` with how many partitions have the declared replicas in
+//! sync, and `Ready` only when all of them do.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::jiff::Timestamp;
 use tributary_crds::conditions::{Condition, ConditionStatus, READY, RECONCILING, STALLED};
-use tributary_crds::topic::DeletionPolicy;
+use tributary_crds::topic::{DeletionPolicy, Reassignment};
 use tributary_crds::{Topic, TopicStatus};
 
 /// A topic as the brokers describe it.
@@ -30,6 +35,29 @@ pub struct ObservedTopic {
     pub under_replicated: u32,
     /// Partitions without a leader.
     pub offline: u32,
+    /// Per partition: (replicas, of which in sync). Empty when the brokers
+    /// did not say (then `replication_factor` and `under_replicated` decide).
+    pub replicas: Vec<(u32, u32)>,
+}
+
+impl ObservedTopic {
+    /// Partitions whose replica list does not have `rf` entries yet (still
+    /// being reassigned, or not started).
+    pub fn partitions_not_at(&self, rf: u32) -> u32 {
+        if self.replicas.is_empty() {
+            return if self.replication_factor == rf { 0 } else { self.partitions };
+        }
+        self.replicas.iter().filter(|(r, _)| *r != rf).count() as u32
+    }
+
+    /// Partitions with exactly `rf` replicas, all in sync.
+    pub fn partitions_in_sync_at(&self, rf: u32) -> u32 {
+        if self.replicas.is_empty() {
+            let ok = self.replication_factor == rf;
+            return if ok { self.partitions.saturating_sub(self.under_replicated) } else { 0 };
+        }
+        self.replicas.iter().filter(|(r, i)| *r == rf && i == r).count() as u32
+    }
 }
 
 /// What the operator knows of the Topic's Cluster.
@@ -37,18 +65,38 @@ pub struct ObservedTopic {
 pub enum ClusterView {
     /// No Cluster of that name in the Topic's namespace.
     Missing,
-    /// The Cluster exists and runs this many brokers (its `spec.replicas`,
-    /// capped by [`crate::cluster::runnable_brokers`] until brokers replicate).
+    /// The Cluster exists and declares this many brokers (`spec.replicas`).
     Present { brokers: i32 },
 }
 
 /// One call to the broker Admin API.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AdminCall {
-    Create { name: String, partitions: u32, replication_factor: u32, configs: BTreeMap<String, String> },
-    CreatePartitions { name: String, total: u32 },
-    AlterConfigs { name: String, set: BTreeMap<String, String>, delete: Vec<String> },
-    Delete { name: String },
+    Create {
+        name: String,
+        partitions: u32,
+        replication_factor: u32,
+        configs: BTreeMap<String, String>,
+    },
+    CreatePartitions {
+        name: String,
+        total: u32,
+    },
+    AlterConfigs {
+        name: String,
+        set: BTreeMap<String, String>,
+        delete: Vec<String>,
+    },
+    Delete {
+        name: String,
+    },
+    /// Reassign every partition to `replication_factor` replicas, copying at
+    /// most `throttle` bytes/s cluster-wide while it runs.
+    AlterReplicationFactor {
+        name: String,
+        replication_factor: u32,
+        throttle: Option<u64>,
+    },
 }
 
 impl AdminCall {
@@ -59,6 +107,7 @@ impl AdminCall {
             AdminCall::CreatePartitions { .. } => "CreatePartitions",
             AdminCall::AlterConfigs { .. } => "AlterTopicConfigs",
             AdminCall::Delete { .. } => "DeleteTopics",
+            AdminCall::AlterReplicationFactor { .. } => "AlterReplicationFactor",
         }
     }
 }
@@ -93,6 +142,8 @@ impl Verdict {
 pub struct TopicPlan {
     pub calls: Vec<AdminCall>,
     pub verdict: Verdict,
+    /// The replication-factor change in progress, for the status.
+    pub reassignment: Option<Reassignment>,
 }
 
 /// Everything [`plan`] looks at.
@@ -105,6 +156,8 @@ pub struct PlanInput<'a> {
     /// `namespace/name` of an older Topic object naming the same topic on
     /// the same cluster: it wins and this one changes nothing.
     pub conflicts_with: Option<&'a str>,
+    /// The Cluster's reassignment throttle (bytes/s), for RF changes.
+    pub throttle: Option<u64>,
 }
 
 /// Decides the admin calls for a Topic that is not being deleted.
@@ -114,6 +167,7 @@ pub fn plan(input: PlanInput<'_>) -> TopicPlan {
     let stalled = |reason, message: String| TopicPlan {
         calls: vec![],
         verdict: Verdict::new(Outcome::Stalled, reason, message),
+        reassignment: None,
     };
 
     if let Some(owner) = input.conflicts_with {
@@ -173,6 +227,7 @@ pub fn plan(input: PlanInput<'_>) -> TopicPlan {
                 configs: spec.config.clone(),
             }],
             verdict: Verdict::new(Outcome::Ready, "Created", message),
+            reassignment: None,
         };
     };
 
@@ -214,23 +269,54 @@ pub fn plan(input: PlanInput<'_>) -> TopicPlan {
         calls.push(AdminCall::AlterConfigs { name: name.clone(), set, delete });
     }
 
+    let mut reassignment = None;
     if rf_too_high {
         problems.push(("ReplicationFactorTooHigh", rf_message()));
-    } else if observed.replication_factor != want_rf {
-        problems.push((
-            "ReplicationFactorChangeUnsupported",
-            format!(
-                "changing the replication factor of '{name}' from {} to {want_rf} needs partition reassignment, \
-                 which this version does not do yet; set spec.replicationFactor back to {}",
-                observed.replication_factor, observed.replication_factor
-            ),
-        ));
+    } else {
+        // Started by an earlier pass for this target: only watch it.
+        let previous = input
+            .topic
+            .status
+            .as_ref()
+            .and_then(|s| s.reassignment.clone())
+            .filter(|r| r.to_replication_factor == want_rf as i32);
+        let moving = observed.partitions_not_at(want_rf);
+        let in_sync = observed.partitions_in_sync_at(want_rf);
+        if moving > 0 && previous.is_none() {
+            calls.push(AdminCall::AlterReplicationFactor {
+                name: name.clone(),
+                replication_factor: want_rf,
+                throttle: input.throttle,
+            });
+            done.push(format!(
+                "started changing the replication factor from {} to {want_rf}",
+                observed.replication_factor
+            ));
+        }
+        if moving > 0 || (previous.is_some() && in_sync < observed.partitions) {
+            let from = previous.map_or(observed.replication_factor as i32, |p| p.from_replication_factor);
+            reassignment = Some(Reassignment {
+                from_replication_factor: from,
+                to_replication_factor: want_rf as i32,
+                partitions_done: in_sync as i32,
+            });
+        }
     }
 
     let did = if done.is_empty() { String::new() } else { format!("{}; ", done.join("; ")) };
     let verdict = if let Some((reason, _)) = problems.first() {
         let messages: Vec<_> = problems.iter().map(|(_, m)| m.as_str()).collect();
         Verdict::new(Outcome::Stalled, reason, format!("{did}{}", messages.join("; ")))
+    } else if let Some(r) = &reassignment {
+        Verdict::new(
+            Outcome::Progressing,
+            "ReassigningReplicas",
+            format!(
+                "{did}changing the replication factor of '{name}' from {} to {}: {} of {} partition(s) have {} \
+                 in-sync replicas",
+                r.from_replication_factor, r.to_replication_factor, r.partitions_done, observed.partitions, want_rf
+            ),
+        )
     } else if observed.offline > 0 {
         Verdict::new(
             Outcome::Progressing,
@@ -248,7 +334,7 @@ pub fn plan(input: PlanInput<'_>) -> TopicPlan {
     } else {
         Verdict::new(Outcome::Ready, "UpToDate", format!("topic '{name}' matches the spec"))
     };
-    TopicPlan { calls, verdict }
+    TopicPlan { calls, verdict, reassignment }
 }
 
 /// What to do when a Topic object is being deleted.
@@ -373,7 +459,7 @@ pub fn status_after(
         replication_factor: rf.map(to_i32),
         under_replicated_partitions: observed.map_or(0, |o| to_i32(o.under_replicated)),
         offline_partitions: observed.map_or(0, |o| to_i32(o.offline)),
-        reassignment: None,
+        reassignment: plan.reassignment.clone(),
     }
 }
 
@@ -408,13 +494,14 @@ mod tests {
             configs: config.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             under_replicated: 0,
             offline: 0,
+            replicas: vec![],
         }
     }
 
     const THREE: ClusterView = ClusterView::Present { brokers: 3 };
 
     fn run(t: &Topic, cluster: ClusterView, o: Option<&ObservedTopic>) -> TopicPlan {
-        plan(PlanInput { topic: t, cluster, observed: o, conflicts_with: None })
+        plan(PlanInput { topic: t, cluster, observed: o, conflicts_with: None, throttle: None })
     }
 
     fn map(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -527,15 +614,106 @@ mod tests {
     }
 
     #[test]
-    fn replication_factor_change_waits_for_reassignment() {
-        let t = topic(3, 2, &[]);
-        let p = run(&t, THREE, Some(&observed(3, 3, &[])));
+    fn replication_factor_change_steps() {
+        // RF 1 -> 3 over three partitions: (replicas, in sync) per partition
+        // as the brokers report them at each step.
+        let started =
+            Reassignment { from_replication_factor: 1, to_replication_factor: 3, partitions_done: 0 };
+        type Row =
+            (&'static str, Vec<(u32, u32)>, Option<Reassignment>, bool, Outcome, &'static str, Option<i32>);
+        let table: Vec<Row> = vec![
+            (
+                "not started: start it",
+                vec![(1, 1); 3],
+                None,
+                true,
+                Outcome::Progressing,
+                "ReassigningReplicas",
+                Some(0),
+            ),
+            (
+                "started, copying",
+                vec![(3, 1), (3, 2), (3, 3)],
+                Some(started.clone()),
+                false,
+                Outcome::Progressing,
+                "ReassigningReplicas",
+                Some(1),
+            ),
+            (
+                "a pass that lost its status starts nothing twice: the lists are at 3",
+                vec![(3, 1); 3],
+                None,
+                false,
+                Outcome::Progressing,
+                "UnderReplicated",
+                None,
+            ),
+            (
+                "every partition in sync",
+                vec![(3, 3); 3],
+                Some(started.clone()),
+                false,
+                Outcome::Ready,
+                "UpToDate",
+                None,
+            ),
+        ];
+        for (what, replicas, previous, calls, outcome, reason, done) in table {
+            let mut t = topic(3, 3, &[]);
+            t.status = Some(TopicStatus { reassignment: previous, ..TopicStatus::default() });
+            let mut o = observed(3, if calls { 1 } else { 3 }, &[]);
+            o.under_replicated = replicas.iter().filter(|(r, i)| r != i).count() as u32;
+            o.replicas = replicas;
+            let p = plan(PlanInput {
+                topic: &t,
+                cluster: THREE,
+                observed: Some(&o),
+                conflicts_with: None,
+                throttle: Some(4096),
+            });
+            let want_calls = if calls {
+                vec![AdminCall::AlterReplicationFactor {
+                    name: "clicks".into(),
+                    replication_factor: 3,
+                    throttle: Some(4096),
+                }]
+            } else {
+                vec![]
+            };
+            assert_eq!(p.calls, want_calls, "{what}");
+            assert_eq!(
+                (p.verdict.outcome, p.verdict.reason),
+                (outcome, reason),
+                "{what}: {}",
+                p.verdict.message
+            );
+            assert_eq!(p.reassignment.as_ref().map(|r| r.partitions_done), done, "{what}");
+        }
+        // A decrease keeps the union of old and new replicas until the switch.
+        let mut t = topic(1, 1, &[]);
+        t.status = Some(TopicStatus {
+            reassignment: Some(Reassignment {
+                from_replication_factor: 3,
+                to_replication_factor: 1,
+                partitions_done: 0,
+            }),
+            ..TopicStatus::default()
+        });
+        let mut o = observed(1, 3, &[]);
+        o.replicas = vec![(3, 3)];
+        let p = run(&t, THREE, Some(&o));
+        assert!(p.calls.is_empty(), "already started");
+        assert!(p.verdict.message.contains("from 3 to 1: 0 of 1 partition(s)"), "{}", p.verdict.message);
+    }
+
+    #[test]
+    fn replication_factor_above_the_brokers_is_stalled_not_reassigned() {
+        let t = topic(3, 3, &[]);
+        let p = run(&t, ClusterView::Present { brokers: 2 }, Some(&observed(3, 1, &[])));
         assert!(p.calls.is_empty());
-        assert_eq!(
-            (p.verdict.outcome, p.verdict.reason),
-            (Outcome::Stalled, "ReplicationFactorChangeUnsupported")
-        );
-        assert!(p.verdict.message.contains("back to 3"));
+        assert_eq!((p.verdict.outcome, p.verdict.reason), (Outcome::Stalled, "ReplicationFactorTooHigh"));
+        assert!(p.verdict.message.contains("more than the 2 broker(s)"), "{}", p.verdict.message);
     }
 
     #[test]
@@ -558,6 +736,7 @@ mod tests {
             cluster: THREE,
             observed: Some(&observed(1, 1, &[("retention.ms", "9")])),
             conflicts_with: Some("ns/clicks-old"),
+            throttle: None,
         });
         assert!(p.calls.is_empty());
         assert_eq!(p.verdict.reason, "TopicConflict");

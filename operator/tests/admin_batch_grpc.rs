@@ -1,4 +1,4 @@
-//! The admin batcher over the real gRPC client against a real broker: a
+//! The admin batcher over the client crate's Admin against a real broker: a
 //! batched `CreateTopics` refused for one bad topic still creates the others,
 //! and a batched `DescribeTopics` naming a missing topic (which the broker
 //! answers with NotFound for the whole call) still answers every caller.
@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tributary_operator::admin::{AdminError, Brokers, GrpcBrokers, NewTopic};
+use tributary_operator::admin::{AdminError, Brokers, ClientBrokers, NewTopic};
 use tributary_operator::admin_batch::{AdminBatcher, BatchConfig};
 
 fn broker_bin() -> Option<PathBuf> {
@@ -66,7 +66,7 @@ async fn batched_calls_against_a_real_broker() {
             .expect("start the broker"),
     );
     let address = format!("127.0.0.1:{grpc}");
-    let brokers: Arc<dyn Brokers> = Arc::new(GrpcBrokers::default());
+    let brokers: Arc<dyn Brokers> = Arc::new(ClientBrokers::default());
     let mut ready = false;
     for _ in 0..100 {
         if brokers.describe_many(&address, &[]).await.is_ok() {

@@ -22,6 +22,7 @@ use tributary_crds::{Cluster, MirrorLink, Topic};
 use tributary_operator::admin::{AdminError, Brokers};
 use tributary_operator::cluster::Defaults;
 use tributary_operator::controller::{self, Context};
+use tributary_operator::health::{BrokerView, ClusterCall, ClusterHealth, PartitionView};
 use tributary_operator::metrics::Metrics;
 use tributary_operator::topic_plan::{AdminCall, ObservedTopic};
 
@@ -70,6 +71,9 @@ struct FakeBrokers {
     topics: Mutex<HashMap<String, ObservedTopic>>,
     calls: Mutex<Vec<AdminCall>>,
     unavailable: AtomicBool,
+    /// What `cluster_health` answers; unreachable while `None`.
+    health: Mutex<Option<ClusterHealth>>,
+    cluster_calls: Mutex<Vec<ClusterCall>>,
 }
 
 impl FakeBrokers {
@@ -89,6 +93,20 @@ impl FakeBrokers {
 
     fn calls(&self) -> Vec<AdminCall> {
         self.calls.lock().expect("lock").clone()
+    }
+
+    fn with_health(h: ClusterHealth) -> Arc<FakeBrokers> {
+        let b = FakeBrokers::default();
+        *b.health.lock().expect("lock") = Some(h);
+        Arc::new(b)
+    }
+
+    fn set_health(&self, h: ClusterHealth) {
+        *self.health.lock().expect("lock") = Some(h);
+    }
+
+    fn cluster_calls(&self) -> Vec<ClusterCall> {
+        self.cluster_calls.lock().expect("lock").clone()
     }
 
     fn down(&self, address: &str) -> Result<(), AdminError> {
@@ -147,9 +165,59 @@ impl Brokers for FakeBrokers {
                 AdminCall::Delete { name } => {
                     topics.remove(name);
                 }
+                AdminCall::AlterReplicationFactor { name, replication_factor, .. } => {
+                    if let Some(t) = topics.get_mut(name) {
+                        // New replicas join the lists at once and catch up later.
+                        t.replicas = vec![(*replication_factor, 1); t.partitions as usize];
+                        t.replication_factor = *replication_factor;
+                        t.under_replicated = t.partitions;
+                    }
+                }
             }
             Ok(())
         })
+    }
+
+    fn cluster_health<'a>(&'a self, address: &'a str) -> BoxFuture<'a, Result<ClusterHealth, AdminError>> {
+        Box::pin(async move {
+            assert_eq!(address, "events.ns.svc:7070");
+            self.health.lock().expect("lock").clone().ok_or(AdminError::Unavailable {
+                address: address.into(),
+                message: "connection refused".into(),
+            })
+        })
+    }
+
+    fn cluster_call<'a>(
+        &'a self,
+        address: &'a str,
+        call: &'a ClusterCall,
+    ) -> BoxFuture<'a, Result<(), AdminError>> {
+        Box::pin(async move {
+            self.down(address)?;
+            self.cluster_calls.lock().expect("lock").push(call.clone());
+            Ok(())
+        })
+    }
+}
+
+/// `n` live brokers, controller 0, and partitions `t-i` with these replicas and ISRs.
+fn health(n: i32, partitions: &[(&[i32], &[i32])]) -> ClusterHealth {
+    ClusterHealth {
+        controller: Some(0),
+        brokers: (0..n).map(|node_id| BrokerView { node_id, alive: true, rack: String::new() }).collect(),
+        partitions: partitions
+            .iter()
+            .enumerate()
+            .map(|(i, (replicas, isr))| PartitionView {
+                topic: "t".into(),
+                partition: i as u32,
+                leader: isr.first().copied().unwrap_or(-1),
+                replicas: replicas.to_vec(),
+                isr: isr.to_vec(),
+                min_isr: 2,
+            })
+            .collect(),
     }
 }
 
@@ -449,7 +517,7 @@ const CLUSTER_STATUS: &str = "/apis/tributary.dev/v1alpha1/namespaces/ns/cluster
 #[tokio::test]
 async fn a_cluster_applies_its_objects_then_reports_ready_brokers() {
     let c = cluster(1, 3);
-    let (ctx, mut api) = setup(Arc::new(FakeBrokers::default()), vec![]);
+    let (ctx, mut api) = setup(FakeBrokers::with_health(health(1, &[])), vec![]);
     let echo = serde_json::to_value(&c).expect("json");
     let server = tokio::spawn(async move {
         let sts = expect_cluster_objects(
@@ -471,17 +539,21 @@ async fn a_cluster_applies_its_objects_then_reports_ready_brokers() {
     let patch = server.await.expect("api server");
     let status = &patch["status"];
     assert_eq!(status["readyBrokers"], 1);
+    assert_eq!((status["declaredBrokers"].as_i64(), status["aliveBrokers"].as_i64()), (Some(1), Some(1)));
+    assert_eq!(status["controller"], 0);
+    assert_eq!(status["underReplicatedPartitions"], 0);
     assert_eq!(status["observedGeneration"], 3);
     assert_eq!(status["bootstrap"], "events.ns.svc:7070");
     assert_eq!(condition(status, "Ready")["status"], "True");
     assert_eq!(condition(status, "Ready")["reason"], "BrokersReady");
     assert_eq!(condition(status, "Stalled")["status"], "False");
+    assert!(status.get("roll").is_none(), "{status}");
 }
 
 #[tokio::test]
 async fn an_outdated_broker_is_restarted_one_at_a_time() {
     let c = cluster(1, 4);
-    let (ctx, mut api) = setup(Arc::new(FakeBrokers::default()), vec![]);
+    let (ctx, mut api) = setup(FakeBrokers::with_health(health(1, &[])), vec![]);
     let echo = serde_json::to_value(&c).expect("json");
     let server = tokio::spawn(async move {
         expect_cluster_objects(
@@ -510,12 +582,15 @@ async fn an_outdated_broker_is_restarted_one_at_a_time() {
         (Some("True"), Some("RollingRestart"))
     );
     assert_eq!(condition(&patch["status"], "Ready")["status"], "False");
+    let roll = &patch["status"]["roll"];
+    assert_eq!((roll["restarting"].as_i64(), roll["total"].as_i64()), (Some(0), Some(1)), "{roll}");
+    assert_eq!(roll["restartedAt"], "2027-01-15T08:00:00Z");
 }
 
 #[tokio::test]
 async fn a_roll_waits_for_an_unready_broker() {
     let c = cluster(1, 4);
-    let (ctx, mut api) = setup(Arc::new(FakeBrokers::default()), vec![]);
+    let (ctx, mut api) = setup(FakeBrokers::with_health(health(1, &[])), vec![]);
     let echo = serde_json::to_value(&c).expect("json");
     let server = tokio::spawn(async move {
         expect_cluster_objects(
@@ -541,108 +616,235 @@ async fn a_roll_waits_for_an_unready_broker() {
     assert_eq!(condition(&patch["status"], "Reconciling")["reason"], "RollBlocked");
 }
 
-#[tokio::test]
-async fn a_cluster_declaring_three_brokers_runs_one_and_reports_stalled() {
-    let c = cluster(3, 2);
-    let (ctx, mut api) = setup(Arc::new(FakeBrokers::default()), vec![]);
-    let echo = serde_json::to_value(&c).expect("json");
-    let server = tokio::spawn(async move {
-        let sts = expect_cluster_objects(
-            &mut api,
-            None,
-            json!({"replicas": 1, "readyReplicas": 1, "updateRevision": "rev-1"}),
-        )
-        .await;
-        assert_eq!(sts["spec"]["replicas"], 1, "one broker until brokers replicate");
-        api.expect("GET", "/api/v1/namespaces/ns/pods", |_| pod_list(&["rev-1"])).await;
-        let (_, event) = api.expect("POST", EVENTS, |b| b.clone()).await;
-        assert_eq!(
-            (event["type"].as_str(), event["reason"].as_str()),
-            (Some("Warning"), Some("ReplicationNotAvailable"))
-        );
-        let (_, patch) = api.expect("PATCH", CLUSTER_STATUS, |_| echo).await;
-        api.done().await;
-        patch
-    });
-    let action = controller::cluster::reconcile(Arc::new(c), ctx).await.expect("reconcile");
-    assert_eq!(action, Action::requeue(Duration::from_secs(300)));
-    let patch = server.await.expect("api server");
-    let status = &patch["status"];
-    let stalled = condition(status, "Stalled");
-    assert_eq!(
-        (stalled["status"].as_str(), stalled["reason"].as_str()),
-        (Some("True"), Some("ReplicationNotAvailable"))
-    );
-    let message = stalled["message"].as_str().unwrap_or_default();
-    assert!(message.contains("do not form a replicated cluster yet"), "{message}");
-    assert!(message.contains("1 of the 3 declared brokers is running"), "{message}");
-    assert!(message.contains("set replicas: 1"), "{message}");
-    assert_eq!(stalled["observedGeneration"], 2);
-    let ready = condition(status, "Ready");
-    assert_eq!(
-        (ready["status"].as_str(), ready["reason"].as_str()),
-        (Some("False"), Some("ReplicationNotAvailable")),
-        "Ready never claims the declared three brokers"
-    );
-    assert_eq!(condition(status, "Reconciling")["status"], "False");
-    assert_eq!(status["readyBrokers"], 1);
+fn three_ready() -> Value {
+    json!({"replicas": 3, "readyReplicas": 3, "updateRevision": "rev-2"})
 }
 
 #[tokio::test]
-async fn a_scale_down_keeps_the_running_brokers_and_reports_stalled_once() {
-    let c = cluster(1, 5);
-    let (ctx, mut api) = setup(Arc::new(FakeBrokers::default()), vec![]);
+async fn a_roll_blocked_by_an_under_replicated_partition_resumes_when_it_heals() {
+    let c = cluster(3, 6);
+    let brokers = FakeBrokers::with_health(health(3, &[(&[0, 1, 2], &[0, 1])]));
+    let (ctx, mut api) = setup(brokers.clone(), vec![]);
     let echo = serde_json::to_value(&c).expect("json");
     let server = tokio::spawn(async move {
-        let sts = expect_cluster_objects(
-            &mut api,
-            Some(2),
-            json!({"replicas": 2, "readyReplicas": 2, "updateRevision": "rev-1"}),
-        )
-        .await;
-        assert_eq!(sts["spec"]["replicas"], 2, "the running count is kept");
-        api.expect("GET", "/api/v1/namespaces/ns/pods", |_| pod_list(&["rev-1", "rev-1"])).await;
-        let (_, event) = api.expect("POST", EVENTS, |b| b.clone()).await;
-        assert_eq!(
-            (event["type"].as_str(), event["reason"].as_str()),
-            (Some("Warning"), Some("ScaleDownRequiresDrain"))
-        );
+        let sts = expect_cluster_objects(&mut api, Some(3), three_ready()).await;
+        assert_eq!(sts["spec"]["replicas"], 3);
+        api.expect("GET", "/api/v1/namespaces/ns/pods", |_| pod_list(&["rev-1"; 3])).await;
+        // Every pod is ready, but the brokers say t-0 lacks broker 2: no DELETE.
         let (_, patch) = api.expect("PATCH", CLUSTER_STATUS, |_| echo).await;
         api.done().await;
         patch
     });
-    controller::cluster::reconcile(Arc::new(c.clone()), ctx).await.expect("reconcile");
+    let action = controller::cluster::reconcile(Arc::new(c.clone()), ctx).await.expect("reconcile");
+    assert_eq!(action, Action::requeue(Duration::from_secs(15)), "looked at again soon");
     let patch = server.await.expect("api server");
-    let stalled = condition(&patch["status"], "Stalled");
+    let status = &patch["status"];
+    let reconciling = condition(status, "Reconciling");
     assert_eq!(
-        (stalled["status"].as_str(), stalled["reason"].as_str()),
-        (Some("True"), Some("ScaleDownRequiresDrain"))
+        (reconciling["status"].as_str(), reconciling["reason"].as_str()),
+        (Some("True"), Some("RollBlocked"))
     );
-    let message = stalled["message"].as_str().unwrap_or_default();
-    assert!(message.contains("spec.replicas is 1"), "{message}");
-    assert!(message.contains("Keeping 2 broker(s)"), "{message}");
-    assert!(message.contains("set spec.replicas back to 2"), "{message}");
-    assert_eq!(condition(&patch["status"], "Ready")["status"], "False");
+    let blocked = status["rollBlocked"].as_str().unwrap_or_default();
+    assert!(blocked.contains("1 partition(s) are under-replicated (t-0)"), "{blocked}");
+    assert_eq!(status["underReplicatedPartitions"], 1);
 
-    // The next pass, with that status stored: same objects, no second Event.
+    // The ISR heals: the next pass restarts the highest non-controller broker.
+    brokers.set_health(health(3, &[(&[0, 1, 2], &[0, 1, 2])]));
     let mut again = c;
-    again.status = Some(serde_json::from_value(patch["status"].clone()).expect("status"));
-    let (ctx, mut api) = setup(Arc::new(FakeBrokers::default()), vec![]);
+    again.status = Some(serde_json::from_value(status.clone()).expect("status"));
+    let (ctx, mut api) = setup(brokers.clone(), vec![]);
     let echo = serde_json::to_value(&again).expect("json");
     let server = tokio::spawn(async move {
-        let sts = expect_cluster_objects(
-            &mut api,
-            Some(2),
-            json!({"replicas": 2, "readyReplicas": 2, "updateRevision": "rev-1"}),
-        )
+        expect_cluster_objects(&mut api, Some(3), three_ready()).await;
+        api.expect("GET", "/api/v1/namespaces/ns/pods", |_| pod_list(&["rev-1"; 3])).await;
+        api.expect("DELETE", "/api/v1/namespaces/ns/pods/events-2", |_| {
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "events-2", "namespace": "ns"}})
+        })
         .await;
-        assert_eq!(sts["spec"]["replicas"], 2);
-        api.expect("GET", "/api/v1/namespaces/ns/pods", |_| pod_list(&["rev-1", "rev-1"])).await;
+        let (_, event) = api.expect("POST", EVENTS, |b| b.clone()).await;
+        assert_eq!(event["reason"], "BrokerRestarted");
         let (_, patch) = api.expect("PATCH", CLUSTER_STATUS, |_| echo).await;
         api.done().await;
         patch
     });
     controller::cluster::reconcile(Arc::new(again), ctx).await.expect("reconcile");
     let patch = server.await.expect("api server");
-    assert_eq!(condition(&patch["status"], "Stalled")["reason"], "ScaleDownRequiresDrain");
+    assert_eq!(condition(&patch["status"], "Reconciling")["reason"], "RollingRestart");
+    assert_eq!(patch["status"]["roll"]["restarting"], 2);
+    assert!(brokers.cluster_calls().is_empty(), "no election before the roll ends");
+}
+
+#[tokio::test]
+async fn a_single_replica_topic_stalls_the_roll_naming_it() {
+    let c = cluster(3, 2);
+    let (ctx, mut api) = setup(FakeBrokers::with_health(health(3, &[(&[2], &[2])])), vec![]);
+    let echo = serde_json::to_value(&c).expect("json");
+    let server = tokio::spawn(async move {
+        expect_cluster_objects(&mut api, Some(3), three_ready()).await;
+        api.expect("GET", "/api/v1/namespaces/ns/pods", |_| pod_list(&["rev-1"; 3])).await;
+        let (_, event) = api.expect("POST", EVENTS, |b| b.clone()).await;
+        assert_eq!(
+            (event["type"].as_str(), event["reason"].as_str()),
+            (Some("Warning"), Some("SingleReplicaTopic"))
+        );
+        let (_, patch) = api.expect("PATCH", CLUSTER_STATUS, |_| echo).await;
+        api.done().await;
+        patch
+    });
+    let action = controller::cluster::reconcile(Arc::new(c), ctx).await.expect("reconcile");
+    assert_eq!(action, Action::requeue(Duration::from_secs(30)), "a stalled roll is looked at again");
+    let patch = server.await.expect("api server");
+    let stalled = condition(&patch["status"], "Stalled");
+    assert_eq!(
+        (stalled["status"].as_str(), stalled["reason"].as_str()),
+        (Some("True"), Some("SingleReplicaTopic"))
+    );
+    let message = stalled["message"].as_str().unwrap_or_default();
+    assert!(message.contains("broker 2") && message.contains("allowSingleReplicaDowntime"), "{message}");
+}
+
+#[tokio::test]
+async fn the_end_of_a_roll_elects_preferred_leaders() {
+    let mut c = cluster(3, 7);
+    c.status = Some(
+        serde_json::from_value(json!({"roll": {"updated": 2, "total": 3, "restarting": 0, "restartedAt": "2027-01-15T07:59:00Z"}}))
+            .expect("status"),
+    );
+    let brokers = FakeBrokers::with_health(health(3, &[(&[0, 1, 2], &[1, 2, 0])]));
+    let (ctx, mut api) = setup(brokers.clone(), vec![]);
+    let echo = serde_json::to_value(&c).expect("json");
+    let server = tokio::spawn(async move {
+        expect_cluster_objects(&mut api, Some(3), three_ready()).await;
+        api.expect("GET", "/api/v1/namespaces/ns/pods", |_| pod_list(&["rev-2"; 3])).await;
+        let (_, event) = api.expect("POST", EVENTS, |b| b.clone()).await;
+        assert_eq!(event["reason"], "RollFinished");
+        let (_, patch) = api.expect("PATCH", CLUSTER_STATUS, |_| echo).await;
+        api.done().await;
+        patch
+    });
+    controller::cluster::reconcile(Arc::new(c), ctx).await.expect("reconcile");
+    let patch = server.await.expect("api server");
+    assert_eq!(brokers.cluster_calls(), [ClusterCall::ElectLeaders]);
+    assert!(patch["status"].get("roll").is_none(), "{patch}");
+    assert_eq!(condition(&patch["status"], "Ready")["status"], "True");
+}
+
+/// One reconcile of `c` with the StatefulSet at `running` brokers; returns
+/// the applied StatefulSet and status patch, and the event reasons posted.
+async fn scale_pass(
+    c: &Cluster,
+    brokers: Arc<FakeBrokers>,
+    running: i32,
+    events: usize,
+) -> (Value, Value, Vec<String>) {
+    let (ctx, mut api) = setup(brokers, vec![]);
+    let echo = serde_json::to_value(c).expect("json");
+    let server = tokio::spawn(async move {
+        let status = json!({"replicas": running, "readyReplicas": running, "updateRevision": "rev-1"});
+        let sts = expect_cluster_objects(&mut api, Some(running), status).await;
+        api.expect("GET", "/api/v1/namespaces/ns/pods", |_| pod_list(&vec!["rev-1"; running as usize])).await;
+        let mut reasons = Vec::new();
+        for _ in 0..events {
+            let (_, event) = api.expect("POST", EVENTS, |b| b.clone()).await;
+            reasons.push(event["reason"].as_str().unwrap_or_default().to_string());
+        }
+        let (_, patch) = api.expect("PATCH", CLUSTER_STATUS, |_| echo).await;
+        api.done().await;
+        (sts, patch, reasons)
+    });
+    controller::cluster::reconcile(Arc::new(c.clone()), ctx).await.expect("reconcile");
+    server.await.expect("api server")
+}
+
+#[tokio::test]
+async fn a_scale_down_drains_then_removes_then_shrinks() {
+    let c = cluster(2, 5);
+    // Broker 2 still holds a replica of t-0.
+    let brokers = FakeBrokers::with_health(health(3, &[(&[0, 2], &[0, 2])]));
+    let (sts, patch, events) = scale_pass(&c, brokers.clone(), 3, 1).await;
+    assert_eq!(sts["spec"]["replicas"], 3, "nothing stops before the drain");
+    assert_eq!(events, ["DrainingBroker"]);
+    assert_eq!(brokers.cluster_calls(), [ClusterCall::Drain { node: 2, throttle: None }]);
+    assert_eq!(condition(&patch["status"], "Reconciling")["reason"], "DrainingBroker");
+    assert!(patch["status"]["scaling"]
+        .as_str()
+        .is_some_and(|s| s.contains("moving 1 replica(s) off broker 2")));
+
+    // Drained: removed from the quorum, still running.
+    let brokers = FakeBrokers::with_health(health(3, &[(&[0, 1], &[0, 1])]));
+    let (sts, _, events) = scale_pass(&c, brokers.clone(), 3, 1).await;
+    assert_eq!(sts["spec"]["replicas"], 3);
+    assert_eq!(events, ["RemovingBroker"]);
+    assert_eq!(brokers.cluster_calls(), [ClusterCall::RemoveBroker { node: 2 }]);
+
+    // Removed: the StatefulSet shrinks; its claim is kept by default.
+    let brokers = FakeBrokers::with_health(health(2, &[(&[0, 1], &[0, 1])]));
+    let (sts, patch, _) = scale_pass(&c, brokers.clone(), 3, 0).await;
+    assert_eq!(sts["spec"]["replicas"], 2);
+    assert_eq!(sts["spec"]["persistentVolumeClaimRetentionPolicy"]["whenScaled"], "Retain");
+    assert!(brokers.cluster_calls().is_empty());
+    assert_eq!(condition(&patch["status"], "Reconciling")["reason"], "ScalingDown");
+
+    // A scale-down below a topic's replication factor is refused.
+    let c = cluster(1, 6);
+    let brokers = FakeBrokers::with_health(health(3, &[(&[0, 1], &[0, 1])]));
+    let (sts, patch, events) = scale_pass(&c, brokers.clone(), 2, 1).await;
+    assert_eq!(sts["spec"]["replicas"], 2);
+    assert_eq!(events, ["ScaleDownBelowReplicationFactor"]);
+    assert_eq!(condition(&patch["status"], "Stalled")["reason"], "ScaleDownBelowReplicationFactor");
+}
+
+#[tokio::test]
+async fn a_replication_factor_change_is_started_once_and_reported_until_in_sync() {
+    let mut t = topic(3, true, "Retain");
+    t.spec.replication_factor = 3;
+    let brokers = FakeBrokers::with_topic("clicks", 3);
+    brokers.topics.lock().expect("lock").get_mut("clicks").expect("topic").configs =
+        [("retention.ms".to_string(), "1000".to_string())].into_iter().collect();
+    let (ctx, mut api) = setup(brokers.clone(), vec![t.clone()]);
+    let echo = serde_json::to_value(&t).expect("json");
+    let server = tokio::spawn(async move {
+        api.expect("GET", "/apis/tributary.dev/v1alpha1/namespaces/ns/clusters/local-a", |_| cluster_json())
+            .await;
+        let (_, event) = api.expect("POST", EVENTS, |b| b.clone()).await;
+        assert_eq!(event["reason"], "ReassigningReplicas");
+        let (_, patch) = api.expect("PATCH", &format!("{TOPICS}/clicks/status"), |_| echo).await;
+        api.done().await;
+        patch
+    });
+    let action = controller::topic::reconcile(Arc::new(t.clone()), ctx).await.expect("reconcile");
+    assert_eq!(action, Action::requeue(Duration::from_secs(30)));
+    let patch = server.await.expect("api server");
+    assert_eq!(
+        brokers.calls(),
+        [AdminCall::AlterReplicationFactor { name: "clicks".into(), replication_factor: 3, throttle: None }]
+    );
+    let status = &patch["status"];
+    assert_eq!(condition(status, "Reconciling")["reason"], "ReassigningReplicas");
+    assert_eq!(
+        status["reassignment"],
+        json!({"fromReplicationFactor": 1, "toReplicationFactor": 3, "partitionsDone": 0})
+    );
+
+    // Next pass (status stored, replicas caught up): Ready, no second call.
+    if let Some(o) = brokers.topics.lock().expect("lock").get_mut("clicks") {
+        o.replicas = vec![(3, 3); 3];
+        o.under_replicated = 0;
+    }
+    t.status = Some(serde_json::from_value(status.clone()).expect("status"));
+    let (ctx, mut api) = setup(brokers.clone(), vec![t.clone()]);
+    let echo = serde_json::to_value(&t).expect("json");
+    let server = tokio::spawn(async move {
+        api.expect("GET", "/apis/tributary.dev/v1alpha1/namespaces/ns/clusters/local-a", |_| cluster_json())
+            .await;
+        let (_, patch) = api.expect("PATCH", &format!("{TOPICS}/clicks/status"), |_| echo).await;
+        api.done().await;
+        patch
+    });
+    controller::topic::reconcile(Arc::new(t), ctx).await.expect("reconcile");
+    let patch = server.await.expect("api server");
+    assert_eq!(brokers.calls().len(), 1, "started once");
+    assert_eq!(condition(&patch["status"], "Ready")["status"], "True");
+    assert!(patch["status"].get("reassignment").is_none(), "{patch}");
+    assert_eq!(patch["status"]["replicationFactor"], 3);
 }

@@ -67,7 +67,7 @@ async fn scenario(client: Client, ns: &str) -> anyhow::Result<()> {
             &pp,
             &Patch::Apply(json!({
                 "apiVersion": "tributary.dev/v1alpha1", "kind": "Cluster",
-                "metadata": {"name": "e2e"}, "spec": {"replicas": 1, "storage": {"size": "1Gi"}},
+                "metadata": {"name": "e2e"}, "spec": {"replicas": 3, "storage": {"size": "1Gi"}},
             })),
         )
         .await?;
@@ -106,6 +106,17 @@ async fn scenario(client: Client, ns: &str) -> anyhow::Result<()> {
         owner.first().is_some_and(|o| o.kind == "Cluster"),
         "StatefulSet not owned by the Cluster"
     );
+    // Three brokers, each told where the others are.
+    anyhow::ensure!(
+        s.spec.as_ref().and_then(|s| s.replicas) == Some(3),
+        "the StatefulSet does not run the three declared brokers"
+    );
+    let config_maps: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client.clone(), ns);
+    let peers = eventually("the broker ConfigMap", || async {
+        config_maps.get_opt("e2e-config").await.ok().flatten()?.data?.get("peers").cloned()
+    })
+    .await?;
+    anyhow::ensure!(peers.split(',').count() == 3, "peers {peers:?} do not name three brokers");
     let services: Api<Service> = Api::namespaced(client.clone(), ns);
     eventually("the Services", || async {
         (services.get_opt("e2e").await.ok().flatten()?, services.get_opt("e2e-brokers").await.ok().flatten()?)
@@ -114,10 +125,11 @@ async fn scenario(client: Client, ns: &str) -> anyhow::Result<()> {
     .await?;
     let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), ns);
     eventually("the PodDisruptionBudget", || async { pdbs.get_opt("e2e").await.ok().flatten() }).await?;
-    eventually("the Cluster status", || async {
+    let status = eventually("the Cluster status", || async {
         clusters.get("e2e").await.ok()?.status.filter(|s| s.observed_generation == Some(1))
     })
     .await?;
+    anyhow::ensure!(status.declared_brokers == 3, "status.declaredBrokers is {}", status.declared_brokers);
     let topic = eventually("the Topic finalizer and status", || async {
         let t = topics.get("clicks").await.ok()?;
         (t.status.is_some() && t.metadata.finalizers.iter().flatten().any(|f| f == "tributary.dev/topic"))

@@ -1,8 +1,7 @@
 //! End to end: `tributary-operator local` runs real broker processes from
 //! manifests, creates the declared topics, and converges when a manifest
 //! changes (more partitions, new config), through the controller's plan;
-//! a Cluster declaring more brokers than run until replication lands gets
-//! one broker and the same `Stalled` reason as in Kubernetes.
+//! a Cluster declaring three brokers runs three that form one cluster.
 //!
 //! Needs the `tributary-broker` binary: `$TRIBUTARY_BROKER_BIN`, or the one
 //! cargo built next to this test's operator binary. Without it the test says
@@ -37,7 +36,6 @@ spec:
   replicationFactor: 1
   config: {{{config}}}
 ---
-# Brokers do not replicate yet: local mode runs one broker and says why.
 apiVersion: tributary.dev/v1alpha1
 kind: Cluster
 metadata: {{name: wide}}
@@ -85,15 +83,16 @@ fn local_mode_creates_grows_and_converges() {
     let dir = tempfile::tempdir().expect("temp dir");
     std::fs::create_dir_all(dir.path().join("manifests")).expect("mkdir");
     let write = |m: String| std::fs::write(dir.path().join("manifests/all.yaml"), m).expect("write manifest");
-    let base_port = 20000 + (std::process::id() % 400) as u16 * 100;
+    // Below the ephemeral range (32768+), where other tests' ports come from.
+    let base_port = 10000 + (std::process::id() % 90) as u16 * 100;
 
     write(manifests(3, r#"retention.ms: "86400000""#));
     let out = run_once(dir.path(), &broker, base_port);
     let dev = line(&out, "cluster default/dev:");
     assert!(dev.contains("1 broker(s) ready") && !dev.contains("Stalled"), "{out}");
     let wide = line(&out, "cluster default/wide:");
-    assert!(wide.contains("1 broker(s) ready"), "{out}");
-    assert!(wide.contains("Stalled ReplicationNotAvailable") && wide.contains("set replicas: 1"), "{out}");
+    assert!(wide.contains("3 broker(s) ready"), "{out}");
+    assert_eq!(wide.matches("127.0.0.1:").count(), 3, "the bootstrap lists every broker: {wide}");
     assert!(line(&out, "topic default/clicks:").contains("Ready Created (partitions 3, rf 1)"), "{out}");
     let copies = line(&out, "topic default/copies:");
     assert!(copies.contains("Stalled ReplicationFactorTooHigh"), "{out}");
@@ -122,10 +121,7 @@ fn local_mode_creates_grows_and_converges() {
     assert_eq!(state["clusters"]["default/dev"]["bootstrap"], format!("127.0.0.1:{base_port}"));
     assert_eq!(state["clusters"]["default/dev"]["outcome"], "Ready");
     let wide = &state["clusters"]["default/wide"];
-    assert_eq!(wide["brokers"].as_array().map(Vec::len), Some(1), "{wide}");
-    assert_eq!((wide["replicas"].as_i64(), wide["runningBrokers"].as_i64()), (Some(3), Some(1)));
-    assert_eq!(
-        (wide["outcome"].as_str(), wide["reason"].as_str()),
-        (Some("Stalled"), Some("ReplicationNotAvailable"))
-    );
+    assert_eq!(wide["brokers"].as_array().map(Vec::len), Some(3), "{wide}");
+    assert_eq!((wide["replicas"].as_i64(), wide["runningBrokers"].as_i64()), (Some(3), Some(3)));
+    assert_ne!(wide["outcome"], "Stalled", "{wide}");
 }

@@ -291,7 +291,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         controller: crate::labels::FIELD_MANAGER.into(),
         instance: Some(identity),
     };
-    let brokers: Arc<dyn Brokers> = Arc::new(crate::admin::GrpcBrokers::default());
+    let brokers: Arc<dyn Brokers> = Arc::new(crate::admin::ClientBrokers::default());
     // One batcher for every namespace's controllers.
     let admin = AdminBatcher::new(brokers.clone(), config.admin_batch.clone());
     let scopes: Vec<Vec<String>> = if config.namespaces.is_empty() {

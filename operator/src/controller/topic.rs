@@ -16,10 +16,10 @@ use tributary_crds::{Cluster, Topic};
 
 use super::{apply_status, Context, Error};
 use crate::admin::AdminError;
-use crate::cluster::runnable_brokers;
 use crate::labels::client_service_name;
 use crate::topic_plan::{
-    conditions, plan, plan_delete, status_after, ClusterView, Outcome, PlanInput, TopicPlan, Verdict,
+    conditions, plan, plan_delete, status_after, AdminCall, ClusterView, Outcome, PlanInput, TopicPlan,
+    Verdict,
 };
 
 /// The finalizer that keeps a Topic object until its deletion policy ran.
@@ -81,15 +81,11 @@ async fn apply(topic: &Topic, api: &Api<Topic>, ctx: &Context) -> Result<Action,
     let cluster = find_cluster(topic, ctx).await?;
     let (view, observed, address) = match &cluster {
         None => (ClusterView::Missing, None, None),
-        Some(c) if conflict.is_some() => {
-            (ClusterView::Present { brokers: runnable_brokers(c.spec.replicas) }, None, None)
-        }
+        Some(c) if conflict.is_some() => (ClusterView::Present { brokers: c.spec.replicas }, None, None),
         Some(c) => {
             let address = cluster_address(c);
             match ctx.admin.describe(&address, topic.topic_name()).await {
-                Ok(o) => {
-                    (ClusterView::Present { brokers: runnable_brokers(c.spec.replicas) }, o, Some(address))
-                }
+                Ok(o) => (ClusterView::Present { brokers: c.spec.replicas }, o, Some(address)),
                 Err(e) => {
                     // Say so in the status, then retry with backoff.
                     let verdict = Verdict {
@@ -106,16 +102,27 @@ async fn apply(topic: &Topic, api: &Api<Topic>, ctx: &Context) -> Result<Action,
             }
         }
     };
+    let throttle = cluster
+        .as_ref()
+        .and_then(|c| c.spec.reassignment.throttle_bytes_per_second)
+        .and_then(|t| u64::try_from(t).ok());
     let p: TopicPlan = plan(PlanInput {
         topic,
         cluster: view,
         observed: observed.as_ref(),
         conflicts_with: conflict.as_deref(),
+        throttle,
     });
     if let Some(address) = &address {
         for call in &p.calls {
             match ctx.admin.execute(address, call).await {
                 Ok(()) => {}
+                // An earlier reassignment of this topic is still running
+                // (its status was lost): the status now records it and the
+                // plan only watches it from the next pass on.
+                Err(AdminError::Refused { message, .. })
+                    if matches!(call, AdminCall::AlterReplicationFactor { .. })
+                        && message.contains("being reassigned") => {}
                 // Refused calls fail the same way again: report, don't spin.
                 Err(e @ AdminError::Refused { .. }) => {
                     let verdict = Verdict {
@@ -149,6 +156,12 @@ async fn apply(topic: &Topic, api: &Api<Topic>, ctx: &Context) -> Result<Action,
         ctx.event(topic, true, p.verdict.reason, p.verdict.message.clone()).await;
     }
     let status = status_after(topic, &p, observed.as_ref(), (ctx.now)());
+    ctx.metrics.topic(
+        &topic.namespace().unwrap_or_default(),
+        &topic.name_any(),
+        status.under_replicated_partitions.into(),
+        status.offline_partitions.into(),
+    );
     apply_status(api, topic, &status).await?;
     Ok(Action::requeue(match p.verdict.outcome {
         // Ready topics are looked at again to revert out-of-band changes.
@@ -167,7 +180,7 @@ async fn cleanup(topic: &Topic, ctx: &Context) -> Result<Action, Error> {
             // An unreachable cluster fails the cleanup: the finalizer stays
             // and the deletion is retried with backoff.
             let observed = ctx.admin.describe(&address, topic.topic_name()).await?;
-            (ClusterView::Present { brokers: runnable_brokers(c.spec.replicas) }, observed, Some(address))
+            (ClusterView::Present { brokers: c.spec.replicas }, observed, Some(address))
         }
     };
     let p = plan_delete(topic, view, observed.as_ref(), conflict.as_deref());
