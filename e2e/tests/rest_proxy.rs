@@ -105,6 +105,9 @@ async fn v2_and_v3_produce_is_read_back_exactly() {
     assert_eq!(s, 200, "{a}");
     let p = placed(&a);
     assert!(p.iter().all(|(part, _)| *part == p[0].0), "{a}");
+    // The stored key is the JSON text `"same"`, hashed as the Rust client hashes it.
+    let expected = tributary_client::partitioner::key_partition(br#""same""#, 3);
+    assert_eq!(p[0].0, u64::from(expected), "partitioned like the native client: {a}");
     assert_eq!(p.iter().map(|(_, o)| *o).collect::<Vec<_>>(), vec![0, 1, 2, 3]);
     let values: Vec<_> = read(&b, "keyed", p[0].0 as u32).await.into_iter().map(|(_, v)| v).collect();
     assert_eq!(values, vec![some("0"), some("1"), some("2"), some("3")]);
