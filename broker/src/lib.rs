@@ -35,6 +35,7 @@ pub mod partition;
 pub mod producer_ids;
 pub mod registry;
 pub mod replication;
+pub mod rest;
 pub mod server;
 pub mod shutdown;
 pub mod store;
@@ -77,6 +78,8 @@ pub struct BrokerState {
     pub controller: Arc<cluster::controller::Controller>,
     pub replicas: Arc<replication::ReplicaManager>,
     pub registry: registry::Registry,
+    /// The REST proxy's producer (started on its first request).
+    pub rest: rest::Proxy,
     pub shutdown: shutdown::Shutdown,
 }
 
@@ -191,6 +194,7 @@ impl Broker {
             controller: controller.clone(),
             replicas: replicas.clone(),
             registry,
+            rest: rest::Proxy::default(),
             shutdown: shutdown.clone(),
         });
 

@@ -332,6 +332,18 @@ impl Broker {
 
 /// One HTTP/1.1 request with a JSON body to `addr`; returns (status, body).
 pub fn http_send(addr: &SocketAddr, method: &str, path: &str, body: &str) -> Result<(u16, String)> {
+    http_send_as(addr, method, path, "application/vnd.schemaregistry.v1+json", body)
+}
+
+/// [`http_send`] with the given `Content-Type` (the REST proxy's embedded
+/// formats).
+pub fn http_send_as(
+    addr: &SocketAddr,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: &str,
+) -> Result<(u16, String)> {
     use std::io::{Read, Write};
     let timeout = Duration::from_secs(30);
     let mut s = std::net::TcpStream::connect_timeout(addr, timeout)?;
@@ -339,7 +351,7 @@ pub fn http_send(addr: &SocketAddr, method: &str, path: &str, body: &str) -> Res
     s.set_write_timeout(Some(timeout))?;
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/vnd.schemaregistry.v1+json\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )?;
     let mut resp = String::new();

@@ -156,6 +156,33 @@ pub async fn change(state: &Arc<BrokerState>, op: WriteOp, raw: Raw) -> Response
     }
 }
 
+/// Registers `schema` under `subject` for the REST proxy's Avro produce,
+/// through [`change`] like any registration (authorized, forwarded to the
+/// leader of `__schemas`); the schema's id.
+pub async fn register_for_proxy(state: &Arc<BrokerState>, subject: &str, schema: &str) -> Result<u32> {
+    let request = SchemaRequest { schema: schema.to_string(), schema_type: None, references: None };
+    let body = Bytes::from(json!({ "schema": schema }).to_string());
+    let uri: Uri = format!("/subjects/{subject}/versions")
+        .parse()
+        .map_err(|_| RegistryError::unprocessable(&format!("'{subject}' cannot be a subject in a path")))?;
+    let raw = Raw { method: Method::POST, uri, content_type: Some(CONTENT_TYPE.to_string()), body };
+    let answer = change(state, WriteOp::Register { subject: subject.to_string(), request }, raw).await;
+    let status = answer.status();
+    let bytes = axum::body::to_bytes(answer.into_body(), MAX_BODY)
+        .await
+        .map_err(|e| RegistryError::store(&format!("reading the registry's answer: {e}")))?;
+    let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    if status.is_success() {
+        let id = v["id"].as_u64().and_then(|id| u32::try_from(id).ok());
+        return id.ok_or_else(|| RegistryError::store(&format!("the registry answered without an id: {v}")));
+    }
+    Err(RegistryError {
+        status: status.as_u16(),
+        code: v["error_code"].as_u64().and_then(|c| u32::try_from(c).ok()).unwrap_or(50001),
+        message: v["message"].as_str().unwrap_or("schema registration failed").to_string(),
+    })
+}
+
 // ---- subjects and versions ----
 
 async fn list_subjects(State(b): S, Query(q): Q) -> Response {

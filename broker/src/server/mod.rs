@@ -1,6 +1,6 @@
 //! The broker's network front: the gRPC services (`Log`, `Admin`) and the
-//! HTTP port (`/healthz`, `/readyz`, `/metrics`, and the schema registry's
-//! REST API: [`crate::registry::api`]).
+//! HTTP port (`/healthz`, `/readyz`, `/metrics`, the schema registry's
+//! REST API: [`crate::registry::api`], and the REST proxy: [`crate::rest`]).
 
 pub mod admin;
 pub mod cluster;
@@ -77,6 +77,7 @@ pub async fn serve_http(
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .merge(crate::registry::api::routes())
+        .merge(crate::rest::routes())
         .fallback(crate::registry::api::not_found)
         .with_state(state);
     axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.wait().await }).await?;
