@@ -282,16 +282,22 @@ pub fn plan(input: PlanInput<'_>) -> TopicPlan {
             .filter(|r| r.to_replication_factor == want_rf as i32);
         let moving = observed.partitions_not_at(want_rf);
         let in_sync = observed.partitions_in_sync_at(want_rf);
-        if moving > 0 && previous.is_none() {
+        // Asked again while partitions are not at the target: the first
+        // call may have failed (too few live brokers during a roll) after
+        // its status was written, and the brokers treat a repeat of a
+        // change in progress as a no-op.
+        if moving > 0 {
             calls.push(AdminCall::AlterReplicationFactor {
                 name: name.clone(),
                 replication_factor: want_rf,
                 throttle: input.throttle,
             });
-            done.push(format!(
-                "started changing the replication factor from {} to {want_rf}",
-                observed.replication_factor
-            ));
+            if previous.is_none() {
+                done.push(format!(
+                    "started changing the replication factor from {} to {want_rf}",
+                    observed.replication_factor
+                ));
+            }
         }
         if moving > 0 || (previous.is_some() && in_sync < observed.partitions) {
             let from = previous.map_or(observed.replication_factor as i32, |p| p.from_replication_factor);
@@ -632,6 +638,15 @@ mod tests {
                 Some(0),
             ),
             (
+                "remembered as started, but nothing moved (the call failed): asked again",
+                vec![(1, 1); 3],
+                Some(started.clone()),
+                true,
+                Outcome::Progressing,
+                "ReassigningReplicas",
+                Some(0),
+            ),
+            (
                 "started, copying",
                 vec![(3, 1), (3, 2), (3, 3)],
                 Some(started.clone()),
@@ -703,7 +718,13 @@ mod tests {
         let mut o = observed(1, 3, &[]);
         o.replicas = vec![(3, 3)];
         let p = run(&t, THREE, Some(&o));
-        assert!(p.calls.is_empty(), "already started");
+        // Asked again while the lists hold old and new: the brokers make the
+        // repeat of a change in progress a no-op.
+        assert!(
+            matches!(p.calls.as_slice(), [AdminCall::AlterReplicationFactor { replication_factor: 1, .. }]),
+            "{:?}",
+            p.calls
+        );
         assert!(p.verdict.message.contains("from 3 to 1: 0 of 1 partition(s)"), "{}", p.verdict.message);
     }
 

@@ -59,8 +59,14 @@ pub fn replication_factor(md: &MetadataState, topic: &str, rf: u32) -> Result<Ve
     let mut load = load(md);
     let mut plans = Vec::new();
     for (i, p) in t.partitions.iter().enumerate() {
-        if p.target.is_some() {
-            return Err(format!("{topic}-{i} is being reassigned already; wait until it finishes"));
+        match &p.target {
+            // Asked again (an operator that could not tell whether its
+            // first call took effect): nothing more to start.
+            Some(target) if target.len() == rf => continue,
+            Some(_) => {
+                return Err(format!("{topic}-{i} is being reassigned already; wait until it finishes"));
+            }
+            None => {}
         }
         let mut target: Vec<i32> = Vec::new();
         // Keep the leader, then in-sync replicas, then the others.
@@ -174,6 +180,17 @@ mod tests {
         let shrink = replication_factor(&s, "t", 2).unwrap();
         assert_eq!(shrink, vec![(0, vec![2, 0])]);
         assert!(replication_factor(&s, "t", 4).unwrap_err().contains("live brokers"));
+    }
+
+    #[test]
+    fn asking_again_for_a_change_in_progress_starts_nothing() {
+        let mut s = cluster(3, vec![vec![0], vec![1]]);
+        for (partition, target) in replication_factor(&s, "t", 3).unwrap() {
+            s.apply(&Command::Reassign { topic: "t".into(), partition, target });
+        }
+        assert_eq!(replication_factor(&s, "t", 3).unwrap(), vec![]);
+        // Another factor while one is in progress is still refused.
+        assert!(replication_factor(&s, "t", 2).unwrap_err().contains("being reassigned"));
     }
 
     #[test]
