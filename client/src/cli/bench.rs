@@ -67,7 +67,7 @@ pub struct BenchProduceArgs {
     /// Batch size in bytes [default: 262144].
     #[arg(long)]
     pub batch_size: Option<usize>,
-    /// none, lz4 or zstd.
+    /// none, gzip, snappy, lz4 or zstd.
     #[arg(long, default_value = "none")]
     pub compression: Compression,
     /// How long a batch waits for more records, in ms.
