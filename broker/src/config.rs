@@ -26,6 +26,18 @@ pub struct BrokerConfig {
     /// registry forwards writes there); defaults to `http_listen`, with the
     /// advertised host when `http_listen` binds every interface.
     pub http_advertised_address: Option<String>,
+    /// Kafka-protocol listener. Unset: `127.0.0.1:9092` if that port is
+    /// free (several brokers on one host cannot all have it; the ones that
+    /// do not get it run without the Kafka listener and say so). Set: the
+    /// broker does not start unless it can bind it.
+    pub kafka_listen: Option<SocketAddr>,
+    /// Where Kafka clients reach this broker (Metadata tells them);
+    /// defaults to the Kafka listen address, with the advertised host when
+    /// it binds every interface.
+    pub kafka_advertised_address: Option<String>,
+    /// Largest Kafka request a client may send (its size prefix); a larger
+    /// one closes the connection (Kafka's `socket.request.max.bytes`).
+    pub kafka_max_request_bytes: u32,
     /// How often segments are checked for retention and rolled by age.
     pub retention_check_interval_ms: u64,
     /// How often compacted topics are looked at by the log cleaner.
@@ -79,6 +91,9 @@ impl Default for BrokerConfig {
             http_listen: SocketAddr::from(([127, 0, 0, 1], 7071)),
             advertised_address: None,
             http_advertised_address: None,
+            kafka_listen: None,
+            kafka_advertised_address: None,
+            kafka_max_request_bytes: 100 << 20,
             retention_check_interval_ms: 30_000,
             cleaner_interval_ms: 15_000,
             block_cache_bytes: 64 << 20,
@@ -118,6 +133,24 @@ impl BrokerConfig {
 
     pub fn advertised(&self) -> String {
         self.advertised_address.clone().unwrap_or_else(|| self.listen.to_string())
+    }
+
+    /// The Kafka listener's address when none is configured.
+    pub const DEFAULT_KAFKA_LISTEN: SocketAddr =
+        SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9092);
+
+    /// The Kafka listener's address as clients reach it, given the address
+    /// it bound.
+    pub fn kafka_advertised(&self, bound: SocketAddr) -> String {
+        if let Some(a) = &self.kafka_advertised_address {
+            return a.clone();
+        }
+        if !bound.ip().is_unspecified() {
+            return bound.to_string();
+        }
+        let advertised = self.advertised();
+        let host = advertised.rsplit_once(':').map_or(advertised.as_str(), |(h, _)| h);
+        format!("{host}:{}", bound.port())
     }
 
     /// The HTTP port's address as other hosts reach it.

@@ -170,6 +170,13 @@ impl Broker {
         let http = if self.http.port() == 0 { "127.0.0.1:0".to_string() } else { self.http.to_string() };
         std::fs::write(&config_path, &self.extra_config)?;
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path())?;
+        // A free Kafka port each start (never the shared default 9092),
+        // unless the test chose one; `kafka_addr` reads it off the log.
+        let kafka: &[&str] = if self.args.iter().any(|a| a == "--kafka-listen") {
+            &[]
+        } else {
+            &["--kafka-listen", "127.0.0.1:0"]
+        };
         let child = Command::new(bin("tributary-broker"))
             .arg("--config")
             .arg(&config_path)
@@ -179,6 +186,7 @@ impl Broker {
             .arg(&listen)
             .arg("--http-listen")
             .arg(&http)
+            .args(kafka)
             .args(&self.args)
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
             .env("NO_COLOR", "1")
@@ -216,6 +224,14 @@ impl Broker {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The Kafka listener's address in the broker's latest run (from its
+    /// "broker ready" line), once it is ready.
+    pub fn kafka_addr(&self) -> Option<SocketAddr> {
+        let logs = self.logs();
+        let line = logs.lines().rev().find(|l| l.contains("broker ready"))?;
+        field(line, "kafka=")
     }
 
     /// The process id while the broker runs.

@@ -63,6 +63,8 @@ pub struct ClusterSetup {
     pub rack: String,
     /// Where clients reach this broker.
     pub advertised: String,
+    /// Where Kafka clients reach this broker (empty: no Kafka listener).
+    pub kafka_advertised: String,
 }
 
 impl ClusterSetup {
