@@ -9,6 +9,10 @@ with the reason on stderr when a client reports an error):
                                          the beginning (no group); prints the records
   kafka-python BOOTSTRAP TOPIC           kafka-python produces three records and reads
                                          them back; prints the records read
+  group BOOTSTRAP TOPIC GROUP MEMBERS N  MEMBERS confluent-kafka consumers subscribe as GROUP
+                                         (cooperative-sticky); once every partition is
+                                         assigned, N records are produced; prints what
+                                         each member got and the committed offsets
   admin BOOTSTRAP TOPIC                  confluent-kafka AdminClient creates TOPIC (4
                                          partitions, retention.ms=3600000), describes its
                                          configs, deletes it; prints what it saw
@@ -127,6 +131,89 @@ def kafka_python(bootstrap, topic):
     print(json.dumps(out))
 
 
+def group(bootstrap, topic, group_id, members, count):
+    import threading
+    from confluent_kafka import Consumer, Producer, TopicPartition
+
+    members, count = int(members), int(count)
+    partitions = None
+    assigned = [set() for _ in range(members)]
+    got = [[] for _ in range(members)]
+    total = [0]
+    lock = threading.Lock()
+    stop = threading.Event()
+    errors = []
+
+    def conf():
+        return {
+            "bootstrap.servers": bootstrap, "group.id": group_id,
+            "partition.assignment.strategy": "cooperative-sticky",
+            "auto.offset.reset": "earliest", "enable.auto.commit": True,
+            "auto.commit.interval.ms": 200, "session.timeout.ms": 6000,
+            "heartbeat.interval.ms": 300,
+        }
+
+    def run(i):
+        c = Consumer(conf())
+
+        def on_assign(consumer, parts):
+            with lock:
+                assigned[i].update(p.partition for p in parts)
+
+        def on_revoke(consumer, parts):
+            with lock:
+                assigned[i].difference_update(p.partition for p in parts)
+
+        c.subscribe([topic], on_assign=on_assign, on_revoke=on_revoke)
+        try:
+            while not stop.is_set():
+                m = c.poll(0.1)
+                if m is None:
+                    continue
+                if m.error():
+                    errors.append(str(m.error()))
+                    continue
+                with lock:
+                    got[i].append([m.partition(), m.offset()])
+                    total[0] += 1
+                    if total[0] >= count:
+                        stop.set()
+        finally:
+            c.close()  # commits what was consumed, then LeaveGroup
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(members)]
+    for t in threads:
+        t.start()
+    probe = Consumer(conf())
+    partitions = sorted(probe.list_topics(topic, timeout=10).topics[topic].partitions)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        with lock:
+            owned = [p for s in assigned for p in s]
+            if sorted(owned) == partitions and all(assigned):
+                break
+        time.sleep(0.1)
+    with lock:
+        at_start = [sorted(s) for s in assigned]
+    p = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+    for n in range(count):
+        p.produce(topic, key=f"k{n}".encode(), value=f"v{n}".encode())
+        p.poll(0)
+    p.flush(30)
+    for t in threads:
+        t.join(60)
+    stop.set()
+    committed = probe.committed([TopicPartition(topic, x) for x in partitions], timeout=10)
+    probe.close()
+    print(json.dumps({
+        "assigned": at_start,
+        "consumed": [len(g) for g in got],
+        "unique": len({(a, b) for g in got for a, b in g}),
+        "committed": sum(max(tp.offset, 0) for tp in committed),
+        "errors": errors[:5],
+    }))
+
+
 def admin(bootstrap, topic):
     from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
@@ -161,6 +248,8 @@ def main():
         kafka_python(*args)
     elif cmd == "admin":
         admin(*args)
+    elif cmd == "group":
+        group(*args)
     else:
         sys.exit(f"unknown command {cmd}")
 

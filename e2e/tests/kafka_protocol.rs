@@ -179,6 +179,88 @@ fn kcat_round_trips_keys_and_headers_with_every_codec() {
     }
 }
 
+/// A batch as brokers wrote lz4 before the Kafka listener: one lz4 block
+/// with a 4-byte little-endian size prefix (which Kafka clients cannot read).
+fn legacy_lz4_batch(timestamp: i64, values: &[&str]) -> Bytes {
+    use tributary_proto::batch::{BatchBuilder, Compression, HEADER_LEN, LOG_OVERHEAD};
+    let mut b = BatchBuilder::new(Compression::None, timestamp);
+    for v in values {
+        b.append(timestamp, Some(b"old"), Some(v.as_bytes()), &[]);
+    }
+    let plain = b.build();
+    let mut buf = plain[..HEADER_LEN].to_vec();
+    buf.extend_from_slice(&lz4_block_literals(&plain[HEADER_LEN..]));
+    buf[21..23].copy_from_slice(&Compression::Lz4.id().to_be_bytes());
+    let len = (buf.len() - LOG_OVERHEAD) as i32;
+    buf[8..12].copy_from_slice(&len.to_be_bytes());
+    let crc = crc32c::crc32c(&buf[21..]);
+    buf[17..21].copy_from_slice(&crc.to_be_bytes());
+    Bytes::from(buf)
+}
+
+/// lz4 block format with the size prefix, by hand (literals only: valid
+/// lz4 that any block decoder reads).
+fn lz4_block_literals(raw: &[u8]) -> Vec<u8> {
+    let mut out = (raw.len() as u32).to_le_bytes().to_vec();
+    // One sequence of literals only: token, literal length, literals.
+    let n = raw.len();
+    if n < 15 {
+        out.push((n as u8) << 4);
+    } else {
+        out.push(0xF0);
+        let mut rest = n - 15;
+        while rest >= 255 {
+            out.push(255);
+            rest -= 255;
+        }
+        out.push(rest as u8);
+    }
+    out.extend_from_slice(raw);
+    out
+}
+
+#[test]
+fn batches_in_the_old_lz4_block_format_reach_kafka_clients_readable() {
+    let Some(kcat) = kcat() else { return skip("old_lz4_batches", "kcat") };
+    let b = Broker::start().unwrap();
+    ok(b.cli(&["topic", "create", "old", "--partitions", "1"], "").unwrap(), "topic create");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let batch = legacy_lz4_batch(now, &["one", "two"]);
+    rt().block_on(async {
+        use tributary_proto::v1::{
+            log_client::LogClient, PartitionProduceData, ProduceRequest, TopicProduceData,
+        };
+        let mut log = LogClient::connect(format!("http://{}", b.grpc)).await.unwrap();
+        let partitions = vec![PartitionProduceData { partition: 0, records: batch }];
+        let req = ProduceRequest {
+            acks: 1,
+            timeout_ms: 5000,
+            topics: vec![TopicProduceData { name: "old".into(), partitions }],
+        };
+        let resp = log.produce(req).await.unwrap().into_inner();
+        assert!(resp.topics[0].partitions[0].error.is_none(), "{resp:?}");
+    });
+    let out = ok(
+        run(
+            Command::new(kcat).args([
+                "-C",
+                "-b",
+                &kafka_addr(&b),
+                "-t",
+                "old",
+                "-o",
+                "beginning",
+                "-e",
+                "-f",
+                "%k=%s\n",
+            ]),
+            "",
+        ),
+        "kcat -C",
+    );
+    assert_eq!(out, "old=one\nold=two\n");
+}
+
 /// `Command::output` with `stdin` fed.
 trait OutputWith {
     fn output_with(&mut self, stdin: &str) -> Output;
@@ -264,6 +346,36 @@ fn an_idempotent_kafka_producer_lands_every_record_once_on_a_replicated_topic() 
     let grpc = c.bootstrap();
     let read = rt().block_on(read_to_end(&grpc, "idem", 0)).unwrap();
     assert!(!read.is_empty());
+}
+
+#[test]
+fn a_kafka_consumer_group_assigns_on_the_client_side_and_commits() {
+    let Some(python) = python() else { return skip("kafka_consumer_group", "TRIBUTARY_KAFKA_PYTHON") };
+    let b = Broker::start().unwrap();
+    ok(b.cli(&["topic", "create", "grouped", "--partitions", "6"], "").unwrap(), "topic create");
+    let n = 600;
+    let seen = py(&python, &["group", &kafka_addr(&b), "grouped", "kgroup", "3", &n.to_string()]);
+    assert_eq!(seen["errors"], json!([]), "{seen}");
+    // Every member got partitions from the leader's (client-side,
+    // cooperative-sticky) assignment, and together they own all six.
+    let assigned: Vec<Vec<u64>> = serde_json::from_value(seen["assigned"].clone()).unwrap();
+    assert!(assigned.iter().all(|a| !a.is_empty()), "{seen}");
+    let mut all: Vec<u64> = assigned.concat();
+    all.sort();
+    assert_eq!(all, (0..6).collect::<Vec<u64>>(), "{seen}");
+    // Each record read once, and every position committed on close.
+    assert_eq!(seen["unique"], n, "{seen}");
+    assert_eq!(
+        seen["consumed"].as_array().unwrap().iter().map(|c| c.as_u64().unwrap()).sum::<u64>(),
+        n as u64,
+        "{seen}"
+    );
+    assert_eq!(seen["committed"], n, "{seen}");
+    // The same group seen through the gRPC door: committed offsets, and a
+    // native consumer is refused while Kafka members are in it... (they
+    // left on close, so it is empty now and shows its offsets).
+    let described = ok(b.cli(&["group", "describe", "kgroup"], "").unwrap(), "group describe");
+    assert!(described.contains("grouped"), "{described}");
 }
 
 #[test]

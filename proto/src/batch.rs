@@ -55,7 +55,8 @@
 //! such a prefix can never equal the frame magic, because that value
 //! (407 708 164) is above [`MAX_UNCOMPRESSED`], a limit every writer obeyed.
 //! So old data directories keep working with no migration; compaction
-//! rewrites them in frame format.
+//! rewrites them in frame format, and [`reframe_legacy_lz4`] converts them
+//! for Kafka clients (which read only frames) on the way out.
 
 use bytes::Bytes;
 
@@ -414,6 +415,60 @@ pub fn verify(buf: &[u8]) -> Result<BatchHeader, BatchError> {
         return Err(BatchError::Invalid("max_timestamp is before base_timestamp"));
     }
     Ok(header)
+}
+
+/// True when `batch` is lz4-compressed in the old block format (see the
+/// module docs), which Kafka clients cannot read.
+pub fn is_legacy_lz4(batch: &[u8]) -> bool {
+    let Ok(header) = BatchHeader::parse(batch) else { return false };
+    header.compression() == Ok(Compression::Lz4)
+        && batch.get(HEADER_LEN..HEADER_LEN + 4).is_some_and(|m| m != LZ4_FRAME_MAGIC)
+}
+
+/// `batches` (concatenated, as a fetch returns them) with every old
+/// lz4-block batch re-compressed as an lz4 frame and its CRC recomputed, so
+/// a Kafka client can read data written before the frame format; `None`
+/// when there is none (the common case: the bytes go out untouched). Offsets,
+/// epochs, timestamps, producer fields and records are unchanged. A batch
+/// that does not decode, and anything after it, is passed on as it is.
+pub fn reframe_legacy_lz4(batches: &[u8]) -> Option<Vec<u8>> {
+    let mut parts: Vec<&[u8]> = Vec::new();
+    let mut whole = 0;
+    for b in Batches::new(batches) {
+        match b {
+            Ok((_, bytes)) => {
+                whole += bytes.len();
+                parts.push(bytes);
+            }
+            Err(_) => break,
+        }
+    }
+    if !parts.iter().any(|b| is_legacy_lz4(b)) {
+        return None;
+    }
+    let mut out = Vec::with_capacity(batches.len() + 64);
+    for b in parts {
+        match reframe_one(b) {
+            Some(new) => out.extend_from_slice(&new),
+            None => out.extend_from_slice(b),
+        }
+    }
+    out.extend_from_slice(&batches[whole..]);
+    Some(out)
+}
+
+fn reframe_one(batch: &[u8]) -> Option<Vec<u8>> {
+    if !is_legacy_lz4(batch) {
+        return None;
+    }
+    let raw = legacy_lz4_block_decompress(&batch[HEADER_LEN..], MAX_UNCOMPRESSED).ok()?;
+    let mut out = batch[..HEADER_LEN].to_vec();
+    out.extend_from_slice(&Compression::Lz4.compress(&raw));
+    let batch_length = (out.len() - LOG_OVERHEAD) as i32;
+    out[LENGTH_AT..LENGTH_AT + 4].copy_from_slice(&batch_length.to_be_bytes());
+    let crc = crc32c::crc32c(&out[ATTRIBUTES_AT..]);
+    out[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
+    Some(out)
 }
 
 /// Stamps the broker-assigned base offset (outside the CRC).
@@ -971,6 +1026,30 @@ mod tests {
         let batch = with_section(Compression::Lz4, &value, &old);
         verify(&batch).unwrap();
         assert_eq!(only_value(&batch), value);
+    }
+
+    #[test]
+    fn old_lz4_block_batches_are_reframed_for_kafka_clients_and_nothing_else_is() {
+        let value = b"old".repeat(100);
+        let old = lz4_flex::block::compress_prepend_size(&raw_section(&value));
+        let mut legacy = with_section(Compression::Lz4, &value, &old).to_vec();
+        set_base_offset(&mut legacy, 41);
+        set_leader_epoch(&mut legacy, 3);
+        let current = one_record(Compression::Lz4, b"new").to_vec();
+        assert!(is_legacy_lz4(&legacy) && !is_legacy_lz4(&current));
+        assert_eq!(reframe_legacy_lz4(&current), None, "current batches go out untouched");
+        let mut fetched = current.clone();
+        fetched.extend_from_slice(&legacy);
+        fetched.extend_from_slice(&legacy[..10]); // a cut-off tail, as fetches may end
+        let out = reframe_legacy_lz4(&fetched).unwrap();
+        assert_eq!(&out[..current.len()], &current[..]);
+        let tail = &out[out.len() - 10..];
+        assert_eq!(tail, &legacy[..10]);
+        let upgraded = &out[current.len()..out.len() - 10];
+        let header = verify(upgraded).unwrap();
+        assert_eq!((header.base_offset, header.leader_epoch), (41, 3));
+        assert_eq!(&upgraded[HEADER_LEN..HEADER_LEN + 4], &LZ4_FRAME_MAGIC);
+        assert_eq!(only_value(&Bytes::copy_from_slice(upgraded)), value);
     }
 
     #[test]

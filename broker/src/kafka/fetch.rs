@@ -4,6 +4,9 @@
 //! broker's `fetch_max_bytes` cap) and the same reads up to the high
 //! watermark.
 //!
+//! lz4 batches stored before the frame format are re-framed on the way out
+//! (`batch::reframe_legacy_lz4`): Kafka clients read only lz4 frames.
+//!
 //! Without transactions every record is committed, so the last stable
 //! offset is the high watermark and `read_committed` (librdkafka's default)
 //! reads exactly what `read_uncommitted` does. Fetch sessions (KIP-227) are
@@ -19,7 +22,7 @@ use kafka_protocol::messages::list_offsets_response::{
 use kafka_protocol::messages::{
     FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse, TopicName,
 };
-use tributary_proto::v1;
+use tributary_proto::{batch, v1};
 
 use super::{errors, text};
 use crate::server::log::{list_offsets_blocking, LogService};
@@ -122,7 +125,12 @@ fn partition_data(index: i32, r: v1::FetchPartitionResponse, committed: bool) ->
     p.last_stable_offset = r.high_watermark;
     p.log_start_offset = r.log_start_offset;
     p.aborted_transactions = committed.then(Vec::new);
-    p.records = Some(r.records);
+    // Batches from before the lz4 frame format, which Kafka clients cannot
+    // read, go out re-framed; everything else untouched.
+    p.records = Some(match batch::reframe_legacy_lz4(&r.records) {
+        Some(reframed) => reframed.into(),
+        None => r.records,
+    });
     p
 }
 

@@ -4,16 +4,18 @@
 //! consumers, so a consumer that assigns partitions itself can commit and
 //! resume through either door.
 //!
-//! Group *membership* through the Kafka protocol (JoinGroup, SyncGroup,
-//! Heartbeat, LeaveGroup with client-side assignment) is not served yet:
-//! those APIs are absent from ApiVersions. Commits from outside the
-//! membership (generation -1, no member id) are what Kafka's "simple
-//! consumer" sends; a commit naming a member is refused as it would be for
-//! a member the coordinator does not know.
+//! Membership (JoinGroup, SyncGroup, Heartbeat, LeaveGroup) is Kafka's
+//! classic protocol with client-side assignment, in the coordinator's
+//! Kafka-protocol group kind (`groups::client`): the leader member gets
+//! everyone's subscription metadata and its SyncGroup assignment is what
+//! members get. Commits from outside the membership (generation -1, no
+//! member id) are what a consumer that assigns partitions itself sends.
 
 use std::sync::Arc;
 
 use kafka_protocol::messages::find_coordinator_response::Coordinator;
+use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
+use kafka_protocol::messages::leave_group_response::MemberResponse;
 use kafka_protocol::messages::offset_commit_response::{
     OffsetCommitResponsePartition, OffsetCommitResponseTopic,
 };
@@ -21,9 +23,12 @@ use kafka_protocol::messages::offset_fetch_response::{
     OffsetFetchResponsePartition, OffsetFetchResponseTopic,
 };
 use kafka_protocol::messages::{
-    BrokerId, FindCoordinatorRequest, FindCoordinatorResponse, OffsetCommitRequest, OffsetCommitResponse,
-    OffsetFetchRequest, OffsetFetchResponse, TopicName,
+    BrokerId, ConsumerProtocolAssignment, FindCoordinatorRequest, FindCoordinatorResponse, HeartbeatRequest,
+    HeartbeatResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse,
+    OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse, SyncGroupRequest,
+    SyncGroupResponse, TopicName,
 };
+use kafka_protocol::protocol::Decodable;
 use tributary_proto::v1;
 
 use super::{errors, metadata::host_port, text};
@@ -186,6 +191,177 @@ pub async fn offset_fetch(state: &Arc<BrokerState>, req: OffsetFetchRequest) -> 
         }
         out.name = name;
         resp.topics.push(out);
+    }
+    resp
+}
+
+/// The Kafka code for a refusal of the membership calls.
+fn membership_code(e: &Error) -> i16 {
+    match e {
+        Error::InvalidRequest(m) if m.contains("session_timeout") => errors::INVALID_SESSION_TIMEOUT,
+        Error::InvalidRequest(_) => errors::INCONSISTENT_GROUP_PROTOCOL,
+        Error::UnknownGroup(_) => errors::UNKNOWN_MEMBER_ID,
+        e => errors::code(e),
+    }
+}
+
+fn opt(s: &Option<kafka_protocol::protocol::StrBytes>) -> String {
+    s.as_ref().map(|s| s.to_string()).unwrap_or_default()
+}
+
+pub async fn join_group(
+    state: &Arc<BrokerState>,
+    req: JoinGroupRequest,
+    version: i16,
+    (host, client_id): (String, String),
+) -> JoinGroupResponse {
+    let join = crate::groups::client::ClientJoin {
+        group_id: req.group_id.0.to_string(),
+        member_id: req.member_id.to_string(),
+        instance_id: opt(&req.group_instance_id),
+        client_id,
+        host,
+        session_timeout_ms: req.session_timeout_ms.max(0) as u32,
+        // v0 has no rebalance timeout: Kafka uses the session timeout.
+        rebalance_timeout_ms: if version >= 1 { req.rebalance_timeout_ms } else { req.session_timeout_ms }
+            .max(0) as u32,
+        protocol_type: req.protocol_type.to_string(),
+        protocols: req.protocols.iter().map(|p| (p.name.to_string(), p.metadata.to_vec())).collect(),
+    };
+    let mut resp = JoinGroupResponse::default();
+    resp.generation_id = -1;
+    match GroupService::new(state.clone()).join_client_inner(join).await {
+        Ok(j) => {
+            resp.member_id = text(j.member_id);
+            if let Some(e) = j.error {
+                resp.error_code = errors::partition_code(&e);
+                return resp;
+            }
+            resp.generation_id = j.generation;
+            resp.leader = text(j.leader);
+            if version >= 7 {
+                resp.protocol_type = Some(text(j.protocol_type));
+            }
+            resp.protocol_name = Some(text(j.protocol));
+            resp.members = j
+                .members
+                .into_iter()
+                .map(|(id, instance, metadata)| {
+                    let mut m = JoinGroupResponseMember::default();
+                    m.member_id = text(id);
+                    if version >= 5 && !instance.is_empty() {
+                        m.group_instance_id = Some(text(instance));
+                    }
+                    m.metadata = metadata.into();
+                    m
+                })
+                .collect();
+        }
+        Err(e) => {
+            tracing::info!(error = %e, "Kafka JoinGroup refused");
+            resp.error_code = membership_code(&e);
+        }
+    }
+    resp
+}
+
+/// The partitions in a Kafka consumer's assignment bytes (for `group
+/// describe`); empty when they are not the consumer protocol's.
+fn assigned_partitions(bytes: &[u8]) -> Vec<(String, u32)> {
+    let mut buf = bytes::Bytes::copy_from_slice(bytes);
+    let Some(version) = bytes.get(..2).map(|v| i16::from_be_bytes([v[0], v[1]])) else { return Vec::new() };
+    let _ = bytes::Buf::get_i16(&mut buf);
+    match ConsumerProtocolAssignment::decode(&mut buf, version.clamp(0, 3)) {
+        Ok(a) => a
+            .assigned_partitions
+            .into_iter()
+            .flat_map(|t| {
+                let topic = t.topic.0.to_string();
+                t.partitions.into_iter().filter(|p| *p >= 0).map(move |p| (topic.clone(), p as u32))
+            })
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+pub async fn sync_group(state: &Arc<BrokerState>, req: SyncGroupRequest, version: i16) -> SyncGroupResponse {
+    let consumer = req.protocol_type.as_ref().is_none_or(|t| t.as_str() == "consumer");
+    let assignments = req
+        .assignments
+        .iter()
+        .map(|a| {
+            let tps = if consumer { assigned_partitions(&a.assignment) } else { Vec::new() };
+            (a.member_id.to_string(), a.assignment.to_vec(), tps)
+        })
+        .collect();
+    let (group, member, instance) =
+        (req.group_id.0.to_string(), req.member_id.to_string(), opt(&req.group_instance_id));
+    let mut resp = SyncGroupResponse::default();
+    match GroupService::new(state.clone())
+        .sync_client_inner(&group, &member, &instance, req.generation_id, assignments)
+        .await
+    {
+        Ok((Some(e), _)) => resp.error_code = errors::partition_code(&e),
+        Ok((None, mine)) => {
+            resp.assignment = mine.into();
+            if version >= 5 {
+                resp.protocol_type = req.protocol_type;
+                resp.protocol_name = req.protocol_name;
+            }
+        }
+        Err(e) => resp.error_code = membership_code(&e),
+    }
+    resp
+}
+
+pub async fn heartbeat(state: &Arc<BrokerState>, req: HeartbeatRequest) -> HeartbeatResponse {
+    let shared = v1::HeartbeatRequest {
+        group_id: req.group_id.0.to_string(),
+        member_id: req.member_id.to_string(),
+        generation: req.generation_id,
+        group_instance_id: opt(&req.group_instance_id),
+    };
+    let mut resp = HeartbeatResponse::default();
+    resp.error_code = match GroupService::new(state.clone()).heartbeat_inner(shared).await {
+        Ok(r) => r.error.as_ref().map_or(errors::NONE, errors::partition_code),
+        Err(e) => membership_code(&e),
+    };
+    resp
+}
+
+pub async fn leave_group(
+    state: &Arc<BrokerState>,
+    req: LeaveGroupRequest,
+    version: i16,
+) -> LeaveGroupResponse {
+    let group = req.group_id.0.to_string();
+    // v3+ names members (possibly several); earlier versions one member id.
+    let leaving: Vec<(String, String)> = if version >= 3 {
+        req.members.iter().map(|m| (m.member_id.to_string(), opt(&m.group_instance_id))).collect()
+    } else {
+        vec![(req.member_id.to_string(), String::new())]
+    };
+    let svc = GroupService::new(state.clone());
+    let mut resp = LeaveGroupResponse::default();
+    for (member_id, instance) in leaving {
+        let shared = v1::LeaveGroupRequest {
+            group_id: group.clone(),
+            member_id: member_id.clone(),
+            group_instance_id: instance.clone(),
+        };
+        let code = match svc.leave_inner(shared).await {
+            Ok(()) => errors::NONE,
+            Err(e) => membership_code(&e),
+        };
+        if version >= 3 {
+            let mut m = MemberResponse::default();
+            m.member_id = text(member_id);
+            m.group_instance_id = (!instance.is_empty()).then(|| text(instance));
+            m.error_code = code;
+            resp.members.push(m);
+        } else {
+            resp.error_code = code;
+        }
     }
     resp
 }

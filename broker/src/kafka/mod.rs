@@ -81,7 +81,7 @@ async fn connection(state: Arc<BrokerState>, stream: TcpStream, peer: SocketAddr
             return;
         }
         let answer = match frame::parse_frame(Bytes::from(body)) {
-            Ok(Parsed::Request(f)) => dispatch(&state, f).await,
+            Ok(Parsed::Request(f)) => dispatch(&state, f, peer).await,
             Ok(Parsed::ApiVersionsTooNew { correlation_id }) => encode(
                 correlation_id,
                 ApiKey::ApiVersions,
@@ -133,6 +133,10 @@ pub fn decode_only(f: &mut Frame) -> Result<(), String> {
         ApiKey::DeleteTopics => decode::<DeleteTopicsRequest>(f).map(drop),
         ApiKey::FindCoordinator => decode::<FindCoordinatorRequest>(f).map(drop),
         ApiKey::DescribeConfigs => decode::<DescribeConfigsRequest>(f).map(drop),
+        ApiKey::JoinGroup => decode::<JoinGroupRequest>(f).map(drop),
+        ApiKey::SyncGroup => decode::<SyncGroupRequest>(f).map(drop),
+        ApiKey::Heartbeat => decode::<HeartbeatRequest>(f).map(drop),
+        ApiKey::LeaveGroup => decode::<LeaveGroupRequest>(f).map(drop),
         ApiKey::OffsetCommit => decode::<OffsetCommitRequest>(f).map(drop),
         ApiKey::OffsetFetch => decode::<OffsetFetchRequest>(f).map(drop),
         other => Err(format!("{other:?} is not served")),
@@ -157,7 +161,7 @@ fn encode<T: Encodable + HeaderVersion>(
 }
 
 /// Runs one request; `Ok(None)` when it gets no response.
-async fn dispatch(state: &Arc<BrokerState>, mut f: Frame) -> Result<Option<Bytes>, String> {
+async fn dispatch(state: &Arc<BrokerState>, mut f: Frame, peer: SocketAddr) -> Result<Option<Bytes>, String> {
     let (id, v, api) = (f.header.correlation_id, f.version, f.api);
     let bytes = match api {
         ApiKey::ApiVersions => encode(id, api, v, &versions::ok())?,
@@ -174,6 +178,16 @@ async fn dispatch(state: &Arc<BrokerState>, mut f: Frame) -> Result<Option<Bytes
         ApiKey::CreateTopics => encode(id, api, v, &topics::create(state, decode(&mut f)?, v).await)?,
         ApiKey::DeleteTopics => encode(id, api, v, &topics::delete(state, decode(&mut f)?, v).await)?,
         ApiKey::DescribeConfigs => encode(id, api, v, &topics::describe_configs(state, decode(&mut f)?))?,
+        ApiKey::JoinGroup => {
+            let member = (
+                peer.ip().to_string(),
+                f.header.client_id.as_ref().map(|c| c.to_string()).unwrap_or_default(),
+            );
+            encode(id, api, v, &groups::join_group(state, decode(&mut f)?, v, member).await)?
+        }
+        ApiKey::SyncGroup => encode(id, api, v, &groups::sync_group(state, decode(&mut f)?, v).await)?,
+        ApiKey::Heartbeat => encode(id, api, v, &groups::heartbeat(state, decode(&mut f)?).await)?,
+        ApiKey::LeaveGroup => encode(id, api, v, &groups::leave_group(state, decode(&mut f)?, v).await)?,
         ApiKey::FindCoordinator => {
             encode(id, api, v, &groups::find_coordinator(state, decode(&mut f)?, v).await)?
         }

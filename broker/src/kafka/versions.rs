@@ -5,7 +5,8 @@
 //! The ranges stop before versions whose meaning the broker does not have:
 //! Produce 13 and Fetch 13 name topics by id only; ListOffsets 7 asks for
 //! the max-timestamp offset; InitProducerId 5 is KIP-890's transactions;
-//! OffsetCommit 9 and OffsetFetch 8 are KIP-848's (batched groups).
+//! OffsetCommit 9 and OffsetFetch 8 are KIP-848's (batched groups);
+//! JoinGroup 9 is KIP-848's server-side assignment.
 
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::{ApiKey, ApiVersionsResponse};
@@ -21,6 +22,10 @@ pub const SERVED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::OffsetCommit, 2, 8),
     (ApiKey::OffsetFetch, 1, 7),
     (ApiKey::FindCoordinator, 0, 4),
+    (ApiKey::JoinGroup, 0, 8),
+    (ApiKey::Heartbeat, 0, 4),
+    (ApiKey::LeaveGroup, 0, 5),
+    (ApiKey::SyncGroup, 0, 5),
     (ApiKey::ApiVersions, 0, 4),
     (ApiKey::CreateTopics, 2, 7),
     (ApiKey::DeleteTopics, 1, 6),

@@ -118,6 +118,44 @@ impl GroupService {
         Ok(v1::CommitOffsetsResponse {})
     }
 
+    /// JoinGroup of a Kafka-protocol member (client-side assignment).
+    pub(crate) async fn join_client_inner(
+        &self,
+        req: crate::groups::client::ClientJoin,
+    ) -> Result<crate::groups::client::ClientJoined, Error> {
+        self.ensure_offsets_topic().await?;
+        self.check_coordinator(&req.group_id).await?;
+        self.state.coordinator.join_client(&self.state.topics, req).await
+    }
+
+    /// SyncGroup of a Kafka-protocol member.
+    pub(crate) async fn sync_client_inner(
+        &self,
+        group_id: &str,
+        member_id: &str,
+        instance_id: &str,
+        generation: i32,
+        assignments: Vec<(String, Vec<u8>, Vec<(String, u32)>)>,
+    ) -> Result<(Option<v1::PartitionError>, Vec<u8>), Error> {
+        self.check_coordinator(group_id).await?;
+        self.state.coordinator.sync_client(group_id, member_id, instance_id, generation, assignments).await
+    }
+
+    /// Heartbeat, for either kind of member.
+    pub(crate) async fn heartbeat_inner(
+        &self,
+        req: v1::HeartbeatRequest,
+    ) -> Result<v1::HeartbeatResponse, Error> {
+        self.check_coordinator(&req.group_id).await?;
+        self.state.coordinator.heartbeat(&req)
+    }
+
+    /// LeaveGroup, for either kind of member.
+    pub(crate) async fn leave_inner(&self, req: v1::LeaveGroupRequest) -> Result<(), Error> {
+        self.check_coordinator(&req.group_id).await?;
+        self.blocking(move |s| s.coordinator.leave(&s.topics, &req)).await
+    }
+
     /// The group's committed offsets, on its coordinator.
     pub(crate) async fn fetch_offsets_inner(
         &self,
