@@ -36,6 +36,11 @@ impl ClientGroup {
     }
 }
 
+/// One member's part of a leader's SyncGroup: (member id, the assignment
+/// bytes it gets, the partitions they name where the caller could decode
+/// them).
+pub type MemberAssignment = (String, Vec<u8>, Vec<Tp>);
+
 /// A Kafka JoinGroup, as the coordinator needs it.
 pub struct ClientJoin {
     pub group_id: String,
@@ -255,7 +260,7 @@ impl Coordinator {
         member_id: &str,
         instance_id: &str,
         generation: i32,
-        assignments: Vec<(String, Vec<u8>, Vec<Tp>)>,
+        assignments: Vec<MemberAssignment>,
     ) -> Result<(Option<v1::PartitionError>, Vec<u8>)> {
         let answer = |g: &Group| -> Option<(Option<v1::PartitionError>, Vec<u8>)> {
             if let Some(code) = g.member_error(member_id, instance_id) {

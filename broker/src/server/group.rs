@@ -135,7 +135,7 @@ impl GroupService {
         member_id: &str,
         instance_id: &str,
         generation: i32,
-        assignments: Vec<(String, Vec<u8>, Vec<(String, u32)>)>,
+        assignments: Vec<crate::groups::client::MemberAssignment>,
     ) -> Result<(Option<v1::PartitionError>, Vec<u8>), Error> {
         self.check_coordinator(group_id).await?;
         self.state.coordinator.sync_client(group_id, member_id, instance_id, generation, assignments).await
