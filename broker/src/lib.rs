@@ -25,8 +25,10 @@
 
 pub mod cluster;
 pub mod config;
+pub mod confluent_error;
 pub mod disk;
 pub mod error;
+pub mod forward;
 pub mod groups;
 pub mod log;
 pub mod maintenance;
@@ -80,6 +82,8 @@ pub struct BrokerState {
     pub registry: registry::Registry,
     /// The REST proxy's producer (started on its first request).
     pub rest: rest::Proxy,
+    /// The REST proxy's consumer instances held by this broker.
+    pub rest_instances: rest::instances::Instances,
     pub shutdown: shutdown::Shutdown,
 }
 
@@ -101,6 +105,7 @@ fn cluster_setup(config: &BrokerConfig) -> anyhow::Result<cluster::ClusterSetup>
         cluster_name: config.cluster_name.clone(),
         rack: config.rack.clone(),
         advertised: config.advertised(),
+        http_advertised: config.http_advertised(),
     })
 }
 
@@ -195,6 +200,7 @@ impl Broker {
             replicas: replicas.clone(),
             registry,
             rest: rest::Proxy::default(),
+            rest_instances: rest::instances::Instances::default(),
             shutdown: shutdown.clone(),
         });
 
@@ -227,6 +233,7 @@ impl Broker {
             tracing::warn!(error = %e, "replaying the schema registry's log");
         }
         tasks.push(tokio::spawn(registry::run(state.clone(), state.shutdown.clone())));
+        tasks.push(tokio::spawn(rest::instances::run(state.clone(), state.shutdown.clone())));
         // ... and it may lead (its session lease holds).
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
         while !state.session.lease_valid() && tokio::time::Instant::now() < deadline {
@@ -309,17 +316,19 @@ async fn adopt_local_topics(state: &Arc<BrokerState>) -> anyhow::Result<()> {
     // The broker must be registered before its topics get a leader.
     let me = node.node_id();
     let incarnation = state.session.incarnation;
-    let registered = node
-        .metadata()
-        .brokers
-        .get(&me)
-        .is_some_and(|b| !b.fenced && b.address == node.setup.advertised && b.incarnation == incarnation);
+    let registered = node.metadata().brokers.get(&me).is_some_and(|b| {
+        !b.fenced
+            && b.address == node.setup.advertised
+            && b.http_address == node.setup.http_advertised
+            && b.incarnation == incarnation
+    });
     if !registered {
         node.propose(cluster::state::Command::Register {
             id: me,
             address: node.setup.advertised.clone(),
             rack: node.setup.rack.clone(),
             incarnation,
+            http_address: node.setup.http_advertised.clone(),
         })
         .await?;
     }

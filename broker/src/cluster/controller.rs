@@ -81,7 +81,11 @@ impl Controller {
         } else {
             let current = md.brokers.get(&id);
             let changed = current.is_none_or(|b| {
-                b.fenced || b.address != req.address || b.rack != req.rack || b.incarnation != req.incarnation
+                b.fenced
+                    || b.address != req.address
+                    || b.rack != req.rack
+                    || b.incarnation != req.incarnation
+                    || b.http_address != req.http_address
             });
             if changed {
                 let cmd = Command::Register {
@@ -89,6 +93,7 @@ impl Controller {
                     address: req.address.clone(),
                     rack: req.rack.clone(),
                     incarnation: req.incarnation,
+                    http_address: req.http_address.clone(),
                 };
                 self.propose_once(id, "register", cmd);
             }

@@ -63,6 +63,8 @@ pub struct ClusterSetup {
     pub rack: String,
     /// Where clients reach this broker.
     pub advertised: String,
+    /// Where other brokers reach this broker's HTTP port.
+    pub http_advertised: String,
 }
 
 impl ClusterSetup {

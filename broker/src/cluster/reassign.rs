@@ -144,6 +144,7 @@ mod tests {
                 address: format!("b{id}"),
                 rack: String::new(),
                 incarnation: 1,
+                http_address: String::new(),
             });
         }
         s.apply(&Command::CreateTopic {
