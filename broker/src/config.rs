@@ -80,6 +80,11 @@ pub struct BrokerConfig {
     /// acks=all waits at most this long for the ISR (unless the request
     /// gives a shorter timeout).
     pub replication_timeout_ms: u64,
+    /// A REST proxy consumer instance not used for this long is closed
+    /// (Confluent's `consumer.instance.timeout.ms`).
+    pub rest_consumer_instance_timeout_ms: u64,
+    /// Most REST proxy consumer instances one broker holds.
+    pub rest_max_consumer_instances: usize,
 }
 
 impl Default for BrokerConfig {
@@ -112,6 +117,8 @@ impl Default for BrokerConfig {
             replica_lag_time_max_ms: 30_000,
             default_replication_factor: 1,
             replication_timeout_ms: 30_000,
+            rest_consumer_instance_timeout_ms: 300_000,
+            rest_max_consumer_instances: 1000,
         }
     }
 }

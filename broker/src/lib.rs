@@ -27,8 +27,10 @@
 pub mod alloc;
 pub mod cluster;
 pub mod config;
+pub mod confluent_error;
 pub mod disk;
 pub mod error;
+pub mod forward;
 pub mod groups;
 pub mod kafka;
 pub mod log;
@@ -88,6 +90,8 @@ pub struct BrokerState {
     pub registry: registry::Registry,
     /// The REST proxy's producer (started on its first request).
     pub rest: rest::Proxy,
+    /// The REST proxy's consumer instances held by this broker.
+    pub rest_instances: rest::instances::Instances,
     pub shutdown: shutdown::Shutdown,
 }
 
@@ -110,6 +114,7 @@ fn cluster_setup(config: &BrokerConfig, kafka_advertised: String) -> anyhow::Res
         rack: config.rack.clone(),
         advertised: config.advertised(),
         kafka_advertised,
+        http_advertised: config.http_advertised(),
     })
 }
 
@@ -208,6 +213,7 @@ impl Broker {
             replicas: replicas.clone(),
             registry,
             rest: rest::Proxy::default(),
+            rest_instances: rest::instances::Instances::default(),
             shutdown: shutdown.clone(),
         });
 
@@ -243,6 +249,7 @@ impl Broker {
             tracing::warn!(error = %e, "replaying the schema registry's log");
         }
         tasks.push(tokio::spawn(registry::run(state.clone(), state.shutdown.clone())));
+        tasks.push(tokio::spawn(rest::instances::run(state.clone(), state.shutdown.clone())));
         // ... and it may lead (its session lease holds).
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
         while !state.session.lease_valid() && tokio::time::Instant::now() < deadline {
@@ -339,8 +346,9 @@ async fn adopt_local_topics(state: &Arc<BrokerState>) -> anyhow::Result<()> {
     let registered = node.metadata().brokers.get(&me).is_some_and(|b| {
         !b.fenced
             && b.address == node.setup.advertised
-            && b.incarnation == incarnation
             && b.kafka_address == node.setup.kafka_advertised
+            && b.http_address == node.setup.http_advertised
+            && b.incarnation == incarnation
     });
     if !registered {
         node.propose(cluster::state::Command::Register {
@@ -349,6 +357,7 @@ async fn adopt_local_topics(state: &Arc<BrokerState>) -> anyhow::Result<()> {
             rack: node.setup.rack.clone(),
             incarnation,
             kafka_address: node.setup.kafka_advertised.clone(),
+            http_address: node.setup.http_advertised.clone(),
         })
         .await?;
     }

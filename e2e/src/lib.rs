@@ -360,16 +360,28 @@ pub fn http_send_as(
     content_type: &str,
     body: &str,
 ) -> Result<(u16, String)> {
+    http_request(addr, method, path, &[("Content-Type", content_type)], body)
+}
+
+/// One HTTP/1.1 request with these headers (and the body's length) to
+/// `addr`; returns (status, body).
+pub fn http_request(
+    addr: &SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Result<(u16, String)> {
     use std::io::{Read, Write};
-    let timeout = Duration::from_secs(30);
+    let timeout = Duration::from_secs(40);
     let mut s = std::net::TcpStream::connect_timeout(addr, timeout)?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )?;
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    write!(s, "{head}Content-Length: {}\r\n\r\n{body}", body.len())?;
     let mut resp = String::new();
     s.read_to_string(&mut resp)?;
     let status = resp.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);

@@ -86,6 +86,7 @@ impl Controller {
                     || b.rack != req.rack
                     || b.incarnation != req.incarnation
                     || b.kafka_address != req.kafka_address
+                    || b.http_address != req.http_address
             });
             if changed {
                 let cmd = Command::Register {
@@ -94,6 +95,7 @@ impl Controller {
                     rack: req.rack.clone(),
                     incarnation: req.incarnation,
                     kafka_address: req.kafka_address.clone(),
+                    http_address: req.http_address.clone(),
                 };
                 self.propose_once(id, "register", cmd);
             }

@@ -65,6 +65,8 @@ pub struct ClusterSetup {
     pub advertised: String,
     /// Where Kafka clients reach this broker (empty: no Kafka listener).
     pub kafka_advertised: String,
+    /// Where other brokers reach this broker's HTTP port.
+    pub http_advertised: String,
 }
 
 impl ClusterSetup {

@@ -145,6 +145,7 @@ mod tests {
                 rack: String::new(),
                 incarnation: 1,
                 kafka_address: String::new(),
+                http_address: String::new(),
             });
         }
         s.apply(&Command::CreateTopic {

@@ -27,6 +27,11 @@ pub struct BrokerRecord {
     /// Where clients reach it.
     pub address: String,
     pub rack: String,
+    /// Where other brokers reach its HTTP port (REST consumer instances
+    /// live on one broker; a request for one that reaches another broker
+    /// is forwarded there). Empty from brokers older than the field.
+    #[serde(default)]
+    pub http_address: String,
     /// Its session with the controller expired (or it shut down): it leads
     /// nothing and is in no ISR until it comes back.
     pub fenced: bool,
@@ -128,6 +133,8 @@ pub enum Command {
         incarnation: u64,
         #[serde(default, skip_serializing_if = "String::is_empty")]
         kafka_address: String,
+        #[serde(default)]
+        http_address: String,
     },
     /// The broker's session ended: it leaves every ISR it was in (unless it
     /// was the last member) and every partition it led gets a new leader.
@@ -233,13 +240,13 @@ impl MetadataState {
                 }
                 Outcome::Done
             }
-            Command::Register { id, address, rack, incarnation, kafka_address } => {
+            Command::Register { id, address, rack, incarnation, kafka_address, http_address } => {
                 if self.removed.get(id) == Some(incarnation) {
                     return Outcome::Refused(format!(
                         "broker {id} was removed from the cluster; a restarted broker {id} may join again"
                     ));
                 }
-                self.register(*id, address, rack, *incarnation, kafka_address);
+                self.register(*id, address, rack, *incarnation, kafka_address, http_address);
                 self.elect_unclean();
                 Outcome::Done
             }
@@ -321,7 +328,15 @@ impl MetadataState {
         p.leader_epoch = 0;
     }
 
-    fn register(&mut self, id: i32, address: &str, rack: &str, incarnation: u64, kafka_address: &str) {
+    fn register(
+        &mut self,
+        id: i32,
+        address: &str,
+        rack: &str,
+        incarnation: u64,
+        kafka_address: &str,
+        http_address: &str,
+    ) {
         let restarted = self.brokers.get(&id).is_some_and(|b| !b.fenced && b.incarnation != incarnation);
         if restarted {
             self.fence(id);
@@ -333,6 +348,7 @@ impl MetadataState {
                 id,
                 address: address.to_string(),
                 rack: rack.to_string(),
+                http_address: http_address.to_string(),
                 fenced: false,
                 incarnation,
                 kafka_address: kafka_address.to_string(),
@@ -574,6 +590,7 @@ mod tests {
                 rack: String::new(),
                 incarnation: 1,
                 kafka_address: String::new(),
+                http_address: String::new(),
             });
         }
         s
@@ -670,6 +687,7 @@ mod tests {
             rack: String::new(),
             incarnation: 1,
             kafka_address: String::new(),
+            http_address: String::new(),
         });
         let p = s.partition("t", 0).cloned().unwrap();
         assert_eq!((p.leader, p.leader_epoch), (0, 2));
@@ -689,6 +707,7 @@ mod tests {
             rack: String::new(),
             incarnation,
             kafka_address: String::new(),
+            http_address: String::new(),
         };
         // The same run heartbeating again changes nothing.
         s.apply(&register(1));
@@ -771,6 +790,7 @@ mod tests {
             rack: String::new(),
             incarnation,
             kafka_address: String::new(),
+            http_address: String::new(),
         };
         assert!(matches!(s.apply(&again(1)), Outcome::Refused(_)));
         assert!(!s.brokers.contains_key(&1));
