@@ -28,6 +28,8 @@ pub const DEFAULT_STORAGE_SIZE: &str = "10Gi";
 pub const DEFAULT_GRPC_PORT: i32 = 7070;
 /// Default HTTP port: metrics, `/healthz`, `/readyz`.
 pub const DEFAULT_HTTP_PORT: i32 = 7071;
+/// Default Kafka-protocol port (Kafka's own).
+pub const DEFAULT_KAFKA_PORT: i32 = 9092;
 
 /// Topic config keys the broker understands (see the README's topic table).
 pub const TOPIC_CONFIG_KEYS: &[&str] = &[
@@ -324,6 +326,11 @@ pub struct Listeners {
     #[serde(default = "default_http_port")]
     #[schemars(range(min = 1, max = 65535))]
     pub http_port: i32,
+    /// Kafka wire-protocol port (Kafka clients and tools: librdkafka,
+    /// kcat, kafka-python, the Java client).
+    #[serde(default = "default_kafka_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub kafka_port: i32,
     /// TLS for the gRPC listener. Reserved: the broker does not serve TLS
     /// yet, and the operator reports `Stalled` while this is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -338,9 +345,18 @@ fn default_http_port() -> i32 {
     DEFAULT_HTTP_PORT
 }
 
+fn default_kafka_port() -> i32 {
+    DEFAULT_KAFKA_PORT
+}
+
 impl Default for Listeners {
     fn default() -> Self {
-        Listeners { grpc_port: DEFAULT_GRPC_PORT, http_port: DEFAULT_HTTP_PORT, tls: None }
+        Listeners {
+            grpc_port: DEFAULT_GRPC_PORT,
+            http_port: DEFAULT_HTTP_PORT,
+            kafka_port: DEFAULT_KAFKA_PORT,
+            tls: None,
+        }
     }
 }
 

@@ -271,6 +271,10 @@ impl Ctx<'_> {
         self.cluster.spec.listeners.http_port
     }
 
+    fn kafka_port(&self) -> i32 {
+        self.cluster.spec.listeners.kafka_port
+    }
+
     fn service_ports(&self) -> Vec<ServicePort> {
         vec![
             ServicePort {
@@ -287,6 +291,13 @@ impl Ctx<'_> {
                 target_port: Some(IntOrString::String("http".into())),
                 protocol: Some("TCP".into()),
                 app_protocol: Some("http".into()),
+                ..ServicePort::default()
+            },
+            ServicePort {
+                name: Some("kafka".into()),
+                port: self.kafka_port(),
+                target_port: Some(IntOrString::String("kafka".into())),
+                protocol: Some("TCP".into()),
                 ..ServicePort::default()
             },
         ]
@@ -462,11 +473,11 @@ impl Ctx<'_> {
     }
 
     fn args(&self) -> Vec<String> {
-        let advertised = format!(
-            "$(POD_NAME).{}.$(POD_NAMESPACE).svc:{}",
-            headless_service_name(self.name),
-            self.grpc_port()
-        );
+        // Each pod by its stable DNS name: clients (and Kafka clients,
+        // which connect to every broker Metadata names) reach it directly.
+        let pod = |port: i32| {
+            format!("$(POD_NAME).{}.$(POD_NAMESPACE).svc:{port}", headless_service_name(self.name))
+        };
         vec![
             "--config".into(),
             self.config_path(),
@@ -479,7 +490,11 @@ impl Ctx<'_> {
             "--node-id".into(),
             "$(TRIBUTARY_NODE_ID)".into(),
             "--advertised-address".into(),
-            advertised,
+            pod(self.grpc_port()),
+            "--kafka-listen".into(),
+            format!("0.0.0.0:{}", self.kafka_port()),
+            "--kafka-advertised-address".into(),
+            pod(self.kafka_port()),
             "--cluster-name".into(),
             self.name.to_string(),
         ]
@@ -514,6 +529,12 @@ impl Ctx<'_> {
                 ContainerPort {
                     name: Some("http".into()),
                     container_port: self.http_port(),
+                    protocol: Some("TCP".into()),
+                    ..ContainerPort::default()
+                },
+                ContainerPort {
+                    name: Some("kafka".into()),
+                    container_port: self.kafka_port(),
                     protocol: Some("TCP".into()),
                     ..ContainerPort::default()
                 },
@@ -776,7 +797,9 @@ mod tests {
             args,
             "--config /etc/tributary/broker.toml --data-dir /var/lib/tributary --listen 0.0.0.0:7070 \
              --http-listen 0.0.0.0:7071 --node-id $(TRIBUTARY_NODE_ID) \
-             --advertised-address $(POD_NAME).events-brokers.$(POD_NAMESPACE).svc:7070 --cluster-name events"
+             --advertised-address $(POD_NAME).events-brokers.$(POD_NAMESPACE).svc:7070 \
+             --kafka-listen 0.0.0.0:9092 --kafka-advertised-address \
+             $(POD_NAME).events-brokers.$(POD_NAMESPACE).svc:9092 --cluster-name events"
         );
         // $(VAR) in args only expands for variables defined on the container.
         let env = c.env.as_ref().expect("env");
@@ -801,7 +824,10 @@ mod tests {
         assert_eq!(path(&c.liveness_probe), ("/healthz".into(), http.clone()));
         assert_eq!(path(&c.startup_probe), ("/healthz".into(), http));
         let ports: Vec<_> = c.ports.iter().flatten().map(|p| (p.name.clone(), p.container_port)).collect();
-        assert_eq!(ports, [(Some("grpc".into()), 7070), (Some("http".into()), 7071)]);
+        assert_eq!(
+            ports,
+            [(Some("grpc".into()), 7070), (Some("http".into()), 7071), (Some("kafka".into()), 9092)]
+        );
     }
 
     #[test]
@@ -851,7 +877,9 @@ mod tests {
         assert_eq!(c.cluster_ip, None);
         assert_eq!(c.selector, Some(selector_labels("events")));
         let ports: Vec<_> = c.ports.iter().flatten().map(|p| p.port).collect();
-        assert_eq!(ports, [7070, 7071]);
+        assert_eq!(ports, [7070, 7071, 9092]);
+        let ports: Vec<_> = h.ports.iter().flatten().map(|p| p.port).collect();
+        assert_eq!(ports, [7070, 7071, 9092], "the headless Service names every port too");
         let pdb = d.pod_disruption_budget.spec.as_ref().expect("spec");
         assert_eq!(pdb.max_unavailable, Some(IntOrString::Int(1)));
         assert_eq!(pdb.min_available, None);
