@@ -18,7 +18,8 @@
 //!    roles, follower fetching and the high watermark. [`server::admin`]
 //!    and [`server::cluster`] expose them.
 //!
-//! [`registry`] is the schema registry on the HTTP port, kept in
+//! [`mirror`] copies topics of other clusters into this one (mirror
+//! links, their tasks and provenance). [`registry`] is the schema registry on the HTTP port, kept in
 //! `__schemas`. [`maintenance`] runs timed flushes, retention and compaction;
 //! [`metrics`] and [`telemetry`] are the observability; [`config`] the
 //! settings; [`error`] the one error type and its gRPC mapping.
@@ -31,6 +32,7 @@ pub mod groups;
 pub mod log;
 pub mod maintenance;
 pub mod metrics;
+pub mod mirror;
 pub mod partition;
 pub mod producer_ids;
 pub mod registry;
@@ -78,6 +80,8 @@ pub struct BrokerState {
     pub controller: Arc<cluster::controller::Controller>,
     pub replicas: Arc<replication::ReplicaManager>,
     pub registry: registry::Registry,
+    /// Mirror links' copy tasks on this broker.
+    pub mirror: Arc<mirror::MirrorManager>,
     /// The REST proxy's producer (started on its first request).
     pub rest: rest::Proxy,
     pub shutdown: shutdown::Shutdown,
@@ -194,6 +198,7 @@ impl Broker {
             controller: controller.clone(),
             replicas: replicas.clone(),
             registry,
+            mirror: mirror::MirrorManager::new(),
             rest: rest::Proxy::default(),
             shutdown: shutdown.clone(),
         });
@@ -214,6 +219,7 @@ impl Broker {
         state.coordinator.follow_leadership();
         tasks.push(tokio::spawn(replicas.clone().run(state.clone(), shutdown.clone())));
         tasks.extend(maintenance::spawn(state.clone(), shutdown.clone()));
+        tasks.push(tokio::spawn(state.mirror.clone().run(state.clone(), shutdown.clone())));
         let (s, sd) = (state.clone(), shutdown);
         tasks.push(tokio::spawn(async move {
             if let Err(e) = server::serve_http(s, http, sd).await {
