@@ -54,7 +54,7 @@ fn spawn_writer(
                 pending.push(f);
             }
             i += 1;
-            if i % 10 == 0 {
+            if i.is_multiple_of(10) {
                 tokio::time::sleep(Duration::from_millis(25)).await;
             }
         }
@@ -84,8 +84,11 @@ fn cli_err(bootstrap: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// Key, value, timestamp and headers.
+type Content = (Option<Bytes>, Option<Bytes>, i64, Vec<(String, Option<Bytes>)>);
+
 /// The record without its provenance header, for comparing with the source.
-fn content(r: &ConsumerRecord) -> (Option<Bytes>, Option<Bytes>, i64, Vec<(String, Option<Bytes>)>) {
+fn content(r: &ConsumerRecord) -> Content {
     let headers = r.headers.iter().filter(|(k, _)| k != PROVENANCE).cloned().collect();
     (r.key.clone(), r.value.clone(), r.timestamp, headers)
 }
