@@ -221,6 +221,7 @@ async fn two_locals_flow_into_an_aggregate_exactly_once_through_kills() {
     // The broker copying into orders-0 dies; the new leader's task resumes
     // from its own log.
     let (mirroring, _) = agg.wait_leader("orders", 0, None, WAIT).await.ok_or_logs(&agg);
+    let at_kill = high_watermark(&gb, "orders", 0).await;
     agg.kill(mirroring).ok_or_logs(&agg);
     agg.wait_leader("orders", 0, Some(mirroring), WAIT).await.ok_or_logs(&agg);
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -307,6 +308,12 @@ async fn two_locals_flow_into_an_aggregate_exactly_once_through_kills() {
     .ok_or_logs(&agg);
     // Late duplicates would show up now.
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = high_watermark(&gb, "orders", 0).await;
+    assert!(after > at_kill, "orders-0 got nothing after its mirroring broker died ({at_kill} -> {after})");
+    eprintln!(
+        "mirrored {} source records ({written} written); orders-0: {at_kill} at the kill, {after} at the end",
+        source.len()
+    );
 
     let mut copied = HashSet::new();
     for (t, n) in destinations {
