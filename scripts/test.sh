@@ -9,5 +9,9 @@ cargo build --release --workspace --bins
 # cached venv (e2e/tests/registry.rs skips, saying why, without it).
 TRIBUTARY_REGISTRY_PYTHON="$(scripts/registry-venv.sh)"
 export TRIBUTARY_REGISTRY_PYTHON
+# The Kafka listener is tested with kcat, confluent-kafka and kafka-python
+# (e2e/tests/kafka_protocol.rs skips, saying why, without them).
+TRIBUTARY_KAFKA_PYTHON="$(scripts/kafka-clients.sh)"
+export TRIBUTARY_KAFKA_PYTHON
 export PYTHONDONTWRITEBYTECODE=1
 exec cargo test --release --workspace "$@"

@@ -26,6 +26,18 @@ pub struct BrokerConfig {
     /// registry forwards writes there); defaults to `http_listen`, with the
     /// advertised host when `http_listen` binds every interface.
     pub http_advertised_address: Option<String>,
+    /// Kafka-protocol listener. Unset: `127.0.0.1:9092` if that port is
+    /// free (several brokers on one host cannot all have it; the ones that
+    /// do not get it run without the Kafka listener and say so). Set: the
+    /// broker does not start unless it can bind it.
+    pub kafka_listen: Option<SocketAddr>,
+    /// Where Kafka clients reach this broker (Metadata tells them);
+    /// defaults to the Kafka listen address, with the advertised host when
+    /// it binds every interface.
+    pub kafka_advertised_address: Option<String>,
+    /// Largest Kafka request a client may send (its size prefix); a larger
+    /// one closes the connection (Kafka's `socket.request.max.bytes`).
+    pub kafka_max_request_bytes: u32,
     /// How often segments are checked for retention and rolled by age.
     pub retention_check_interval_ms: u64,
     /// How often compacted topics are looked at by the log cleaner.
@@ -68,6 +80,11 @@ pub struct BrokerConfig {
     /// acks=all waits at most this long for the ISR (unless the request
     /// gives a shorter timeout).
     pub replication_timeout_ms: u64,
+    /// A REST proxy consumer instance not used for this long is closed
+    /// (Confluent's `consumer.instance.timeout.ms`).
+    pub rest_consumer_instance_timeout_ms: u64,
+    /// Most REST proxy consumer instances one broker holds.
+    pub rest_max_consumer_instances: usize,
 }
 
 impl Default for BrokerConfig {
@@ -79,6 +96,9 @@ impl Default for BrokerConfig {
             http_listen: SocketAddr::from(([127, 0, 0, 1], 7071)),
             advertised_address: None,
             http_advertised_address: None,
+            kafka_listen: None,
+            kafka_advertised_address: None,
+            kafka_max_request_bytes: 100 << 20,
             retention_check_interval_ms: 30_000,
             cleaner_interval_ms: 15_000,
             block_cache_bytes: 64 << 20,
@@ -97,6 +117,8 @@ impl Default for BrokerConfig {
             replica_lag_time_max_ms: 30_000,
             default_replication_factor: 1,
             replication_timeout_ms: 30_000,
+            rest_consumer_instance_timeout_ms: 300_000,
+            rest_max_consumer_instances: 1000,
         }
     }
 }
@@ -118,6 +140,24 @@ impl BrokerConfig {
 
     pub fn advertised(&self) -> String {
         self.advertised_address.clone().unwrap_or_else(|| self.listen.to_string())
+    }
+
+    /// The Kafka listener's address when none is configured.
+    pub const DEFAULT_KAFKA_LISTEN: SocketAddr =
+        SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9092);
+
+    /// The Kafka listener's address as clients reach it, given the address
+    /// it bound.
+    pub fn kafka_advertised(&self, bound: SocketAddr) -> String {
+        if let Some(a) = &self.kafka_advertised_address {
+            return a.clone();
+        }
+        if !bound.ip().is_unspecified() {
+            return bound.to_string();
+        }
+        let advertised = self.advertised();
+        let host = advertised.rsplit_once(':').map_or(advertised.as_str(), |(h, _)| h);
+        format!("{host}:{}", bound.port())
     }
 
     /// The HTTP port's address as other hosts reach it.

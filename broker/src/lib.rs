@@ -19,16 +19,21 @@
 //!    and [`server::cluster`] expose them.
 //!
 //! [`mirror`] copies topics of other clusters into this one (mirror
-//! links, their tasks and provenance). [`registry`] is the schema registry on the HTTP port, kept in
+//! links, their tasks and provenance). [`kafka`] is the Kafka wire-protocol
+//! listener: a second door onto the same handlers. [`registry`] is the schema registry on the HTTP port, kept in
 //! `__schemas`. [`maintenance`] runs timed flushes, retention and compaction;
 //! [`metrics`] and [`telemetry`] are the observability; [`config`] the
 //! settings; [`error`] the one error type and its gRPC mapping.
 
+pub mod alloc;
 pub mod cluster;
 pub mod config;
+pub mod confluent_error;
 pub mod disk;
 pub mod error;
+pub mod forward;
 pub mod groups;
+pub mod kafka;
 pub mod log;
 pub mod maintenance;
 pub mod metrics;
@@ -54,6 +59,11 @@ use tokio::net::TcpListener;
 use config::BrokerConfig;
 use metrics::Metrics;
 use topics::Topics;
+
+// The unit tests decode hostile Kafka requests too (see `alloc`).
+#[cfg(test)]
+#[global_allocator]
+static TEST_ALLOCATOR: alloc::LazyHuge = alloc::LazyHuge;
 
 /// RocksDB's directory inside the data directory.
 pub const STORE_DIR: &str = "rocksdb";
@@ -84,11 +94,13 @@ pub struct BrokerState {
     pub mirror: Arc<mirror::MirrorManager>,
     /// The REST proxy's producer (started on its first request).
     pub rest: rest::Proxy,
+    /// The REST proxy's consumer instances held by this broker.
+    pub rest_instances: rest::instances::Instances,
     pub shutdown: shutdown::Shutdown,
 }
 
 /// The quorum settings from the broker's configuration.
-fn cluster_setup(config: &BrokerConfig) -> anyhow::Result<cluster::ClusterSetup> {
+fn cluster_setup(config: &BrokerConfig, kafka_advertised: String) -> anyhow::Result<cluster::ClusterSetup> {
     let peers = cluster::peers::parse_peers(&config.peers).map_err(|e| anyhow::anyhow!("--peers: {e}"))?;
     if !peers.is_empty() && !peers.contains_key(&config.node_id) {
         anyhow::bail!("--peers does not list this broker's --node-id {}", config.node_id);
@@ -105,6 +117,8 @@ fn cluster_setup(config: &BrokerConfig) -> anyhow::Result<cluster::ClusterSetup>
         cluster_name: config.cluster_name.clone(),
         rack: config.rack.clone(),
         advertised: config.advertised(),
+        kafka_advertised,
+        http_advertised: config.http_advertised(),
     })
 }
 
@@ -113,6 +127,7 @@ pub struct Broker {
     state: Arc<BrokerState>,
     grpc_addr: SocketAddr,
     http_addr: SocketAddr,
+    kafka_addr: Option<SocketAddr>,
     trigger: shutdown::ShutdownTrigger,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -138,9 +153,12 @@ impl Broker {
         let http = TcpListener::bind(config.http_listen)
             .await
             .with_context(|| format!("binding HTTP {}", config.http_listen))?;
+        let kafka = kafka::bind(&config).await?;
         let (grpc_addr, http_addr) = (server::local_addr(&grpc), server::local_addr(&http));
+        let kafka_addr = kafka.as_ref().map(server::local_addr);
         config.listen = grpc_addr;
         config.http_listen = http_addr;
+        let kafka_advertised = kafka_addr.map(|a| config.kafka_advertised(a)).unwrap_or_default();
 
         // Before anything writes: a full disk must not stop the start.
         let disk = disk::DiskReserve::open(&config.data_dir, config.disk_reserve_bytes);
@@ -160,7 +178,7 @@ impl Broker {
         let defaults = config.topic_defaults();
         let data_dir = config.data_dir.clone();
         let producer_ids = producer_ids::ProducerIds::load(&store)?;
-        let setup = cluster_setup(&config)?;
+        let setup = cluster_setup(&config, kafka_advertised)?;
         let raft_store = store.clone();
         let offsets_partitions = config.offsets_topic_partitions;
         let retention = std::time::Duration::from_secs_f64(config.offsets_retention_minutes.max(0.0) * 60.0);
@@ -200,6 +218,7 @@ impl Broker {
             registry,
             mirror: mirror::MirrorManager::new(),
             rest: rest::Proxy::default(),
+            rest_instances: rest::instances::Instances::default(),
             shutdown: shutdown.clone(),
         });
 
@@ -220,6 +239,9 @@ impl Broker {
         tasks.push(tokio::spawn(replicas.clone().run(state.clone(), shutdown.clone())));
         tasks.extend(maintenance::spawn(state.clone(), shutdown.clone()));
         tasks.push(tokio::spawn(state.mirror.clone().run(state.clone(), shutdown.clone())));
+        if let Some(listener) = kafka {
+            tasks.push(tokio::spawn(kafka::serve(state.clone(), listener, shutdown.clone())));
+        }
         let (s, sd) = (state.clone(), shutdown);
         tasks.push(tokio::spawn(async move {
             if let Err(e) = server::serve_http(s, http, sd).await {
@@ -233,6 +255,7 @@ impl Broker {
             tracing::warn!(error = %e, "replaying the schema registry's log");
         }
         tasks.push(tokio::spawn(registry::run(state.clone(), state.shutdown.clone())));
+        tasks.push(tokio::spawn(rest::instances::run(state.clone(), state.shutdown.clone())));
         // ... and it may lead (its session lease holds).
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
         while !state.session.lease_valid() && tokio::time::Instant::now() < deadline {
@@ -242,8 +265,8 @@ impl Broker {
         // ... and what it follows has caught up with where its leaders were
         // (a restarted broker is not back until then: the operator's roll
         // waits on this before it takes down the next one).
-        tasks.push(tokio::spawn(become_ready(state.clone(), grpc_addr, http_addr)));
-        Ok(Broker { state, grpc_addr, http_addr, trigger, tasks })
+        tasks.push(tokio::spawn(become_ready(state.clone(), grpc_addr, http_addr, kafka_addr)));
+        Ok(Broker { state, grpc_addr, http_addr, kafka_addr, trigger, tasks })
     }
 
     pub fn grpc_addr(&self) -> SocketAddr {
@@ -252,6 +275,11 @@ impl Broker {
 
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    /// The Kafka listener's bound address (None: running without it).
+    pub fn kafka_addr(&self) -> Option<SocketAddr> {
+        self.kafka_addr
     }
 
     pub fn state(&self) -> &Arc<BrokerState> {
@@ -278,7 +306,12 @@ impl Broker {
 
 /// Sets `/readyz` once every partition this broker follows has caught up
 /// with its leader's high watermark as of the start.
-async fn become_ready(state: Arc<BrokerState>, grpc_addr: SocketAddr, http_addr: SocketAddr) {
+async fn become_ready(
+    state: Arc<BrokerState>,
+    grpc_addr: SocketAddr,
+    http_addr: SocketAddr,
+    kafka_addr: Option<SocketAddr>,
+) {
     let mut shutdown = state.shutdown.clone();
     let mut last_report = std::time::Instant::now();
     loop {
@@ -297,7 +330,8 @@ async fn become_ready(state: Arc<BrokerState>, grpc_addr: SocketAddr, http_addr:
     }
     state.ready.store(true, Ordering::Release);
     // Tests and scripts read the addresses off this line.
-    tracing::info!(node_id = state.config.node_id, grpc = %grpc_addr, http = %http_addr, data_dir = %state.config.data_dir.display(), "broker ready");
+    let kafka = kafka_addr.map_or_else(|| "none".to_string(), |a| a.to_string());
+    tracing::info!(node_id = state.config.node_id, grpc = %grpc_addr, http = %http_addr, kafka = %kafka, data_dir = %state.config.data_dir.display(), "broker ready");
 }
 
 /// A one-node broker's topics from before the quorum existed become the
@@ -315,17 +349,21 @@ async fn adopt_local_topics(state: &Arc<BrokerState>) -> anyhow::Result<()> {
     // The broker must be registered before its topics get a leader.
     let me = node.node_id();
     let incarnation = state.session.incarnation;
-    let registered = node
-        .metadata()
-        .brokers
-        .get(&me)
-        .is_some_and(|b| !b.fenced && b.address == node.setup.advertised && b.incarnation == incarnation);
+    let registered = node.metadata().brokers.get(&me).is_some_and(|b| {
+        !b.fenced
+            && b.address == node.setup.advertised
+            && b.kafka_address == node.setup.kafka_advertised
+            && b.http_address == node.setup.http_advertised
+            && b.incarnation == incarnation
+    });
     if !registered {
         node.propose(cluster::state::Command::Register {
             id: me,
             address: node.setup.advertised.clone(),
             rack: node.setup.rack.clone(),
             incarnation,
+            kafka_address: node.setup.kafka_advertised.clone(),
+            http_address: node.setup.http_advertised.clone(),
         })
         .await?;
     }

@@ -9,6 +9,11 @@ use clap::Parser;
 use tributary_broker::config::BrokerConfig;
 use tributary_broker::{telemetry, Broker};
 
+/// Huge reservations (from hostile Kafka requests) are lazy, not fatal:
+/// see `tributary_broker::alloc`.
+#[global_allocator]
+static ALLOCATOR: tributary_broker::alloc::LazyHuge = tributary_broker::alloc::LazyHuge;
+
 #[derive(Parser, Debug)]
 #[command(name = "tributary-broker", version, about = "Tributary broker: a distributed commit log node")]
 struct Args {
@@ -33,6 +38,12 @@ struct Args {
     /// Where other brokers reach the HTTP port, if not the HTTP listen address.
     #[arg(long, env = "TRIBUTARY_HTTP_ADVERTISED_ADDRESS")]
     http_advertised_address: Option<String>,
+    /// Kafka-protocol listen address [default: 127.0.0.1:9092, skipped with a warning when taken]
+    #[arg(long, env = "TRIBUTARY_KAFKA_LISTEN")]
+    kafka_listen: Option<SocketAddr>,
+    /// Address Kafka clients should connect to, if not the Kafka listen address.
+    #[arg(long, env = "TRIBUTARY_KAFKA_ADVERTISED_ADDRESS")]
+    kafka_advertised_address: Option<String>,
     /// Seeds a new cluster: ID@HOST:PORT of every broker, this one included
     /// (how this broker reaches each peer). Read only when the data
     /// directory is empty; afterwards membership lives in the quorum.
@@ -76,6 +87,12 @@ fn load_config(args: Args) -> anyhow::Result<BrokerConfig> {
     }
     if let Some(v) = args.http_advertised_address {
         config.http_advertised_address = Some(v);
+    }
+    if let Some(v) = args.kafka_listen {
+        config.kafka_listen = Some(v);
+    }
+    if let Some(v) = args.kafka_advertised_address {
+        config.kafka_advertised_address = Some(v);
     }
     if let Some(v) = args.peers {
         config.peers = v;

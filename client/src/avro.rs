@@ -85,12 +85,134 @@ pub fn parse_schema(text: &str) -> Result<Schema> {
     Schema::parse_str(text).map_err(|e| serialization(format!("invalid Avro schema: {e}")))
 }
 
-/// A JSON value as a datum of `schema` (records from objects, unions by
-/// the branch the value fits, ints widened where the schema says long).
+/// A JSON value as a datum of `schema` (records from objects, ints widened
+/// where the schema says long). A union's value may be given plain
+/// (`"x"`: the branch it fits is taken) or in Avro's JSON encoding, which
+/// Confluent's tools write (`{"string": "x"}`, `{"com.acme.User": {...}}`).
 pub fn json_to_avro(json: &JsonValue, schema: &Schema) -> Result<AvroValue> {
-    AvroValue::from(json.clone())
+    let mut names = HashMap::new();
+    collect_names(schema, &mut names);
+    AvroValue::from(unwrap_unions(json, schema, &names))
         .resolve(schema)
         .map_err(|e| serialization(format!("{json} does not fit the schema: {e}")))
+}
+
+/// Every named type of `schema` by full name (what `Ref`s point at).
+fn collect_names<'a>(schema: &'a Schema, names: &mut HashMap<String, &'a Schema>) {
+    match schema {
+        Schema::Record(r) => {
+            names.insert(r.name.fullname(None), schema);
+            for f in &r.fields {
+                collect_names(&f.schema, names);
+            }
+        }
+        Schema::Enum(e) => {
+            names.insert(e.name.fullname(None), schema);
+        }
+        Schema::Fixed(f) => {
+            names.insert(f.name.fullname(None), schema);
+        }
+        Schema::Array(a) => collect_names(&a.items, names),
+        Schema::Map(m) => collect_names(&m.types, names),
+        Schema::Union(u) => u.variants().iter().for_each(|v| collect_names(v, names)),
+        _ => {}
+    }
+}
+
+/// The name a union branch has in Avro's JSON encoding.
+fn branch_name(schema: &Schema) -> Option<String> {
+    Some(
+        match schema {
+            Schema::Null => "null",
+            Schema::Boolean => "boolean",
+            Schema::Int | Schema::Date | Schema::TimeMillis => "int",
+            Schema::Long
+            | Schema::TimeMicros
+            | Schema::TimestampMillis
+            | Schema::TimestampMicros
+            | Schema::TimestampNanos
+            | Schema::LocalTimestampMillis
+            | Schema::LocalTimestampMicros
+            | Schema::LocalTimestampNanos => "long",
+            Schema::Float => "float",
+            Schema::Double => "double",
+            Schema::Bytes | Schema::BigDecimal => "bytes",
+            Schema::String | Schema::Uuid => "string",
+            Schema::Array(_) => "array",
+            Schema::Map(_) => "map",
+            Schema::Record(r) => return Some(r.name.fullname(None)),
+            Schema::Enum(e) => return Some(e.name.fullname(None)),
+            Schema::Fixed(f) => return Some(f.name.fullname(None)),
+            Schema::Ref { name } => return Some(name.fullname(None)),
+            Schema::Decimal(d) => return branch_name(&d.inner),
+            _ => return None,
+        }
+        .to_string(),
+    )
+}
+
+/// `json` with every union value in Avro's JSON encoding replaced by the
+/// plain value; plain values are left as they are.
+fn unwrap_unions<'a>(json: &JsonValue, schema: &'a Schema, names: &HashMap<String, &'a Schema>) -> JsonValue {
+    match (schema, json) {
+        (Schema::Ref { name }, _) => match names.get(&name.fullname(None)) {
+            Some(s) => unwrap_unions(json, s, names),
+            None => json.clone(),
+        },
+        (Schema::Record(r), JsonValue::Object(o)) => {
+            let mut out = o.clone();
+            for f in &r.fields {
+                if let Some(v) = o.get(&f.name) {
+                    out.insert(f.name.clone(), unwrap_unions(v, &f.schema, names));
+                }
+            }
+            JsonValue::Object(out)
+        }
+        (Schema::Array(a), JsonValue::Array(items)) => {
+            JsonValue::Array(items.iter().map(|v| unwrap_unions(v, &a.items, names)).collect())
+        }
+        (Schema::Map(m), JsonValue::Object(o)) => {
+            JsonValue::Object(o.iter().map(|(k, v)| (k.clone(), unwrap_unions(v, &m.types, names))).collect())
+        }
+        (Schema::Union(u), JsonValue::Object(o)) if o.len() == 1 => {
+            let (k, inner) = o.iter().next().map(|(k, v)| (k.as_str(), v)).unwrap_or(("", json));
+            let named =
+                |v: &&Schema| branch_name(v).is_some_and(|n| n == k || n.rsplit('.').next() == Some(k));
+            match u.variants().iter().find(named) {
+                Some(branch) => unwrap_unions(inner, branch, names),
+                // A plain record or map value of one field.
+                None => plain_union(json, u.variants(), names),
+            }
+        }
+        (Schema::Union(u), _) => plain_union(json, u.variants(), names),
+        _ => json.clone(),
+    }
+}
+
+/// A plain (unwrapped) union value: unions nested in a record or array
+/// branch are unwrapped through the first branch of the value's shape.
+fn plain_union<'a>(
+    json: &JsonValue,
+    variants: &'a [Schema],
+    names: &HashMap<String, &'a Schema>,
+) -> JsonValue {
+    let resolve = |v: &'a Schema| -> Option<&'a Schema> {
+        match v {
+            Schema::Ref { name } => names.get(&name.fullname(None)).copied(),
+            other => Some(other),
+        }
+    };
+    let shaped = variants.iter().filter_map(resolve).find(|v| {
+        matches!(
+            (v, json),
+            (Schema::Record(_) | Schema::Map(_), JsonValue::Object(_))
+                | (Schema::Array(_), JsonValue::Array(_))
+        )
+    });
+    match shaped {
+        Some(v) => unwrap_unions(json, v, names),
+        None => json.clone(),
+    }
 }
 
 /// A datum as JSON (records and maps as objects, unions as their value).
@@ -234,5 +356,33 @@ mod tests {
         assert_eq!(avro_to_json(back).unwrap(), input);
         let e = json_to_avro(&json!({"name": 1}), &s).unwrap_err();
         assert!(e.to_string().contains("does not fit"), "{e}");
+    }
+
+    #[test]
+    fn unions_take_avros_json_encoding_and_the_plain_value_alike() {
+        let s = parse_schema(USER).unwrap();
+        let encode = |j: JsonValue| apache_avro::to_avro_datum(&s, json_to_avro(&j, &s).unwrap()).unwrap();
+        let wrapped = encode(json!({"name": "ada", "age": 36, "nick": {"string": "countess"}}));
+        assert_eq!(wrapped, encode(json!({"name": "ada", "age": 36, "nick": "countess"})));
+        assert_eq!(
+            encode(json!({"name": "ada", "age": 36, "nick": {"null": null}})),
+            encode(json!({"name": "ada", "age": 36, "nick": null}))
+        );
+        // Named branches by full name, nested in arrays, and through refs.
+        let nested = parse_schema(
+            r#"{"type": "record", "name": "Box", "namespace": "n", "fields": [
+                {"name": "first", "type": ["null", {"type": "record", "name": "Item",
+                    "fields": [{"name": "tag", "type": ["null", "string"]}]}]},
+                {"name": "more", "type": {"type": "array", "items": ["null", "Item"]}}]}"#,
+        )
+        .unwrap();
+        let wrapped = json!({"first": {"n.Item": {"tag": {"string": "a"}}},
+                             "more": [{"n.Item": {"tag": null}}, null, {"Item": {"tag": {"string": "b"}}}]});
+        let plain = json!({"first": {"tag": "a"}, "more": [{"tag": null}, null, {"tag": "b"}]});
+        let datum =
+            |j: &JsonValue| json_to_avro(j, &nested).map(|v| apache_avro::to_avro_datum(&nested, v).unwrap());
+        assert_eq!(datum(&wrapped).unwrap(), datum(&plain).unwrap());
+        // A wrapper naming no branch is refused, not guessed at.
+        assert!(json_to_avro(&json!({"name": "a", "age": 1, "nick": {"int": 3}}), &s).is_err());
     }
 }

@@ -170,6 +170,13 @@ impl Broker {
         let http = if self.http.port() == 0 { "127.0.0.1:0".to_string() } else { self.http.to_string() };
         std::fs::write(&config_path, &self.extra_config)?;
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path())?;
+        // A free Kafka port each start (never the shared default 9092),
+        // unless the test chose one; `kafka_addr` reads it off the log.
+        let kafka: &[&str] = if self.args.iter().any(|a| a == "--kafka-listen") {
+            &[]
+        } else {
+            &["--kafka-listen", "127.0.0.1:0"]
+        };
         let child = Command::new(bin("tributary-broker"))
             .arg("--config")
             .arg(&config_path)
@@ -179,6 +186,7 @@ impl Broker {
             .arg(&listen)
             .arg("--http-listen")
             .arg(&http)
+            .args(kafka)
             .args(&self.args)
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
             .env("NO_COLOR", "1")
@@ -216,6 +224,14 @@ impl Broker {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The Kafka listener's address in the broker's latest run (from its
+    /// "broker ready" line), once it is ready.
+    pub fn kafka_addr(&self) -> Option<SocketAddr> {
+        let logs = self.logs();
+        let line = logs.lines().rev().find(|l| l.contains("broker ready"))?;
+        field(line, "kafka=")
     }
 
     /// The process id while the broker runs.
@@ -344,16 +360,28 @@ pub fn http_send_as(
     content_type: &str,
     body: &str,
 ) -> Result<(u16, String)> {
+    http_request(addr, method, path, &[("Content-Type", content_type)], body)
+}
+
+/// One HTTP/1.1 request with these headers (and the body's length) to
+/// `addr`; returns (status, body).
+pub fn http_request(
+    addr: &SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Result<(u16, String)> {
     use std::io::{Read, Write};
-    let timeout = Duration::from_secs(30);
+    let timeout = Duration::from_secs(40);
     let mut s = std::net::TcpStream::connect_timeout(addr, timeout)?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )?;
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    write!(s, "{head}Content-Length: {}\r\n\r\n{body}", body.len())?;
     let mut resp = String::new();
     s.read_to_string(&mut resp)?;
     let status = resp.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);

@@ -155,6 +155,26 @@ async fn v2_and_v3_produce_is_read_back_exactly() {
     assert!(a["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')), "{a}");
     let stored = read(&b, "j", 1).await;
     assert_eq!(stored[2], (some("k3"), some(r#"{"x":1}"#)));
+
+    // v3 streaming: several records in one body, one answer per line in
+    // order; the record that fails its checks alone is not produced.
+    let body = [
+        json!({"partition_id": 0, "value": {"type": "STRING", "data": "s1"}}),
+        json!({"partition_id": 7, "value": {"type": "STRING", "data": "bad"}}),
+        json!({"partition_id": 0, "value": {"type": "STRING", "data": "s2"}}),
+    ]
+    .iter()
+    .map(Value::to_string)
+    .collect::<Vec<_>>()
+    .join("\n");
+    let (s, text) = http_send_as(&b.http, "POST", &path, "application/json", &body).unwrap();
+    assert_eq!(s, 200, "{text}");
+    let answers: Vec<Value> = text.lines().map(parse).collect();
+    let codes: Vec<_> = answers.iter().map(|a| a["error_code"].as_u64()).collect();
+    assert_eq!(codes, vec![Some(200), Some(404), Some(200)], "{text}");
+    assert_eq!((answers[0]["offset"].as_u64(), answers[2]["offset"].as_u64()), (Some(2), Some(3)), "{text}");
+    let stored = read(&b, "j", 0).await;
+    assert_eq!(stored[2..], [(None, some("s1")), (None, some("s2"))]);
 }
 
 fn parse_get(b: &Broker, path: &str) -> (u16, Value) {

@@ -17,7 +17,7 @@ fn build(compression: Compression) -> Bytes {
 fn codec(c: &mut Criterion) {
     let mut g = c.benchmark_group("batch_1000x100B");
     g.throughput(Throughput::Elements(1000));
-    for compression in [Compression::None, Compression::Lz4, Compression::Zstd] {
+    for compression in Compression::ALL {
         let name = format!("{compression:?}").to_lowercase();
         g.bench_function(format!("encode/{name}"), |b| b.iter(|| build(compression)));
         let batch = build(compression);

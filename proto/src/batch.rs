@@ -12,7 +12,8 @@
 //!     12     4  leader_epoch       epoch of the leader that appended it (set by the broker)
 //!     16     1  magic              always 2
 //!     17     4  crc                CRC32C of every byte from `attributes` to the end
-//!     21     2  attributes         bits 0-2 compression (0 none, 3 lz4, 4 zstd),
+//!     21     2  attributes         bits 0-2 compression (0 none, 1 gzip, 2 snappy,
+//!                                  3 lz4, 4 zstd),
 //!                                  bit 3 timestamp type (0 create time, 1 log append time)
 //!     23     4  last_offset_delta  record_count - 1
 //!     27     8  base_timestamp     ms since the epoch, of the first record
@@ -34,9 +35,28 @@
 //! stamps those on append without recomputing it, so the bytes a producer
 //! checksummed are the bytes a consumer verifies.
 //!
-//! Compression (lz4 and zstd) covers the records section as one block. lz4
-//! uses the block format with the uncompressed size as a 4-byte little-endian
-//! prefix; zstd uses a standard zstd frame.
+//! Compression covers the records section as one unit, in the framings
+//! Kafka's clients use, so a Kafka producer's batch is stored and served to a
+//! Kafka consumer unchanged:
+//!
+//! - gzip (1): one gzip member (RFC 1952); concatenated members are read.
+//! - snappy (2): written in snappy-java's "xerial" framing (the 16-byte header
+//!   `\x82SNAPPY\0`, version 1, compatible version 1, then blocks of a 4-byte
+//!   big-endian length and a raw snappy block, each at most 32 KiB before
+//!   compression), which the Java client requires; read in that framing and
+//!   as one raw snappy block, which librdkafka writes.
+//! - lz4 (3): the LZ4 frame format (magic `0x184D2204`) with independent
+//!   64 KiB blocks and no checksums but the header's, as Kafka's Java client
+//!   writes and requires (it refuses dependent blocks).
+//! - zstd (4): one standard zstd frame.
+//!
+//! Batches written before the Kafka listener used lz4 *block* format with the
+//! uncompressed size as a 4-byte little-endian prefix. They are still read:
+//! such a prefix can never equal the frame magic, because that value
+//! (407 708 164) is above [`MAX_UNCOMPRESSED`], a limit every writer obeyed.
+//! So old data directories keep working with no migration; compaction
+//! rewrites them in frame format, and [`reframe_legacy_lz4`] converts them
+//! for Kafka clients (which read only frames) on the way out.
 
 use bytes::Bytes;
 
@@ -79,7 +99,7 @@ pub enum BatchError {
     CrcMismatch { stored: u32, computed: u32 },
     #[error("invalid batch: {0}")]
     Invalid(&'static str),
-    #[error("unsupported compression codec {0} (supported: 0 none, 3 lz4, 4 zstd)")]
+    #[error("unsupported compression codec {0} (supported: 0 none, 1 gzip, 2 snappy, 3 lz4, 4 zstd)")]
     UnsupportedCompression(i16),
     #[error("batch records could not be decompressed: {0}")]
     Decompress(String),
@@ -87,20 +107,36 @@ pub enum BatchError {
     Varint(#[from] VarintError),
 }
 
-/// How a batch's records section is compressed.
+/// How a batch's records section is compressed (see the module docs for
+/// the exact framings).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Compression {
     #[default]
     None,
+    Gzip,
+    Snappy,
     Lz4,
     Zstd,
 }
 
+/// The LZ4 frame magic number, as it appears on the wire (little-endian).
+const LZ4_FRAME_MAGIC: [u8; 4] = 0x184D_2204u32.to_le_bytes();
+/// snappy-java's stream header: magic, version 1, compatible version 1.
+const XERIAL_HEADER: [u8; 16] = *b"\x82SNAPPY\0\0\0\0\x01\0\0\0\x01";
+/// Uncompressed bytes per xerial block (snappy-java's default).
+const XERIAL_BLOCK: usize = 32 * 1024;
+
 impl Compression {
+    /// Every codec, in id order.
+    pub const ALL: [Compression; 5] =
+        [Compression::None, Compression::Gzip, Compression::Snappy, Compression::Lz4, Compression::Zstd];
+
     /// The codec id stored in `attributes` bits 0-2.
     pub fn id(self) -> i16 {
         match self {
             Compression::None => 0,
+            Compression::Gzip => 1,
+            Compression::Snappy => 2,
             Compression::Lz4 => 3,
             Compression::Zstd => 4,
         }
@@ -109,16 +145,41 @@ impl Compression {
     pub fn from_id(id: i16) -> Result<Self, BatchError> {
         match id {
             0 => Ok(Compression::None),
+            1 => Ok(Compression::Gzip),
+            2 => Ok(Compression::Snappy),
             3 => Ok(Compression::Lz4),
             4 => Ok(Compression::Zstd),
             other => Err(BatchError::UnsupportedCompression(other)),
         }
     }
 
-    fn compress(self, raw: &[u8]) -> Vec<u8> {
+    /// Compresses a records section. Every encoder writes into a `Vec`, which
+    /// cannot fail short of running out of memory.
+    pub fn compress(self, raw: &[u8]) -> Vec<u8> {
+        use std::io::Write;
         match self {
             Compression::None => raw.to_vec(),
-            Compression::Lz4 => lz4_flex::block::compress_prepend_size(raw),
+            Compression::Gzip => {
+                // Level 1: producers favour throughput, as with zstd below.
+                let mut enc = flate2::write::GzEncoder::new(
+                    Vec::with_capacity(raw.len() / 2 + 32),
+                    flate2::Compression::fast(),
+                );
+                enc.write_all(raw).expect("writing to a Vec cannot fail");
+                enc.finish().expect("writing to a Vec cannot fail")
+            }
+            Compression::Snappy => xerial_compress(raw),
+            Compression::Lz4 => {
+                let info = lz4_flex::frame::FrameInfo::new()
+                    .block_size(lz4_flex::frame::BlockSize::Max64KB)
+                    .block_mode(lz4_flex::frame::BlockMode::Independent);
+                let mut enc = lz4_flex::frame::FrameEncoder::with_frame_info(
+                    info,
+                    Vec::with_capacity(raw.len() / 2 + 32),
+                );
+                enc.write_all(raw).expect("writing to a Vec cannot fail");
+                enc.finish().expect("writing to a Vec cannot fail")
+            }
             // Level 1: zstd's fastest useful level; producers favour throughput.
             Compression::Zstd => zstd::bulk::compress(raw, 1).unwrap_or_else(|_| {
                 // zstd only fails on allocation; fall back to storing the block
@@ -128,27 +189,99 @@ impl Compression {
         }
     }
 
-    fn decompress(self, data: &[u8], limit: usize) -> Result<Vec<u8>, BatchError> {
+    /// Decompresses a records section to at most `limit` bytes (a guard
+    /// against decompression bombs: more is an error, not a big allocation).
+    pub fn decompress(self, data: &[u8], limit: usize) -> Result<Vec<u8>, BatchError> {
         match self {
             Compression::None => Ok(data.to_vec()),
-            Compression::Lz4 => {
-                let Some(prefix) = data.get(..4) else {
-                    return Err(BatchError::Decompress("lz4 block without size prefix".into()));
-                };
-                let size = u32::from_le_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
-                if size > limit {
-                    return Err(BatchError::Decompress(format!(
-                        "lz4 block claims {size} bytes, more than the {limit}-byte limit"
-                    )));
-                }
-                lz4_flex::block::decompress(&data[4..], size)
-                    .map_err(|e| BatchError::Decompress(e.to_string()))
+            Compression::Gzip => read_limited(flate2::read::MultiGzDecoder::new(data), "gzip", limit),
+            Compression::Snappy if data.starts_with(&XERIAL_HEADER[..8]) => xerial_decompress(data, limit),
+            Compression::Snappy => snappy_block_decompress(data, limit),
+            Compression::Lz4 if data.starts_with(&LZ4_FRAME_MAGIC) => {
+                read_limited(lz4_flex::frame::FrameDecoder::new(data), "lz4", limit)
             }
+            Compression::Lz4 => legacy_lz4_block_decompress(data, limit),
             Compression::Zstd => {
                 zstd::bulk::decompress(data, limit).map_err(|e| BatchError::Decompress(e.to_string()))
             }
         }
     }
+}
+
+/// Reads a decoder to its end, refusing more than `limit` bytes.
+fn read_limited(reader: impl std::io::Read, codec: &str, limit: usize) -> Result<Vec<u8>, BatchError> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    reader
+        .take(limit as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| BatchError::Decompress(format!("{codec}: {e}")))?;
+    if out.len() > limit {
+        return Err(BatchError::Decompress(format!("{codec} data expands beyond the {limit}-byte limit")));
+    }
+    Ok(out)
+}
+
+fn xerial_compress(raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(XERIAL_HEADER.len() + raw.len() / 2 + 32);
+    out.extend_from_slice(&XERIAL_HEADER);
+    let mut enc = snap::raw::Encoder::new();
+    let mut block = Vec::new();
+    for chunk in raw.chunks(XERIAL_BLOCK) {
+        block.resize(snap::raw::max_compress_len(chunk.len()), 0);
+        // A chunk of at most 32 KiB into a buffer of max_compress_len bytes
+        // is within every limit the encoder checks.
+        let n = enc.compress(chunk, &mut block).expect("snappy input within its limits");
+        out.extend_from_slice(&(n as u32).to_be_bytes());
+        out.extend_from_slice(&block[..n]);
+    }
+    out
+}
+
+fn xerial_decompress(data: &[u8], limit: usize) -> Result<Vec<u8>, BatchError> {
+    let bad = |what: &str| BatchError::Decompress(format!("snappy (xerial): {what}"));
+    let mut rest = data.get(XERIAL_HEADER.len()..).ok_or_else(|| bad("header cut short"))?;
+    let mut out = Vec::new();
+    let mut dec = snap::raw::Decoder::new();
+    while !rest.is_empty() {
+        let len = rest.get(..4).ok_or_else(|| bad("block length cut short"))?;
+        let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        let block = rest.get(4..4 + len).ok_or_else(|| bad("block cut short"))?;
+        let size = snap::raw::decompress_len(block).map_err(|e| bad(&e.to_string()))?;
+        if out.len() + size > limit {
+            return Err(bad(&format!("data expands beyond the {limit}-byte limit")));
+        }
+        let at = out.len();
+        out.resize(at + size, 0);
+        dec.decompress(block, &mut out[at..]).map_err(|e| bad(&e.to_string()))?;
+        rest = &rest[4 + len..];
+    }
+    Ok(out)
+}
+
+fn snappy_block_decompress(data: &[u8], limit: usize) -> Result<Vec<u8>, BatchError> {
+    let size = snap::raw::decompress_len(data).map_err(|e| BatchError::Decompress(format!("snappy: {e}")))?;
+    if size > limit {
+        return Err(BatchError::Decompress(format!(
+            "snappy block claims {size} bytes, more than the {limit}-byte limit"
+        )));
+    }
+    snap::raw::Decoder::new().decompress_vec(data).map_err(|e| BatchError::Decompress(format!("snappy: {e}")))
+}
+
+/// The lz4 format of batches written before the Kafka listener: one block
+/// with the uncompressed size as a 4-byte little-endian prefix.
+fn legacy_lz4_block_decompress(data: &[u8], limit: usize) -> Result<Vec<u8>, BatchError> {
+    let Some(prefix) = data.get(..4) else {
+        return Err(BatchError::Decompress("lz4 data is neither a frame nor a sized block".into()));
+    };
+    let size = u32::from_le_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
+    if size > limit {
+        return Err(BatchError::Decompress(format!(
+            "lz4 block claims {size} bytes, more than the {limit}-byte limit"
+        )));
+    }
+    lz4_flex::block::decompress(&data[4..], size).map_err(|e| BatchError::Decompress(e.to_string()))
 }
 
 impl std::str::FromStr for Compression {
@@ -157,9 +290,11 @@ impl std::str::FromStr for Compression {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "none" => Ok(Compression::None),
+            "gzip" => Ok(Compression::Gzip),
+            "snappy" => Ok(Compression::Snappy),
             "lz4" => Ok(Compression::Lz4),
             "zstd" => Ok(Compression::Zstd),
-            other => Err(format!("unknown compression '{other}' (none, lz4, zstd)")),
+            other => Err(format!("unknown compression '{other}' (none, gzip, snappy, lz4, zstd)")),
         }
     }
 }
@@ -280,6 +415,60 @@ pub fn verify(buf: &[u8]) -> Result<BatchHeader, BatchError> {
         return Err(BatchError::Invalid("max_timestamp is before base_timestamp"));
     }
     Ok(header)
+}
+
+/// True when `batch` is lz4-compressed in the old block format (see the
+/// module docs), which Kafka clients cannot read.
+pub fn is_legacy_lz4(batch: &[u8]) -> bool {
+    let Ok(header) = BatchHeader::parse(batch) else { return false };
+    header.compression() == Ok(Compression::Lz4)
+        && batch.get(HEADER_LEN..HEADER_LEN + 4).is_some_and(|m| m != LZ4_FRAME_MAGIC)
+}
+
+/// `batches` (concatenated, as a fetch returns them) with every old
+/// lz4-block batch re-compressed as an lz4 frame and its CRC recomputed, so
+/// a Kafka client can read data written before the frame format; `None`
+/// when there is none (the common case: the bytes go out untouched). Offsets,
+/// epochs, timestamps, producer fields and records are unchanged. A batch
+/// that does not decode, and anything after it, is passed on as it is.
+pub fn reframe_legacy_lz4(batches: &[u8]) -> Option<Vec<u8>> {
+    let mut parts: Vec<&[u8]> = Vec::new();
+    let mut whole = 0;
+    for b in Batches::new(batches) {
+        match b {
+            Ok((_, bytes)) => {
+                whole += bytes.len();
+                parts.push(bytes);
+            }
+            Err(_) => break,
+        }
+    }
+    if !parts.iter().any(|b| is_legacy_lz4(b)) {
+        return None;
+    }
+    let mut out = Vec::with_capacity(batches.len() + 64);
+    for b in parts {
+        match reframe_one(b) {
+            Some(new) => out.extend_from_slice(&new),
+            None => out.extend_from_slice(b),
+        }
+    }
+    out.extend_from_slice(&batches[whole..]);
+    Some(out)
+}
+
+fn reframe_one(batch: &[u8]) -> Option<Vec<u8>> {
+    if !is_legacy_lz4(batch) {
+        return None;
+    }
+    let raw = legacy_lz4_block_decompress(&batch[HEADER_LEN..], MAX_UNCOMPRESSED).ok()?;
+    let mut out = batch[..HEADER_LEN].to_vec();
+    out.extend_from_slice(&Compression::Lz4.compress(&raw));
+    let batch_length = (out.len() - LOG_OVERHEAD) as i32;
+    out[LENGTH_AT..LENGTH_AT + 4].copy_from_slice(&batch_length.to_be_bytes());
+    let crc = crc32c::crc32c(&out[ATTRIBUTES_AT..]);
+    out[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
+    Some(out)
 }
 
 /// Stamps the broker-assigned base offset (outside the CRC).
@@ -659,7 +848,7 @@ mod tests {
     }
 
     fn compression() -> impl Strategy<Value = Compression> {
-        prop_oneof![Just(Compression::None), Just(Compression::Lz4), Just(Compression::Zstd)]
+        proptest::sample::select(Compression::ALL.to_vec())
     }
 
     fn build(inputs: &[Input], compression: Compression) -> Bytes {
@@ -783,5 +972,131 @@ mod tests {
         bad[HEADER_LEN..HEADER_LEN + 4].copy_from_slice(&u32::MAX.to_le_bytes());
         let err = records(&Bytes::from(bad)).err().unwrap();
         assert!(matches!(err, BatchError::Decompress(_)), "{err}");
+    }
+
+    fn one_record(compression: Compression, value: &[u8]) -> Bytes {
+        let mut b = BatchBuilder::new(compression, 0);
+        b.append(0, Some(b"k"), Some(value), &[("h", Some(b"v"))]);
+        b.build()
+    }
+
+    fn reseal(mut buf: Vec<u8>) -> Bytes {
+        let batch_length = (buf.len() - LOG_OVERHEAD) as i32;
+        buf[LENGTH_AT..LENGTH_AT + 4].copy_from_slice(&batch_length.to_be_bytes());
+        let crc = crc32c::crc32c(&buf[ATTRIBUTES_AT..]);
+        buf[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
+        Bytes::from(buf)
+    }
+
+    /// The same batch with its records section replaced by `section`.
+    fn with_section(compression: Compression, value: &[u8], section: &[u8]) -> Bytes {
+        let mut buf = one_record(compression, value)[..HEADER_LEN].to_vec();
+        buf.extend_from_slice(section);
+        reseal(buf)
+    }
+
+    fn raw_section(value: &[u8]) -> Vec<u8> {
+        one_record(Compression::None, value)[HEADER_LEN..].to_vec()
+    }
+
+    fn only_value(batch: &Bytes) -> Vec<u8> {
+        let recs: Vec<Record> = records(batch).unwrap().collect::<Result<_, _>>().unwrap();
+        assert_eq!(recs.len(), 1);
+        assert_eq!(recs[0].key.as_deref(), Some(&b"k"[..]));
+        assert_eq!(recs[0].headers[0].value.as_deref(), Some(&b"v"[..]));
+        recs[0].value.as_ref().unwrap().to_vec()
+    }
+
+    #[test]
+    fn lz4_is_a_frame_with_independent_blocks() {
+        let batch = one_record(Compression::Lz4, &[9u8; 200_000]);
+        let section = &batch[HEADER_LEN..];
+        assert_eq!(&section[..4], &[0x04, 0x22, 0x4d, 0x18], "LZ4 frame magic");
+        let flg = section[4];
+        assert_eq!(flg >> 6, 1, "frame version 01");
+        assert_ne!(flg & 0x20, 0, "block independence flag set (Kafka's Java reader needs it)");
+        assert_eq!(flg & 0x10, 0, "no block checksums");
+        assert_eq!(only_value(&batch), vec![9u8; 200_000]);
+    }
+
+    #[test]
+    fn batches_from_before_the_frame_format_still_read() {
+        let value = b"written by an older broker".repeat(50);
+        let old = lz4_flex::block::compress_prepend_size(&raw_section(&value));
+        let batch = with_section(Compression::Lz4, &value, &old);
+        verify(&batch).unwrap();
+        assert_eq!(only_value(&batch), value);
+    }
+
+    #[test]
+    fn old_lz4_block_batches_are_reframed_for_kafka_clients_and_nothing_else_is() {
+        let value = b"old".repeat(100);
+        let old = lz4_flex::block::compress_prepend_size(&raw_section(&value));
+        let mut legacy = with_section(Compression::Lz4, &value, &old).to_vec();
+        set_base_offset(&mut legacy, 41);
+        set_leader_epoch(&mut legacy, 3);
+        let current = one_record(Compression::Lz4, b"new").to_vec();
+        assert!(is_legacy_lz4(&legacy) && !is_legacy_lz4(&current));
+        assert_eq!(reframe_legacy_lz4(&current), None, "current batches go out untouched");
+        let mut fetched = current.clone();
+        fetched.extend_from_slice(&legacy);
+        fetched.extend_from_slice(&legacy[..10]); // a cut-off tail, as fetches may end
+        let out = reframe_legacy_lz4(&fetched).unwrap();
+        assert_eq!(&out[..current.len()], &current[..]);
+        let tail = &out[out.len() - 10..];
+        assert_eq!(tail, &legacy[..10]);
+        let upgraded = &out[current.len()..out.len() - 10];
+        let header = verify(upgraded).unwrap();
+        assert_eq!((header.base_offset, header.leader_epoch), (41, 3));
+        assert_eq!(&upgraded[HEADER_LEN..HEADER_LEN + 4], &LZ4_FRAME_MAGIC);
+        assert_eq!(only_value(&Bytes::copy_from_slice(upgraded)), value);
+    }
+
+    #[test]
+    fn snappy_is_written_in_xerial_framing_and_read_in_both() {
+        let value: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let batch = one_record(Compression::Snappy, &value);
+        assert_eq!(&batch[HEADER_LEN..HEADER_LEN + 16], &XERIAL_HEADER);
+        assert_eq!(only_value(&batch), value);
+        // librdkafka writes one raw snappy block.
+        let raw = snap::raw::Encoder::new().compress_vec(&raw_section(&value)).unwrap();
+        assert_eq!(only_value(&with_section(Compression::Snappy, &value, &raw)), value);
+    }
+
+    #[test]
+    fn gzip_reads_what_a_standard_encoder_wrote() {
+        use std::io::Write;
+        let value = b"gzip from elsewhere".repeat(20);
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        enc.write_all(&raw_section(&value)).unwrap();
+        let batch = with_section(Compression::Gzip, &value, &enc.finish().unwrap());
+        assert_eq!(only_value(&batch), value);
+    }
+
+    #[test]
+    fn every_codec_refuses_a_decompression_bomb() {
+        let big = vec![0u8; 4096];
+        for codec in Compression::ALL {
+            if codec == Compression::None {
+                continue;
+            }
+            let packed = codec.compress(&big);
+            let err = codec.decompress(&packed, 1000).unwrap_err();
+            assert!(matches!(err, BatchError::Decompress(_)), "{codec:?}: {err}");
+            assert_eq!(codec.decompress(&packed, 4096).unwrap(), big, "{codec:?}");
+        }
+        let raw = snap::raw::Encoder::new().compress_vec(&big).unwrap();
+        assert!(Compression::Snappy.decompress(&raw, 1000).is_err());
+    }
+
+    #[test]
+    fn codec_names_parse() {
+        for (name, codec) in
+            [("gzip", Compression::Gzip), ("snappy", Compression::Snappy), ("lz4", Compression::Lz4)]
+        {
+            assert_eq!(name.parse::<Compression>().unwrap(), codec);
+            assert_eq!(Compression::from_id(codec.id()).unwrap(), codec);
+        }
+        assert!(Compression::from_id(5).is_err());
     }
 }

@@ -81,7 +81,12 @@ impl Controller {
         } else {
             let current = md.brokers.get(&id);
             let changed = current.is_none_or(|b| {
-                b.fenced || b.address != req.address || b.rack != req.rack || b.incarnation != req.incarnation
+                b.fenced
+                    || b.address != req.address
+                    || b.rack != req.rack
+                    || b.incarnation != req.incarnation
+                    || b.kafka_address != req.kafka_address
+                    || b.http_address != req.http_address
             });
             if changed {
                 let cmd = Command::Register {
@@ -89,6 +94,8 @@ impl Controller {
                     address: req.address.clone(),
                     rack: req.rack.clone(),
                     incarnation: req.incarnation,
+                    kafka_address: req.kafka_address.clone(),
+                    http_address: req.http_address.clone(),
                 };
                 self.propose_once(id, "register", cmd);
             }

@@ -63,6 +63,10 @@ pub struct ClusterSetup {
     pub rack: String,
     /// Where clients reach this broker.
     pub advertised: String,
+    /// Where Kafka clients reach this broker (empty: no Kafka listener).
+    pub kafka_advertised: String,
+    /// Where other brokers reach this broker's HTTP port.
+    pub http_advertised: String,
 }
 
 impl ClusterSetup {

@@ -144,6 +144,8 @@ mod tests {
                 address: format!("b{id}"),
                 rack: String::new(),
                 incarnation: 1,
+                kafka_address: String::new(),
+                http_address: String::new(),
             });
         }
         s.apply(&Command::CreateTopic {

@@ -131,6 +131,8 @@ impl Session {
             rack: node.setup.rack.clone(),
             shutting_down: self.shutting_down.load(Ordering::Acquire),
             incarnation: self.incarnation,
+            kafka_address: node.setup.kafka_advertised.clone(),
+            http_address: node.setup.http_advertised.clone(),
         });
         request.set_timeout(self.heartbeat_interval.max(Duration::from_millis(500)));
         let response =

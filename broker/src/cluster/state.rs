@@ -27,12 +27,21 @@ pub struct BrokerRecord {
     /// Where clients reach it.
     pub address: String,
     pub rack: String,
+    /// Where other brokers reach its HTTP port (REST consumer instances
+    /// live on one broker; a request for one that reaches another broker
+    /// is forwarded there). Empty from brokers older than the field.
+    #[serde(default)]
+    pub http_address: String,
     /// Its session with the controller expired (or it shut down): it leads
     /// nothing and is in no ISR until it comes back.
     pub fenced: bool,
     /// The process run that registered (see `Command::Register`).
     #[serde(default)]
     pub incarnation: u64,
+    /// Where Kafka clients reach it (empty: no Kafka listener; metadata
+    /// from before the listener has none until the broker registers again).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub kafka_address: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -175,6 +184,10 @@ pub enum Command {
         rack: String,
         #[serde(default)]
         incarnation: u64,
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        kafka_address: String,
+        #[serde(default)]
+        http_address: String,
     },
     /// The broker's session ended: it leaves every ISR it was in (unless it
     /// was the last member) and every partition it led gets a new leader.
@@ -294,13 +307,13 @@ impl MetadataState {
                 }
                 Outcome::Done
             }
-            Command::Register { id, address, rack, incarnation } => {
+            Command::Register { id, address, rack, incarnation, kafka_address, http_address } => {
                 if self.removed.get(id) == Some(incarnation) {
                     return Outcome::Refused(format!(
                         "broker {id} was removed from the cluster; a restarted broker {id} may join again"
                     ));
                 }
-                self.register(*id, address, rack, *incarnation);
+                self.register(*id, address, rack, *incarnation, kafka_address, http_address);
                 self.elect_unclean();
                 Outcome::Done
             }
@@ -400,7 +413,15 @@ impl MetadataState {
         p.leader_epoch = 0;
     }
 
-    fn register(&mut self, id: i32, address: &str, rack: &str, incarnation: u64) {
+    fn register(
+        &mut self,
+        id: i32,
+        address: &str,
+        rack: &str,
+        incarnation: u64,
+        kafka_address: &str,
+        http_address: &str,
+    ) {
         let restarted = self.brokers.get(&id).is_some_and(|b| !b.fenced && b.incarnation != incarnation);
         if restarted {
             self.fence(id);
@@ -412,8 +433,10 @@ impl MetadataState {
                 id,
                 address: address.to_string(),
                 rack: rack.to_string(),
+                http_address: http_address.to_string(),
                 fenced: false,
                 incarnation,
+                kafka_address: kafka_address.to_string(),
             },
         );
         // Offline partitions whose last in-sync replica is back lead again.
@@ -651,6 +674,8 @@ mod tests {
                 address: format!("b{id}"),
                 rack: String::new(),
                 incarnation: 1,
+                kafka_address: String::new(),
+                http_address: String::new(),
             });
         }
         s
@@ -741,7 +766,14 @@ mod tests {
         // No unclean election: 1 is live but was not in sync.
         assert_eq!((p.leader, p.isr.clone()), (NO_LEADER, vec![0]));
         assert_eq!(s.health(), (1, 1, 1));
-        s.apply(&Command::Register { id: 0, address: "b0".into(), rack: String::new(), incarnation: 1 });
+        s.apply(&Command::Register {
+            id: 0,
+            address: "b0".into(),
+            rack: String::new(),
+            incarnation: 1,
+            kafka_address: String::new(),
+            http_address: String::new(),
+        });
         let p = s.partition("t", 0).cloned().unwrap();
         assert_eq!((p.leader, p.leader_epoch), (0, 2));
     }
@@ -754,8 +786,14 @@ mod tests {
         let mut s = cluster(3);
         s.apply(&topic("t", vec![vec![0, 1, 2], vec![1, 0, 2]]));
         let before: Vec<PartitionRecord> = s.topics["t"].partitions.clone();
-        let register =
-            |incarnation| Command::Register { id: 0, address: "b0".into(), rack: String::new(), incarnation };
+        let register = |incarnation| Command::Register {
+            id: 0,
+            address: "b0".into(),
+            rack: String::new(),
+            incarnation,
+            kafka_address: String::new(),
+            http_address: String::new(),
+        };
         // The same run heartbeating again changes nothing.
         s.apply(&register(1));
         assert_eq!(s.topics["t"].partitions, before);
@@ -831,8 +869,14 @@ mod tests {
         assert_eq!(s.reassignment_throttle, 0, "the throttle ends with the last reassignment");
         assert_eq!(s.apply(&Command::Unregister { id: 1 }), Outcome::Done);
         assert!(!s.brokers.contains_key(&1));
-        let again =
-            |incarnation| Command::Register { id: 1, address: "b1".into(), rack: String::new(), incarnation };
+        let again = |incarnation| Command::Register {
+            id: 1,
+            address: "b1".into(),
+            rack: String::new(),
+            incarnation,
+            kafka_address: String::new(),
+            http_address: String::new(),
+        };
         assert!(matches!(s.apply(&again(1)), Outcome::Refused(_)));
         assert!(!s.brokers.contains_key(&1));
         assert_eq!(s.apply(&again(2)), Outcome::Done);

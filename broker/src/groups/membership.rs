@@ -45,7 +45,14 @@ impl Coordinator {
             let mut groups = self.groups.lock();
             let g =
                 groups.entry(req.group_id.clone()).or_insert_with(|| Group::new(0, assignor.clone(), None));
+            if super::client::has_client_members(g) {
+                return Err(Error::InvalidRequest(format!(
+                    "group '{}' has Kafka-protocol members (client-side assignment); a Tributary consumer cannot join it",
+                    req.group_id
+                )));
+            }
             if g.members.is_empty() {
+                g.client = None;
                 g.assignor = assignor.clone();
             } else if g.assignor != assignor {
                 return Err(Error::InvalidRequest(format!(
@@ -108,6 +115,7 @@ impl Coordinator {
                 rejoined: true,
                 assignment: g.members.get(&member_id).map(|m| m.assignment.clone()).unwrap_or_default(),
                 revoking: Vec::new(),
+                protocols: Vec::new(),
             };
             g.members.insert(member_id.clone(), member);
             if let Some(inst) = instance {

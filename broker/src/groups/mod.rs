@@ -34,6 +34,7 @@
 
 mod admin;
 pub mod assignor;
+pub mod client;
 mod commits;
 mod expiry;
 mod membership;
@@ -90,6 +91,9 @@ struct Member {
     /// withholds from everyone until it gives them up. It may still commit
     /// them (its final positions) while it revokes.
     revoking: Vec<Tp>,
+    /// A Kafka-protocol member's (protocol, metadata) offers; empty for
+    /// native members.
+    protocols: Vec<(String, Vec<u8>)>,
 }
 
 struct Group {
@@ -106,6 +110,8 @@ struct Group {
     empty_since_ms: Option<i64>,
     /// When an offset of the group was last committed.
     last_commit_ms: Option<i64>,
+    /// Set for a Kafka classic-protocol group (client-side assignment).
+    client: Option<client::ClientGroup>,
 }
 
 impl Group {
@@ -121,6 +127,7 @@ impl Group {
             done: watch::channel(generation).0,
             empty_since_ms,
             last_commit_ms: None,
+            client: None,
         }
     }
 

@@ -49,6 +49,11 @@ pub(super) fn complete(g: &mut Group, topics: &Topics) {
         g.done.send_replace(g.generation);
         return;
     }
+    if g.client.is_some() {
+        // Kafka-protocol members assign among themselves.
+        super::client::complete(g);
+        return;
+    }
     let mut partitions = BTreeMap::new();
     for m in g.members.values() {
         for t in &m.topics {

@@ -23,9 +23,10 @@ use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
 use super::avro::Level;
-use super::error::{RegistryError, Result};
 use super::store::{self, SchemaRequest, VersionSpec, WriteOp};
-use super::{forward, Route, OFFSET_HEADER};
+use super::{Route, OFFSET_HEADER};
+use crate::confluent_error::{ConfluentError, Result};
+use crate::forward;
 use crate::BrokerState;
 
 pub const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
@@ -61,9 +62,8 @@ fn ok(v: Value) -> Response {
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], v.to_string()).into_response()
 }
 
-fn fail(e: RegistryError) -> Response {
-    let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    (status, [(header::CONTENT_TYPE, CONTENT_TYPE)], e.body()).into_response()
+fn fail(e: ConfluentError) -> Response {
+    e.response(CONTENT_TYPE)
 }
 
 fn reply(r: Result<Value>) -> Response {
@@ -72,7 +72,7 @@ fn reply(r: Result<Value>) -> Response {
 
 /// Any route this router does not know, as Confluent answers it.
 pub async fn not_found() -> Response {
-    fail(RegistryError::not_found_route())
+    fail(ConfluentError::not_found_route())
 }
 
 fn flag(q: &HashMap<String, String>, name: &str) -> bool {
@@ -80,16 +80,16 @@ fn flag(q: &HashMap<String, String>, name: &str) -> bool {
 }
 
 async fn read_body(body: Body) -> Result<Bytes> {
-    axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| RegistryError::too_large(MAX_BODY))
+    axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| ConfluentError::too_large(MAX_BODY))
 }
 
 fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     serde_json::from_slice(bytes)
-        .map_err(|e| RegistryError::unprocessable(&format!("Unrecognized request body: {e}")))
+        .map_err(|e| ConfluentError::unprocessable(format!("Unrecognized request body: {e}")))
 }
 
 fn parse_id(id: &str) -> Result<u32> {
-    id.parse().map_err(|_| RegistryError::schema_not_found(id))
+    id.parse().map_err(|_| ConfluentError::schema_not_found(id))
 }
 
 /// The request as it came, for forwarding.
@@ -132,23 +132,19 @@ pub async fn change(state: &Arc<BrokerState>, op: WriteOp, raw: Raw) -> Response
         },
         Route::Forward(addr) => {
             let path = raw.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-            let sent = forward::send(
-                &addr,
-                raw.method,
-                path,
-                raw.content_type.as_deref(),
-                raw.body,
-                FORWARD_TIMEOUT,
-            )
-            .await;
+            let headers: Vec<(&str, &str)> =
+                raw.content_type.as_deref().map(|ct| ("content-type", ct)).into_iter().collect();
+            let sent = forward::send(&addr, raw.method, path, &headers, raw.body, FORWARD_TIMEOUT).await;
             match sent {
-                Err(e) => fail(RegistryError::forwarding(&e)),
+                Err(e) => fail(ConfluentError::forwarding(&e)),
                 Ok(a) => {
-                    if let Some(offset) = a.offset {
+                    // The leader's `__schemas` offset after the write: read
+                    // here only once this broker has replayed that far.
+                    if let Some(offset) = a.header(OFFSET_HEADER).and_then(|v| v.parse().ok()) {
                         state.registry.wait_applied(offset, FORWARD_TIMEOUT).await;
                     }
                     let status = StatusCode::from_u16(a.status).unwrap_or(StatusCode::BAD_GATEWAY);
-                    let ct = a.content_type.unwrap_or_else(|| CONTENT_TYPE.to_string());
+                    let ct = a.content_type().unwrap_or_else(|| CONTENT_TYPE.to_string());
                     (status, [(header::CONTENT_TYPE, ct)], a.body).into_response()
                 }
             }
@@ -164,19 +160,19 @@ pub async fn register_for_proxy(state: &Arc<BrokerState>, subject: &str, schema:
     let body = Bytes::from(json!({ "schema": schema }).to_string());
     let uri: Uri = format!("/subjects/{subject}/versions")
         .parse()
-        .map_err(|_| RegistryError::unprocessable(&format!("'{subject}' cannot be a subject in a path")))?;
+        .map_err(|_| ConfluentError::unprocessable(format!("'{subject}' cannot be a subject in a path")))?;
     let raw = Raw { method: Method::POST, uri, content_type: Some(CONTENT_TYPE.to_string()), body };
     let answer = change(state, WriteOp::Register { subject: subject.to_string(), request }, raw).await;
     let status = answer.status();
     let bytes = axum::body::to_bytes(answer.into_body(), MAX_BODY)
         .await
-        .map_err(|e| RegistryError::store(&format!("reading the registry's answer: {e}")))?;
+        .map_err(|e| ConfluentError::store(&format!("reading the registry's answer: {e}")))?;
     let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
     if status.is_success() {
         let id = v["id"].as_u64().and_then(|id| u32::try_from(id).ok());
-        return id.ok_or_else(|| RegistryError::store(&format!("the registry answered without an id: {v}")));
+        return id.ok_or_else(|| ConfluentError::store(&format!("the registry answered without an id: {v}")));
     }
-    Err(RegistryError {
+    Err(ConfluentError {
         status: status.as_u16(),
         code: v["error_code"].as_u64().and_then(|c| u32::try_from(c).ok()).unwrap_or(50001),
         message: v["message"].as_str().unwrap_or("schema registration failed").to_string(),
@@ -393,7 +389,7 @@ async fn get_subject_config(State(b): S, Path(subject): Path<String>, Query(q): 
     });
     match level {
         Some(l) => ok(json!({"compatibilityLevel": l.as_str()})),
-        None => fail(RegistryError::subject_level_not_configured(&subject)),
+        None => fail(ConfluentError::subject_level_not_configured(&subject)),
     }
 }
 
@@ -409,7 +405,7 @@ async fn put_config(
         let bytes = read_body(body).await?;
         let req: ConfigRequest = parse_json(&bytes)?;
         let level = Level::parse(&req.compatibility)
-            .ok_or_else(|| RegistryError::invalid_level(&req.compatibility))?;
+            .ok_or_else(|| ConfluentError::invalid_level(&req.compatibility))?;
         Ok((level, bytes))
     };
     match r.await {

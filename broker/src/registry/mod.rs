@@ -24,14 +24,12 @@
 //! the state changes only when the replay reads them back, so a write the
 //! log lost (leadership moved before it committed) never shows. The
 //! leader announces its HTTP address in `__schemas`; another broker
-//! forwards writes there ([`forward`]) and answers once its own replay
+//! forwards writes there ([`crate::forward`]) and answers once its own replay
 //! has caught up to the write, so a client reads its writes wherever it
 //! asks next.
 
 pub mod api;
 pub mod avro;
-pub mod error;
-pub mod forward;
 pub mod store;
 
 use std::sync::Arc;
@@ -43,10 +41,10 @@ use serde_json::Value;
 use tokio::sync::watch;
 use tributary_proto::batch::{self, BatchBuilder, Batches, Compression};
 
+use crate::confluent_error::{ConfluentError, Result};
 use crate::partition::Partition;
 use crate::shutdown::Shutdown;
 use crate::BrokerState;
-use error::{RegistryError, Result};
 use store::{LeaderValue, RecordBytes, State, WriteOp};
 
 pub const SCHEMAS_TOPIC: &str = "__schemas";
@@ -267,8 +265,8 @@ pub async fn catch_up_now(state: &Arc<BrokerState>) -> Result<()> {
     let s = state.clone();
     tokio::task::spawn_blocking(move || s.registry.catch_up(&p))
         .await
-        .map_err(|e| RegistryError::store(&e.to_string()))?
-        .map_err(|e| RegistryError::store(&e))
+        .map_err(|e| ConfluentError::store(&e.to_string()))?
+        .map_err(|e| ConfluentError::store(&e))
 }
 
 /// Follows `__schemas`: replays what commits, and when this broker leads
@@ -337,7 +335,7 @@ pub enum Route {
 pub async fn route(state: &Arc<BrokerState>) -> Result<Route> {
     crate::server::admin::ensure_schemas_topic(state)
         .await
-        .map_err(|e| RegistryError::forwarding(&format!("creating {SCHEMAS_TOPIC}: {e}")))?;
+        .map_err(|e| ConfluentError::forwarding(&format!("creating {SCHEMAS_TOPIC}: {e}")))?;
     let deadline = tokio::time::Instant::now() + WRITE_WAIT;
     loop {
         if let Some((node, epoch)) = leader(state) {
@@ -350,7 +348,7 @@ pub async fn route(state: &Arc<BrokerState>) -> Result<Route> {
             }
         }
         if tokio::time::Instant::now() > deadline {
-            return Err(RegistryError::forwarding(&format!(
+            return Err(ConfluentError::forwarding(&format!(
                 "no leader of {SCHEMAS_TOPIC} has announced itself yet; retry"
             )));
         }
@@ -390,7 +388,7 @@ async fn wait_for(p: &Partition, cond: impl Fn(&Partition) -> bool) -> bool {
 pub async fn commit(state: &Arc<BrokerState>, op: WriteOp) -> Result<(Value, i64)> {
     let registry = &state.registry;
     let _one_at_a_time = registry.writes.lock().await;
-    let not_leader = || RegistryError::forwarding("this broker no longer leads __schemas; retry");
+    let not_leader = || ConfluentError::forwarding("this broker no longer leads __schemas; retry");
     if leader(state).map(|(l, _)| l) != Some(state.config.node_id) {
         return Err(not_leader());
     }
@@ -399,11 +397,11 @@ pub async fn commit(state: &Arc<BrokerState>, op: WriteOp) -> Result<(Value, i64
     };
     // Everything earlier leaders wrote is committed, and applied here.
     if !wait_for(&p, |p| p.high_watermark() >= p.log_end_offset()).await {
-        return Err(RegistryError::timeout("the in-sync replicas of __schemas did not catch up"));
+        return Err(ConfluentError::timeout("the in-sync replicas of __schemas did not catch up"));
     }
     catch_up_now(state).await?;
     if registry.applied() < p.log_end_offset() {
-        return Err(RegistryError::store("__schemas could not be replayed to its end"));
+        return Err(ConfluentError::store("__schemas could not be replayed to its end"));
     }
     let plan = registry.read(|s| s.plan(&op))?;
     if plan.records.is_empty() {
@@ -411,7 +409,7 @@ pub async fn commit(state: &Arc<BrokerState>, op: WriteOp) -> Result<(Value, i64
     }
     let end = append(topic, p.clone(), plan.records).await?;
     if !wait_for(&p, |p| p.high_watermark() >= end).await {
-        return Err(RegistryError::timeout("the in-sync replicas of __schemas did not confirm the write"));
+        return Err(ConfluentError::timeout("the in-sync replicas of __schemas did not confirm the write"));
     }
     catch_up_now(state).await?;
     Ok((plan.answer, end))
@@ -436,6 +434,6 @@ async fn append(
         Ok::<i64, String>(info.last_offset + 1)
     })
     .await
-    .map_err(|e| RegistryError::store(&e.to_string()))?
-    .map_err(|e| RegistryError::store(&format!("appending to {SCHEMAS_TOPIC}: {e}")))
+    .map_err(|e| ConfluentError::store(&e.to_string()))?
+    .map_err(|e| ConfluentError::store(&format!("appending to {SCHEMAS_TOPIC}: {e}")))
 }

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::avro::{self, Level};
-use super::error::{RegistryError, Result};
+use crate::confluent_error::{ConfluentError, Result};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "keytype")]
@@ -120,7 +120,7 @@ impl VersionSpec {
         }
         match s.parse::<u32>() {
             Ok(v) if v >= 1 && v <= i32::MAX as u32 => Ok(VersionSpec::Number(v)),
-            _ => Err(RegistryError::invalid_version(s)),
+            _ => Err(ConfluentError::invalid_version(s)),
         }
     }
 }
@@ -300,7 +300,7 @@ impl State {
             None => Vec::new(),
         };
         if vs.is_empty() {
-            return Err(RegistryError::subject_not_found(subject));
+            return Err(ConfluentError::subject_not_found(subject));
         }
         Ok(vs)
     }
@@ -308,7 +308,7 @@ impl State {
     /// The version `spec` names (soft-deleted ones only when `deleted`).
     pub fn version(&self, subject: &str, spec: VersionSpec, deleted: bool) -> Result<(u32, VersionEntry)> {
         let Some(vs) = self.subjects.get(subject) else {
-            return Err(RegistryError::subject_not_found(subject));
+            return Err(ConfluentError::subject_not_found(subject));
         };
         let found = match spec {
             VersionSpec::Latest => {
@@ -319,15 +319,15 @@ impl State {
         match (found, spec) {
             (Some(f), _) => Ok(f),
             (None, _) if !vs.values().any(|e| !e.deleted) && !deleted => {
-                Err(RegistryError::subject_not_found(subject))
+                Err(ConfluentError::subject_not_found(subject))
             }
-            (None, VersionSpec::Latest) => Err(RegistryError::version_not_found(subject, "latest")),
-            (None, VersionSpec::Number(n)) => Err(RegistryError::version_not_found(subject, &n.to_string())),
+            (None, VersionSpec::Latest) => Err(ConfluentError::version_not_found(subject, "latest")),
+            (None, VersionSpec::Number(n)) => Err(ConfluentError::version_not_found(subject, &n.to_string())),
         }
     }
 
     pub fn schema(&self, id: u32) -> Result<&StoredSchema> {
-        self.schemas.get(&id).ok_or_else(|| RegistryError::schema_not_found(&id.to_string()))
+        self.schemas.get(&id).ok_or_else(|| ConfluentError::schema_not_found(&id.to_string()))
     }
 
     /// Every (subject, version) holding schema `id`.
@@ -367,14 +367,14 @@ impl State {
     /// Looks `request` up under `subject`: the live version holding it.
     pub fn lookup(&self, subject: &str, request: &SchemaRequest, deleted: bool) -> Result<Value> {
         if self.subjects.get(subject).is_none_or(|vs| vs.values().all(|e| e.deleted && !deleted)) {
-            return Err(RegistryError::subject_not_found(subject));
+            return Err(ConfluentError::subject_not_found(subject));
         }
         let checked = self.check_schema(request)?;
         let want = self.identities.get(&checked.identity());
         let vs = &self.subjects[subject];
         match vs.iter().find(|(_, e)| Some(&e.id) == want && (deleted || !e.deleted)) {
             Some((v, e)) => Ok(self.version_json(subject, *v, *e)),
-            None => Err(RegistryError::schema_not_found("")),
+            None => Err(ConfluentError::schema_not_found("")),
         }
     }
 
@@ -414,7 +414,7 @@ impl State {
         depth: usize,
     ) -> Result<()> {
         if depth > 32 {
-            return Err(RegistryError::invalid_schema("references nest deeper than 32 levels"));
+            return Err(ConfluentError::invalid_schema("references nest deeper than 32 levels"));
         }
         for r in references {
             let spec = if r.version == -1 {
@@ -422,7 +422,7 @@ impl State {
             } else {
                 u32::try_from(r.version).ok().filter(|v| *v >= 1).map(VersionSpec::Number).ok_or_else(
                     || {
-                        RegistryError::invalid_schema(&format!(
+                        ConfluentError::invalid_schema(&format!(
                             "reference '{}' has version {}",
                             r.name, r.version
                         ))
@@ -430,7 +430,7 @@ impl State {
                 )?
             };
             let (_, e) = self.version(&r.subject, spec, false).map_err(|_| {
-                RegistryError::invalid_schema(&format!(
+                ConfluentError::invalid_schema(&format!(
                     "reference '{}' names subject '{}' version {}, which does not exist",
                     r.name, r.subject, r.version
                 ))
@@ -447,14 +447,14 @@ impl State {
     fn check_schema(&self, request: &SchemaRequest) -> Result<Checked> {
         let schema_type = request.schema_type.clone().unwrap_or_else(avro_type).to_ascii_uppercase();
         if schema_type != "AVRO" {
-            return Err(RegistryError::invalid_schema(&format!(
+            return Err(ConfluentError::invalid_schema(&format!(
                 "schema type {schema_type} is not supported (this registry holds AVRO schemas)"
             )));
         }
         let references = request.references.clone().unwrap_or_default();
         let mut texts = Vec::new();
         self.resolve_references(&references, &mut texts, 0)?;
-        let parsed = avro::parse(&request.schema, &texts).map_err(|e| RegistryError::invalid_schema(&e))?;
+        let parsed = avro::parse(&request.schema, &texts).map_err(|e| ConfluentError::invalid_schema(&e))?;
         Ok(Checked { parsed, schema_type, references })
     }
 
@@ -466,7 +466,7 @@ impl State {
             self.resolve_references(&s.references, &mut texts, 0)?;
             let id = e.id;
             let p = avro::parse(&s.schema, &texts)
-                .map_err(|why| RegistryError::store(&format!("stored schema {id}: {why}")))?;
+                .map_err(|why| ConfluentError::store(&format!("stored schema {id}: {why}")))?;
             out.push((*v, p));
         }
         Ok(out)
@@ -486,7 +486,7 @@ impl State {
                 answer: json!({"compatibility": level.as_str()}),
             }),
             WriteOp::DeleteConfig { subject } => match self.subject_level(subject) {
-                None => Err(RegistryError::subject_level_not_configured(subject)),
+                None => Err(ConfluentError::subject_level_not_configured(subject)),
                 Some(old) => Ok(Plan {
                     records: vec![config_record(Some(subject.clone()), None)],
                     answer: json!({"compatibilityLevel": old.as_str()}),
@@ -501,7 +501,7 @@ impl State {
 
     fn plan_register(&self, subject: &str, request: &SchemaRequest) -> Result<Plan> {
         if subject.is_empty() || subject.chars().any(char::is_control) {
-            return Err(RegistryError::unprocessable("the subject name must be non-empty printable text"));
+            return Err(ConfluentError::unprocessable("the subject name must be non-empty printable text"));
         }
         let checked = self.check_schema(request)?;
         let identity = checked.identity();
@@ -516,7 +516,7 @@ impl State {
         let previous = self.parsed_versions(&live)?;
         let prev: Vec<(u32, &apache_avro::Schema)> = previous.iter().map(|(v, p)| (*v, &p.schema)).collect();
         avro::check(self.effective_level(subject), &checked.parsed.schema, &prev)
-            .map_err(|m| RegistryError::incompatible(&m))?;
+            .map_err(|m| ConfluentError::incompatible(&m))?;
         let version =
             self.subjects.get(subject).and_then(|vs| vs.keys().next_back().copied()).unwrap_or(0) + 1;
         let mut records = Vec::new();
@@ -526,7 +526,7 @@ impl State {
                 let id = self
                     .max_id
                     .checked_add(1)
-                    .ok_or_else(|| RegistryError::store("schema ids are exhausted"))?;
+                    .ok_or_else(|| ConfluentError::store("schema ids are exhausted"))?;
                 records.push((
                     Key::MaxId.bytes(),
                     Some(serde_json::to_vec(&MaxIdValue { max_id: id }).unwrap_or_default()),
@@ -549,13 +549,13 @@ impl State {
 
     fn plan_delete_subject(&self, subject: &str, permanent: bool) -> Result<Plan> {
         let Some(vs) = self.subjects.get(subject) else {
-            return Err(RegistryError::subject_not_found(subject));
+            return Err(ConfluentError::subject_not_found(subject));
         };
         let live: Vec<u32> = vs.iter().filter(|(_, e)| !e.deleted).map(|(v, _)| *v).collect();
         let mut records = Vec::new();
         let versions: Vec<u32> = if permanent {
             if !live.is_empty() {
-                return Err(RegistryError::subject_not_soft_deleted(subject));
+                return Err(ConfluentError::subject_not_soft_deleted(subject));
             }
             for v in vs.keys() {
                 records.push((Key::Schema { subject: subject.to_string(), version: *v }.bytes(), None));
@@ -563,7 +563,7 @@ impl State {
             vs.keys().copied().collect()
         } else {
             if live.is_empty() {
-                return Err(RegistryError::subject_soft_deleted(subject));
+                return Err(ConfluentError::subject_soft_deleted(subject));
             }
             for v in &live {
                 records.push(self.soft_deleted_record(subject, *v, vs[v])?);
@@ -577,12 +577,12 @@ impl State {
         let (v, e) = self.version(subject, spec, permanent)?;
         let record = if permanent {
             if !e.deleted {
-                return Err(RegistryError::version_not_soft_deleted(subject, v));
+                return Err(ConfluentError::version_not_soft_deleted(subject, v));
             }
             (Key::Schema { subject: subject.to_string(), version: v }.bytes(), None)
         } else {
             if e.deleted {
-                return Err(RegistryError::version_soft_deleted(subject, v));
+                return Err(ConfluentError::version_soft_deleted(subject, v));
             }
             self.soft_deleted_record(subject, v, e)?
         };

@@ -1,8 +1,10 @@
-//! Confluent's REST Proxy produce API on the broker's HTTP port, for teams
-//! without a native client: v2 (`/topics/...`, JSON, binary and Avro
+//! Confluent's REST Proxy API on the broker's HTTP port, for teams without
+//! a native client: produce in v2 (`/topics/...`, JSON, binary and Avro
 //! embedded formats: [`v2`]) and v3 (`/v3/clusters/{id}/topics/{t}/records`,
-//! one record per request: [`v3`]). Avro schemas are registered in, or
-//! looked up from, the embedded registry ([`schemas`]).
+//! one record per request: [`v3`]), and v2 consumer instances that are
+//! real members of consumer groups ([`consumers`], [`instances`]). Avro
+//! schemas are registered in, or looked up from, the embedded registry
+//! ([`schemas`]).
 //!
 //! ## How records reach the log
 //! The proxy is a client of its own cluster: it produces through the
@@ -21,7 +23,8 @@
 //! nothing. Every produce goes through [`produce`], the one place where
 //! the authorization check of the security work goes.
 
-pub mod error;
+pub mod consumers;
+pub mod instances;
 pub mod schemas;
 pub mod v2;
 pub mod v3;
@@ -30,13 +33,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use axum::Router;
 use tokio::sync::OnceCell;
 use tributary_client::{Producer, ProducerConfig, ProducerRecord, RecordMetadata};
 
+use crate::confluent_error::{ConfluentError, Result};
 use crate::BrokerState;
-use error::{RestError, Result};
 
 /// Largest request body: 10 000 records of several hundred bytes.
 pub const MAX_BODY: usize = 8 << 20;
@@ -68,14 +71,14 @@ impl Proxy {
                 Producer::connect(config).await
             })
             .await
-            .map_err(|e| RestError::unavailable(format!("starting the REST proxy's producer: {e}")))?;
+            .map_err(|e| ConfluentError::unavailable(format!("starting the REST proxy's producer: {e}")))?;
         Ok(p.clone())
     }
 }
 
 /// Where this process reaches its own gRPC port (`listen` holds the bound
 /// address; a wildcard bind is reached on loopback).
-fn own_grpc_address(state: &BrokerState) -> String {
+pub fn own_grpc_address(state: &BrokerState) -> String {
     let mut addr = state.config.listen;
     if addr.ip().is_unspecified() {
         addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
@@ -89,6 +92,9 @@ pub fn routes() -> Router<Arc<BrokerState>> {
         .route("/topics/{topic}", get(v2::get_topic).post(v2::produce_to_topic))
         .route("/topics/{topic}/partitions/{partition}", post(v2::produce_to_partition))
         .route("/v3/clusters/{cluster}/topics/{topic}/records", post(v3::produce))
+        .route("/consumers/{group}", post(consumers::create))
+        .route("/consumers/{group}/instances/{instance}", any(consumers::instance_root))
+        .route("/consumers/{group}/instances/{instance}/{*op}", any(consumers::instance_op))
 }
 
 /// Every produce of the REST proxy, v2 and v3: authorize (the security
@@ -122,7 +128,7 @@ pub fn partition_count(state: &BrokerState, topic: &str) -> Result<u32> {
         .get(topic)
         .filter(|_| !crate::topics::is_internal(topic))
         .map(|t| t.partitions.len() as u32)
-        .ok_or_else(|| RestError::topic_not_found(topic))
+        .ok_or_else(|| ConfluentError::topic_not_found(topic))
 }
 
 /// Checks a record's explicit partition against the topic's count.
@@ -130,12 +136,12 @@ pub fn check_partition(topic: &str, partition: Option<i64>, count: u32) -> Resul
     match partition {
         None => Ok(None),
         Some(p) if (0..i64::from(count)).contains(&p) => Ok(Some(p as u32)),
-        Some(p) => Err(RestError::partition_not_found(topic, p)),
+        Some(p) => Err(ConfluentError::partition_not_found(topic, p)),
     }
 }
 
 async fn read_body(body: Body) -> Result<Bytes> {
-    axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| RestError::too_large(MAX_BODY))
+    axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| ConfluentError::too_large(MAX_BODY))
 }
 
 /// The media type of a request, without parameters, lower case.
@@ -148,11 +154,11 @@ fn media_type(headers: &axum::http::HeaderMap) -> Option<String> {
 fn decode_base64(v: &serde_json::Value, what: &str) -> Result<Bytes> {
     use base64::Engine;
     let text =
-        v.as_str().ok_or_else(|| RestError::unprocessable(format!("{what} must be a base64 string")))?;
+        v.as_str().ok_or_else(|| ConfluentError::unprocessable(format!("{what} must be a base64 string")))?;
     base64::engine::general_purpose::STANDARD
         .decode(text)
         .map(Bytes::from)
-        .map_err(|e| RestError::unprocessable(format!("{what} is not valid base64: {e}")))
+        .map_err(|e| ConfluentError::unprocessable(format!("{what} is not valid base64: {e}")))
 }
 
 #[cfg(test)]

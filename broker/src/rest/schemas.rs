@@ -9,7 +9,7 @@ use apache_avro::Schema;
 use bytes::Bytes;
 use serde_json::Value;
 
-use super::error::{RestError, Result};
+use crate::confluent_error::{ConfluentError, Result};
 use crate::BrokerState;
 
 /// A schema with its registry id, ready to encode with.
@@ -21,9 +21,10 @@ pub struct Writer {
 impl Writer {
     /// `json` as a datum of the schema, framed with its id.
     pub fn encode(&self, json: &Value) -> Result<Bytes> {
-        let datum =
-            tributary_client::avro::json_to_avro(json, &self.schema).map_err(RestError::avro_conversion)?;
-        let body = apache_avro::to_avro_datum(&self.schema, datum).map_err(RestError::avro_conversion)?;
+        let datum = tributary_client::avro::json_to_avro(json, &self.schema)
+            .map_err(ConfluentError::avro_conversion)?;
+        let body =
+            apache_avro::to_avro_datum(&self.schema, datum).map_err(ConfluentError::avro_conversion)?;
         Ok(Bytes::from(tributary_client::avro::frame(self.id, &body)))
     }
 }
@@ -41,9 +42,9 @@ pub async fn resolve(
         crate::registry::sync_with_leader(state).await;
         let stored =
             state.registry.read(|s| s.schema(id).map(|st| (st.schema.clone(), st.references.is_empty())));
-        let (text, plain) = stored.map_err(|_| RestError::schema_not_found(id))?;
+        let (text, plain) = stored.map_err(|_| ConfluentError::schema_not_found(&id.to_string()))?;
         if !plain {
-            return Err(RestError::invalid_schema(format!(
+            return Err(ConfluentError::proxy_invalid_schema(format!(
                 "schema {id} has references, which the REST proxy does not resolve"
             )));
         }
@@ -58,7 +59,7 @@ pub async fn resolve(
 }
 
 fn parse(text: &str) -> Result<Schema> {
-    Schema::parse_str(text).map_err(RestError::invalid_schema)
+    Schema::parse_str(text).map_err(ConfluentError::proxy_invalid_schema)
 }
 
 #[cfg(test)]

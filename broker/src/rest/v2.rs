@@ -14,8 +14,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tributary_client::ProducerRecord;
 
-use super::error::{RestError, Result};
 use super::schemas::{self, Writer};
+use crate::confluent_error::{ConfluentError, Result};
 use crate::BrokerState;
 
 /// The content type of v2 answers.
@@ -34,11 +34,33 @@ pub enum Format {
 impl Format {
     pub fn from_headers(headers: &HeaderMap) -> Result<Format> {
         let media = super::media_type(headers);
-        match media.as_deref() {
-            Some("application/vnd.kafka.json.v2+json") => Ok(Format::Json),
-            Some("application/vnd.kafka.binary.v2+json") => Ok(Format::Binary),
-            Some("application/vnd.kafka.avro.v2+json") => Ok(Format::Avro),
-            other => Err(RestError::unsupported_media_type(other)),
+        [Format::Json, Format::Binary, Format::Avro]
+            .into_iter()
+            .find(|f| media.as_deref() == Some(f.content_type()))
+            .ok_or_else(|| ConfluentError::unsupported_media_type(media.as_deref()))
+    }
+
+    /// As consumer instances name it (`"format": "binary"`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Json => "json",
+            Format::Binary => "binary",
+            Format::Avro => "avro",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Format> {
+        [Format::Json, Format::Binary, Format::Avro]
+            .into_iter()
+            .find(|f| f.name() == name.to_ascii_lowercase())
+    }
+
+    /// The content type of records in this format.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Json => "application/vnd.kafka.json.v2+json",
+            Format::Binary => "application/vnd.kafka.binary.v2+json",
+            Format::Avro => "application/vnd.kafka.avro.v2+json",
         }
     }
 }
@@ -70,11 +92,11 @@ pub struct RecordIn {
 
 /// Not JSON: 400; JSON but not a produce request: 422 (as Confluent).
 pub fn parse_request(body: &[u8]) -> Result<ProduceRequest> {
-    let v: Value = serde_json::from_slice(body).map_err(RestError::malformed)?;
+    let v: Value = serde_json::from_slice(body).map_err(ConfluentError::malformed)?;
     let req: ProduceRequest = serde_json::from_value(v)
-        .map_err(|e| RestError::unprocessable(format!("Unrecognized request: {e}")))?;
+        .map_err(|e| ConfluentError::unprocessable(format!("Unrecognized request: {e}")))?;
     if req.records.len() > super::MAX_RECORDS {
-        return Err(RestError::too_many_records(req.records.len(), super::MAX_RECORDS));
+        return Err(ConfluentError::too_many_records(req.records.len(), super::MAX_RECORDS));
     }
     Ok(req)
 }
@@ -101,7 +123,7 @@ pub async fn get_topic(State(b): S, Path(topic): Path<String>) -> Response {
 fn describe(b: &BrokerState, topic: &str) -> Result<Value> {
     super::partition_count(b, topic)?;
     let md = b.cluster.metadata();
-    let t = md.topics.get(topic).ok_or_else(|| RestError::topic_not_found(topic))?;
+    let t = md.topics.get(topic).ok_or_else(|| ConfluentError::topic_not_found(topic))?;
     let partitions: Vec<Value> = t
         .partitions
         .iter()
@@ -135,7 +157,7 @@ pub async fn produce_to_partition(
 ) -> Response {
     let r = async {
         let count = super::partition_count(&b, &topic)?;
-        let p = partition.parse::<i64>().map_err(|_| RestError::partition_not_found(&topic, -1))?;
+        let p = partition.parse::<i64>().map_err(|_| ConfluentError::partition_not_found(&topic, -1))?;
         let p = super::check_partition(&topic, Some(p), count)?;
         produce(&b, &topic, p, &headers, body).await
     };
@@ -207,10 +229,10 @@ async fn avro_writers(
     let has_values = req.records.iter().any(|r| r.value.is_some());
     // Both are checked before either is registered.
     if has_keys && req.key_schema.is_none() && req.key_schema_id.is_none() {
-        return Err(RestError::key_schema_missing());
+        return Err(ConfluentError::key_schema_missing());
     }
     if has_values && req.value_schema.is_none() && req.value_schema_id.is_none() {
-        return Err(RestError::value_schema_missing());
+        return Err(ConfluentError::value_schema_missing());
     }
     let key =
         schemas::resolve(b, &format!("{topic}-key"), req.key_schema.as_deref(), req.key_schema_id).await?;
@@ -228,7 +250,7 @@ fn encode(format: Format, writer: Option<&Writer>, v: Option<&Value>, what: &str
         Format::Binary => super::decode_base64(v, what).map(Some),
         Format::Avro => match writer {
             Some(w) => w.encode(v).map(Some),
-            None => Err(RestError::value_schema_missing()),
+            None => Err(ConfluentError::value_schema_missing()),
         },
     }
 }

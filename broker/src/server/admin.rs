@@ -274,6 +274,52 @@ impl AdminService {
     }
 }
 
+impl AdminService {
+    /// Creates topics, on the controller (forwarded when this broker is not
+    /// it); returns once this broker's metadata and replicas show them. The
+    /// gRPC and Kafka doors both call this.
+    pub(crate) async fn create_topics_routed(
+        &self,
+        req: v1::CreateTopicsRequest,
+    ) -> Result<v1::CreateTopicsResponse, Error> {
+        let r = match self.forward() {
+            Ok(Some(mut c)) => match c.create_topics(req).await {
+                Ok(r) => {
+                    let r = r.into_inner();
+                    self.wait_visible(&r.created, true).await;
+                    Ok(r)
+                }
+                Err(s) => Err(Error::Forwarded(s)),
+            },
+            Ok(None) => self.create_here(req).await,
+            Err(e) => Err(e),
+        };
+        self.settle().await;
+        r
+    }
+
+    /// Deletes topics, like [`Self::create_topics_routed`].
+    pub(crate) async fn delete_topics_routed(
+        &self,
+        req: v1::DeleteTopicsRequest,
+    ) -> Result<v1::DeleteTopicsResponse, Error> {
+        let r = match self.forward() {
+            Ok(Some(mut c)) => match c.delete_topics(req).await {
+                Ok(r) => {
+                    let r = r.into_inner();
+                    self.wait_visible(&r.deleted, false).await;
+                    Ok(r)
+                }
+                Err(s) => Err(Error::Forwarded(s)),
+            },
+            Ok(None) => self.delete_here(req.names).await,
+            Err(e) => Err(e),
+        };
+        self.settle().await;
+        r
+    }
+}
+
 /// Marks a broker's request to the controller for `__consumer_offsets`.
 /// Anyone could send it; it only creates the topic early, with the
 /// brokers' settings.
@@ -440,20 +486,7 @@ impl Admin for AdminService {
         request: Request<v1::CreateTopicsRequest>,
     ) -> Result<Response<v1::CreateTopicsResponse>, Status> {
         let start = Instant::now();
-        let req = request.into_inner();
-        let r = match self.forward() {
-            Ok(Some(mut c)) => match c.create_topics(req).await {
-                Ok(r) => {
-                    let r = r.into_inner();
-                    self.wait_visible(&r.created, true).await;
-                    Ok(r)
-                }
-                Err(s) => Err(Error::Forwarded(s)),
-            },
-            Ok(None) => self.create_here(req).await,
-            Err(e) => Err(e),
-        };
-        self.settle().await;
+        let r = self.create_topics_routed(request.into_inner()).await;
         self.finish("create_topics", start, r)
     }
 
@@ -463,20 +496,7 @@ impl Admin for AdminService {
         request: Request<v1::DeleteTopicsRequest>,
     ) -> Result<Response<v1::DeleteTopicsResponse>, Status> {
         let start = Instant::now();
-        let req = request.into_inner();
-        let r = match self.forward() {
-            Ok(Some(mut c)) => match c.delete_topics(req).await {
-                Ok(r) => {
-                    let r = r.into_inner();
-                    self.wait_visible(&r.deleted, false).await;
-                    Ok(r)
-                }
-                Err(s) => Err(Error::Forwarded(s)),
-            },
-            Ok(None) => self.delete_here(req.names).await,
-            Err(e) => Err(e),
-        };
-        self.settle().await;
+        let r = self.delete_topics_routed(request.into_inner()).await;
         self.finish("delete_topics", start, r)
     }
 

@@ -82,6 +82,91 @@ impl GroupService {
     }
 }
 
+/// The calls the gRPC and Kafka doors share.
+impl GroupService {
+    /// The group's coordinator: the leader of its `__consumer_offsets`
+    /// partition (created on first use).
+    pub(crate) async fn find_coordinator_inner(
+        &self,
+        group_id: &str,
+    ) -> Result<v1::FindCoordinatorResponse, Error> {
+        if group_id.is_empty() {
+            return Err(Error::InvalidRequest("group_id must not be empty".into()));
+        }
+        self.ensure_offsets_topic().await?;
+        let p = self.state.coordinator.offsets().partition_for(group_id);
+        let md = self.state.cluster.metadata();
+        let leader = md.partition(OFFSETS_TOPIC, p).map(|x| x.leader).unwrap_or(-1);
+        match md.brokers.get(&leader) {
+            Some(b) if !b.fenced => {
+                Ok(v1::FindCoordinatorResponse { node_id: b.id, address: b.address.clone() })
+            }
+            _ => Err(Error::Unavailable(format!(
+                "the coordinator of group '{group_id}' is being elected; retry"
+            ))),
+        }
+    }
+
+    /// Commits offsets, on the group's coordinator, once they are durable.
+    pub(crate) async fn commit_offsets_inner(
+        &self,
+        req: v1::CommitOffsetsRequest,
+    ) -> Result<v1::CommitOffsetsResponse, Error> {
+        self.ensure_offsets_topic().await?;
+        self.check_coordinator(&req.group_id).await?;
+        self.state.coordinator.start_commit(&self.state.topics, &req)?.wait().await?;
+        Ok(v1::CommitOffsetsResponse {})
+    }
+
+    /// JoinGroup of a Kafka-protocol member (client-side assignment).
+    pub(crate) async fn join_client_inner(
+        &self,
+        req: crate::groups::client::ClientJoin,
+    ) -> Result<crate::groups::client::ClientJoined, Error> {
+        self.ensure_offsets_topic().await?;
+        self.check_coordinator(&req.group_id).await?;
+        self.state.coordinator.join_client(&self.state.topics, req).await
+    }
+
+    /// SyncGroup of a Kafka-protocol member.
+    pub(crate) async fn sync_client_inner(
+        &self,
+        group_id: &str,
+        member_id: &str,
+        instance_id: &str,
+        generation: i32,
+        assignments: Vec<crate::groups::client::MemberAssignment>,
+    ) -> Result<(Option<v1::PartitionError>, Vec<u8>), Error> {
+        self.check_coordinator(group_id).await?;
+        self.state.coordinator.sync_client(group_id, member_id, instance_id, generation, assignments).await
+    }
+
+    /// Heartbeat, for either kind of member.
+    pub(crate) async fn heartbeat_inner(
+        &self,
+        req: v1::HeartbeatRequest,
+    ) -> Result<v1::HeartbeatResponse, Error> {
+        self.check_coordinator(&req.group_id).await?;
+        self.state.coordinator.heartbeat(&req)
+    }
+
+    /// LeaveGroup, for either kind of member.
+    pub(crate) async fn leave_inner(&self, req: v1::LeaveGroupRequest) -> Result<(), Error> {
+        self.check_coordinator(&req.group_id).await?;
+        self.blocking(move |s| s.coordinator.leave(&s.topics, &req)).await
+    }
+
+    /// The group's committed offsets, on its coordinator.
+    pub(crate) async fn fetch_offsets_inner(
+        &self,
+        req: v1::FetchOffsetsRequest,
+    ) -> Result<v1::FetchOffsetsResponse, Error> {
+        self.check_coordinator(&req.group_id).await?;
+        // Reads RocksDB.
+        self.blocking(move |s| s.coordinator.fetch_offsets(&req)).await
+    }
+}
+
 #[tonic::async_trait]
 impl Group for GroupService {
     #[tracing::instrument(name = "find_coordinator", skip_all)]
@@ -90,29 +175,7 @@ impl Group for GroupService {
         request: Request<v1::FindCoordinatorRequest>,
     ) -> Result<Response<v1::FindCoordinatorResponse>, Status> {
         let start = Instant::now();
-        let req = request.into_inner();
-        let r = if req.group_id.is_empty() {
-            Err(Error::InvalidRequest("group_id must not be empty".into()))
-        } else {
-            // The leader of the group's __consumer_offsets partition.
-            match self.ensure_offsets_topic().await {
-                Err(e) => Err(e),
-                Ok(()) => {
-                    let p = self.state.coordinator.offsets().partition_for(&req.group_id);
-                    let md = self.state.cluster.metadata();
-                    let leader = md.partition(OFFSETS_TOPIC, p).map(|x| x.leader).unwrap_or(-1);
-                    match md.brokers.get(&leader) {
-                        Some(b) if !b.fenced => {
-                            Ok(v1::FindCoordinatorResponse { node_id: b.id, address: b.address.clone() })
-                        }
-                        _ => Err(Error::Unavailable(format!(
-                            "the coordinator of group '{}' is being elected; retry",
-                            req.group_id
-                        ))),
-                    }
-                }
-            }
-        };
+        let r = self.find_coordinator_inner(&request.into_inner().group_id).await;
         self.finish("find_coordinator", start, r)
     }
 
@@ -186,14 +249,7 @@ impl Group for GroupService {
         request: Request<v1::CommitOffsetsRequest>,
     ) -> Result<Response<v1::CommitOffsetsResponse>, Status> {
         let start = Instant::now();
-        let req = request.into_inner();
-        let r = async {
-            self.ensure_offsets_topic().await?;
-            self.check_coordinator(&req.group_id).await?;
-            self.state.coordinator.start_commit(&self.state.topics, &req)?.wait().await
-        }
-        .await
-        .map(|_| v1::CommitOffsetsResponse {});
+        let r = self.commit_offsets_inner(request.into_inner()).await;
         self.finish("commit_offsets", start, r)
     }
 
@@ -203,14 +259,7 @@ impl Group for GroupService {
         request: Request<v1::FetchOffsetsRequest>,
     ) -> Result<Response<v1::FetchOffsetsResponse>, Status> {
         let start = Instant::now();
-        let req = request.into_inner();
-        let check = self.check_coordinator(&req.group_id).await;
-        // Reads RocksDB.
-        let r = async {
-            check?;
-            self.blocking(move |s| s.coordinator.fetch_offsets(&req)).await
-        }
-        .await;
+        let r = self.fetch_offsets_inner(request.into_inner()).await;
         self.finish("fetch_offsets", start, r)
     }
 

@@ -174,7 +174,7 @@ fn push_response(out: &mut Vec<v1::TopicProduceResponse>, topic: &str, resp: v1:
 }
 
 impl LogService {
-    async fn produce_inner(&self, req: v1::ProduceRequest) -> Result<v1::ProduceResponse, Error> {
+    pub(crate) async fn produce_inner(&self, req: v1::ProduceRequest) -> Result<v1::ProduceResponse, Error> {
         produce(&self.state, req, None).await
     }
 }
@@ -446,7 +446,7 @@ impl LogService {
         }
     }
 
-    async fn fetch_inner(&self, req: v1::FetchRequest) -> Result<v1::FetchResponse, Error> {
+    pub(crate) async fn fetch_inner(&self, req: v1::FetchRequest) -> Result<v1::FetchResponse, Error> {
         if req.is_replica {
             return self.replica_fetch(req).await;
         }
@@ -605,7 +605,7 @@ fn refusal(partition: u32, error: v1::PartitionError) -> v1::PartitionProduceRes
 
 impl LogService {
     /// Producer ids come from the controller's block (forwarded there).
-    async fn init_producer_id_inner(&self) -> Result<v1::InitProducerIdResponse, Error> {
+    pub(crate) async fn init_producer_id_inner(&self) -> Result<v1::InitProducerIdResponse, Error> {
         let node = &self.state.cluster;
         let Some(channel) = node.controller_channel()? else {
             let producer_id = self.state.producer_ids.allocate(node).await?;
@@ -674,7 +674,7 @@ pub(crate) fn read_failure(e: &Error) -> v1::PartitionError {
 }
 
 /// ListOffsets (blocking: a time lookup reads segment files).
-fn list_offsets_blocking(
+pub(crate) fn list_offsets_blocking(
     state: &BrokerState,
     req: v1::ListOffsetsRequest,
 ) -> Result<v1::ListOffsetsResponse, Error> {

@@ -1,5 +1,5 @@
-//! `tributary bench produce|consume`: throughput and latency against an
-//! existing topic, printed as one line of JSON on stdout (a progress bar on
+//! `tributary bench produce|consume|registry|rest`: throughput and latency
+//! against an existing topic, printed as one line of JSON on stdout (a progress bar on
 //! stderr only when it is a terminal).
 //!
 //! Every number is measured, from the first send (or fetch) to the last
@@ -36,7 +36,12 @@ pub enum BenchCommand {
     /// memory: a warm cache on the broker's side), and Avro decodes with
     /// the deserializer's id cache warm.
     Registry(BenchRegistryArgs),
+    /// REST proxy produce (JSON batches over HTTP) against native produce
+    /// into the same topic, in one run; prints both and the ratio.
+    Rest(rest::BenchRestArgs),
 }
+
+mod rest;
 
 #[derive(Args, Debug)]
 pub struct BenchMirrorArgs {
@@ -101,7 +106,7 @@ pub struct BenchProduceArgs {
     /// Batch size in bytes [default: 262144].
     #[arg(long)]
     pub batch_size: Option<usize>,
-    /// none, lz4 or zstd.
+    /// none, gzip, snappy, lz4 or zstd.
     #[arg(long, default_value = "none")]
     pub compression: Compression,
     /// How long a batch waits for more records, in ms.
@@ -185,6 +190,10 @@ pub async fn run(bootstrap: &str, registry: &str, cmd: BenchCommand) -> anyhow::
         }
         BenchCommand::Mirror(args) => {
             println!("{}", serde_json::to_string(&mirror(bootstrap, args).await?)?);
+            return Ok(());
+        }
+        BenchCommand::Rest(args) => {
+            println!("{}", serde_json::to_string(&rest::run(bootstrap, registry, args).await?)?);
             return Ok(());
         }
     };

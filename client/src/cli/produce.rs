@@ -33,7 +33,7 @@ pub struct ProduceArgs {
     /// Send every record to this partition (default: by key, or spread).
     #[arg(long)]
     pub partition: Option<u32>,
-    /// none, lz4 or zstd.
+    /// none, gzip, snappy, lz4 or zstd.
     #[arg(long, default_value = "none")]
     pub compression: Compression,
     /// How long a batch waits for more records, in ms.

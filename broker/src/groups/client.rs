@@ -1,0 +1,337 @@
+//! Kafka classic-protocol groups: the coordinator elects a leader member,
+//! hands it every member's subscription metadata (opaque bytes, in the
+//! protocol every member supports), and each member gets what the leader's
+//! SyncGroup assigned it. The clients compute the assignment (range,
+//! roundrobin, sticky, cooperative-sticky — whatever they implement).
+//!
+//! Membership, generations, session and rebalance timeouts, heartbeats,
+//! leaving and commits are the native groups' own (`membership`,
+//! `rebalance`, `expiry`, `commits`): a group is one kind or the other, told
+//! apart by [`ClientGroup`] being set, and a member of the other kind is
+//! refused while the group has members.
+
+use super::*;
+
+/// What makes a group a Kafka classic-protocol group.
+pub(crate) struct ClientGroup {
+    /// "consumer" for Kafka consumers (any string the members agree on).
+    pub protocol_type: String,
+    /// The protocol chosen at the last rebalance (an assignor's name).
+    pub protocol: String,
+    /// The leader's assignment of the current generation, per member;
+    /// `None` until its SyncGroup arrives.
+    assignments: Option<HashMap<String, Vec<u8>>>,
+    /// The generation whose assignment is in: SyncGroup waits on it.
+    synced: watch::Sender<i32>,
+}
+
+impl ClientGroup {
+    fn new(protocol_type: String, generation: i32) -> ClientGroup {
+        ClientGroup {
+            protocol_type,
+            protocol: String::new(),
+            assignments: None,
+            synced: watch::channel(generation).0,
+        }
+    }
+}
+
+/// One member's part of a leader's SyncGroup: (member id, the assignment
+/// bytes it gets, the partitions they name where the caller could decode
+/// them).
+pub type MemberAssignment = (String, Vec<u8>, Vec<Tp>);
+
+/// A Kafka JoinGroup, as the coordinator needs it.
+pub struct ClientJoin {
+    pub group_id: String,
+    pub member_id: String,
+    pub instance_id: String,
+    pub client_id: String,
+    pub host: String,
+    pub session_timeout_ms: u32,
+    pub rebalance_timeout_ms: u32,
+    pub protocol_type: String,
+    /// (protocol name, the member's metadata for it), in preference order.
+    pub protocols: Vec<(String, Vec<u8>)>,
+}
+
+/// The JoinGroup answer; `members` (id, instance id, metadata) only for the
+/// leader.
+#[derive(Debug, Default)]
+pub struct ClientJoined {
+    pub error: Option<v1::PartitionError>,
+    pub member_id: String,
+    pub generation: i32,
+    pub protocol_type: String,
+    pub protocol: String,
+    pub leader: String,
+    pub members: Vec<(String, String, Vec<u8>)>,
+}
+
+/// Completes a client group's rebalance (called from `rebalance::complete`
+/// after stragglers are gone and the generation is bumped): picks the
+/// leader and the protocol; the assignment comes with the leader's sync.
+pub(super) fn complete(g: &mut Group) {
+    let leader = if g.members.contains_key(&g.leader) {
+        g.leader.clone()
+    } else {
+        g.members.keys().next().cloned().unwrap_or_default()
+    };
+    let supported = |name: &str| g.members.values().all(|m| m.protocols.iter().any(|(n, _)| n == name));
+    let chosen = g
+        .members
+        .get(&leader)
+        .and_then(|m| m.protocols.iter().map(|(n, _)| n.clone()).find(|n| supported(n)))
+        .unwrap_or_default();
+    for m in g.members.values_mut() {
+        m.assignment.clear();
+        m.revoking.clear();
+    }
+    if let Some(c) = g.client.as_mut() {
+        c.protocol = chosen.clone();
+        c.assignments = None;
+    }
+    g.assignor = chosen;
+    g.leader = leader;
+    g.state = GroupState::Stable;
+    tracing::info!(generation = g.generation, members = g.members.len(), protocol = %g.assignor, "Kafka-protocol group rebalanced");
+    g.done.send_replace(g.generation);
+}
+
+fn refused(code: ErrorCode, message: impl Into<String>) -> ClientJoined {
+    ClientJoined { error: error(code, message), ..Default::default() }
+}
+
+impl Coordinator {
+    /// JoinGroup of a Kafka member: waits until the rebalance it is part of
+    /// completes, like [`Coordinator::join`].
+    pub async fn join_client(&self, topics: &Topics, req: ClientJoin) -> Result<ClientJoined> {
+        if req.group_id.is_empty() {
+            return Err(Error::InvalidRequest("group_id must not be empty".into()));
+        }
+        if req.protocols.is_empty() {
+            return Err(Error::InvalidRequest("a member must offer at least one protocol".into()));
+        }
+        let session = Duration::from_millis(u64::from(req.session_timeout_ms));
+        if !(MIN_SESSION..=MAX_SESSION).contains(&session) {
+            return Err(Error::InvalidRequest(format!(
+                "session_timeout_ms {} is outside {}..={}",
+                req.session_timeout_ms,
+                MIN_SESSION.as_millis(),
+                MAX_SESSION.as_millis()
+            )));
+        }
+        let rebalance =
+            Duration::from_millis(u64::from(req.rebalance_timeout_ms)).clamp(MIN_SESSION, MAX_SESSION);
+        let (member_id, mut rx, started_gen, wait, record) = {
+            let now = Instant::now();
+            let mut groups = self.groups.lock();
+            let g = groups
+                .entry(req.group_id.clone())
+                .or_insert_with(|| Group::new(0, assignor::RANGE.into(), None));
+            if g.members.is_empty() {
+                g.client = Some(ClientGroup::new(req.protocol_type.clone(), g.generation));
+            }
+            match &g.client {
+                None => {
+                    return Err(Error::InvalidRequest(format!(
+                        "group '{}' has Tributary-protocol members (server-side assignment); a Kafka consumer cannot join it",
+                        req.group_id
+                    )))
+                }
+                Some(c) if c.protocol_type != req.protocol_type => {
+                    return Err(Error::InvalidRequest(format!(
+                        "group '{}' uses protocol type '{}', not '{}'",
+                        req.group_id, c.protocol_type, req.protocol_type
+                    )))
+                }
+                Some(_) => {}
+            }
+            let shared = g
+                .members
+                .values()
+                .all(|m| m.protocols.iter().any(|(n, _)| req.protocols.iter().any(|(r, _)| r == n)));
+            if !shared {
+                return Err(Error::InvalidRequest(format!(
+                    "group '{}': no protocol in common with the current members",
+                    req.group_id
+                )));
+            }
+            let member_id = if req.member_id.is_empty() {
+                self.new_member_id(&req.client_id)
+            } else if let Some(code) = g.member_error(&req.member_id, &req.instance_id) {
+                return Ok(refused(
+                    code,
+                    format!("member '{}' is not in group '{}'", req.member_id, req.group_id),
+                ));
+            } else {
+                req.member_id.clone()
+            };
+            let instance = (!req.instance_id.is_empty()).then(|| req.instance_id.clone());
+            if let Some(old) = instance.as_ref().and_then(|i| g.instances.get(i)).cloned() {
+                if old != member_id {
+                    g.remove_member(&old);
+                }
+            }
+            let member = Member {
+                instance_id: instance.clone(),
+                client_id: req.client_id.clone(),
+                host: req.host.clone(),
+                session_timeout: session,
+                rebalance_timeout: rebalance,
+                topics: Vec::new(),
+                owned: Vec::new(),
+                last_seen: now,
+                rejoined: true,
+                assignment: Vec::new(),
+                revoking: Vec::new(),
+                protocols: req.protocols.clone(),
+            };
+            g.members.insert(member_id.clone(), member);
+            if let Some(inst) = instance {
+                g.instances.insert(inst, member_id.clone());
+            }
+            g.empty_since_ms = None;
+            let started_gen = g.generation;
+            g.start_rebalance(now);
+            if let Some(m) = g.members.get_mut(&member_id) {
+                m.rejoined = true;
+            }
+            let wait = g.rebalance_deadline.map_or(rebalance, |d| d.saturating_duration_since(now));
+            let rx = g.done.subscribe();
+            let record = self.complete_if_ready(topics, &req.group_id, g);
+            (member_id, rx, started_gen, wait, record)
+        };
+        if let Some(record) = record {
+            record.wait().await?;
+        }
+        let _ = tokio::time::timeout(wait + Duration::from_secs(2), rx.wait_for(|g| *g > started_gen)).await;
+        let groups = self.groups.lock();
+        let Some(g) = groups.get(&req.group_id) else {
+            return Ok(refused(ErrorCode::UnknownMemberId, "the group was removed while joining"));
+        };
+        if !g.members.contains_key(&member_id) {
+            return Ok(refused(
+                ErrorCode::UnknownMemberId,
+                "removed from the group during the rebalance; join again",
+            ));
+        }
+        if g.state != GroupState::Stable {
+            let mut r =
+                refused(ErrorCode::RebalanceInProgress, "the rebalance has not completed; join again");
+            r.member_id = member_id;
+            return Ok(r);
+        }
+        let (protocol_type, protocol) =
+            g.client.as_ref().map(|c| (c.protocol_type.clone(), c.protocol.clone())).unwrap_or_default();
+        let members = if g.leader == member_id {
+            g.members
+                .iter()
+                .map(|(id, m)| {
+                    let metadata = m
+                        .protocols
+                        .iter()
+                        .find(|(n, _)| *n == protocol)
+                        .map(|(_, d)| d.clone())
+                        .unwrap_or_default();
+                    (id.clone(), m.instance_id.clone().unwrap_or_default(), metadata)
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Ok(ClientJoined {
+            error: None,
+            member_id,
+            generation: g.generation,
+            protocol_type,
+            protocol,
+            leader: g.leader.clone(),
+            members,
+        })
+    }
+
+    /// SyncGroup of a Kafka member: the leader brings the assignment (its
+    /// partitions per member, decoded by the caller where it can, for
+    /// `group describe`); everyone gets their part, waiting for the leader.
+    pub async fn sync_client(
+        &self,
+        group_id: &str,
+        member_id: &str,
+        instance_id: &str,
+        generation: i32,
+        assignments: Vec<MemberAssignment>,
+    ) -> Result<(Option<v1::PartitionError>, Vec<u8>)> {
+        let answer = |g: &Group| -> Option<(Option<v1::PartitionError>, Vec<u8>)> {
+            if let Some(code) = g.member_error(member_id, instance_id) {
+                return Some((error(code, "not a member of the group; join again"), Vec::new()));
+            }
+            if g.state == GroupState::PreparingRebalance {
+                return Some((
+                    error(ErrorCode::RebalanceInProgress, "a rebalance is in progress; join again"),
+                    Vec::new(),
+                ));
+            }
+            if generation != g.generation {
+                let why = format!("generation {generation} is not the group's current {}", g.generation);
+                return Some((error(ErrorCode::IllegalGeneration, why), Vec::new()));
+            }
+            let c = g.client.as_ref()?;
+            let mine = c.assignments.as_ref()?.get(member_id).cloned().unwrap_or_default();
+            Some((None, mine))
+        };
+        let (mut rx, wait) = {
+            let mut groups = self.groups.lock();
+            let g = groups.get_mut(group_id).ok_or_else(|| Error::UnknownGroup(group_id.to_string()))?;
+            if g.client.is_none() {
+                return Err(Error::InvalidRequest(format!(
+                    "group '{group_id}' is not a Kafka-protocol group"
+                )));
+            }
+            if let Some(m) = g.members.get_mut(member_id) {
+                m.last_seen = Instant::now();
+            }
+            let leads = g.leader == member_id && generation == g.generation && g.state == GroupState::Stable;
+            if leads && g.client.as_ref().is_some_and(|c| c.assignments.is_none()) {
+                let mut by_member = HashMap::new();
+                for (id, bytes, tps) in assignments {
+                    if let Some(m) = g.members.get_mut(&id) {
+                        m.assignment = tps;
+                    }
+                    by_member.insert(id, bytes);
+                }
+                if let Some(c) = g.client.as_mut() {
+                    c.assignments = Some(by_member);
+                    c.synced.send_replace(generation);
+                }
+            }
+            if let Some(done) = answer(g) {
+                return Ok(done);
+            }
+            let wait = g.members.get(member_id).map_or(MIN_SESSION, |m| m.rebalance_timeout);
+            match g.client.as_ref() {
+                Some(c) => (c.synced.subscribe(), wait),
+                None => {
+                    return Err(Error::InvalidRequest(format!(
+                        "group '{group_id}' is not a Kafka-protocol group"
+                    )))
+                }
+            }
+        };
+        let _ = tokio::time::timeout(wait, rx.wait_for(|g| *g >= generation)).await;
+        let groups = self.groups.lock();
+        let g = groups.get(group_id).ok_or_else(|| Error::UnknownGroup(group_id.to_string()))?;
+        Ok(answer(g).unwrap_or_else(|| {
+            (
+                error(ErrorCode::RebalanceInProgress, "the leader sent no assignment in time; join again"),
+                Vec::new(),
+            )
+        }))
+    }
+}
+
+/// Whether `g` (locked) is a Kafka-protocol group with members, for the
+/// native join's refusal.
+pub(super) fn has_client_members(g: &Group) -> bool {
+    g.client.is_some() && !g.members.is_empty()
+}

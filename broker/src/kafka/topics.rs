@@ -1,0 +1,201 @@
+//! CreateTopics and DeleteTopics through `server::admin`'s routed calls:
+//! decided by the controller (forwarded to it when this broker is not it),
+//! with the same validation, placement and internal-topic rules as
+//! `tributary topic create/delete`. Each topic is its own call, so Kafka's
+//! per-topic errors come out right. DescribeConfigs shows a topic's
+//! effective settings as `tributary topic describe` does.
+
+use std::sync::Arc;
+
+use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
+use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
+use kafka_protocol::messages::describe_configs_response::{
+    DescribeConfigsResourceResult, DescribeConfigsResult,
+};
+use kafka_protocol::messages::{
+    CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse,
+    DescribeConfigsRequest, DescribeConfigsResponse, TopicName,
+};
+use tributary_proto::v1;
+
+use super::{errors, text, topic_id};
+use crate::server::admin::AdminService;
+use crate::BrokerState;
+
+/// Kafka's `num.partitions` default, for `num_partitions = -1`.
+const DEFAULT_PARTITIONS: u32 = 1;
+
+pub async fn create(
+    state: &Arc<BrokerState>,
+    req: CreateTopicsRequest,
+    version: i16,
+) -> CreateTopicsResponse {
+    let svc = AdminService::new(state.clone());
+    let mut resp = CreateTopicsResponse::default();
+    for t in req.topics {
+        let name = t.name.0.to_string();
+        let mut r = CreatableTopicResult::default();
+        r.name = t.name.clone();
+        r.num_partitions = -1;
+        r.replication_factor = -1;
+        let fail = |r: &mut CreatableTopicResult, code: i16, message: String| {
+            r.error_code = code;
+            r.error_message = Some(text(message));
+        };
+        if !t.assignments.is_empty() {
+            fail(
+                &mut r,
+                errors::INVALID_REPLICA_ASSIGNMENT,
+                "manual replica assignments are not supported: give num_partitions and replication_factor"
+                    .into(),
+            );
+            resp.topics.push(r);
+            continue;
+        }
+        let partitions = match t.num_partitions {
+            -1 => DEFAULT_PARTITIONS,
+            n if n > 0 => n as u32,
+            n => {
+                fail(
+                    &mut r,
+                    errors::INVALID_PARTITIONS,
+                    format!("num_partitions must be positive or -1, not {n}"),
+                );
+                resp.topics.push(r);
+                continue;
+            }
+        };
+        let replication_factor = match t.replication_factor {
+            -1 => 0, // the broker's default_replication_factor
+            n if n > 0 => n as u32,
+            n => {
+                fail(
+                    &mut r,
+                    errors::INVALID_REPLICATION_FACTOR,
+                    format!("replication_factor must be positive or -1, not {n}"),
+                );
+                resp.topics.push(r);
+                continue;
+            }
+        };
+        let configs =
+            t.configs.into_iter().filter_map(|c| Some((c.name.to_string(), c.value?.to_string()))).collect();
+        let spec = v1::TopicSpec { name: name.clone(), partitions, replication_factor, configs };
+        let asked = v1::CreateTopicsRequest { topics: vec![spec], validate_only: req.validate_only };
+        match svc.create_topics_routed(asked).await {
+            Ok(_) => {
+                r.num_partitions = partitions as i32;
+                if let Some(meta) = state.cluster.metadata().topic(&name) {
+                    r.replication_factor = meta.replication_factor() as i16;
+                    if version >= 7 {
+                        r.topic_id = topic_id(&meta.id);
+                    }
+                }
+            }
+            Err(e) => fail(&mut r, errors::code(&e), e.to_string()),
+        }
+        resp.topics.push(r);
+    }
+    resp
+}
+
+pub async fn delete(
+    state: &Arc<BrokerState>,
+    req: DeleteTopicsRequest,
+    version: i16,
+) -> DeleteTopicsResponse {
+    let svc = AdminService::new(state.clone());
+    // v6 names topics by name or id; earlier versions by name.
+    let asked: Vec<(Option<String>, uuid::Uuid)> = if version >= 6 {
+        req.topics.into_iter().map(|t| (t.name.map(|n| n.0.to_string()), t.topic_id)).collect()
+    } else {
+        req.topic_names.into_iter().map(|n| (Some(n.0.to_string()), uuid::Uuid::nil())).collect()
+    };
+    let mut resp = DeleteTopicsResponse::default();
+    for (name, id) in asked {
+        let mut r = DeletableTopicResult::default();
+        let md = state.cluster.metadata();
+        let name =
+            name.or_else(|| md.topics.values().find(|t| topic_id(&t.id) == id).map(|t| t.name.clone()));
+        let Some(name) = name else {
+            r.topic_id = id;
+            r.error_code = errors::UNKNOWN_TOPIC_ID;
+            r.error_message = Some(text(format!("no topic has id {id}")));
+            resp.responses.push(r);
+            continue;
+        };
+        r.name = Some(TopicName(text(name.clone())));
+        if version >= 6 {
+            r.topic_id = md.topic(&name).map(|t| topic_id(&t.id)).unwrap_or_default();
+        }
+        if let Err(e) = svc.delete_topics_routed(v1::DeleteTopicsRequest { names: vec![name] }).await {
+            r.error_code = errors::code(&e);
+            r.error_message = Some(text(e.to_string()));
+        }
+        resp.responses.push(r);
+    }
+    resp
+}
+
+/// DescribeConfigs resource types.
+const TOPIC_RESOURCE: i8 = 2;
+const BROKER_RESOURCE: i8 = 4;
+/// DescribeConfigs config sources.
+const DYNAMIC_TOPIC_CONFIG: i8 = 1;
+const DEFAULT_CONFIG: i8 = 5;
+
+pub fn describe_configs(state: &Arc<BrokerState>, req: DescribeConfigsRequest) -> DescribeConfigsResponse {
+    let md = state.cluster.metadata();
+    let mut resp = DescribeConfigsResponse::default();
+    for r in req.resources {
+        let mut out = DescribeConfigsResult::default();
+        out.resource_type = r.resource_type;
+        out.resource_name = r.resource_name.clone();
+        let wanted =
+            |k: &str| r.configuration_keys.as_ref().is_none_or(|keys| keys.iter().any(|w| w.as_str() == k));
+        match r.resource_type {
+            TOPIC_RESOURCE => {
+                let resolved = md.topic(r.resource_name.as_str()).map(|t| {
+                    crate::config::TopicConfig::resolve(state.topics.defaults(), &t.configs)
+                        .map(|c| (c, &t.configs))
+                });
+                match resolved {
+                    None => {
+                        out.error_code = errors::UNKNOWN_TOPIC_OR_PARTITION;
+                        out.error_message =
+                            Some(text(format!("unknown topic '{}'", r.resource_name.as_str())));
+                    }
+                    Some(Err(e)) => {
+                        out.error_code = errors::code(&e);
+                        out.error_message = Some(text(e.to_string()));
+                    }
+                    Some(Ok((config, overrides))) => {
+                        for (k, v) in config.to_map() {
+                            if !wanted(&k) {
+                                continue;
+                            }
+                            let mut c = DescribeConfigsResourceResult::default();
+                            c.config_source = if overrides.contains_key(&k) {
+                                DYNAMIC_TOPIC_CONFIG
+                            } else {
+                                DEFAULT_CONFIG
+                            };
+                            c.name = text(k);
+                            c.value = Some(text(v));
+                            out.configs.push(c);
+                        }
+                    }
+                }
+            }
+            // Broker settings are flags and a file, not dynamic configs.
+            BROKER_RESOURCE => {}
+            other => {
+                out.error_code = errors::INVALID_REQUEST;
+                out.error_message =
+                    Some(text(format!("resource type {other} is not supported (topics: 2, brokers: 4)")));
+            }
+        }
+        resp.results.push(out);
+    }
+    resp
+}
