@@ -65,6 +65,10 @@ pub enum Error {
     NotLeader { node: i32, topic: String, partition: u32, leader: Option<i32> },
     #[error("this broker does not coordinate group '{group}'{}; ask FindCoordinator", match .coordinator { Some(c) => format!(" (broker {c} does)"), None => " (its coordinator is being elected)".to_string() })]
     NotCoordinator { group: String, coordinator: Option<i32> },
+    #[error("mirror link '{0}' already exists (use `mirror create --update` to change it)")]
+    MirrorLinkExists(String),
+    #[error("unknown mirror link '{0}' (see `tributary mirror list`)")]
+    UnknownMirrorLink(String),
     /// The controller's answer to a forwarded admin call, passed on as is.
     #[error("{}", .0.message())]
     Forwarded(tonic::Status),
@@ -123,7 +127,8 @@ impl From<Error> for tonic::Status {
             | Error::RecordTooLarge { .. }
             | Error::CorruptBatch { .. }
             | Error::InvalidRequest(_) => Code::InvalidArgument,
-            Error::TopicExists(_) => Code::AlreadyExists,
+            Error::TopicExists(_) | Error::MirrorLinkExists(_) => Code::AlreadyExists,
+            Error::UnknownMirrorLink(_) => Code::NotFound,
             Error::UnknownTopic(_) | Error::UnknownPartition { .. } | Error::UnknownGroup(_) => {
                 Code::NotFound
             }

@@ -18,8 +18,9 @@
 //!    roles, follower fetching and the high watermark. [`server::admin`]
 //!    and [`server::cluster`] expose them.
 //!
-//! [`kafka`] is the Kafka wire-protocol listener: a second door onto the
-//! same handlers. [`registry`] is the schema registry on the HTTP port, kept in
+//! [`mirror`] copies topics of other clusters into this one (mirror
+//! links, their tasks and provenance). [`kafka`] is the Kafka wire-protocol
+//! listener: a second door onto the same handlers. [`registry`] is the schema registry on the HTTP port, kept in
 //! `__schemas`. [`maintenance`] runs timed flushes, retention and compaction;
 //! [`metrics`] and [`telemetry`] are the observability; [`config`] the
 //! settings; [`error`] the one error type and its gRPC mapping.
@@ -36,6 +37,7 @@ pub mod kafka;
 pub mod log;
 pub mod maintenance;
 pub mod metrics;
+pub mod mirror;
 pub mod partition;
 pub mod producer_ids;
 pub mod registry;
@@ -88,6 +90,8 @@ pub struct BrokerState {
     pub controller: Arc<cluster::controller::Controller>,
     pub replicas: Arc<replication::ReplicaManager>,
     pub registry: registry::Registry,
+    /// Mirror links' copy tasks on this broker.
+    pub mirror: Arc<mirror::MirrorManager>,
     /// The REST proxy's producer (started on its first request).
     pub rest: rest::Proxy,
     /// The REST proxy's consumer instances held by this broker.
@@ -212,6 +216,7 @@ impl Broker {
             controller: controller.clone(),
             replicas: replicas.clone(),
             registry,
+            mirror: mirror::MirrorManager::new(),
             rest: rest::Proxy::default(),
             rest_instances: rest::instances::Instances::default(),
             shutdown: shutdown.clone(),
@@ -233,6 +238,7 @@ impl Broker {
         state.coordinator.follow_leadership();
         tasks.push(tokio::spawn(replicas.clone().run(state.clone(), shutdown.clone())));
         tasks.extend(maintenance::spawn(state.clone(), shutdown.clone()));
+        tasks.push(tokio::spawn(state.mirror.clone().run(state.clone(), shutdown.clone())));
         if let Some(listener) = kafka {
             tasks.push(tokio::spawn(kafka::serve(state.clone(), listener, shutdown.clone())));
         }

@@ -22,6 +22,14 @@ pub struct PartitionLabels {
     pub partition: u32,
 }
 
+/// One mirror task: link, source topic and partition.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MirrorLabels {
+    pub link: String,
+    pub topic: String,
+    pub partition: u32,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RpcLabels {
     pub rpc: &'static str,
@@ -78,6 +86,10 @@ pub struct Metrics {
     /// the throttle.
     pub throttled_bytes: Counter,
     pub reassignments: Gauge,
+    /// Per mirror task on this broker: source records not copied yet.
+    pub mirror_lag: Family<MirrorLabels, Gauge>,
+    /// Per mirror task: records copied into this cluster.
+    pub mirror_records: Family<MirrorLabels, Counter>,
 }
 
 fn request_histogram() -> Histogram {
@@ -107,6 +119,8 @@ impl Metrics {
             follower_lag: Family::default(),
             throttled_bytes: Counter::default(),
             reassignments: Gauge::default(),
+            mirror_lag: Family::default(),
+            mirror_records: Family::default(),
             registry: Registry::default(),
         };
         registry.register("bytes_in", "Record batch bytes appended", m.bytes_in.clone());
@@ -158,6 +172,16 @@ impl Metrics {
             "reassignments_in_progress",
             "Partitions being reassigned (cluster-wide)",
             m.reassignments.clone(),
+        );
+        registry.register(
+            "mirror_lag",
+            "Source records a mirror task has not copied yet",
+            m.mirror_lag.clone(),
+        );
+        registry.register(
+            "mirror_records",
+            "Records mirror tasks copied into this cluster",
+            m.mirror_records.clone(),
         );
         let g = group_metrics();
         registry.register(

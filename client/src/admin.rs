@@ -428,6 +428,87 @@ impl Admin {
         Ok(response.moved)
     }
 
+    /// Creates a mirror link in this (the destination) cluster; with
+    /// `update`, replaces the link of that name (or creates it). The broker
+    /// checks everything first (regexes, names, that the source is not this
+    /// cluster): a refused link stores nothing. Returns the link as stored.
+    pub async fn create_mirror_link(
+        &self,
+        link: v1::MirrorLinkSpec,
+        update: bool,
+    ) -> Result<v1::MirrorLinkSpec> {
+        let request = v1::CreateMirrorLinkRequest { link: Some(link), validate_only: false, update };
+        let c = self.once();
+        let r = c
+            .call("a create-mirror-link request", ADMIN_TIMEOUT, c.mirror().create_mirror_link(request))
+            .await?;
+        r.link
+            .ok_or_else(|| Error::Corrupt("the broker answered a mirror link create without the link".into()))
+    }
+
+    /// Every mirror link of this cluster, sorted by name.
+    pub async fn list_mirror_links(&self) -> Result<Vec<v1::MirrorLinkSpec>> {
+        let r = self
+            .any(|c| async move {
+                let request = v1::ListMirrorLinksRequest {};
+                c.call("a list-mirror-links request", ADMIN_TIMEOUT, c.mirror().list_mirror_links(request))
+                    .await
+            })
+            .await?;
+        Ok(r.links)
+    }
+
+    /// A link with the status of every source partition it copies (from
+    /// every broker's tasks): source high watermark, last copied offset,
+    /// lag, records/s, state.
+    pub async fn describe_mirror_link(&self, name: &str) -> Result<v1::DescribeMirrorLinkResponse> {
+        self.any(|c| async move {
+            let request = v1::DescribeMirrorLinkRequest { name: name.to_string(), local_only: false };
+            c.call("a describe-mirror-link request", ADMIN_TIMEOUT, c.mirror().describe_mirror_link(request))
+                .await
+        })
+        .await
+    }
+
+    /// Stops a link's copying (it resumes where it stopped).
+    pub async fn pause_mirror_link(&self, name: &str) -> Result<v1::MirrorLinkSpec> {
+        let request = &v1::MirrorLinkName { name: name.to_string() };
+        let r = self
+            .any(|c| async move {
+                c.call(
+                    "a pause-mirror-link request",
+                    ADMIN_TIMEOUT,
+                    c.mirror().pause_mirror_link(request.clone()),
+                )
+                .await
+            })
+            .await?;
+        Ok(r.link.unwrap_or_default())
+    }
+
+    pub async fn resume_mirror_link(&self, name: &str) -> Result<v1::MirrorLinkSpec> {
+        let request = &v1::MirrorLinkName { name: name.to_string() };
+        let r = self
+            .any(|c| async move {
+                c.call(
+                    "a resume-mirror-link request",
+                    ADMIN_TIMEOUT,
+                    c.mirror().resume_mirror_link(request.clone()),
+                )
+                .await
+            })
+            .await?;
+        Ok(r.link.unwrap_or_default())
+    }
+
+    /// Deletes a link (its destination topics and their data stay).
+    pub async fn delete_mirror_link(&self, name: &str) -> Result<()> {
+        let request = v1::MirrorLinkName { name: name.to_string() };
+        let c = self.once();
+        c.call("a delete-mirror-link request", ADMIN_TIMEOUT, c.mirror().delete_mirror_link(request)).await?;
+        Ok(())
+    }
+
     /// Runs a group call on the group's coordinator, finding it again while
     /// it moves.
     async fn on_coordinator<T, F, Fut>(&self, group: &str, call: F) -> Result<T>

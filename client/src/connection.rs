@@ -19,6 +19,7 @@ use tributary_proto::v1::admin_client::AdminClient;
 use tributary_proto::v1::cluster_client::ClusterClient;
 use tributary_proto::v1::group_client::GroupClient;
 use tributary_proto::v1::log_client::LogClient;
+use tributary_proto::v1::mirror_client::MirrorClient;
 
 use crate::error::{Error, Result};
 
@@ -77,6 +78,12 @@ impl Connection {
 
     pub fn admin(&self) -> AdminClient<Channel> {
         AdminClient::new(self.channel.clone())
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE)
+    }
+
+    pub fn mirror(&self) -> MirrorClient<Channel> {
+        MirrorClient::new(self.channel.clone())
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE)
     }

@@ -100,6 +100,22 @@ pub trait Brokers: Send + Sync + 'static {
         })
     }
 
+    /// A call on the cluster's mirror links (see [`MirrorCall`]); answers
+    /// the link's status for [`MirrorCall::Describe`] (`None`: no such
+    /// link). The default cannot (a topic-only fake).
+    fn mirror_call<'a>(
+        &'a self,
+        _address: &'a str,
+        call: &'a MirrorCall,
+    ) -> BoxFuture<'a, Result<Option<v1::DescribeMirrorLinkResponse>, AdminError>> {
+        Box::pin(async move {
+            Err(AdminError::Refused {
+                call: call.name().into(),
+                message: "this admin client cannot manage mirror links".into(),
+            })
+        })
+    }
+
     /// Makes one call on the cluster (drain, remove, reassign, elect).
     fn cluster_call<'a>(
         &'a self,
@@ -112,6 +128,28 @@ pub trait Brokers: Send + Sync + 'static {
                 message: "this admin client cannot make cluster calls".into(),
             })
         })
+    }
+}
+
+/// What the MirrorLink controller asks of the destination cluster.
+#[derive(Clone, Debug, PartialEq)]
+pub enum MirrorCall {
+    /// The link with every source partition's progress.
+    Describe { name: String },
+    /// Creates the link, or with `update` replaces it.
+    Put { link: v1::MirrorLinkSpec, update: bool },
+    /// Deletes it (already gone counts as done).
+    Delete { name: String },
+}
+
+impl MirrorCall {
+    pub fn name(&self) -> &'static str {
+        match self {
+            MirrorCall::Describe { .. } => "DescribeMirrorLink",
+            MirrorCall::Put { update: false, .. } => "CreateMirrorLink",
+            MirrorCall::Put { update: true, .. } => "UpdateMirrorLink",
+            MirrorCall::Delete { .. } => "DeleteMirrorLink",
+        }
     }
 }
 
@@ -341,6 +379,30 @@ impl Brokers for ClientBrokers {
             let (cluster, topics) = futures::try_join!(admin.describe_cluster(), admin.describe_topics())
                 .map_err(|e| admin_error(address, "DescribeCluster", e))?;
             Ok(ClusterHealth::from_responses(&cluster, &topics))
+        })
+    }
+
+    fn mirror_call<'a>(
+        &'a self,
+        address: &'a str,
+        call: &'a MirrorCall,
+    ) -> BoxFuture<'a, Result<Option<v1::DescribeMirrorLinkResponse>, AdminError>> {
+        Box::pin(async move {
+            let admin = self.admin(address).await?;
+            let result = match call {
+                MirrorCall::Describe { name } => match admin.describe_mirror_link(name).await {
+                    Err(e) if not_found(&e) => Ok(None),
+                    other => other.map(Some),
+                },
+                MirrorCall::Put { link, update } => {
+                    admin.create_mirror_link(link.clone(), *update).await.map(|_| None)
+                }
+                MirrorCall::Delete { name } => match admin.delete_mirror_link(name).await {
+                    Err(e) if not_found(&e) => Ok(None),
+                    other => other.map(|_| None),
+                },
+            };
+            result.map_err(|e| admin_error(address, call.name(), e))
         })
     }
 

@@ -12,7 +12,7 @@
 //! one at a time under the same gates, ending with a preferred-leader
 //! election), and [`crate::topic_plan`] for Topics, all through the same
 //! admin client ([`crate::admin::ClientBrokers`]). MirrorLinks get the
-//! controller's checks. The manifests are read again every few seconds, so
+//! controller's checks and are then made on their destination cluster. The manifests are read again every few seconds, so
 //! an edited file converges like an applied one (Clusters are fixed at
 //! start: a new Cluster needs a restart of local mode); status is printed
 //! when it changes and kept in `state.json` under the state directory.
@@ -672,21 +672,76 @@ fn write_state(
     Ok(())
 }
 
-fn link_reports(m: &Manifests) -> Vec<(String, Verdict)> {
+/// Each MirrorLink: checked as the controller does, then made (created,
+/// updated) on its destination cluster through the admin API; the verdict
+/// comes from the destination's description of it.
+async fn link_reports(
+    m: &Manifests,
+    addresses: &BTreeMap<String, (i32, String, Option<u64>)>,
+    brokers: &dyn Brokers,
+) -> Vec<(String, Verdict)> {
     let clusters: Vec<String> =
         m.clusters.iter().map(|c| key(&c.namespace().unwrap_or_default(), &c.name_any())).collect();
-    m.links
-        .iter()
-        .map(|l| {
-            let source = match (&l.spec.source.cluster_ref, mirror_plan::source_node(l)) {
-                (Some(_), Some(node)) => clusters.contains(&node),
-                _ => true,
+    let mut out = Vec::new();
+    for l in &m.links {
+        let source_node = mirror_plan::source_node(l);
+        let source = match (&l.spec.source.cluster_ref, &source_node) {
+            (Some(_), Some(node)) => clusters.contains(node),
+            _ => true,
+        };
+        let destination = mirror_plan::destination_node(l);
+        let seen = ClustersSeen { source, destination: clusters.contains(&destination) };
+        let k = key(&l.namespace().unwrap_or_default(), &l.name_any());
+        let verdict = match mirror_plan::refusal(l, &m.links, seen) {
+            Some(v) => v,
+            None => {
+                let source_bootstrap = match &l.spec.source.cluster_ref {
+                    Some(_) => source_node.as_ref().and_then(|n| addresses.get(n)).map(|a| a.1.clone()),
+                    None => l.spec.source.bootstrap.clone(),
+                };
+                match (addresses.get(&destination), source_bootstrap) {
+                    (Some((_, address, _)), Some(source)) => make_link(l, address, &source, brokers).await,
+                    _ => Verdict {
+                        outcome: Outcome::Progressing,
+                        reason: "BrokersUnreachable",
+                        message: "the link's clusters have no running brokers yet".into(),
+                    },
+                }
+            }
+        };
+        out.push((k, verdict));
+    }
+    out
+}
+
+/// Puts the link on the destination when it differs, then reads its state.
+async fn make_link(l: &MirrorLink, address: &str, source: &str, brokers: &dyn Brokers) -> Verdict {
+    let unreachable = |e: AdminError| Verdict {
+        outcome: Outcome::Progressing,
+        reason: "BrokersUnreachable",
+        message: e.to_string(),
+    };
+    let describe = crate::admin::MirrorCall::Describe { name: mirror_plan::link_name(l) };
+    let observed = match brokers.mirror_call(address, &describe).await {
+        Ok(o) => o,
+        Err(e) => return unreachable(e),
+    };
+    let want = mirror_plan::desired(l, source);
+    if let Some(call) = mirror_plan::plan(&want, observed.as_ref().and_then(|d| d.link.as_ref())) {
+        if let Err(e) = brokers.mirror_call(address, &call).await {
+            return match e {
+                AdminError::Refused { .. } => {
+                    Verdict { outcome: Outcome::Stalled, reason: "BrokersRefused", message: e.to_string() }
+                }
+                other => unreachable(other),
             };
-            let seen =
-                ClustersSeen { source, destination: clusters.contains(&mirror_plan::destination_node(l)) };
-            (key(&l.namespace().unwrap_or_default(), &l.name_any()), mirror_plan::verdict(l, &m.links, seen))
-        })
-        .collect()
+        }
+    }
+    match brokers.mirror_call(address, &describe).await {
+        Ok(Some(d)) => mirror_plan::observed_verdict(&d),
+        Ok(None) => Verdict { outcome: Outcome::Progressing, reason: "Creating", message: String::new() },
+        Err(e) => unreachable(e),
+    }
 }
 
 async fn shutdown_signal() {
@@ -747,7 +802,7 @@ pub async fn run(opts: LocalOptions) -> anyhow::Result<()> {
             .collect();
         let topics = reconcile_topics(&manifests, &addresses, &brokers, &previous, Timestamp::now()).await;
         previous = topics.iter().map(|r| (r.key.clone(), r.status.clone())).collect();
-        let links = link_reports(&manifests);
+        let links = link_reports(&manifests, &addresses, &brokers).await;
         let summary: Vec<_> =
             topics.iter().map(|r| (r.key.clone(), r.verdict.clone(), r.status.partitions)).collect();
         if last_printed.as_ref() != Some(&summary) {

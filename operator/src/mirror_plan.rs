@@ -1,18 +1,22 @@
-//! Checking a MirrorLink against its clusters and against every other link.
+//! Checking a MirrorLink against its clusters and against every other link,
+//! and deciding what the destination cluster's admin API must be asked.
 //!
-//! Copying records is not built yet (it comes with the mirroring issue), so
-//! the verdict for a valid link is `Stalled` with reason
-//! `MirroringNotAvailable`: the operator never says Ready for a link that
-//! copies nothing. What it does check now is what a person must fix: missing
-//! clusters, and `Identity` naming on a link whose graph of links has a
-//! cycle (records would be copied around forever, since the destination
-//! topic has the same name as the source one).
+//! [`refusal`] is what a person must fix before the link can exist: missing
+//! clusters, a source that is the destination, and `Identity` naming on a
+//! link whose graph of links has a cycle (records would be copied around
+//! forever, since the destination topic has the same name as the source
+//! one). For a valid link, [`desired`] is the link the destination must
+//! hold, [`plan`] the call that gets it there, and [`observed_verdict`] and
+//! [`mirrored_topics`] turn the destination's description (per source
+//! partition lag and state) into the status.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use tributary_crds::mirror_link::Naming;
+use tributary_crds::mirror_link::{MirroredTopic, Naming, StartPosition, TopicSelector};
 use tributary_crds::MirrorLink;
+use tributary_proto::v1;
 
+use crate::admin::MirrorCall;
 use crate::topic_plan::{Outcome, Verdict};
 
 /// A node of the mirror graph: `namespace/name` of a Cluster, or a bootstrap address.
@@ -64,9 +68,9 @@ pub struct ClustersSeen {
     pub destination: bool,
 }
 
-/// The verdict for one MirrorLink.
-pub fn verdict(link: &MirrorLink, all: &[MirrorLink], seen: ClustersSeen) -> Verdict {
-    let stalled = |reason, message: String| Verdict { outcome: Outcome::Stalled, reason, message };
+/// Why the link cannot be made as declared; `None` when it can.
+pub fn refusal(link: &MirrorLink, all: &[MirrorLink], seen: ClustersSeen) -> Option<Verdict> {
+    let stalled = |reason, message: String| Some(Verdict { outcome: Outcome::Stalled, reason, message });
     let source = source_node(link).unwrap_or_default();
     if !seen.destination {
         return stalled(
@@ -90,10 +94,107 @@ pub fn verdict(link: &MirrorLink, all: &[MirrorLink], seen: ClustersSeen) -> Ver
             ),
         );
     }
-    stalled(
-        "MirroringNotAvailable",
-        "the link is valid, but this version of the operator does not copy records yet".into(),
+    None
+}
+
+/// One alternation of exact names (escaped) and regexes; the broker
+/// matches it against whole topic names.
+fn alternation(names: &[String], patterns: &[String]) -> String {
+    let mut parts: Vec<String> = names.iter().map(|n| n.replace('.', "\\.")).collect();
+    parts.extend(patterns.iter().map(|p| format!("(?:{p})")));
+    parts.join("|")
+}
+
+/// The link name in the destination: the object's name.
+pub fn link_name(link: &MirrorLink) -> String {
+    link.metadata.name.clone().unwrap_or_default()
+}
+
+/// The link the destination cluster must hold for `link`, whose source
+/// brokers are at `source_bootstrap`.
+pub fn desired(link: &MirrorLink, source_bootstrap: &str) -> v1::MirrorLinkSpec {
+    let TopicSelector { names, patterns, exclude, exclude_patterns } = &link.spec.topics;
+    v1::MirrorLinkSpec {
+        name: link_name(link),
+        source_alias: link.spec.source.alias().unwrap_or("source").to_string(),
+        source_bootstrap: source_bootstrap.to_string(),
+        topics: alternation(names, patterns),
+        exclude: alternation(exclude, exclude_patterns),
+        naming: match link.spec.naming {
+            Naming::Prefix => v1::MirrorNaming::Prefix,
+            Naming::Identity => v1::MirrorNaming::Identity,
+        } as i32,
+        start: match link.spec.start_position {
+            StartPosition::Earliest => v1::MirrorStart::Earliest,
+            StartPosition::Latest => v1::MirrorStart::Latest,
+        } as i32,
+        paused: link.spec.paused,
+        replication_factor: 0,
+    }
+}
+
+/// The call that makes the destination hold `desired`; `None` when it does.
+pub fn plan(desired: &v1::MirrorLinkSpec, observed: Option<&v1::MirrorLinkSpec>) -> Option<MirrorCall> {
+    match observed {
+        None => Some(MirrorCall::Put { link: desired.clone(), update: false }),
+        Some(o) if o == desired => None,
+        Some(_) => Some(MirrorCall::Put { link: desired.clone(), update: true }),
+    }
+}
+
+/// The verdict from the destination's description of the link: `Ready`
+/// only while every matched topic copies with no task in error.
+pub fn observed_verdict(d: &v1::DescribeMirrorLinkResponse) -> Verdict {
+    let v = |outcome, reason, message: String| Verdict { outcome, reason, message };
+    if d.link.as_ref().is_some_and(|l| l.paused) {
+        return v(Outcome::Stalled, "Paused", "the link is paused (spec.paused); nothing is copied".into());
+    }
+    if let Some(t) = d.topics.iter().find(|t| t.state == "Stalled") {
+        return v(Outcome::Stalled, "TopicStalled", format!("{}: {}", t.source_topic, t.reason));
+    }
+    if !d.error.is_empty() {
+        return v(Outcome::Progressing, "SourceUnavailable", d.error.clone());
+    }
+    if let Some(p) = d.partitions.iter().find(|p| p.state == "Error") {
+        return v(
+            Outcome::Progressing,
+            "TaskRetrying",
+            format!("{}-{}: {}", p.source_topic, p.partition, p.error),
+        );
+    }
+    if d.source_cluster_id.is_empty() || d.topics.iter().any(|t| t.state != "Copying") {
+        return v(
+            Outcome::Progressing,
+            "Starting",
+            "finding the source's topics and creating destinations".into(),
+        );
+    }
+    v(
+        Outcome::Ready,
+        "Copying",
+        format!(
+            "{} topic(s), {} record(s) behind, {:.1} records/s",
+            d.topics.len(),
+            d.total_lag,
+            d.records_per_sec
+        ),
     )
+}
+
+/// Total lag and lag per copied topic, sorted by source topic.
+pub fn mirrored_topics(d: &v1::DescribeMirrorLinkResponse) -> (i64, Vec<MirroredTopic>) {
+    let mut topics: Vec<MirroredTopic> = d
+        .topics
+        .iter()
+        .map(|t| MirroredTopic {
+            source: t.source_topic.clone(),
+            destination: t.destination_topic.clone(),
+            lag: d.partitions.iter().filter(|p| p.source_topic == t.source_topic).map(|p| p.lag).sum(),
+            audit_complete: None,
+        })
+        .collect();
+    topics.sort_by(|a, b| a.source.cmp(&b.source));
+    (d.total_lag, topics)
 }
 
 #[cfg(test)]
@@ -133,7 +234,7 @@ mod tests {
         let b = link("b", "local-b", "agg", Naming::Identity);
         let all = [a.clone(), b];
         assert!(!on_cycle(&a, &all));
-        assert_eq!(verdict(&a, &all, ALL_THERE).reason, "MirroringNotAvailable");
+        assert_eq!(refusal(&a, &all, ALL_THERE), None);
     }
 
     #[test]
@@ -143,9 +244,9 @@ mod tests {
         let ca = link("ca", "c", "a", Naming::Prefix);
         let all = [ab.clone(), bc.clone(), ca];
         assert!(on_cycle(&ab, &all));
-        let v = verdict(&ab, &all, ALL_THERE);
+        let v = refusal(&ab, &all, ALL_THERE).unwrap();
         assert_eq!((v.outcome, v.reason), (Outcome::Stalled, "MirrorCycle"));
-        assert_eq!(verdict(&bc, &all, ALL_THERE).reason, "MirroringNotAvailable");
+        assert_eq!(refusal(&bc, &all, ALL_THERE), None);
         // Without the closing link there is no cycle.
         assert!(!on_cycle(&ab, &all[..2]));
     }
@@ -157,18 +258,93 @@ mod tests {
             c.namespace = Some("edge".into());
         }
         assert_eq!(source_node(&l).as_deref(), Some("edge/a"));
-        assert_eq!(verdict(&l, &[l.clone()], ALL_THERE).reason, "MirroringNotAvailable");
+        assert_eq!(refusal(&l, &[l.clone()], ALL_THERE), None);
         let same = link("y", "a", "a", Naming::Prefix);
-        assert_eq!(verdict(&same, &[], ALL_THERE).reason, "SourceIsDestination");
+        assert_eq!(refusal(&same, &[], ALL_THERE).map(|v| v.reason), Some("SourceIsDestination"));
     }
 
     #[test]
     fn missing_clusters_are_reported_first() {
         let l = link("a", "local-a", "agg", Naming::Prefix);
-        let v = verdict(&l, &[], ClustersSeen { source: true, destination: false });
+        let v = refusal(&l, &[], ClustersSeen { source: true, destination: false }).unwrap();
         assert_eq!(v.reason, "DestinationClusterNotFound");
-        let v = verdict(&l, &[], ClustersSeen { source: false, destination: true });
+        let v = refusal(&l, &[], ClustersSeen { source: false, destination: true }).unwrap();
         assert_eq!(v.reason, "SourceClusterNotFound");
         assert!(v.message.contains("ns/local-a"));
+    }
+
+    #[test]
+    fn the_desired_link_follows_the_spec_and_only_a_difference_is_sent() {
+        let mut l = link("east-to-agg", "local-a", "agg", Naming::Identity);
+        l.spec.topics.names = vec!["orders.v1".into()];
+        l.spec.topics.patterns = vec!["clicks-.*".into()];
+        l.spec.topics.exclude = vec!["clicks-tmp".into()];
+        let d = desired(&l, "local-a.ns.svc:7070");
+        assert_eq!(d.name, "east-to-agg");
+        assert_eq!(d.source_alias, "local-a");
+        assert_eq!(d.topics, "orders\\.v1|(?:clicks-.*)");
+        assert_eq!(d.exclude, "clicks-tmp");
+        assert_eq!(d.naming, v1::MirrorNaming::Identity as i32);
+        assert_eq!(plan(&d, None), Some(MirrorCall::Put { link: d.clone(), update: false }));
+        assert_eq!(plan(&d, Some(&d)), None);
+        let mut paused = d.clone();
+        paused.paused = true;
+        assert_eq!(plan(&paused, Some(&d)), Some(MirrorCall::Put { link: paused.clone(), update: true }));
+    }
+
+    fn described(topics: &[(&str, &str)], lags: &[(&str, i64, &str)]) -> v1::DescribeMirrorLinkResponse {
+        v1::DescribeMirrorLinkResponse {
+            link: Some(v1::MirrorLinkSpec { name: "l".into(), ..Default::default() }),
+            source_cluster_id: "src".into(),
+            topics: topics
+                .iter()
+                .map(|(t, state)| v1::MirrorTopicStatus {
+                    source_topic: t.to_string(),
+                    destination_topic: format!("a.{t}"),
+                    state: state.to_string(),
+                    reason: "too few partitions".into(),
+                })
+                .collect(),
+            partitions: lags
+                .iter()
+                .map(|(t, lag, state)| v1::MirrorPartitionStatus {
+                    source_topic: t.to_string(),
+                    lag: *lag,
+                    state: state.to_string(),
+                    ..Default::default()
+                })
+                .collect(),
+            total_lag: lags.iter().map(|(_, l, _)| l).sum(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_status_is_ready_only_while_every_topic_copies() {
+        let d = described(
+            &[("orders", "Copying"), ("clicks", "Copying")],
+            &[("orders", 3, "Copying"), ("orders", 4, "Copying"), ("clicks", 0, "Copying")],
+        );
+        let v = observed_verdict(&d);
+        assert_eq!((v.outcome, v.reason), (Outcome::Ready, "Copying"));
+        let (total, topics) = mirrored_topics(&d);
+        assert_eq!(total, 7);
+        assert_eq!(
+            topics.iter().map(|t| (t.source.as_str(), t.destination.as_str(), t.lag)).collect::<Vec<_>>(),
+            vec![("clicks", "a.clicks", 0), ("orders", "a.orders", 7)]
+        );
+        let stalled = described(&[("orders", "Stalled")], &[]);
+        let v = observed_verdict(&stalled);
+        assert_eq!((v.outcome, v.reason), (Outcome::Stalled, "TopicStalled"));
+        assert!(v.message.contains("too few partitions"));
+        let retrying = described(&[("orders", "Copying")], &[("orders", 1, "Error")]);
+        assert_eq!(observed_verdict(&retrying).outcome, Outcome::Progressing);
+        let mut paused = described(&[], &[]);
+        if let Some(l) = paused.link.as_mut() {
+            l.paused = true;
+        }
+        assert_eq!(observed_verdict(&paused).reason, "Paused");
+        let starting = v1::DescribeMirrorLinkResponse::default();
+        assert_eq!(observed_verdict(&starting).reason, "Starting");
     }
 }

@@ -19,12 +19,13 @@ use kube::runtime::watcher;
 use kube::Client;
 use serde_json::{json, Value};
 use tributary_crds::{Cluster, MirrorLink, Topic};
-use tributary_operator::admin::{AdminError, Brokers};
+use tributary_operator::admin::{AdminError, Brokers, MirrorCall};
 use tributary_operator::cluster::Defaults;
 use tributary_operator::controller::{self, Context};
 use tributary_operator::health::{BrokerView, ClusterCall, ClusterHealth, PartitionView};
 use tributary_operator::metrics::Metrics;
 use tributary_operator::topic_plan::{AdminCall, ObservedTopic};
+use tributary_proto::v1;
 
 type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 
@@ -74,6 +75,9 @@ struct FakeBrokers {
     /// What `cluster_health` answers; unreachable while `None`.
     health: Mutex<Option<ClusterHealth>>,
     cluster_calls: Mutex<Vec<ClusterCall>>,
+    /// Mirror links of the destination `agg`, as it describes them.
+    links: Mutex<HashMap<String, v1::DescribeMirrorLinkResponse>>,
+    mirror_calls: Mutex<Vec<MirrorCall>>,
 }
 
 impl FakeBrokers {
@@ -197,6 +201,54 @@ impl Brokers for FakeBrokers {
             self.down(address)?;
             self.cluster_calls.lock().expect("lock").push(call.clone());
             Ok(())
+        })
+    }
+
+    fn mirror_call<'a>(
+        &'a self,
+        address: &'a str,
+        call: &'a MirrorCall,
+    ) -> BoxFuture<'a, Result<Option<v1::DescribeMirrorLinkResponse>, AdminError>> {
+        Box::pin(async move {
+            assert_eq!(address, "agg.ns.svc:7070", "links are made on the destination");
+            self.down(address)?;
+            let mut links = self.links.lock().expect("lock");
+            match call {
+                MirrorCall::Describe { name } => return Ok(links.get(name).cloned()),
+                MirrorCall::Put { link, .. } => {
+                    // The destination copies `orders` with 7 records to go.
+                    let partition = |p, lag| v1::MirrorPartitionStatus {
+                        source_topic: "orders".into(),
+                        partition: p,
+                        destination_topic: "local-a.orders".into(),
+                        lag,
+                        state: "Copying".into(),
+                        ..Default::default()
+                    };
+                    links.insert(
+                        link.name.clone(),
+                        v1::DescribeMirrorLinkResponse {
+                            link: Some(link.clone()),
+                            source_cluster_id: "src-id".into(),
+                            topics: vec![v1::MirrorTopicStatus {
+                                source_topic: "orders".into(),
+                                destination_topic: "local-a.orders".into(),
+                                state: "Copying".into(),
+                                reason: String::new(),
+                            }],
+                            partitions: vec![partition(0, 5), partition(1, 2)],
+                            total_lag: 7,
+                            records_per_sec: 120.0,
+                            error: String::new(),
+                        },
+                    );
+                }
+                MirrorCall::Delete { name } => {
+                    links.remove(name);
+                }
+            }
+            self.mirror_calls.lock().expect("lock").push(call.clone());
+            Ok(None)
         })
     }
 }
@@ -847,4 +899,145 @@ async fn a_replication_factor_change_is_started_once_and_reported_until_in_sync(
     assert_eq!(condition(&patch["status"], "Ready")["status"], "True");
     assert!(patch["status"].get("reassignment").is_none(), "{patch}");
     assert_eq!(patch["status"]["replicationFactor"], 3);
+}
+
+const LINKS: &str = "/apis/tributary.dev/v1alpha1/namespaces/ns/mirrorlinks";
+
+fn mirror_link(paused: bool) -> MirrorLink {
+    serde_json::from_value(json!({
+        "apiVersion": "tributary.dev/v1alpha1",
+        "kind": "MirrorLink",
+        "metadata": {
+            "name": "a-to-agg", "namespace": "ns", "uid": "m-1", "generation": 3,
+            "resourceVersion": "9", "finalizers": ["tributary.dev/mirror-link"],
+        },
+        "spec": {
+            "source": {"clusterRef": {"name": "local-a"}},
+            "destination": {"clusterRef": {"name": "agg"}},
+            "topics": {"names": ["orders"]},
+            "paused": paused,
+        },
+    }))
+    .expect("mirror link")
+}
+
+fn named_cluster_json(name: &str) -> Value {
+    json!({
+        "apiVersion": "tributary.dev/v1alpha1", "kind": "Cluster",
+        "metadata": {"name": name, "namespace": "ns", "uid": format!("c-{name}"), "generation": 1},
+        "spec": {"replicas": 3},
+    })
+}
+
+#[tokio::test]
+async fn a_mirror_link_is_created_on_the_destination_and_reports_its_lag() {
+    let l = mirror_link(false);
+    let brokers = Arc::new(FakeBrokers::default());
+    let (ctx, mut api) = setup(brokers.clone(), vec![]);
+    let echo = serde_json::to_value(&l).expect("json");
+    let server = tokio::spawn(async move {
+        api.expect("GET", "/apis/tributary.dev/v1alpha1/namespaces/ns/clusters/agg", |_| {
+            named_cluster_json("agg")
+        })
+        .await;
+        api.expect("GET", "/apis/tributary.dev/v1alpha1/namespaces/ns/clusters/local-a", |_| {
+            named_cluster_json("local-a")
+        })
+        .await;
+        let (_, event) = api.expect("POST", EVENTS, |b| b.clone()).await;
+        assert_eq!(event["reason"], "LinkCreated");
+        let (_, patch) = api.expect("PATCH", &format!("{LINKS}/a-to-agg/status"), |_| echo).await;
+        api.done().await;
+        patch
+    });
+    let action = controller::mirror_link::reconcile(Arc::new(l), ctx).await.expect("reconcile");
+    assert_eq!(action, Action::requeue(Duration::from_secs(30)));
+    let status = server.await.expect("api server")["status"].clone();
+    let calls = brokers.mirror_calls.lock().expect("lock").clone();
+    let [MirrorCall::Put { link, update: false }] = calls.as_slice() else { panic!("{calls:?}") };
+    assert_eq!(
+        (
+            link.name.as_str(),
+            link.source_alias.as_str(),
+            link.source_bootstrap.as_str(),
+            link.topics.as_str()
+        ),
+        ("a-to-agg", "local-a", "local-a.ns.svc:7070", "orders")
+    );
+    assert_eq!(status["observedGeneration"], 3);
+    assert_eq!(status["totalLag"], 7);
+    assert_eq!(status["topics"][0]["source"], "orders");
+    assert_eq!(status["topics"][0]["destination"], "local-a.orders");
+    assert_eq!(status["topics"][0]["lag"], 7);
+    let ready = condition(&status, "Ready");
+    assert_eq!((ready["status"].as_str(), ready["reason"].as_str()), (Some("True"), Some("Copying")));
+}
+
+#[tokio::test]
+async fn pausing_a_mirror_link_updates_it_and_clears_ready() {
+    let brokers = Arc::new(FakeBrokers::default());
+    let running = mirror_link(false);
+    // The destination holds the running link already.
+    let spec = tributary_operator::mirror_plan::desired(&running, "local-a.ns.svc:7070");
+    brokers
+        .mirror_call("agg.ns.svc:7070", &MirrorCall::Put { link: spec, update: false })
+        .await
+        .expect("put");
+    brokers.mirror_calls.lock().expect("lock").clear();
+    let l = mirror_link(true);
+    let (ctx, mut api) = setup(brokers.clone(), vec![]);
+    let echo = serde_json::to_value(&l).expect("json");
+    let server = tokio::spawn(async move {
+        api.expect("GET", "/apis/tributary.dev/v1alpha1/namespaces/ns/clusters/agg", |_| {
+            named_cluster_json("agg")
+        })
+        .await;
+        api.expect("GET", "/apis/tributary.dev/v1alpha1/namespaces/ns/clusters/local-a", |_| {
+            named_cluster_json("local-a")
+        })
+        .await;
+        let (_, event) = api.expect("POST", EVENTS, |b| b.clone()).await;
+        assert_eq!(event["reason"], "LinkUpdated");
+        let (_, patch) = api.expect("PATCH", &format!("{LINKS}/a-to-agg/status"), |_| echo).await;
+        api.done().await;
+        patch
+    });
+    controller::mirror_link::reconcile(Arc::new(l), ctx).await.expect("reconcile");
+    let status = server.await.expect("api server")["status"].clone();
+    let calls = brokers.mirror_calls.lock().expect("lock").clone();
+    assert!(matches!(calls.as_slice(), [MirrorCall::Put { link, update: true }] if link.paused), "{calls:?}");
+    let ready = condition(&status, "Ready");
+    assert_eq!((ready["status"].as_str(), ready["reason"].as_str()), (Some("False"), Some("Paused")));
+}
+
+#[tokio::test]
+async fn deleting_a_mirror_link_deletes_it_on_the_destination_then_releases_the_finalizer() {
+    let mut l = mirror_link(false);
+    l.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        Timestamp::from_second(1_800_000_000).expect("ts"),
+    ));
+    let brokers = Arc::new(FakeBrokers::default());
+    let spec = tributary_operator::mirror_plan::desired(&l, "local-a.ns.svc:7070");
+    brokers
+        .mirror_call("agg.ns.svc:7070", &MirrorCall::Put { link: spec, update: false })
+        .await
+        .expect("put");
+    brokers.mirror_calls.lock().expect("lock").clear();
+    let (ctx, mut api) = setup(brokers.clone(), vec![]);
+    let echo = serde_json::to_value(&l).expect("json");
+    let server = tokio::spawn(async move {
+        api.expect("GET", "/apis/tributary.dev/v1alpha1/namespaces/ns/clusters/agg", |_| {
+            named_cluster_json("agg")
+        })
+        .await;
+        let (_, event) = api.expect("POST", EVENTS, |b| b.clone()).await;
+        assert_eq!(event["reason"], "LinkDeleted");
+        let (_, patch) = api.expect("PATCH", &format!("{LINKS}/a-to-agg"), |_| echo).await;
+        assert!(patch.to_string().contains("remove"), "finalizer removed: {patch}");
+        api.done().await;
+    });
+    controller::mirror_link::reconcile(Arc::new(l), ctx).await.expect("reconcile");
+    server.await.expect("api server");
+    assert_eq!(*brokers.mirror_calls.lock().expect("lock"), [MirrorCall::Delete { name: "a-to-agg".into() }]);
+    assert!(brokers.links.lock().expect("lock").is_empty());
 }

@@ -84,6 +84,56 @@ impl TopicRecord {
     }
 }
 
+/// How a mirror link names a source topic in this cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum MirrorNaming {
+    /// `<source alias>.<topic>`.
+    #[default]
+    Prefix,
+    /// The same name (several sources may feed one topic).
+    Identity,
+}
+
+/// Where a mirror link starts a source partition it has copied nothing of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum MirrorStart {
+    #[default]
+    Earliest,
+    Latest,
+}
+
+/// A mirror link: what to copy from which source cluster into this one.
+/// Its progress is not kept here: the copied records carry it (their
+/// provenance headers), see [`crate::mirror::provenance`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MirrorLinkRecord {
+    pub name: String,
+    pub source_alias: String,
+    pub source_bootstrap: String,
+    /// Whole-name regex of the source topics to copy.
+    pub topics: String,
+    /// Whole-name regex of source topics to leave out; empty: none.
+    #[serde(default)]
+    pub exclude: String,
+    pub naming: MirrorNaming,
+    pub start: MirrorStart,
+    #[serde(default)]
+    pub paused: bool,
+    /// Of destination topics the link creates; 0: the broker default.
+    #[serde(default)]
+    pub replication_factor: u32,
+}
+
+impl MirrorLinkRecord {
+    /// The destination topic for source topic `topic`.
+    pub fn destination_topic(&self, topic: &str) -> String {
+        match self.naming {
+            MirrorNaming::Prefix => format!("{}.{topic}", self.source_alias),
+            MirrorNaming::Identity => topic.to_string(),
+        }
+    }
+}
+
 /// Everything the quorum holds.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MetadataState {
@@ -103,6 +153,9 @@ pub struct MetadataState {
     /// reassignment completes.
     #[serde(default)]
     pub reassignment_throttle: u64,
+    /// Mirror links into this cluster, by name (see [`crate::mirror`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub mirror_links: BTreeMap<String, MirrorLinkRecord>,
     /// The Raft log index this state reflects (set when it is published;
     /// not part of the replicated state).
     #[serde(skip)]
@@ -200,6 +253,20 @@ pub enum Command {
     /// is its first id.
     AllocateProducerIds {
         at_least: i64,
+    },
+    /// A new mirror link (refused when the name is taken), or with
+    /// `replace` the link of that name replaced (or created).
+    PutMirrorLink {
+        link: MirrorLinkRecord,
+        #[serde(default)]
+        replace: bool,
+    },
+    SetMirrorLinkPaused {
+        name: String,
+        paused: bool,
+    },
+    DeleteMirrorLink {
+        name: String,
     },
 }
 
@@ -313,6 +380,24 @@ impl MetadataState {
                 }
                 out
             }
+            Command::PutMirrorLink { link, replace } => {
+                if !replace && self.mirror_links.contains_key(&link.name) {
+                    return Outcome::Refused(format!("mirror link '{}' already exists", link.name));
+                }
+                self.mirror_links.insert(link.name.clone(), link.clone());
+                Outcome::Done
+            }
+            Command::SetMirrorLinkPaused { name, paused } => match self.mirror_links.get_mut(name) {
+                Some(l) => {
+                    l.paused = *paused;
+                    Outcome::Done
+                }
+                None => Outcome::Refused(format!("unknown mirror link '{name}'")),
+            },
+            Command::DeleteMirrorLink { name } => match self.mirror_links.remove(name) {
+                Some(_) => Outcome::Done,
+                None => Outcome::Refused(format!("unknown mirror link '{name}'")),
+            },
             Command::AllocateProducerIds { at_least } => {
                 let start = self.next_producer_id.max(*at_least);
                 self.next_producer_id = start + PRODUCER_ID_BLOCK;
@@ -844,6 +929,64 @@ mod tests {
             Outcome::Done
         );
         assert_eq!(s.partition("t", 0).map(|p| (p.leader, p.leader_epoch)), Some((1, 1)));
+    }
+
+    fn link(name: &str) -> MirrorLinkRecord {
+        MirrorLinkRecord {
+            name: name.into(),
+            source_alias: "east".into(),
+            source_bootstrap: "127.0.0.1:7070".into(),
+            topics: "orders.*".into(),
+            exclude: String::new(),
+            naming: MirrorNaming::Prefix,
+            start: MirrorStart::Earliest,
+            paused: false,
+            replication_factor: 0,
+        }
+    }
+
+    #[test]
+    fn mirror_links_are_created_once_paused_and_deleted_by_name() {
+        let mut s = MetadataState::default();
+        let put = |l: MirrorLinkRecord, replace| Command::PutMirrorLink { link: l, replace };
+        assert_eq!(s.apply(&put(link("a"), false)), Outcome::Done);
+        let mut other = link("a");
+        other.topics = "x".into();
+        // A duplicate name changes nothing; an update replaces.
+        assert!(
+            matches!(s.apply(&put(other.clone(), false)), Outcome::Refused(w) if w.contains("already exists"))
+        );
+        assert_eq!(s.mirror_links["a"].topics, "orders.*");
+        assert_eq!(s.apply(&put(other, true)), Outcome::Done);
+        assert_eq!(s.mirror_links["a"].topics, "x");
+        assert_eq!(s.apply(&Command::SetMirrorLinkPaused { name: "a".into(), paused: true }), Outcome::Done);
+        assert!(s.mirror_links["a"].paused);
+        let before = s.clone();
+        assert!(matches!(
+            s.apply(&Command::SetMirrorLinkPaused { name: "b".into(), paused: true }),
+            Outcome::Refused(_)
+        ));
+        assert!(matches!(s.apply(&Command::DeleteMirrorLink { name: "b".into() }), Outcome::Refused(_)));
+        assert_eq!(s, before);
+        assert_eq!(s.apply(&Command::DeleteMirrorLink { name: "a".into() }), Outcome::Done);
+        assert!(s.mirror_links.is_empty());
+        assert_eq!(link("a").destination_topic("orders"), "east.orders");
+        let identity = MirrorLinkRecord { naming: MirrorNaming::Identity, ..link("i") };
+        assert_eq!(identity.destination_topic("orders"), "orders");
+    }
+
+    #[test]
+    fn metadata_without_mirror_links_reads_back_the_same() {
+        // Snapshots written before links existed still load.
+        let mut s = cluster(1);
+        s.apply(&topic("t", vec![vec![0]]));
+        let json = serde_json::to_string(&s).unwrap();
+        assert!(!json.contains("mirror_links"));
+        let back: MetadataState = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, s);
+        s.apply(&Command::PutMirrorLink { link: link("a"), replace: false });
+        let back: MetadataState = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+        assert_eq!(back.mirror_links, s.mirror_links);
     }
 
     #[test]

@@ -88,7 +88,12 @@ type ProduceWork = Vec<(Arc<Replica>, Arc<TopicConfig>, Bytes)>;
 
 /// Appends every partition's batches (blocking); returns the responses and
 /// the fsyncs owed before answering.
-fn append_all(state: &BrokerState, work: ProduceWork, acks: i32) -> Result<Appended, Error> {
+fn append_all(
+    state: &BrokerState,
+    work: ProduceWork,
+    acks: i32,
+    expect_epoch: Option<i32>,
+) -> Result<Appended, Error> {
     let now = now_ms();
     let mut syncs = Vec::new();
     let mut out: Vec<v1::TopicProduceResponse> = Vec::new();
@@ -96,7 +101,9 @@ fn append_all(state: &BrokerState, work: ProduceWork, acks: i32) -> Result<Appen
     for (replica, config, records) in work {
         let partition = &replica.partition;
         let transition = replica.transition.lock();
-        if !matches!(replica.role(), crate::replication::Role::Leader { .. }) {
+        let role = replica.role();
+        let epoch_moved = expect_epoch.is_some_and(|e| role != crate::replication::Role::Leader { epoch: e });
+        if !matches!(role, crate::replication::Role::Leader { .. }) || epoch_moved {
             drop(transition);
             let error = crate::replication::not_available(format!(
                 "{}-{}: leadership moved while the request waited",
@@ -168,6 +175,33 @@ fn push_response(out: &mut Vec<v1::TopicProduceResponse>, topic: &str, resp: v1:
 
 impl LogService {
     pub(crate) async fn produce_inner(&self, req: v1::ProduceRequest) -> Result<v1::ProduceResponse, Error> {
+        produce(&self.state, req, None).await
+    }
+}
+
+/// The produce path (validation, leadership, min.insync.replicas, append,
+/// fsync policy, acks=all wait), for the gRPC `Produce` and for brokers'
+/// own writers such as mirror tasks. With `expect_epoch`, a partition led
+/// in any other leader epoch is answered "not available" without appending:
+/// a writer that started under one leadership never appends under the next.
+pub async fn produce(
+    state: &Arc<BrokerState>,
+    req: v1::ProduceRequest,
+    expect_epoch: Option<i32>,
+) -> Result<v1::ProduceResponse, Error> {
+    ProduceCall { state: state.clone() }.run(req, expect_epoch).await
+}
+
+struct ProduceCall {
+    state: Arc<BrokerState>,
+}
+
+impl ProduceCall {
+    async fn run(
+        &self,
+        req: v1::ProduceRequest,
+        expect_epoch: Option<i32>,
+    ) -> Result<v1::ProduceResponse, Error> {
         if !matches!(req.acks, -1..=1) {
             return Err(Error::InvalidRequest(format!("acks must be 0, 1 or -1 (all), not {}", req.acks)));
         }
@@ -232,7 +266,7 @@ impl LogService {
         // roll fsyncs, which must never stall the async workers.
         let state = self.state.clone();
         let acks = req.acks;
-        let appended = tokio::task::spawn_blocking(move || append_all(&state, work, acks))
+        let appended = tokio::task::spawn_blocking(move || append_all(&state, work, acks, expect_epoch))
             .await
             .map_err(|e| Error::Storage(e.to_string()))?;
         let (mut out, syncs, appended) = match appended {
@@ -295,7 +329,9 @@ impl LogService {
         }
         Ok(v1::ProduceResponse { topics: out })
     }
+}
 
+impl LogService {
     /// Each fetched partition: its replica when this broker leads it (in
     /// the epoch the fetch names, if it names one), else the error to
     /// answer for it. Unknown topics and partitions fail the call.

@@ -1,4 +1,4 @@
-//! The broker's network front: the gRPC services (`Log`, `Admin`) and the
+//! The broker's network front: the gRPC services (`Log`, `Admin`, `Mirror`, ...) and the
 //! HTTP port (`/healthz`, `/readyz`, `/metrics`, the schema registry's
 //! REST API: [`crate::registry::api`], and the REST proxy: [`crate::rest`]).
 
@@ -6,6 +6,7 @@ pub mod admin;
 pub mod cluster;
 pub mod group;
 pub mod log;
+pub mod mirror;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -22,6 +23,7 @@ use tributary_proto::v1::admin_server::AdminServer;
 use tributary_proto::v1::cluster_server::ClusterServer;
 use tributary_proto::v1::group_server::GroupServer;
 use tributary_proto::v1::log_server::LogServer;
+use tributary_proto::v1::mirror_server::MirrorServer;
 
 use crate::shutdown::Shutdown;
 use crate::BrokerState;
@@ -57,6 +59,7 @@ pub async fn serve_grpc(
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
         )
+        .add_service(MirrorServer::new(mirror::MirrorService::new(state.clone())))
         .add_service(
             AdminServer::new(admin::AdminService::new(state))
                 .max_decoding_message_size(MAX_MESSAGE)

@@ -28,6 +28,10 @@ pub enum BenchCommand {
     /// Read N records from the start of every partition of a topic (or, with
     /// --group, from the group's committed offsets, by C group members).
     Consume(BenchConsumeArgs),
+    /// Mirror throughput against plain produce, in one run: fills a topic
+    /// on --source, measures produce into this (the destination) cluster,
+    /// then mirrors the source topic here and measures the copy rate.
+    Mirror(BenchMirrorArgs),
     /// Schema registry lookups by id over HTTP (the registry's state is in
     /// memory: a warm cache on the broker's side), and Avro decodes with
     /// the deserializer's id cache warm.
@@ -38,6 +42,36 @@ pub enum BenchCommand {
 }
 
 mod rest;
+
+#[derive(Args, Debug)]
+pub struct BenchMirrorArgs {
+    /// The source cluster's brokers (the destination is --bootstrap).
+    #[arg(long, value_name = "HOST:PORT[,HOST:PORT...]")]
+    pub source: String,
+    /// Records produced into the source, then mirrored.
+    #[arg(long, default_value_t = 200_000)]
+    pub records: u64,
+    /// Bytes per record value.
+    #[arg(long, default_value_t = 100)]
+    pub record_size: usize,
+    /// Partitions of the source topic (one mirror task each).
+    #[arg(long, default_value_t = 1)]
+    pub partitions: u32,
+}
+
+/// `bench mirror`'s JSON line.
+#[derive(Serialize, Debug)]
+struct MirrorBenchResult {
+    records: u64,
+    partitions: u32,
+    /// acks=all produce into the destination (the baseline).
+    produce_records_per_sec: f64,
+    /// Records copied per second, from the first copied record to the last.
+    mirror_records_per_sec: f64,
+    ratio: f64,
+    /// From creating the link to the first copied record.
+    startup_seconds: f64,
+}
 
 #[derive(Args, Debug)]
 pub struct BenchRegistryArgs {
@@ -154,6 +188,10 @@ pub async fn run(bootstrap: &str, registry: &str, cmd: BenchCommand) -> anyhow::
             println!("{}", serde_json::to_string(&registry_lookups(registry, args).await?)?);
             return Ok(());
         }
+        BenchCommand::Mirror(args) => {
+            println!("{}", serde_json::to_string(&mirror(bootstrap, args).await?)?);
+            return Ok(());
+        }
         BenchCommand::Rest(args) => {
             println!("{}", serde_json::to_string(&rest::run(bootstrap, registry, args).await?)?);
             return Ok(());
@@ -161,6 +199,86 @@ pub async fn run(bootstrap: &str, registry: &str, cmd: BenchCommand) -> anyhow::
     };
     println!("{}", serde_json::to_string(&result)?);
     Ok(())
+}
+
+fn fill(topic: &str, records: u64, record_size: usize) -> BenchProduceArgs {
+    BenchProduceArgs {
+        topic: topic.to_string(),
+        records,
+        record_size,
+        acks: Acks::All,
+        producers: 1,
+        batch_size: None,
+        compression: Compression::None,
+        linger_ms: 5,
+        no_idempotence: false,
+    }
+}
+
+/// Records in `topic` at `admin` (sum of high watermarks); 0 while it does
+/// not exist.
+async fn records_in(admin: &Admin, topic: &str, partitions: u32) -> u64 {
+    let mut total = 0;
+    for p in 0..partitions {
+        total += admin.list_offsets(topic, p, OffsetSpec::Latest).await.unwrap_or(0).max(0) as u64;
+    }
+    total
+}
+
+/// See [`BenchCommand::Mirror`]. The topics and the link are named
+/// `mbench-<ms>` and removed at the end.
+async fn mirror(bootstrap: &str, args: BenchMirrorArgs) -> anyhow::Result<MirrorBenchResult> {
+    use tributary_client::tributary_proto::v1;
+    let tag = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis();
+    let (source_topic, base_topic, link) =
+        (format!("mbench-{tag}"), format!("mbench-base-{tag}"), format!("mbench-{tag}"));
+    let source = Admin::connect(&args.source).await?;
+    let destination = Admin::connect(bootstrap).await?;
+    source.create_topic(&source_topic, args.partitions, 0, Default::default()).await?;
+    destination.create_topic(&base_topic, args.partitions, 0, Default::default()).await?;
+    produce(&args.source, fill(&source_topic, args.records, args.record_size)).await?;
+    let baseline = produce(bootstrap, fill(&base_topic, args.records, args.record_size)).await?;
+    let spec = v1::MirrorLinkSpec {
+        name: link.clone(),
+        source_alias: "mbench".into(),
+        source_bootstrap: args.source.clone(),
+        topics: source_topic.clone(),
+        ..Default::default()
+    };
+    let created = Instant::now();
+    destination.create_mirror_link(spec, false).await?;
+    let copied_topic = format!("mbench.{source_topic}");
+    let deadline = created + Duration::from_secs(600);
+    let mut first: Option<(Instant, u64)> = None;
+    let end = loop {
+        let n = records_in(&destination, &copied_topic, args.partitions).await;
+        if n > 0 && first.is_none() {
+            first = Some((Instant::now(), n));
+        }
+        if n >= args.records {
+            break Instant::now();
+        }
+        if Instant::now() > deadline {
+            bail!("the mirror copied {n} of {} records in 10 minutes", args.records);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let (start, at_start) = first.unwrap_or((created, 0));
+    let seconds = end.duration_since(start).as_secs_f64().max(1e-3);
+    let mirror_rate = (args.records - at_start) as f64 / seconds;
+    let _ = destination.delete_mirror_link(&link).await;
+    for t in [&base_topic, &copied_topic] {
+        let _ = destination.delete_topic(t).await;
+    }
+    let _ = source.delete_topic(&source_topic).await;
+    Ok(MirrorBenchResult {
+        records: args.records,
+        partitions: args.partitions,
+        produce_records_per_sec: baseline.records_per_sec,
+        mirror_records_per_sec: mirror_rate,
+        ratio: mirror_rate / baseline.records_per_sec.max(1e-9),
+        startup_seconds: start.duration_since(created).as_secs_f64(),
+    })
 }
 
 fn progress(total: u64) -> Option<ProgressBar> {

@@ -6,6 +6,7 @@ pub mod bench;
 pub mod cluster;
 pub mod consume;
 pub mod group;
+pub mod mirror;
 pub mod produce;
 pub mod schema;
 pub mod table;
@@ -75,6 +76,9 @@ pub enum Command {
     /// Schemas in the registry: list, get, register, check, config.
     #[command(subcommand)]
     Schema(schema::SchemaCommand),
+    /// Mirror links into this cluster: create, list, status, pause, resume, delete.
+    #[command(subcommand)]
+    Mirror(mirror::MirrorCommand),
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -89,6 +93,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Partition(cmd) => cluster::run_partition(&cli.bootstrap, cmd).await,
         Command::Broker(cmd) => cluster::run_broker(&cli.bootstrap, cmd).await,
         Command::Schema(cmd) => schema::run(&cli.registry, cmd).await,
+        Command::Mirror(cmd) => mirror::run(&cli.bootstrap, cmd).await,
     }
 }
 
@@ -100,6 +105,60 @@ mod tests {
         match Cli::try_parse_from(args) {
             Ok(cli) => cli,
             Err(e) => panic!("{args:?} did not parse: {e}"),
+        }
+    }
+
+    #[test]
+    fn mirror_create_has_the_issue_s_fixed_shape() {
+        let cli = parse(&[
+            "tributary",
+            "mirror",
+            "create",
+            "east-to-agg",
+            "--source-alias",
+            "east",
+            "--source",
+            "10.0.0.1:7070",
+            "--topics",
+            "orders.*",
+            "--naming",
+            "identity",
+            "--start",
+            "latest",
+        ]);
+        let Command::Mirror(mirror::MirrorCommand::Create(c)) = cli.command else {
+            panic!("not mirror create")
+        };
+        let spec = c.spec();
+        assert_eq!((spec.name.as_str(), spec.source_alias.as_str()), ("east-to-agg", "east"));
+        assert_eq!((spec.source_bootstrap.as_str(), spec.topics.as_str()), ("10.0.0.1:7070", "orders.*"));
+        use tributary_client::tributary_proto::v1::{MirrorNaming, MirrorStart};
+        assert_eq!(spec.naming, MirrorNaming::Identity as i32);
+        assert_eq!(spec.start, MirrorStart::Latest as i32);
+        // Defaults: prefix naming, from the earliest record.
+        let cli = parse(&[
+            "tributary",
+            "mirror",
+            "create",
+            "l",
+            "--source-alias",
+            "a",
+            "--source",
+            "h:1",
+            "--topics",
+            "t",
+        ]);
+        let Command::Mirror(mirror::MirrorCommand::Create(c)) = cli.command else {
+            panic!("not mirror create")
+        };
+        assert_eq!(
+            (c.spec().naming, c.spec().start),
+            (MirrorNaming::Prefix as i32, MirrorStart::Earliest as i32)
+        );
+        for sub in ["list", "status x", "pause x", "resume x", "delete x"] {
+            let mut args = vec!["tributary", "mirror"];
+            args.extend(sub.split(' '));
+            assert!(matches!(parse(&args).command, Command::Mirror(_)), "{sub}");
         }
     }
 
