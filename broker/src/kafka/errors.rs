@@ -81,6 +81,8 @@ pub fn code(e: &Error) -> i16 {
         Error::NotLeader { .. } => NOT_LEADER_OR_FOLLOWER,
         Error::NotCoordinator { .. } => NOT_COORDINATOR,
         Error::Forwarded(status) => status_code(status),
+        // Mirror links are not managed over the Kafka protocol.
+        Error::MirrorLinkExists(_) | Error::UnknownMirrorLink(_) => INVALID_REQUEST,
     }
 }
 
