@@ -5,6 +5,20 @@
 
 use tributary_proto::batch::BatchError;
 
+/// Why the coordinator refused a commit: Kafka clients react to each
+/// differently (rejoin with a new member id, rejoin keeping it, stop).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// A commit from outside the membership while the group has members.
+    GroupHasMembers,
+    UnknownMember,
+    /// A static member replaced by a newer instance with its id.
+    FencedInstance,
+    StaleGeneration,
+    /// A partition the member does not own in this generation.
+    NotAssigned,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("invalid topic name '{name}': {reason}")]
@@ -39,8 +53,8 @@ pub enum Error {
     UnknownGroup(String),
     #[error("group '{0}' has {1} active member(s); stop its consumers first")]
     GroupNotEmpty(String, usize),
-    #[error("{0}")]
-    CommitRejected(String),
+    #[error("{1}")]
+    CommitRejected(Rejection, String),
     /// The cluster is not in the state the call needs (a broker still
     /// hosting replicas cannot be removed).
     #[error("{0}")]
@@ -132,7 +146,7 @@ impl From<Error> for tonic::Status {
             Error::UnknownTopic(_) | Error::UnknownPartition { .. } | Error::UnknownGroup(_) => {
                 Code::NotFound
             }
-            Error::GroupNotEmpty(..) | Error::CommitRejected(_) | Error::Precondition(_) => {
+            Error::GroupNotEmpty(..) | Error::CommitRejected(..) | Error::Precondition(_) => {
                 Code::FailedPrecondition
             }
             Error::OffsetOutOfRange { .. } => Code::OutOfRange,

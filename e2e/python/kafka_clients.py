@@ -73,6 +73,44 @@ def produce(bootstrap, topic, records_json):
     print(json.dumps(delivered))
 
 
+def produce_paced(bootstrap, topic, count, pace_ms):
+    """Idempotent acks=all produce of `count` records k{i}/v{i}, pausing
+    `pace_ms` every 100 so the run spans a broker kill; prints how many were
+    delivered, or exits non-zero with the delivery errors."""
+    import time
+    from confluent_kafka import Producer
+
+    delivered, errors = [0], []
+
+    def on_delivery(err, msg):
+        if err is not None:
+            errors.append(str(err))
+        else:
+            delivered[0] += 1
+
+    p = Producer({
+        "bootstrap.servers": bootstrap,
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 5,
+        "message.timeout.ms": 60000,
+    })
+    for i in range(int(count)):
+        while True:
+            try:
+                p.produce(topic, key=f"k{i}".encode(), value=f"v{i}".encode(), on_delivery=on_delivery)
+                break
+            except BufferError:
+                p.poll(0.05)
+        if i % 100 == 99:
+            p.poll(0)
+            time.sleep(int(pace_ms) / 1000)
+    left = p.flush(60)
+    if errors or left:
+        sys.exit(f"produce failed: {errors[:5]} ({left} undelivered)")
+    print(json.dumps({"delivered": delivered[0]}))
+
+
 def consume(bootstrap, topic, count):
     from confluent_kafka import Consumer, TopicPartition, OFFSET_BEGINNING
 
@@ -215,7 +253,7 @@ def group(bootstrap, topic, group_id, members, count):
 
 
 def admin(bootstrap, topic):
-    from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
+    from confluent_kafka.admin import AdminClient, ConfigResource, NewPartitions, NewTopic
 
     a = AdminClient({"bootstrap.servers": bootstrap})
     out = {}
@@ -233,8 +271,40 @@ def admin(bootstrap, topic):
     configs = a.describe_configs([res])[res].result(timeout=30)
     out["retention.ms"] = configs["retention.ms"].value
     out["cleanup.policy"] = configs["cleanup.policy"].value
+    # Grow 4 -> 6 partitions; a shrink is refused.
+    a.create_partitions([NewPartitions(topic, 6)], operation_timeout=10)[topic].result(timeout=30)
+    out["grown"] = len(a.list_topics(topic, timeout=10).topics[topic].partitions)
+    try:
+        a.create_partitions([NewPartitions(topic, 2)])[topic].result(timeout=30)
+        out["shrink"] = "shrunk"
+    except Exception as e:
+        out["shrink"] = e.args[0].name()
+    cluster = a.describe_cluster().result(timeout=30)
+    out["cluster_id"] = cluster.cluster_id
+    out["cluster_nodes"] = sorted(n.id for n in cluster.nodes)
     a.delete_topics([topic], operation_timeout=10)[topic].result(timeout=30)
     out["after_delete"] = topic in a.list_topics(timeout=10).topics
+    print(json.dumps(out))
+
+
+def groups_admin(bootstrap, group_id):
+    """Lists the consumer groups, deletes `group_id`, lists again."""
+    from confluent_kafka.admin import AdminClient
+
+    a = AdminClient({"bootstrap.servers": bootstrap})
+    listed = a.list_consumer_groups().result(timeout=30)
+    out = {"listed": sorted(g.group_id for g in listed.valid), "errors": [str(e) for e in listed.errors]}
+    try:
+        a.delete_consumer_groups([group_id])[group_id].result(timeout=30)
+        out["deleted"] = True
+    except Exception as e:
+        out["deleted"] = str(e)
+    try:
+        a.delete_consumer_groups(["no-such-group"])["no-such-group"].result(timeout=30)
+        out["unknown"] = "deleted"
+    except Exception as e:
+        out["unknown"] = e.args[0].name()
+    out["after"] = sorted(g.group_id for g in a.list_consumer_groups().result(timeout=30).valid)
     print(json.dumps(out))
 
 
@@ -248,6 +318,10 @@ def main():
         kafka_python(*args)
     elif cmd == "admin":
         admin(*args)
+    elif cmd == "produce-paced":
+        produce_paced(*args)
+    elif cmd == "groups-admin":
+        groups_admin(*args)
     elif cmd == "group":
         group(*args)
     else:

@@ -115,14 +115,17 @@ fn metadata_and_admin_calls_match_the_replicated_state_of_three_brokers() {
             assert_eq!(ids("isrs"), isr, "{out}");
         }
     }
-    // confluent-kafka's AdminClient: CreateTopics, DescribeConfigs and
-    // DeleteTopics, decided by the controller whichever broker it asks.
+    // confluent-kafka's AdminClient: CreateTopics, DescribeConfigs,
+    // CreatePartitions and DeleteTopics, decided by the controller whichever
+    // broker it asks; DescribeCluster from the quorum's metadata.
     let Some(python) = python() else { return skip("kafka admin client", "TRIBUTARY_KAFKA_PYTHON") };
+    let cluster_id = rt().block_on(c.describe()).unwrap().cluster_id;
     let seen = py(&python, &["admin", &kafka.join(","), "managed"]);
     assert_eq!(
         seen,
         json!({"duplicate": "TOPIC_ALREADY_EXISTS", "partitions": 4, "retention.ms": "3600000",
-               "cleanup.policy": "delete", "after_delete": false})
+               "cleanup.policy": "delete", "grown": 6, "shrink": "INVALID_PARTITIONS",
+               "cluster_id": cluster_id, "cluster_nodes": [0, 1, 2], "after_delete": false})
     );
 }
 
@@ -324,6 +327,47 @@ fn one_log_two_doors_kafka_and_grpc_see_the_same_records() {
 }
 
 #[test]
+fn an_idempotent_kafka_producer_loses_and_duplicates_nothing_through_a_leader_kill() {
+    let Some(python) = python() else { return skip("idempotent_producer_kill", "TRIBUTARY_KAFKA_PYTHON") };
+    let mut c = Cluster::start(3, tributary_e2e::cluster::FAST_FAILOVER).unwrap();
+    rt().block_on(c.create_topic("failover", 3, 3, &[("min.insync.replicas", "2")])).unwrap();
+    let bootstrap: Vec<String> = (0..3).map(|i| kafka_addr(c.broker(i))).collect();
+    let n = 6000;
+    // ~6 s of produce (60 pauses of 100 ms); the leader of partition 0 is
+    // killed a second in.
+    let child = Command::new(&python)
+        .arg(script())
+        .args(["produce-paced", &bootstrap.join(","), "failover", &n.to_string(), "100"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let leader = rt().block_on(c.leader_of("failover", 0)).unwrap().expect("a leader");
+    c.kill(leader).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{report}{}\n{}", String::from_utf8_lossy(&out.stderr), c.logs_tail());
+    assert_eq!(serde_json::from_str::<Value>(&report).unwrap()["delivered"], n, "{report}");
+    // Read back through the survivors: every acknowledged record exactly once.
+    let alive: Vec<String> = (0..3).filter(|i| *i != leader).map(|i| kafka_addr(c.broker(i))).collect();
+    let got = py(&python, &["consume", &alive.join(","), "failover", &n.to_string()]);
+    let mut values: Vec<String> =
+        got.as_array().unwrap().iter().map(|m| m["value"].as_str().unwrap().to_string()).collect();
+    values.sort();
+    values.dedup();
+    assert_eq!(values.len(), n, "every record once through the Kafka door");
+    // And to the high watermark of every partition through the gRPC door:
+    // nothing more is stored than was sent (no duplicate past the n read).
+    let grpc = c.bootstrap_up();
+    let mut stored = 0;
+    for p in 0..3 {
+        stored += rt().block_on(read_to_end(&grpc, "failover", p)).unwrap().len();
+    }
+    assert_eq!(stored, n, "records stored in total");
+}
+
+#[test]
 fn an_idempotent_kafka_producer_lands_every_record_once_on_a_replicated_topic() {
     let Some(python) = python() else { return skip("idempotent_producer", "TRIBUTARY_KAFKA_PYTHON") };
     let mut c = Cluster::start(3, "").unwrap();
@@ -376,6 +420,15 @@ fn a_kafka_consumer_group_assigns_on_the_client_side_and_commits() {
     // left on close, so it is empty now and shows its offsets).
     let described = ok(b.cli(&["group", "describe", "kgroup"], "").unwrap(), "group describe");
     assert!(described.contains("grouped"), "{described}");
+    // The AdminClient lists the (now empty) group, deletes it with its
+    // offsets, and is told an unknown group is not found.
+    let seen = py(&python, &["groups-admin", &kafka_addr(&b), "kgroup"]);
+    assert_eq!(
+        seen,
+        json!({"listed": ["kgroup"], "errors": [], "deleted": true, "unknown": "GROUP_ID_NOT_FOUND", "after": []}),
+    );
+    let listed = ok(b.cli(&["group", "list"], "").unwrap(), "group list");
+    assert!(!listed.contains("kgroup"), "deleted for the gRPC door too: {listed}");
 }
 
 #[test]

@@ -20,6 +20,22 @@ impl Coordinator {
         v1::ListGroupsResponse { groups: out }
     }
 
+    /// The groups this broker coordinates as Kafka's ListGroups shows them:
+    /// (group, state, protocol type). The protocol type is what a Kafka
+    /// group's members declared (`"consumer"` for consumers); native groups
+    /// have none.
+    pub fn list_protocol_types(&self) -> Vec<(String, String, String)> {
+        let groups = self.groups.lock();
+        groups
+            .iter()
+            .filter(|(id, _)| self.owns(id))
+            .map(|(id, g)| {
+                let kind = g.client.as_ref().map(|c| c.protocol_type.clone()).unwrap_or_default();
+                (id.clone(), g.state.name().to_string(), kind)
+            })
+            .collect()
+    }
+
     pub fn describe(&self, topics: &Topics, group: &str) -> Result<v1::DescribeGroupResponse> {
         let (mut resp, owners) = {
             let groups = self.groups.lock();

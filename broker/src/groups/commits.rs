@@ -2,6 +2,7 @@
 //! member's assignment, and reading them back.
 
 use super::*;
+use crate::error::Rejection;
 
 impl Coordinator {
     /// Validates and stores a commit. Blocking: creates `__consumer_offsets`
@@ -44,26 +45,32 @@ impl Coordinator {
                     .entry(req.group_id.clone())
                     .or_insert_with(|| Group::new(0, assignor::RANGE.into(), Some(now)));
                 if !g.members.is_empty() {
-                    return Err(Error::CommitRejected(format!(
+                    return Err(Error::CommitRejected(
+                        Rejection::GroupHasMembers,
+                        format!(
                         "group '{}' has active members; commit as a member (with member id and generation)",
                         req.group_id
-                    )));
+                    ),
+                    ));
                 }
             } else {
                 let g = groups.get(&req.group_id).ok_or_else(|| Error::UnknownGroup(req.group_id.clone()))?;
                 if let Some(code) = g.member_error(&req.member_id, &req.group_instance_id) {
-                    let why = if code == ErrorCode::FencedInstanceId {
-                        "is fenced by a newer instance"
+                    let (reason, why) = if code == ErrorCode::FencedInstanceId {
+                        (Rejection::FencedInstance, "is fenced by a newer instance")
                     } else {
-                        "is not a member"
+                        (Rejection::UnknownMember, "is not a member")
                     };
-                    return Err(Error::CommitRejected(format!(
-                        "commit rejected: '{}' {why} of group '{}'; rejoin the group",
-                        req.member_id, req.group_id
-                    )));
+                    return Err(Error::CommitRejected(
+                        reason,
+                        format!(
+                            "commit rejected: '{}' {why} of group '{}'; rejoin the group",
+                            req.member_id, req.group_id
+                        ),
+                    ));
                 }
                 if req.generation != g.generation {
-                    return Err(Error::CommitRejected(format!(
+                    return Err(Error::CommitRejected(Rejection::StaleGeneration, format!(
                         "commit rejected: member '{}' is at generation {} but group '{}' is at generation {} (fenced; rejoin the group)",
                         req.member_id, req.generation, req.group_id, g.generation
                     )));
@@ -75,10 +82,13 @@ impl Coordinator {
                 for (t, p, _) in checked {
                     let owns = |tps: &[Tp]| tps.iter().any(|(at, ap)| at == t && ap == p);
                     if !owns(&m.assignment) && !owns(&m.revoking) {
-                        return Err(Error::CommitRejected(format!(
-                            "commit rejected: {t}-{p} is not assigned to member '{}' in generation {}",
-                            req.member_id, g.generation
-                        )));
+                        return Err(Error::CommitRejected(
+                            Rejection::NotAssigned,
+                            format!(
+                                "commit rejected: {t}-{p} is not assigned to member '{}' in generation {}",
+                                req.member_id, g.generation
+                            ),
+                        ));
                     }
                 }
             }

@@ -48,6 +48,7 @@ pub const UNSUPPORTED_COMPRESSION_TYPE: i16 = 76;
 pub const FENCED_INSTANCE_ID: i16 = 82;
 pub const INVALID_RECORD: i16 = 87;
 pub const UNKNOWN_TOPIC_ID: i16 = 100;
+pub const UNSUPPORTED_ENDPOINT_TYPE: i16 = 119;
 
 /// The Kafka code for a broker error.
 pub fn code(e: &Error) -> i16 {
@@ -69,7 +70,7 @@ pub fn code(e: &Error) -> i16 {
         Error::InvalidProducerEpoch { .. } => INVALID_PRODUCER_EPOCH,
         Error::UnknownGroup(_) => GROUP_ID_NOT_FOUND,
         Error::GroupNotEmpty(..) => NON_EMPTY_GROUP,
-        Error::CommitRejected(_) => ILLEGAL_GENERATION,
+        Error::CommitRejected(reason, _) => commit_code(*reason),
         Error::Precondition(_) => POLICY_VIOLATION,
         Error::Storage(_) | Error::DiskFull(_) | Error::LogOffline { .. } => KAFKA_STORAGE_ERROR,
         Error::ReplicaAppendRefused { .. } => UNKNOWN_SERVER_ERROR,
@@ -83,6 +84,18 @@ pub fn code(e: &Error) -> i16 {
         Error::Forwarded(status) => status_code(status),
         // Mirror links are not managed over the Kafka protocol.
         Error::MirrorLinkExists(_) | Error::UnknownMirrorLink(_) => INVALID_REQUEST,
+    }
+}
+
+/// The code Kafka answers a refused commit with: an unknown member rejoins
+/// with a new id, a stale generation rejoins keeping its id, a fenced
+/// static member stops.
+pub fn commit_code(reason: crate::error::Rejection) -> i16 {
+    use crate::error::Rejection as R;
+    match reason {
+        R::GroupHasMembers | R::UnknownMember => UNKNOWN_MEMBER_ID,
+        R::FencedInstance => FENCED_INSTANCE_ID,
+        R::StaleGeneration | R::NotAssigned => ILLEGAL_GENERATION,
     }
 }
 

@@ -13,9 +13,11 @@
 
 use std::sync::Arc;
 
+use kafka_protocol::messages::delete_groups_response::DeletableGroupResult;
 use kafka_protocol::messages::find_coordinator_response::Coordinator;
 use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
 use kafka_protocol::messages::leave_group_response::MemberResponse;
+use kafka_protocol::messages::list_groups_response::ListedGroup;
 use kafka_protocol::messages::offset_commit_response::{
     OffsetCommitResponsePartition, OffsetCommitResponseTopic,
 };
@@ -27,6 +29,9 @@ use kafka_protocol::messages::{
     HeartbeatResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse,
     OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse, SyncGroupRequest,
     SyncGroupResponse, TopicName,
+};
+use kafka_protocol::messages::{
+    DeleteGroupsRequest, DeleteGroupsResponse, GroupId, ListGroupsRequest, ListGroupsResponse,
 };
 use kafka_protocol::protocol::Decodable;
 use tributary_proto::v1;
@@ -107,9 +112,9 @@ pub async fn offset_commit(state: &Arc<BrokerState>, req: OffsetCommitRequest) -
         .topics
         .iter()
         .flat_map(|t| {
-            t.partitions.iter().map(|p| v1::OffsetEntry {
+            t.partitions.iter().filter(|p| p.partition_index >= 0).map(|p| v1::OffsetEntry {
                 topic: t.name.0.to_string(),
-                partition: p.partition_index.max(0) as u32,
+                partition: p.partition_index as u32,
                 offset: p.committed_offset,
                 metadata: p.committed_metadata.as_ref().map(|m| m.to_string()).unwrap_or_default(),
             })
@@ -124,8 +129,8 @@ pub async fn offset_commit(state: &Arc<BrokerState>, req: OffsetCommitRequest) -
     };
     let code = match GroupService::new(state.clone()).commit_offsets_inner(shared).await {
         Ok(_) => errors::NONE,
-        Err(Error::CommitRejected(_)) if req.member_id.is_empty() => errors::REBALANCE_IN_PROGRESS,
-        Err(Error::CommitRejected(_) | Error::UnknownGroup(_)) => errors::UNKNOWN_MEMBER_ID,
+        // A member of a group the coordinator does not know (it expired).
+        Err(Error::UnknownGroup(_)) => errors::UNKNOWN_MEMBER_ID,
         Err(e) => errors::code(&e),
     };
     let mut resp = OffsetCommitResponse::default();
@@ -135,7 +140,7 @@ pub async fn offset_commit(state: &Arc<BrokerState>, req: OffsetCommitRequest) -
         for p in t.partitions {
             let mut part = OffsetCommitResponsePartition::default();
             part.partition_index = p.partition_index;
-            part.error_code = code;
+            part.error_code = if p.partition_index < 0 { errors::UNKNOWN_TOPIC_OR_PARTITION } else { code };
             out.partitions.push(part);
         }
         resp.topics.push(out);
@@ -151,7 +156,8 @@ pub async fn offset_fetch(state: &Arc<BrokerState>, req: OffsetFetchRequest) -> 
         .flatten()
         .map(|t| v1::TopicPartitions {
             topic: t.name.0.to_string(),
-            partitions: t.partition_indexes.iter().map(|p| (*p).max(0) as u32).collect(),
+            // A negative index names no partition (never partition 0).
+            partitions: t.partition_indexes.iter().filter(|p| **p >= 0).map(|p| *p as u32).collect(),
         })
         .collect();
     let shared = v1::FetchOffsetsRequest { group_id: group, partitions };
@@ -362,6 +368,48 @@ pub async fn leave_group(
         } else {
             resp.error_code = code;
         }
+    }
+    resp
+}
+
+/// The groups this broker coordinates (Kafka clients ask every broker and
+/// merge, as with Kafka), filtered by state when the request names states.
+/// Native groups are listed too, with no protocol type: Kafka tools show
+/// them and their offsets but cannot join them.
+pub fn list_groups(state: &Arc<BrokerState>, req: ListGroupsRequest) -> ListGroupsResponse {
+    let mut resp = ListGroupsResponse::default();
+    let wanted = |s: &str| {
+        req.states_filter.is_empty() || req.states_filter.iter().any(|f| f.as_str().eq_ignore_ascii_case(s))
+    };
+    let mut groups = state.coordinator.list_protocol_types();
+    groups.sort();
+    for (id, group_state, protocol_type) in groups {
+        if !wanted(&group_state) {
+            continue;
+        }
+        let mut g = ListedGroup::default();
+        g.group_id = GroupId(text(id));
+        g.protocol_type = text(protocol_type);
+        g.group_state = text(group_state);
+        g.group_type = text("classic");
+        resp.groups.push(g);
+    }
+    resp
+}
+
+/// Deletes each empty group and its committed offsets, on its coordinator
+/// (GROUP_ID_NOT_FOUND, NON_EMPTY_GROUP and NOT_COORDINATOR per group, as
+/// Kafka answers).
+pub async fn delete_groups(state: &Arc<BrokerState>, req: DeleteGroupsRequest) -> DeleteGroupsResponse {
+    let svc = GroupService::new(state.clone());
+    let mut resp = DeleteGroupsResponse::default();
+    for group in req.groups_names {
+        let mut r = DeletableGroupResult::default();
+        if let Err(e) = svc.delete_group_inner(group.0.to_string()).await {
+            r.error_code = errors::code(&e);
+        }
+        r.group_id = group;
+        resp.results.push(r);
     }
     resp
 }

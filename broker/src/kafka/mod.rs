@@ -18,8 +18,10 @@
 //!
 //! Modules: [`frame`] (framing and header), [`versions`] (what is served,
 //! ApiVersions), [`errors`] (Kafka error codes), and one handler module per
-//! API family: [`metadata`], [`produce`], [`fetch`], [`topics`], [`groups`].
+//! API family: [`metadata`], [`produce`], [`fetch`], [`topics`], [`groups`],
+//! [`cluster`].
 
+pub mod cluster;
 pub mod errors;
 pub mod fetch;
 pub mod frame;
@@ -139,6 +141,10 @@ pub fn decode_only(f: &mut Frame) -> Result<(), String> {
         ApiKey::LeaveGroup => decode::<LeaveGroupRequest>(f).map(drop),
         ApiKey::OffsetCommit => decode::<OffsetCommitRequest>(f).map(drop),
         ApiKey::OffsetFetch => decode::<OffsetFetchRequest>(f).map(drop),
+        ApiKey::ListGroups => decode::<ListGroupsRequest>(f).map(drop),
+        ApiKey::DeleteGroups => decode::<DeleteGroupsRequest>(f).map(drop),
+        ApiKey::CreatePartitions => decode::<CreatePartitionsRequest>(f).map(drop),
+        ApiKey::DescribeCluster => decode::<DescribeClusterRequest>(f).map(drop),
         other => Err(format!("{other:?} is not served")),
     }
 }
@@ -166,7 +172,7 @@ async fn dispatch(state: &Arc<BrokerState>, mut f: Frame, peer: SocketAddr) -> R
     let bytes = match api {
         ApiKey::ApiVersions => encode(id, api, v, &versions::ok())?,
         ApiKey::Metadata => encode(id, api, v, &metadata::metadata(state, decode(&mut f)?, v))?,
-        ApiKey::Produce => match produce::produce(state, decode(&mut f)?, v).await {
+        ApiKey::Produce => match produce::produce(state, decode(&mut f)?, v).await? {
             Some(resp) => encode(id, api, v, &resp)?,
             None => return Ok(None),
         },
@@ -193,6 +199,12 @@ async fn dispatch(state: &Arc<BrokerState>, mut f: Frame, peer: SocketAddr) -> R
         }
         ApiKey::OffsetCommit => encode(id, api, v, &groups::offset_commit(state, decode(&mut f)?).await)?,
         ApiKey::OffsetFetch => encode(id, api, v, &groups::offset_fetch(state, decode(&mut f)?).await)?,
+        ApiKey::ListGroups => encode(id, api, v, &groups::list_groups(state, decode(&mut f)?))?,
+        ApiKey::DeleteGroups => encode(id, api, v, &groups::delete_groups(state, decode(&mut f)?).await)?,
+        ApiKey::CreatePartitions => {
+            encode(id, api, v, &topics::create_partitions(state, decode(&mut f)?).await)?
+        }
+        ApiKey::DescribeCluster => encode(id, api, v, &cluster::describe_cluster(state, decode(&mut f)?))?,
         other => return Err(format!("{other:?} is not served")),
     };
     Ok(Some(bytes))

@@ -75,12 +75,16 @@ fn partition_response(
     out
 }
 
-/// Produce; `None` for acks=0 (Kafka sends no response then).
+/// Produce; `Ok(None)` for acks=0 (Kafka sends no response then). An
+/// acks=0 produce that failed anywhere is `Err`: the connection is closed,
+/// as Kafka does, since that is the only way such a client learns to
+/// refresh its metadata (a moved leader would otherwise drop its records
+/// until the next periodic refresh).
 pub async fn produce(
     state: &Arc<BrokerState>,
     req: ProduceRequest,
     _version: i16,
-) -> Option<ProduceResponse> {
+) -> Result<Option<ProduceResponse>, String> {
     let svc = LogService::new(state.clone());
     let transactional = req.transactional_id.is_some();
     let (acks, timeout_ms) = (i32::from(req.acks), req.timeout_ms.max(0) as u32);
@@ -126,7 +130,16 @@ pub async fn produce(
     let names: Vec<(String, i32)> = work.iter().map(|(n, i, _)| (n.clone(), *i)).collect();
     let outcomes = futures::future::join_all(work.into_iter().map(|(n, i, r)| one(n, i, r))).await;
     if acks == 0 {
-        return None;
+        let failed = outcomes.iter().zip(&names).find_map(|(o, (name, index))| match o {
+            Err((_, why)) => Some(format!("{name}-{index}: {why}")),
+            Ok(p) => p.error.as_ref().map(|e| format!("{name}-{index}: {}", e.message)),
+        });
+        return match failed {
+            Some(why) => {
+                Err(format!("acks=0 produce failed ({why}); closing so the client refreshes its metadata"))
+            }
+            None => Ok(None),
+        };
     }
     let mut resp = ProduceResponse::default();
     for ((name, index), outcome) in names.into_iter().zip(outcomes) {
@@ -141,7 +154,7 @@ pub async fn produce(
             }
         }
     }
-    Some(resp)
+    Ok(Some(resp))
 }
 
 /// A producer id from the cluster's blocks, as the gRPC door hands out

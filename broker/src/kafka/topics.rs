@@ -1,4 +1,4 @@
-//! CreateTopics and DeleteTopics through `server::admin`'s routed calls:
+//! CreateTopics, DeleteTopics and CreatePartitions through `server::admin`'s routed calls:
 //! decided by the controller (forwarded to it when this broker is not it),
 //! with the same validation, placement and internal-topic rules as
 //! `tributary topic create/delete`. Each topic is its own call, so Kafka's
@@ -7,14 +7,15 @@
 
 use std::sync::Arc;
 
+use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
 use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::describe_configs_response::{
     DescribeConfigsResourceResult, DescribeConfigsResult,
 };
 use kafka_protocol::messages::{
-    CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse,
-    DescribeConfigsRequest, DescribeConfigsResponse, TopicName,
+    CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse,
+    DeleteTopicsRequest, DeleteTopicsResponse, DescribeConfigsRequest, DescribeConfigsResponse, TopicName,
 };
 use tributary_proto::v1;
 
@@ -133,6 +134,45 @@ pub async fn delete(
             r.error_message = Some(text(e.to_string()));
         }
         resp.responses.push(r);
+    }
+    resp
+}
+
+/// Grows each topic to its asked count through the same routed call as
+/// `tributary topic alter --partitions` (never shrinks; placement by the
+/// controller). Manual assignments are refused.
+pub async fn create_partitions(
+    state: &Arc<BrokerState>,
+    req: CreatePartitionsRequest,
+) -> CreatePartitionsResponse {
+    let svc = AdminService::new(state.clone());
+    let mut resp = CreatePartitionsResponse::default();
+    for t in req.topics {
+        let mut r = CreatePartitionsTopicResult::default();
+        r.name = t.name.clone();
+        let refuse = |r: &mut CreatePartitionsTopicResult, code: i16, message: String| {
+            r.error_code = code;
+            r.error_message = Some(text(message));
+        };
+        if t.assignments.as_ref().is_some_and(|a| !a.is_empty()) {
+            refuse(
+                &mut r,
+                errors::INVALID_REPLICA_ASSIGNMENT,
+                "manual replica assignments are not supported: give the count alone".into(),
+            );
+        } else if t.count <= 0 {
+            refuse(&mut r, errors::INVALID_PARTITIONS, format!("count must be positive, not {}", t.count));
+        } else {
+            let asked = v1::CreatePartitionsRequest {
+                name: t.name.0.to_string(),
+                total_count: t.count as u32,
+                validate_only: req.validate_only,
+            };
+            if let Err(e) = svc.create_partitions_routed(asked).await {
+                refuse(&mut r, errors::code(&e), e.to_string());
+            }
+        }
+        resp.results.push(r);
     }
     resp
 }

@@ -31,6 +31,12 @@ pub const SERVED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DeleteTopics, 1, 6),
     (ApiKey::DescribeConfigs, 1, 4),
     (ApiKey::InitProducerId, 0, 4),
+    // v5 adds KIP-848's group types filter.
+    (ApiKey::ListGroups, 0, 4),
+    (ApiKey::DeleteGroups, 0, 2),
+    (ApiKey::CreatePartitions, 0, 3),
+    // v2 adds KIP-1073's fenced brokers; v1's endpoint type is served.
+    (ApiKey::DescribeCluster, 0, 1),
 ];
 
 /// The served API with this key.

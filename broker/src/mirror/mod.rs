@@ -180,20 +180,18 @@ impl MirrorManager {
                             if state.cluster.is_controller() {
                                 self.create_destination(state, &l.record, &destination, count);
                             }
-                            TopicState { destination, state: "Creating", reason: "creating the destination topic".into() }
+                            TopicState {
+                                destination,
+                                state: "Creating",
+                                reason: "creating the destination topic".into(),
+                            }
                         }
-                        Some(t) if (t.partitions.len() as u32) < count => TopicState {
-                            reason: format!(
-                                "the destination topic '{destination}' has {} partitions, the source {count}: \
-                                 exactly-once copying needs one destination partition per source partition; \
-                                 grow it (`tributary topic add-partitions {destination} --total {count}`)",
-                                t.partitions.len()
-                            ),
-                            destination,
-                            state: "Stalled",
-                        },
                         Some(t) => {
-                            for p in 0..count {
+                            // One task per source partition the destination
+                            // has a partition for: a source that grew past
+                            // the destination stalls only its new partitions.
+                            let copyable = count.min(t.partitions.len() as u32);
+                            for p in 0..copyable {
                                 let Some(pr) = t.partitions.get(p as usize) else { continue };
                                 if pr.leader != me {
                                     continue;
@@ -211,7 +209,21 @@ impl MirrorManager {
                                     },
                                 );
                             }
-                            TopicState { destination, state: "Copying", reason: String::new() }
+                            if copyable < count {
+                                TopicState {
+                                    reason: format!(
+                                        "the destination topic '{destination}' has {} partitions, the source {count}: \
+                                         exactly-once copying needs one destination partition per source partition, \
+                                         so source partitions {copyable}..{count} wait; grow it \
+                                         (`tributary topic add-partitions {destination} --total {count}`)",
+                                        t.partitions.len()
+                                    ),
+                                    destination,
+                                    state: "Stalled",
+                                }
+                            } else {
+                                TopicState { destination, state: "Copying", reason: String::new() }
+                            }
                         }
                     };
                     topic_states.insert((name.clone(), topic.clone()), t);

@@ -329,9 +329,10 @@ fn rebuild(f: &FetchedBatches, spec: &TaskSpec) -> Result<(Bytes, Option<i64>, V
 }
 
 /// Appends through the produce path, acks=all, in the task's epoch. The
-/// append itself runs as its own task holding the partition's lock, so
-/// aborting the mirror task never leaves an append landing unseen by the
-/// next run's scan.
+/// partition's lock is taken *before* the append is spawned as its own
+/// task, which then holds it: aborting the mirror task never leaves an
+/// append landing unseen by the next run's scan (a spawned append that had
+/// not yet taken the lock could land after the new run scanned).
 async fn append(
     state: &Arc<BrokerState>,
     manager: &Arc<MirrorManager>,
@@ -348,8 +349,9 @@ async fn append(
     };
     let lock = manager.partition_lock(&spec.destination_topic, spec.partition);
     let (state, epoch) = (state.clone(), spec.epoch);
+    let appending = lock.lock_owned().await;
     let guarded = tokio::spawn(async move {
-        let _appending = lock.lock_owned().await;
+        let _appending = appending;
         crate::server::log::produce(&state, request, Some(epoch)).await
     });
     let response = guarded.await.map_err(|e| e.to_string())?.map_err(|e| format!("appending: {e}"))?;

@@ -298,6 +298,22 @@ impl AdminService {
         r
     }
 
+    /// Grows a topic, like [`Self::create_topics_routed`].
+    pub(crate) async fn create_partitions_routed(
+        &self,
+        req: v1::CreatePartitionsRequest,
+    ) -> Result<v1::CreatePartitionsResponse, Error> {
+        let r = match self.forward() {
+            Ok(Some(mut c)) => {
+                c.create_partitions(req).await.map(|r| r.into_inner()).map_err(Error::Forwarded)
+            }
+            Ok(None) => self.grow_here(req).await,
+            Err(e) => Err(e),
+        };
+        self.settle().await;
+        r
+    }
+
     /// Deletes topics, like [`Self::create_topics_routed`].
     pub(crate) async fn delete_topics_routed(
         &self,
@@ -534,15 +550,7 @@ impl Admin for AdminService {
         request: Request<v1::CreatePartitionsRequest>,
     ) -> Result<Response<v1::CreatePartitionsResponse>, Status> {
         let start = Instant::now();
-        let req = request.into_inner();
-        let r = match self.forward() {
-            Ok(Some(mut c)) => {
-                c.create_partitions(req).await.map(|r| r.into_inner()).map_err(Error::Forwarded)
-            }
-            Ok(None) => self.grow_here(req).await,
-            Err(e) => Err(e),
-        };
-        self.settle().await;
+        let r = self.create_partitions_routed(request.into_inner()).await;
         self.finish("create_partitions", start, r)
     }
 }

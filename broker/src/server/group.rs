@@ -157,6 +157,13 @@ impl GroupService {
     }
 
     /// The group's committed offsets, on its coordinator.
+    /// Deletes an empty group and its offsets, on its coordinator; the gRPC
+    /// and Kafka doors both call this.
+    pub(crate) async fn delete_group_inner(&self, group: String) -> Result<(), Error> {
+        self.check_coordinator(&group).await?;
+        self.blocking(move |s| s.coordinator.delete(&s.topics, &group)).await
+    }
+
     pub(crate) async fn fetch_offsets_inner(
         &self,
         req: v1::FetchOffsetsRequest,
@@ -295,14 +302,8 @@ impl Group for GroupService {
         request: Request<v1::DeleteGroupRequest>,
     ) -> Result<Response<v1::DeleteGroupResponse>, Status> {
         let start = Instant::now();
-        let req = request.into_inner();
-        let check = self.check_coordinator(&req.group_id).await;
-        let r = async {
-            check?;
-            self.blocking(move |s| s.coordinator.delete(&s.topics, &req.group_id)).await
-        }
-        .await
-        .map(|_| v1::DeleteGroupResponse {});
+        let r =
+            self.delete_group_inner(request.into_inner().group_id).await.map(|_| v1::DeleteGroupResponse {});
         self.finish("delete_group", start, r)
     }
 
