@@ -202,26 +202,47 @@ impl Coordinator {
             let record = self.complete_if_ready(topics, &req.group_id, g);
             (member_id, rx, started_gen, wait, record)
         };
-        if let Some(record) = record {
-            record.wait().await?;
-        }
-        let _ = tokio::time::timeout(wait + Duration::from_secs(2), rx.wait_for(|g| *g > started_gen)).await;
-        let groups = self.groups.lock();
+        // Kafka answers a JoinGroup only once a join phase completes. When
+        // another rebalance starts right after the one this member waited
+        // for (a member joining or leaving meanwhile), the member, still
+        // waiting here, takes part in that one too, as Kafka counts a
+        // pending JoinGroup as joined, instead of being told to join again.
+        let deadline = tokio::time::Instant::now() + wait + Duration::from_secs(2);
+        let (mut record, mut started_gen) = (record, started_gen);
+        let groups = loop {
+            if let Some(r) = record.take() {
+                r.wait().await?;
+            }
+            let _ = tokio::time::timeout_at(deadline, rx.wait_for(|g| *g > started_gen)).await;
+            let mut groups = self.groups.lock();
+            let Some(g) = groups.get_mut(&req.group_id) else {
+                return Ok(refused(ErrorCode::UnknownMemberId, "the group was removed while joining"));
+            };
+            if !g.members.contains_key(&member_id) {
+                return Ok(refused(
+                    ErrorCode::UnknownMemberId,
+                    "removed from the group during the rebalance; join again",
+                ));
+            }
+            if g.state == GroupState::Stable {
+                break groups;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let mut r =
+                    refused(ErrorCode::RebalanceInProgress, "the rebalance has not completed; join again");
+                r.member_id = member_id;
+                return Ok(r);
+            }
+            if let Some(m) = g.members.get_mut(&member_id) {
+                m.rejoined = true;
+            }
+            started_gen = g.generation;
+            rx = g.done.subscribe();
+            record = self.complete_if_ready(topics, &req.group_id, g);
+        };
         let Some(g) = groups.get(&req.group_id) else {
             return Ok(refused(ErrorCode::UnknownMemberId, "the group was removed while joining"));
         };
-        if !g.members.contains_key(&member_id) {
-            return Ok(refused(
-                ErrorCode::UnknownMemberId,
-                "removed from the group during the rebalance; join again",
-            ));
-        }
-        if g.state != GroupState::Stable {
-            let mut r =
-                refused(ErrorCode::RebalanceInProgress, "the rebalance has not completed; join again");
-            r.member_id = member_id;
-            return Ok(r);
-        }
         let (protocol_type, protocol) =
             g.client.as_ref().map(|c| (c.protocol_type.clone(), c.protocol.clone())).unwrap_or_default();
         let members = if g.leader == member_id {
