@@ -10,6 +10,7 @@
 //! apart by [`ClientGroup`] being set, and a member of the other kind is
 //! refused while the group has members.
 
+use super::membership::timeouts;
 use super::*;
 
 /// What makes a group a Kafka classic-protocol group.
@@ -112,17 +113,7 @@ impl Coordinator {
         if req.protocols.is_empty() {
             return Err(Error::InvalidRequest("a member must offer at least one protocol".into()));
         }
-        let session = Duration::from_millis(u64::from(req.session_timeout_ms));
-        if !(MIN_SESSION..=MAX_SESSION).contains(&session) {
-            return Err(Error::InvalidRequest(format!(
-                "session_timeout_ms {} is outside {}..={}",
-                req.session_timeout_ms,
-                MIN_SESSION.as_millis(),
-                MAX_SESSION.as_millis()
-            )));
-        }
-        let rebalance =
-            Duration::from_millis(u64::from(req.rebalance_timeout_ms)).clamp(MIN_SESSION, MAX_SESSION);
+        let (session, rebalance) = timeouts(req.session_timeout_ms, req.rebalance_timeout_ms)?;
         let (member_id, mut rx, started_gen, wait, record) = {
             let now = Instant::now();
             let mut groups = self.groups.lock();

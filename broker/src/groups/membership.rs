@@ -28,17 +28,7 @@ impl Coordinator {
                 "unknown assignor '{assignor}' (range, roundrobin, cooperative-sticky)"
             )));
         }
-        let session = Duration::from_millis(u64::from(req.session_timeout_ms));
-        if !(MIN_SESSION..=MAX_SESSION).contains(&session) {
-            return Err(Error::InvalidRequest(format!(
-                "session_timeout_ms {} is outside {}..={}",
-                req.session_timeout_ms,
-                MIN_SESSION.as_millis(),
-                MAX_SESSION.as_millis()
-            )));
-        }
-        let rebalance =
-            Duration::from_millis(u64::from(req.rebalance_timeout_ms)).clamp(MIN_SESSION, MAX_SESSION);
+        let (session, rebalance) = timeouts(req.session_timeout_ms, req.rebalance_timeout_ms)?;
 
         let (member_id, mut rx, started_gen, wait, record) = {
             let now = Instant::now();
@@ -253,4 +243,20 @@ fn join_response(g: &Group, member_id: &str, err: Option<v1::PartitionError>) ->
         leader_id: g.leader.clone(),
         members: g.members.keys().cloned().collect(),
     }
+}
+
+/// A joining member's session and rebalance timeouts, for both group kinds:
+/// the session must lie within the broker's bounds; the rebalance timeout
+/// is clamped to them.
+pub(super) fn timeouts(session_ms: u32, rebalance_ms: u32) -> Result<(Duration, Duration)> {
+    let session = Duration::from_millis(u64::from(session_ms));
+    if !(MIN_SESSION..=MAX_SESSION).contains(&session) {
+        return Err(Error::InvalidRequest(format!(
+            "session_timeout_ms {session_ms} is outside {}..={}",
+            MIN_SESSION.as_millis(),
+            MAX_SESSION.as_millis()
+        )));
+    }
+    let rebalance = Duration::from_millis(u64::from(rebalance_ms)).clamp(MIN_SESSION, MAX_SESSION);
+    Ok((session, rebalance))
 }

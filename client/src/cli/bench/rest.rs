@@ -14,9 +14,8 @@ use http_body_util::{BodyExt, Full};
 use hyper::{header, Request};
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
-use tributary_client::{Acks, Compression};
 
-use super::{produce, BenchProduceArgs};
+use super::{fill, produce};
 
 #[derive(Args, Debug)]
 pub struct BenchRestArgs {
@@ -55,21 +54,7 @@ pub async fn run(bootstrap: &str, http_url: &str, args: BenchRestArgs) -> anyhow
             "--record-size must be 2 or more (a JSON string's quotes), --batch and --connections 1 or more"
         );
     }
-    let native = produce(
-        bootstrap,
-        BenchProduceArgs {
-            topic: args.topic.clone(),
-            records: args.records,
-            record_size: args.record_size,
-            acks: Acks::All,
-            producers: 1,
-            batch_size: None,
-            compression: Compression::None,
-            linger_ms: 5,
-            no_idempotence: false,
-        },
-    )
-    .await?;
+    let native = produce(bootstrap, fill(&args.topic, args.records, args.record_size)).await?;
     let rest = rest_produce(http_url, &args).await?;
     Ok(RestBenchResult {
         records: args.records,
