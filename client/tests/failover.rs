@@ -214,6 +214,7 @@ struct Fake {
     world: Arc<World>,
     addrs: Vec<SocketAddr>,
     stop: Vec<Option<oneshot::Sender<()>>>,
+    servers: Vec<Option<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>>>,
 }
 
 impl Fake {
@@ -221,13 +222,14 @@ impl Fake {
         let world = Arc::new(World::default());
         let mut addrs = Vec::new();
         let mut stop = Vec::new();
+        let mut servers = Vec::new();
         for id in 0..2 {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             addrs.push(listener.local_addr().unwrap());
             let (tx, rx) = oneshot::channel::<()>();
             stop.push(Some(tx));
             let service = LogServer::new(FakeBroker { id, world: world.clone() });
-            tokio::spawn(async move {
+            servers.push(Some(tokio::spawn(async move {
                 tonic::transport::Server::builder()
                     .add_service(service)
                     .serve_with_incoming_shutdown(
@@ -237,10 +239,10 @@ impl Fake {
                         },
                     )
                     .await
-            });
+            })));
         }
         *world.addrs.lock() = addrs.iter().map(|a| a.to_string()).collect();
-        Fake { world, addrs, stop }
+        Fake { world, addrs, stop, servers }
     }
 
     /// "addr0,addr1"
@@ -248,9 +250,20 @@ impl Fake {
         self.addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",")
     }
 
-    fn kill(&mut self, id: usize) {
+    /// Stops broker `id` and waits until it serves nothing more: sending the
+    /// stop signal alone leaves a window in which the client's open
+    /// connection still reaches the old server (a CI flake: "b" was stored
+    /// by the broker that was meant to be dead).
+    async fn kill(&mut self, id: usize) {
         if let Some(tx) = self.stop[id].take() {
             let _ = tx.send(());
+        }
+        if let Some(server) = self.servers[id].take() {
+            tokio::time::timeout(Duration::from_secs(10), server)
+                .await
+                .expect("the fake broker did not stop in 10 s")
+                .expect("fake broker task")
+                .expect("fake broker");
         }
     }
 
@@ -329,7 +342,7 @@ async fn a_dead_bootstrap_broker_is_routed_around() {
     assert_eq!(send(&p, "a").await, Ok(0));
     // Broker 0 (the bootstrap broker, and the leader) dies; the controller
     // moves leadership to broker 1 a little later.
-    f.kill(0);
+    f.kill(0).await;
     let world = f.world.clone();
     tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(300)).await;
