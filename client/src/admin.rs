@@ -267,6 +267,19 @@ impl Admin {
         to: ResetTo,
         dry_run: bool,
     ) -> Result<Vec<v1::OffsetEntry>> {
+        self.reset_partition_offsets(group, topic, &[], to, dry_run).await
+    }
+
+    /// [`Self::reset_offsets`] for some partitions of `topic` only (empty:
+    /// all of them).
+    pub async fn reset_partition_offsets(
+        &self,
+        group: &str,
+        topic: &str,
+        partitions: &[u32],
+        to: ResetTo,
+        dry_run: bool,
+    ) -> Result<Vec<v1::OffsetEntry>> {
         use v1::reset_offsets_request::To;
         let to = match to {
             ResetTo::Earliest => To::Earliest(true),
@@ -285,7 +298,7 @@ impl Admin {
         let request = &v1::ResetOffsetsRequest {
             group_id: group.to_string(),
             topic: topic.to_string(),
-            partitions: Vec::new(),
+            partitions: partitions.to_vec(),
             to: Some(to),
             dry_run,
         };
@@ -298,6 +311,24 @@ impl Admin {
         let mut offsets = response.offsets;
         offsets.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
         Ok(offsets)
+    }
+
+    /// Commits `offsets` for `group` from outside its membership, as Kafka's
+    /// AlterConsumerGroupOffsets does: refused while the group has members;
+    /// a group that does not exist yet is made with them.
+    pub async fn commit_offsets(&self, group: &str, offsets: Vec<v1::OffsetEntry>) -> Result<()> {
+        let request = &v1::CommitOffsetsRequest {
+            group_id: group.to_string(),
+            member_id: String::new(),
+            generation: -1,
+            group_instance_id: String::new(),
+            offsets,
+        };
+        self.on_coordinator(group, |c| async move {
+            c.call("a commit-offsets request", ADMIN_TIMEOUT, c.group().commit_offsets(request.clone())).await
+        })
+        .await?;
+        Ok(())
     }
 
     /// Every offset the group committed, sorted by topic and partition.

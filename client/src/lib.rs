@@ -102,6 +102,7 @@ pub mod error;
 pub mod group;
 pub(crate) mod idempotence;
 pub mod metadata;
+pub mod mirror;
 pub mod partitioner;
 pub mod producer;
 pub mod registry;

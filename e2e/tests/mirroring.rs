@@ -17,9 +17,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use tributary_client::tributary_proto::v1;
 use tributary_client::{Acks, Admin, ConsumerRecord, OffsetSpec, Producer, ProducerConfig, ProducerRecord};
 use tributary_e2e::cluster::{Cluster, OkOrLogs, FAST_FAILOVER};
-use tributary_e2e::{read_to_end, run_cli, wait_for};
+use tributary_e2e::{read_to_end, run_cli, wait_for, FAST_MAINTENANCE};
 
 const PROVENANCE: &str = "tributary.provenance";
 const WAIT: Duration = Duration::from_secs(20);
@@ -93,14 +94,17 @@ fn content(r: &ConsumerRecord) -> Content {
     (r.key.clone(), r.value.clone(), r.timestamp, headers)
 }
 
-/// (cluster id, partition, offset) of the last hop.
+/// (cluster id, partition, offset) of the last hop, whose header reads
+/// `CLUSTER_ID:TOPIC_TAG:PARTITION:OFFSET`.
 fn provenance(r: &ConsumerRecord) -> Option<(String, u32, i64)> {
     let (_, v) = r.headers.iter().rev().find(|(k, _)| k == PROVENANCE)?;
-    let text = std::str::from_utf8(v.as_deref()?).ok()?.to_string();
-    let mut parts = text.rsplitn(3, ':');
-    let offset = parts.next()?.parse().ok()?;
-    let partition = parts.next()?.parse().ok()?;
-    Some((parts.next()?.to_string(), partition, offset))
+    let text = std::str::from_utf8(v.as_deref()?).ok()?;
+    match text.split(':').collect::<Vec<_>>()[..] {
+        [cluster, tag, partition, offset] if tag.len() == 8 => {
+            Some((cluster.to_string(), partition.parse().ok()?, offset.parse().ok()?))
+        }
+        _ => None,
+    }
 }
 
 async fn high_watermark(bootstrap: &str, topic: &str, partition: u32) -> i64 {
@@ -506,4 +510,176 @@ async fn opposite_links_copy_once_and_never_back_and_bad_input_changes_nothing()
     produce(&xb, "x", 25, 5);
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(high_watermark(&yb, "t", 0).await, 45, "a deleted link copied\n{}", y.logs_tail());
+}
+
+/// Values of every record in `topic`-0 at `bootstrap`, in offset order.
+async fn values(bootstrap: &str, topic: &str) -> Vec<String> {
+    let records = read_to_end(bootstrap, topic, 0).await.unwrap();
+    records
+        .iter()
+        .map(|r| String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()).into_owned())
+        .collect()
+}
+
+/// Until `topic`-0 at `bootstrap` holds `want` records.
+async fn settle_at(bootstrap: &str, topic: &str, want: i64) -> anyhow::Result<()> {
+    wait_for(&format!("{want} records in {topic} at {bootstrap}"), WAIT, || async move {
+        match high_watermark(bootstrap, topic, 0).await {
+            hw if hw >= want => Ok(()),
+            hw => Err(format!("high watermark {hw}")),
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latest_means_from_the_links_creation_overlapping_links_copy_once_and_a_recreated_source_starts_over()
+{
+    let mut s = Cluster::start(1, FAST_FAILOVER).unwrap();
+    let mut d = Cluster::start(1, &format!("{FAST_FAILOVER}{FAST_MAINTENANCE}")).unwrap();
+    s.create_topic("t", 1, 1, &[]).await.ok_or_logs(&s);
+    let (sb, db) = (s.bootstrap(), d.bootstrap());
+    let produce = |tag: &str, n: u32| {
+        let lines: String = (0..n).map(|i| format!("{tag}{i}\n")).collect();
+        let out = run_cli(&sb, &["produce", "t"], &lines).unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    let link = |name: &str, topics: &str| {
+        let args = [
+            "mirror",
+            "create",
+            name,
+            "--source-alias",
+            "s",
+            "--source",
+            &sb,
+            "--topics",
+            topics,
+            "--naming",
+            "identity",
+            "--start",
+            "latest",
+        ];
+        cli_ok(&db, &args);
+    };
+    produce("old", 5);
+    // --start latest, paused before anything is copied: records that come
+    // while it is paused are after the link's creation, so they are copied
+    // on resume (a task that looked "latest" up again would skip them).
+    link("l1", "t");
+    cli_ok(&db, &["mirror", "pause", "l1"]);
+    produce("new", 5);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    cli_ok(&db, &["mirror", "resume", "l1"]);
+    settle_at(&db, "t", 5).await.ok_or_logs(&d);
+    assert_eq!(values(&db, "t").await, ["new0", "new1", "new2", "new3", "new4"], "{}", d.logs_tail());
+
+    // A second link from the same source overlapping on `t`: it leaves `t`
+    // to l1 and says so; each record is copied once.
+    link("l2", "t|u");
+    wait_for("l2 reports its conflict over t", WAIT, || async {
+        let status = cli_ok(&db, &["mirror", "status", "l2"]);
+        if status.contains("Conflict") && status.contains("link 'l1' already copies 't'") {
+            Ok(())
+        } else {
+            Err(status)
+        }
+    })
+    .await
+    .ok_or_logs(&d);
+    produce("more", 5);
+    settle_at(&db, "t", 10).await.ok_or_logs(&d);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(high_watermark(&db, "t", 0).await, 10, "a record was copied twice\n{}", d.logs_tail());
+    cli_ok(&db, &["mirror", "delete", "l2"]);
+
+    // Offset translation: group g read the source's t up to offset 8
+    // ("new3", the copy at 3 here); g2 read all 15 records, of which the
+    // destination has all it will get so far (it goes on at the end).
+    let source = Admin::connect(&sb).await.unwrap();
+    let at =
+        |offset| vec![v1::OffsetEntry { topic: "t".into(), partition: 0, offset, metadata: String::new() }];
+    source.commit_offsets("g", at(8)).await.unwrap();
+    source.commit_offsets("g2", at(15)).await.unwrap();
+    let shown = cli_ok(&db, &["mirror", "translate-offsets", "l1", "--group", "g", "--apply"]);
+    assert!(shown.contains("committed 1 offsets for group g"), "{shown}");
+    let dest = Admin::connect(&db).await.unwrap();
+    let committed = dest.fetch_offsets("g").await.unwrap();
+    assert_eq!(
+        committed.iter().map(|e| (e.topic.as_str(), e.partition, e.offset)).collect::<Vec<_>>(),
+        [("t", 0, 3)]
+    );
+    assert_eq!(values(&db, "t").await[3], "new3");
+    let shown = cli_ok(&db, &["mirror", "translate-offsets", "l1", "--group", "g2"]);
+    let row = shown
+        .lines()
+        .find(|l| l.starts_with("t "))
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect::<Vec<_>>();
+    assert_eq!(row[..5], ["t", "0", "15", "t", "10"], "{shown}");
+    assert!(shown.contains("not yet"), "{shown}");
+    match dest.fetch_offsets("g2").await {
+        Ok(offsets) => assert!(offsets.is_empty(), "without --apply nothing is committed: {offsets:?}"),
+        Err(e) => assert!(e.to_string().contains("unknown group 'g2'"), "{e}"),
+    }
+    let none = cli_err(&db, &["mirror", "translate-offsets", "l1", "--group", "nobody"]);
+    assert!(none.contains("no committed offsets"), "{none}");
+
+    // The source topic is deleted and created again: its offsets start
+    // over below what was copied. The new topic is copied from its start.
+    let out = run_cli(&sb, &["topic", "delete", "t"], "").unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    s.create_topic("t", 1, 1, &[]).await.ok_or_logs(&s);
+    produce("re", 3);
+    settle_at(&db, "t", 13).await.ok_or_logs(&d);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let got = values(&db, "t").await;
+    assert_eq!(got.len(), 13, "{got:?}\n{}", d.logs_tail());
+    assert_eq!(got[10..], ["re0", "re1", "re2"], "{got:?}");
+
+    // Retention at the destination removes every copy: the task restarts
+    // (pause, resume) and goes on from the checkpoint in the metadata,
+    // not from the link's start again.
+    s.create_topic("r", 1, 1, &[]).await.ok_or_logs(&s);
+    d.create_topic("r", 1, 1, &[("retention.ms", "1500")]).await.ok_or_logs(&d);
+    cli_ok(
+        &db,
+        &[
+            "mirror",
+            "create",
+            "l3",
+            "--source-alias",
+            "s",
+            "--source",
+            &sb,
+            "--topics",
+            "r",
+            "--naming",
+            "identity",
+        ],
+    );
+    let lines: String = (0..5).map(|i| format!("r{i}\n")).collect();
+    let out = run_cli(&sb, &["produce", "r"], &lines).unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    settle_at(&db, "r", 5).await.ok_or_logs(&d);
+    let dest = Admin::connect(&db).await.unwrap();
+    wait_for("retention removes the copies", WAIT, || async {
+        match dest.list_offsets("r", 0, OffsetSpec::Earliest).await {
+            Ok(5) => Ok(()),
+            other => Err(format!("log start {other:?}")),
+        }
+    })
+    .await
+    .ok_or_logs(&d);
+    // Past the checkpoint interval (5 s) since the copy.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    cli_ok(&db, &["mirror", "pause", "l3"]);
+    cli_ok(&db, &["mirror", "resume", "l3"]);
+    let out = run_cli(&sb, &["produce", "r"], "r5\nr6\n").unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    settle_at(&db, "r", 7).await.ok_or_logs(&d);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(high_watermark(&db, "r", 0).await, 7, "copied again after retention\n{}", d.logs_tail());
 }

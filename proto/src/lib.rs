@@ -8,6 +8,7 @@
 //! * [`varint`]: the zig-zag variable-length integers the batch format uses.
 
 pub mod batch;
+pub mod provenance;
 pub mod varint;
 
 /// The gRPC API, generated from `proto/tributary.proto`.

@@ -122,6 +122,12 @@ pub struct MirrorLinkRecord {
     /// Of destination topics the link creates; 0: the broker default.
     #[serde(default)]
     pub replication_factor: u32,
+    /// When the link was first created (ms since the epoch; kept by
+    /// updates). `--start latest` means records the source got from then
+    /// on: a task that restarts before its first copy, or a topic found
+    /// later, starts from this time, not from whatever "latest" is by then.
+    #[serde(default)]
+    pub created_ms: i64,
 }
 
 impl MirrorLinkRecord {
@@ -132,6 +138,35 @@ impl MirrorLinkRecord {
             MirrorNaming::Identity => topic.to_string(),
         }
     }
+}
+
+/// How far a mirror task has copied one source partition into one
+/// destination partition (see [`crate::mirror`]): the resume point when
+/// the copies themselves are gone (retention, compaction).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MirrorCheckpoint {
+    /// The last source offset copied or passed over.
+    pub source_offset: i64,
+    /// The provenance topic tag of the source topic.
+    #[serde(default)]
+    pub topic_tag: String,
+    /// Where the last copied record is in the destination partition.
+    pub destination_offset: i64,
+}
+
+impl MirrorCheckpoint {
+    /// Later in the destination log (which every leader shares), so
+    /// checkpoints sent by a deposed leader's task never win.
+    fn newer_than(&self, other: &MirrorCheckpoint) -> bool {
+        (self.destination_offset, self.source_offset) > (other.destination_offset, other.source_offset)
+    }
+}
+
+/// The key of a checkpoint in [`MetadataState::mirror_checkpoints`]: the
+/// destination topic's id (a re-created destination starts with none), its
+/// partition, and the source cluster.
+pub fn mirror_checkpoint_key(topic_id: &str, partition: u32, source_cluster: &str) -> String {
+    format!("{topic_id}/{partition}/{source_cluster}")
 }
 
 /// Everything the quorum holds.
@@ -156,6 +191,9 @@ pub struct MetadataState {
     /// Mirror links into this cluster, by name (see [`crate::mirror`]).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub mirror_links: BTreeMap<String, MirrorLinkRecord>,
+    /// By [`mirror_checkpoint_key`].
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub mirror_checkpoints: BTreeMap<String, MirrorCheckpoint>,
     /// The Raft log index this state reflects (set when it is published;
     /// not part of the replicated state).
     #[serde(skip)]
@@ -261,6 +299,12 @@ pub enum Command {
         #[serde(default)]
         replace: bool,
     },
+    /// Mirror tasks' progress: (destination topic, partition, source
+    /// cluster, checkpoint). Each replaces an older one; ones for topics
+    /// that are gone are dropped.
+    RecordMirrorCheckpoints {
+        checkpoints: Vec<(String, u32, String, MirrorCheckpoint)>,
+    },
     SetMirrorLinkPaused {
         name: String,
         paused: bool,
@@ -339,7 +383,11 @@ impl MetadataState {
                 Outcome::Done
             }
             Command::DeleteTopic { name } => match self.topics.remove(name) {
-                Some(_) => Outcome::Done,
+                Some(t) => {
+                    let prefix = format!("{}/", t.id);
+                    self.mirror_checkpoints.retain(|k, _| !k.starts_with(&prefix));
+                    Outcome::Done
+                }
                 None => Outcome::Refused(format!("unknown topic '{name}'")),
             },
             Command::SetConfigs { name, configs } => match self.topics.get_mut(name) {
@@ -379,6 +427,19 @@ impl MetadataState {
                     self.reassignment_throttle = 0;
                 }
                 out
+            }
+            Command::RecordMirrorCheckpoints { checkpoints } => {
+                for (topic, partition, source, c) in checkpoints {
+                    let Some(t) = self.topics.get(topic) else { continue };
+                    if *partition as usize >= t.partitions.len() {
+                        continue;
+                    }
+                    let key = mirror_checkpoint_key(&t.id, *partition, source);
+                    if self.mirror_checkpoints.get(&key).is_none_or(|old| c.newer_than(old)) {
+                        self.mirror_checkpoints.insert(key, c.clone());
+                    }
+                }
+                Outcome::Done
             }
             Command::PutMirrorLink { link, replace } => {
                 if !replace && self.mirror_links.contains_key(&link.name) {
@@ -942,7 +1003,36 @@ mod tests {
             start: MirrorStart::Earliest,
             paused: false,
             replication_factor: 0,
+            created_ms: 0,
         }
+    }
+
+    #[test]
+    fn mirror_checkpoints_only_move_forward_and_go_with_their_topic() {
+        let mut s = MetadataState::default();
+        s.apply(&topic("t", vec![vec![1]]));
+        let ck = |source_offset, destination_offset| MirrorCheckpoint {
+            source_offset,
+            topic_tag: "tag".into(),
+            destination_offset,
+        };
+        let record = |topic: &str, partition, c| Command::RecordMirrorCheckpoints {
+            checkpoints: vec![(topic.to_string(), partition, "src".to_string(), c)],
+        };
+        let key = mirror_checkpoint_key("id", 0, "src");
+        assert_eq!(s.apply(&record("t", 0, ck(10, 4))), Outcome::Done);
+        assert_eq!(s.mirror_checkpoints[&key], ck(10, 4));
+        // A deposed leader's older checkpoint arriving late changes nothing.
+        s.apply(&record("t", 0, ck(8, 2)));
+        assert_eq!(s.mirror_checkpoints[&key], ck(10, 4));
+        s.apply(&record("t", 0, ck(12, 6)));
+        assert_eq!(s.mirror_checkpoints[&key], ck(12, 6));
+        // Unknown topics and partitions are dropped.
+        s.apply(&record("nope", 0, ck(1, 1)));
+        s.apply(&record("t", 5, ck(1, 1)));
+        assert_eq!(s.mirror_checkpoints.len(), 1);
+        assert_eq!(s.apply(&Command::DeleteTopic { name: "t".into() }), Outcome::Done);
+        assert!(s.mirror_checkpoints.is_empty(), "a deleted topic's checkpoints go with it");
     }
 
     #[test]

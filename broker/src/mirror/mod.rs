@@ -41,6 +41,10 @@ use task::{TaskSpec, TaskStatus};
 const DISCOVERY_INTERVAL: Duration = Duration::from_secs(3);
 /// How often tasks are matched against metadata and leadership.
 const RECONCILE_INTERVAL: Duration = Duration::from_millis(250);
+/// How often tasks' progress goes into the metadata. Copies removed by
+/// retention within this time of being made (a `retention.ms` shorter
+/// than this) can still be copied again after a restart.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(5);
 
 /// What a mirror task appended: for the audit (records per topic and
 /// window, by record timestamp).
@@ -81,14 +85,22 @@ struct TaskEntry {
     handle: JoinHandle<()>,
 }
 
+/// A source topic as its cluster describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SourceTopic {
+    partitions: u32,
+    /// [`provenance::topic_tag`] of its id.
+    tag: String,
+}
+
 /// What this broker knows of one link's source.
 struct LinkState {
     record: MirrorLinkRecord,
     topics_re: Option<Regex>,
     exclude_re: Option<Regex>,
     source_cluster: String,
-    /// Source topics the link matches, with their partition counts.
-    source_topics: BTreeMap<String, u32>,
+    /// Source topics the link matches.
+    source_topics: BTreeMap<String, SourceTopic>,
     error: String,
     discovery: Option<JoinHandle<()>>,
     last_discovery: Option<Instant>,
@@ -118,6 +130,8 @@ pub struct MirrorManager {
     creating: Mutex<HashSet<String>>,
     locks: Mutex<PartitionLocks>,
     observer: Mutex<Option<Arc<dyn CopyObserver>>>,
+    /// A checkpoint send is on its way (one at a time).
+    sending: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl MirrorManager {
@@ -148,12 +162,14 @@ impl MirrorManager {
     pub async fn run(self: Arc<Self>, state: Arc<BrokerState>, mut shutdown: Shutdown) {
         let mut tick = tokio::time::interval(RECONCILE_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut checkpoints = tokio::time::interval(CHECKPOINT_INTERVAL);
+        checkpoints.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = tick.tick() => {}
+                _ = tick.tick() => self.reconcile(&state),
+                _ = checkpoints.tick() => self.send_checkpoints(&state),
                 _ = shutdown.wait() => break,
             }
-            self.reconcile(&state);
         }
         for (_, t) in std::mem::take(&mut *self.tasks.lock()) {
             t.handle.abort();
@@ -169,12 +185,20 @@ impl MirrorManager {
         let mut topic_states = BTreeMap::new();
         {
             let links = self.links.lock();
+            let mut claims = Claims::default();
+            // By name, as on every broker: the first link to claim a
+            // (source cluster, topic, destination) copies it.
             for (name, l) in links.iter() {
                 if l.record.paused || l.source_cluster.is_empty() {
                     continue;
                 }
-                for (topic, &count) in &l.source_topics {
+                for (topic, source) in &l.source_topics {
+                    let count = source.partitions;
                     let destination = l.record.destination_topic(topic);
+                    if let Some(conflict) = claims.claim(name, &l.source_cluster, topic, &destination) {
+                        topic_states.insert((name.clone(), topic.clone()), conflict);
+                        continue;
+                    }
                     let t = match md.topic(&destination) {
                         None => {
                             if state.cluster.is_controller() {
@@ -203,6 +227,7 @@ impl MirrorManager {
                                         source_cluster: l.source_cluster.clone(),
                                         destination_cluster: md.cluster_id.clone(),
                                         source_topic: topic.clone(),
+                                        source_topic_tag: source.tag.clone(),
                                         destination_topic: destination.clone(),
                                         partition: p,
                                         epoch: pr.leader_epoch,
@@ -249,6 +274,45 @@ impl MirrorManager {
         }
     }
 
+    /// Sends the tasks' progress since the last send to the controller, in
+    /// one request, in the background.
+    fn send_checkpoints(&self, state: &Arc<BrokerState>) {
+        use std::sync::atomic::Ordering;
+        let mut due = Vec::new();
+        for t in self.tasks.lock().values() {
+            let s = t.status.lock();
+            if let Some(c) = s.checkpoint.as_ref().filter(|c| s.checkpoint_sent.as_ref() != Some(*c)) {
+                due.push((t.status.clone(), c.clone(), t.spec.clone()));
+            }
+        }
+        if due.is_empty() || self.sending.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let (state, sending) = (state.clone(), self.sending.clone());
+        tokio::spawn(async move {
+            let request = due
+                .iter()
+                .map(|(_, c, spec)| v1::MirrorCheckpoint {
+                    destination_topic: spec.destination_topic.clone(),
+                    partition: spec.partition,
+                    source_cluster_id: spec.source_cluster.clone(),
+                    source_topic_tag: c.topic_tag.clone(),
+                    source_offset: c.source_offset,
+                    destination_offset: c.destination_offset,
+                })
+                .collect();
+            match crate::server::mirror::record_checkpoints(&state, request).await {
+                Ok(()) => {
+                    for (status, c, _) in due {
+                        status.lock().checkpoint_sent = Some(c);
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "recording mirror checkpoints (retried)"),
+            }
+            sending.store(false, Ordering::SeqCst);
+        });
+    }
+
     /// Link states follow the metadata; each link's source is listed again
     /// every few seconds (in its own task: a slow source stalls nothing).
     fn sync_links(self: &Arc<Self>, state: &Arc<BrokerState>, records: &BTreeMap<String, MirrorLinkRecord>) {
@@ -285,7 +349,7 @@ impl MirrorManager {
         state: &BrokerState,
         name: &str,
         bootstrap: &str,
-        found: Result<(String, BTreeMap<String, u32>), String>,
+        found: Result<(String, BTreeMap<String, SourceTopic>), String>,
     ) {
         let mut links = self.links.lock();
         let Some(l) = links.get_mut(name) else { return };
@@ -398,8 +462,46 @@ impl MirrorManager {
     }
 }
 
-/// The source's cluster id and its topics with their partition counts.
-async fn discover(bootstrap: &str) -> Result<(String, BTreeMap<String, u32>), String> {
+/// Which link copies each (source cluster, source topic, destination
+/// topic). Two links from one source into one topic (overlapping regexes
+/// with identity naming, or one alias used twice) would each copy every
+/// record, and both resume from the same provenance: the second is told
+/// to leave it to the first. Since a task resumes from the destination's
+/// own log, not from its link, the copying can move from one link to the
+/// other (one deleted or paused) without loss or duplicates.
+#[derive(Default)]
+struct Claims(HashMap<(String, String, String), String>);
+
+impl Claims {
+    /// None when `link` may copy `topic`; else the topic's state for it.
+    fn claim(
+        &mut self,
+        link: &str,
+        source_cluster: &str,
+        topic: &str,
+        destination: &str,
+    ) -> Option<TopicState> {
+        let key = (source_cluster.to_string(), topic.to_string(), destination.to_string());
+        match self.0.get(&key) {
+            Some(owner) if owner != link => Some(TopicState {
+                destination: destination.to_string(),
+                state: "Conflict",
+                reason: format!(
+                    "link '{owner}' already copies '{topic}' of the same source cluster into '{destination}' \
+                     (two links would copy every record twice): this link leaves it to '{owner}'"
+                ),
+            }),
+            Some(_) => None,
+            None => {
+                self.0.insert(key, link.to_string());
+                None
+            }
+        }
+    }
+}
+
+/// The source's cluster id and its topics.
+async fn discover(bootstrap: &str) -> Result<(String, BTreeMap<String, SourceTopic>), String> {
     let timeout = Duration::from_secs(5);
     let work = async {
         let admin = tributary_client::Admin::connect(bootstrap).await?;
@@ -407,7 +509,16 @@ async fn discover(bootstrap: &str) -> Result<(String, BTreeMap<String, u32>), St
         let topics = admin.describe_topics().await?;
         Ok::<_, tributary_client::Error>((
             cluster.cluster_id,
-            topics.into_iter().map(|t| (t.name, t.partitions.len() as u32)).collect(),
+            topics
+                .into_iter()
+                .map(|t| {
+                    let source = SourceTopic {
+                        partitions: t.partitions.len() as u32,
+                        tag: provenance::topic_tag(&t.topic_id),
+                    };
+                    (t.name, source)
+                })
+                .collect(),
         ))
     };
     match tokio::time::timeout(timeout, work).await {
@@ -488,6 +599,7 @@ pub fn check_spec(spec: &v1::MirrorLinkSpec) -> Result<MirrorLinkRecord, Error> 
         start,
         paused: spec.paused,
         replication_factor: spec.replication_factor,
+        created_ms: 0,
     })
 }
 
@@ -552,6 +664,21 @@ mod tests {
             topics: "orders|clicks".into(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn one_link_copies_a_source_topic_into_a_destination_and_an_overlapping_link_is_told_why() {
+        let mut c = Claims::default();
+        assert!(c.claim("a", "src1", "orders", "orders").is_none());
+        assert!(c.claim("a", "src1", "orders", "orders").is_none(), "a link never conflicts with itself");
+        let conflict = c.claim("b", "src1", "orders", "orders").expect("b overlaps a");
+        assert_eq!(conflict.state, "Conflict");
+        assert!(conflict.reason.contains("link 'a' already copies 'orders'"), "{}", conflict.reason);
+        // Another source cluster, another topic or another destination
+        // (prefix naming with another alias) is no overlap.
+        assert!(c.claim("b", "src2", "orders", "orders").is_none());
+        assert!(c.claim("b", "src1", "clicks", "clicks").is_none());
+        assert!(c.claim("b", "src1", "orders", "west.orders").is_none());
     }
 
     #[test]

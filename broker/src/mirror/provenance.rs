@@ -1,82 +1,50 @@
 //! The provenance header every mirrored record gains, and the scan that
 //! finds where a mirror task resumes.
 //!
-//! Header `tributary.provenance`, value (UTF-8) `CLUSTER_ID:PARTITION:OFFSET`:
-//! the source cluster's id, the source partition and the record's offset
-//! there, e.g. `Xy3k...Q:2:1047`. Text, so `consume --print-headers` shows
-//! it; small (cluster ids are 22 characters). A record mirrored over
-//! several hops carries one header per hop, oldest first: the last one
-//! names the cluster it was copied from into this one.
+//! Header `tributary.provenance`, value (UTF-8)
+//! `CLUSTER_ID:TOPIC_TAG:PARTITION:OFFSET`: the source cluster's id, a tag
+//! of the source topic's id (8 hex digits of its CRC-32C), the source
+//! partition and the record's offset there, e.g. `Xy3k...Q:9f3a01c2:2:1047`.
+//! Text, so `consume --print-headers` shows it; small (cluster ids are 22
+//! characters and never hold a `:`). A record mirrored over several hops
+//! carries one header per hop, oldest first: the last one names the
+//! cluster it was copied from into this one. The older three-part form
+//! `CLUSTER_ID:PARTITION:OFFSET` (no topic tag) is still read.
 //!
 //! The data is the checkpoint: a task resumes after the last record in its
 //! destination partition whose last provenance header names its source
 //! cluster and partition. Only the destination leader appends, and after an
 //! election the new leader's log is the truth, so this neither loses nor
 //! duplicates records (no separate offset store can disagree with it).
+//! The topic tag tells a source topic that was deleted and created again
+//! (its offsets start over) from the one the last copy came from: without
+//! it the task would resume the new topic at the old topic's offset and
+//! silently skip its first records.
 
 use bytes::Bytes;
-use tributary_proto::batch::{self, Batches, Record};
+use tributary_proto::batch::{self, Batches};
+pub use tributary_proto::provenance::{came_from, hops, last_hop, topic_tag, Provenance, HEADER};
 
 use crate::error::{Error, Result};
 use crate::partition::Partition;
 
-pub const HEADER: &str = "tributary.provenance";
-
-/// Where a mirrored record came from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Provenance {
-    pub cluster_id: String,
-    pub partition: u32,
-    pub offset: i64,
-}
-
-impl Provenance {
-    pub fn encode(&self) -> Vec<u8> {
-        format!("{}:{}:{}", self.cluster_id, self.partition, self.offset).into_bytes()
-    }
-
-    pub fn decode(value: &[u8]) -> Option<Provenance> {
-        let text = std::str::from_utf8(value).ok()?;
-        let mut parts = text.rsplitn(3, ':');
-        let offset = parts.next()?.parse().ok()?;
-        let partition = parts.next()?.parse().ok()?;
-        let cluster_id = parts.next()?.to_string();
-        if cluster_id.is_empty() {
-            return None;
-        }
-        Some(Provenance { cluster_id, partition, offset })
-    }
-}
-
-/// Every provenance header of a record, oldest hop first.
-pub fn hops(r: &Record) -> impl Iterator<Item = Provenance> + '_ {
-    r.headers
-        .iter()
-        .filter(|h| h.key == HEADER)
-        .filter_map(|h| h.value.as_deref().and_then(Provenance::decode))
-}
-
-/// The hop that brought a record into this cluster.
-pub fn last_hop(r: &Record) -> Option<Provenance> {
-    hops(r).last()
-}
-
-/// Whether the record was ever in cluster `cluster_id` as a mirrored copy
-/// (copying it there again would loop).
-pub fn came_from(r: &Record, cluster_id: &str) -> bool {
-    hops(r).any(|p| p.cluster_id == cluster_id)
-}
-
 /// Offsets per scan step backwards from the log end; doubles each step.
 const FIRST_STEP: i64 = 4096;
 
-/// The source offset of the last record in `partition` (up to its log end)
-/// that was copied from `cluster_id`'s partition `source_partition`; None
-/// when there is none. Scans back from the log end in growing windows, so a
-/// partition fed by one source finds it in its last batch. Blocking.
-pub fn last_copied(partition: &Partition, cluster_id: &str, source_partition: u32) -> Result<Option<i64>> {
-    let start = partition.log_start_offset();
-    let mut hi = partition.log_end_offset();
+/// The provenance of the last record in `partition` at offsets
+/// `from..upto` that was copied from `cluster_id`'s partition
+/// `source_partition`, with its offset here; None when there is none. Scans back from `upto` in
+/// growing windows, so a partition fed by one source finds it in its last
+/// batch. `from` below the log start means the log start. Blocking.
+pub fn last_copied(
+    partition: &Partition,
+    cluster_id: &str,
+    source_partition: u32,
+    from: i64,
+    upto: i64,
+) -> Result<Option<(Provenance, i64)>> {
+    let start = partition.log_start_offset().max(from);
+    let mut hi = upto.min(partition.log_end_offset());
     let mut step = FIRST_STEP;
     while hi > start {
         let lo = (hi - step).max(start);
@@ -96,7 +64,7 @@ fn last_in(
     hi: i64,
     cluster_id: &str,
     source_partition: u32,
-) -> Result<Option<i64>> {
+) -> Result<Option<(Provenance, i64)>> {
     let mut found = None;
     let mut at = lo;
     while at < hi {
@@ -125,7 +93,7 @@ fn last_in(
                 }
                 if let Some(p) = last_hop(&r) {
                     if p.cluster_id == cluster_id && p.partition == source_partition {
-                        found = Some(p.offset);
+                        found = Some((p, r.offset));
                     }
                 }
             }
@@ -140,7 +108,6 @@ fn last_in(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tributary_proto::batch::RecordHeader;
 
     /// A partition log in `dir` (real files and RocksDB).
     fn partition(dir: &std::path::Path) -> std::sync::Arc<Partition> {
@@ -167,7 +134,10 @@ mod tests {
     fn copied(cluster: Option<&str>, offsets: std::ops::Range<i64>) -> Bytes {
         let mut b = tributary_proto::batch::BatchBuilder::new(tributary_proto::batch::Compression::Lz4, 0);
         for o in offsets {
-            let hop = cluster.map(|c| Provenance { cluster_id: c.into(), partition: 0, offset: o }.encode());
+            let hop = cluster.map(|c| {
+                Provenance { cluster_id: c.into(), topic_tag: topic_tag("t1"), partition: 0, offset: o }
+                    .encode()
+            });
             let headers: Vec<(&str, Option<&[u8]>)> =
                 hop.iter().map(|h| (HEADER, Some(h.as_slice()))).collect();
             b.append(o, None, Some(b"v"), &headers);
@@ -180,7 +150,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = partition(dir.path());
         let config = crate::config::TopicConfig::default();
-        assert_eq!(last_copied(&p, "a", 0).unwrap(), None, "an empty log: start from the link's start");
+        let last = |cluster: &str, partition: u32| {
+            last_copied(&p, cluster, partition, 0, i64::MAX).unwrap().map(|(h, _)| h.offset)
+        };
+        assert_eq!(last("a", 0), None, "an empty log: start from the link's start");
         // An identity topic fed by sources a and b and written to directly:
         // a's last copy lies far behind the log end (several scan windows).
         p.append(&copied(Some("a"), 0..100), &config, 0).unwrap();
@@ -190,36 +163,18 @@ mod tests {
             p.append(&copied(Some("b"), 50 + i * 1000..50 + (i + 1) * 1000), &config, 0).unwrap();
         }
         p.append(&copied(None, 0..700), &config, 0).unwrap();
-        assert_eq!(last_copied(&p, "a", 0).unwrap(), Some(119));
-        assert_eq!(last_copied(&p, "b", 0).unwrap(), Some(10_049));
-        assert_eq!(last_copied(&p, "b", 1).unwrap(), None, "another partition of b");
-        assert_eq!(last_copied(&p, "c", 0).unwrap(), None);
-    }
-
-    #[test]
-    fn provenance_round_trips_and_rejects_garbage() {
-        let p = Provenance { cluster_id: "abc:def".into(), partition: 3, offset: 1047 };
-        assert_eq!(p.encode(), b"abc:def:3:1047");
-        assert_eq!(Provenance::decode(&p.encode()), Some(p));
-        for bad in [&b""[..], b"x", b"x:1", b":1:2", b"x:-1:2", b"x:1:y", &[0xff, b':', b'1', b':', b'2']] {
-            assert_eq!(Provenance::decode(bad), None, "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn the_last_hop_names_the_cluster_copied_from_and_every_hop_counts_for_loops() {
-        let hop = |c: &str, o: i64| RecordHeader {
-            key: HEADER.into(),
-            value: Some(Bytes::from(Provenance { cluster_id: c.into(), partition: 0, offset: o }.encode())),
-        };
-        let r = Record {
-            offset: 0,
-            timestamp: 0,
-            key: None,
-            value: None,
-            headers: vec![hop("a", 5), RecordHeader { key: "x".into(), value: None }, hop("b", 9)],
-        };
-        assert_eq!(last_hop(&r).map(|p| (p.cluster_id, p.offset)), Some(("b".to_string(), 9)));
-        assert!(came_from(&r, "a") && came_from(&r, "b") && !came_from(&r, "c"));
+        assert_eq!(last("a", 0), Some(119));
+        assert_eq!(last("b", 0), Some(10_049));
+        assert_eq!(last("b", 1), None, "another partition of b");
+        assert_eq!(last("c", 0), None);
+        let (found, at) = last_copied(&p, "a", 0, 0, i64::MAX).unwrap().unwrap();
+        assert_eq!(found.topic_tag, topic_tag("t1"), "the hop names the source topic");
+        assert_eq!(at, 169, "a's last copy is the 170th record here");
+        // A scan of part of the log (the scan that runs outside the lock,
+        // then the one under it from where the first ended).
+        assert_eq!(last_copied(&p, "a", 0, 0, 120).unwrap().map(|(h, _)| h.offset), Some(99));
+        assert_eq!(last_copied(&p, "a", 0, 170, i64::MAX).unwrap(), None, "a's copies all lie before 170");
+        // Log offsets 170.. hold b's 50..: the last below 1150 is b's 1029.
+        assert_eq!(last_copied(&p, "b", 0, 150, 1150).unwrap().map(|(h, _)| h.offset), Some(1029));
     }
 }

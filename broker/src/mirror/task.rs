@@ -9,6 +9,9 @@
 //! in: a deposed leader's task cannot append). Any failure goes back to
 //! the start: the log, not the task's memory, says what was copied, so an
 //! append whose acknowledgement was lost is neither lost nor repeated.
+//! Where retention or compaction removed the last copies, the checkpoint
+//! the tasks keep in the metadata (every few seconds, after acknowledged
+//! appends) says it instead.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,7 +24,7 @@ use tributary_proto::v1;
 
 use super::provenance::{self, Provenance};
 use super::{CopyReport, MirrorManager};
-use crate::cluster::state::{MirrorLinkRecord, MirrorStart};
+use crate::cluster::state::{mirror_checkpoint_key, MirrorCheckpoint, MirrorLinkRecord, MirrorStart};
 use crate::error::Error;
 use crate::replication::Role;
 use crate::BrokerState;
@@ -41,6 +44,9 @@ pub struct TaskSpec {
     pub source_cluster: String,
     pub destination_cluster: String,
     pub source_topic: String,
+    /// [`provenance::topic_tag`] of the source topic's id: a re-created
+    /// source topic is a new task that starts over.
+    pub source_topic_tag: String,
     pub destination_topic: String,
     pub partition: u32,
     pub epoch: i32,
@@ -54,6 +60,10 @@ pub struct TaskStatus {
     pub copied: u64,
     pub state: &'static str,
     pub error: String,
+    /// How far this task has copied, and the last one the metadata has
+    /// (see [`MirrorManager::send_checkpoints`]).
+    pub checkpoint: Option<MirrorCheckpoint>,
+    pub checkpoint_sent: Option<MirrorCheckpoint>,
     /// Records copied since `window_start`, and the rate over the last
     /// closed window.
     window_copied: u64,
@@ -69,6 +79,8 @@ impl Default for TaskStatus {
             copied: 0,
             state: "Starting",
             error: String::new(),
+            checkpoint: None,
+            checkpoint_sent: None,
             window_copied: 0,
             window_start: Instant::now(),
             rate: 0.0,
@@ -179,24 +191,26 @@ async fn copy(
     if !leads(state, spec) {
         return Ok(End::Deposed);
     }
-    let lock = manager.partition_lock(&spec.destination_topic, spec.partition);
-    let resume = {
-        // No append of an earlier run of this task may still be landing.
-        let _appending = lock.lock().await;
-        let replica = state
-            .replicas
-            .replica(&spec.destination_topic, spec.partition)
-            .ok_or_else(|| "the destination partition is not hosted here".to_string())?;
-        let (cluster, p) = (spec.source_cluster.clone(), spec.partition);
-        tokio::task::spawn_blocking(move || provenance::last_copied(&replica.partition, &cluster, p))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?
+    let last = last_copy(state, manager, spec).await?;
+    let resume = match &last {
+        Some(p) if recreated(p, spec) => {
+            // The source topic was deleted and created again since the last
+            // copy: its offsets started over and every record is new here.
+            let why = format!(
+                "the source topic '{}' was re-created (the last copy came from an earlier topic of that name, \
+                 up to its offset {}): copying the new one from its start",
+                spec.source_topic, p.offset
+            );
+            tracing::warn!(link = %spec.link.name, partition = spec.partition, "{why}");
+            status.lock().error = why;
+            None
+        }
+        last => last.as_ref().map(|p| p.offset),
     };
     let from = match resume {
         Some(o) => OffsetSpec::Offset(o + 1),
-        None if spec.link.start == MirrorStart::Latest => OffsetSpec::Latest,
-        None => OffsetSpec::Earliest,
+        None if last.is_some() => OffsetSpec::Earliest,
+        None => first_start(&spec.link),
     };
     let config = ConsumerConfig {
         bootstrap: spec.link.source_bootstrap.clone(),
@@ -215,7 +229,9 @@ async fn copy(
             s.last_copied = position - 1;
         }
         s.state = "Copying";
-        s.error.clear();
+        if !last.as_ref().is_some_and(|p| recreated(p, spec)) {
+            s.error.clear();
+        }
     }
     tracing::info!(link = %spec.link.name, topic = %spec.source_topic, partition = spec.partition, epoch = spec.epoch, resume = ?resume, "mirror task copying");
     loop {
@@ -233,6 +249,23 @@ async fn copy(
                 consumer.seek(&spec.source_topic, spec.partition, start);
                 continue;
             }
+            Err(tributary_client::Error::OffsetOutOfRange { end, offset, .. }) if offset > end => {
+                // The source partition now ends before what was copied: it
+                // lost acknowledged records (an unclean leader election
+                // there) or was truncated. Its next records get offsets
+                // from its end on, so go on from there (waiting at the old
+                // position would skip them); the copies of what it lost
+                // stay here. Loud, since records it wrote again below the
+                // old position may be missing here: the audit counts show it.
+                let why = format!(
+                    "the source partition ends at offset {end}, before offset {offset} this link had copied \
+                     up to: the source lost or truncated records; copying goes on from {end}"
+                );
+                tracing::warn!(link = %spec.link.name, topic = %spec.source_topic, partition = spec.partition, "{why}");
+                status.lock().error = why;
+                consumer.seek(&spec.source_topic, spec.partition, end);
+                continue;
+            }
             Err(e) => return Err(format!("fetching from the source: {e}")),
         };
         for f in fetched {
@@ -242,10 +275,18 @@ async fn copy(
             if !link_current(state, spec) {
                 return Ok(End::LinkChanged);
             }
-            if !batches.is_empty() {
-                append(state, manager, spec, batches).await?;
-            }
-            let mut s = status.lock();
+            let mut s = if batches.is_empty() {
+                status.lock()
+            } else {
+                let at = append(state, manager, spec, batches, timestamps.len() as i64).await?;
+                let mut s = status.lock();
+                s.checkpoint = Some(MirrorCheckpoint {
+                    source_offset: last,
+                    topic_tag: spec.source_topic_tag.clone(),
+                    destination_offset: at,
+                });
+                s
+            };
             s.last_copied = last;
             s.count(timestamps.len() as u64);
             let lag = s.lag();
@@ -268,6 +309,75 @@ async fn copy(
                 });
             }
         }
+    }
+}
+
+/// Whether the last copy came from an earlier source topic of that name
+/// (copies in the older provenance form, without a tag, count as this one).
+fn recreated(last: &Provenance, spec: &TaskSpec) -> bool {
+    !last.topic_tag.is_empty() && !spec.source_topic_tag.is_empty() && last.topic_tag != spec.source_topic_tag
+}
+
+/// Where a source partition the link has copied nothing of starts.
+fn first_start(link: &MirrorLinkRecord) -> OffsetSpec {
+    match link.start {
+        MirrorStart::Earliest => OffsetSpec::Earliest,
+        // Records from the link's creation on, not "latest" as of whenever
+        // the task (re)starts: a task restarted before its first copy, or
+        // a topic found after the link was made, would skip records.
+        MirrorStart::Latest if link.created_ms > 0 => OffsetSpec::Timestamp(link.created_ms),
+        // A link stored before creation times were kept.
+        MirrorStart::Latest => OffsetSpec::Latest,
+    }
+}
+
+/// The last copy of the task's source partition in its destination
+/// partition. The long part of the scan, which may read far back (an
+/// identity topic fed by a source idle for long), runs without the
+/// partition's lock, up to the log end as it was; under the lock only what
+/// was appended since is read, so appends of other sources into the same
+/// partition wait only for that. Holding the lock for the last part means
+/// no append of an earlier run of this task can land unseen.
+async fn last_copy(
+    state: &BrokerState,
+    manager: &MirrorManager,
+    spec: &TaskSpec,
+) -> Result<Option<Provenance>, String> {
+    let replica = state
+        .replicas
+        .replica(&spec.destination_topic, spec.partition)
+        .ok_or_else(|| "the destination partition is not hosted here".to_string())?;
+    let scan = |from: i64, upto: i64| {
+        let (partition, cluster, p) =
+            (replica.partition.clone(), spec.source_cluster.clone(), spec.partition);
+        async move {
+            tokio::task::spawn_blocking(move || provenance::last_copied(&partition, &cluster, p, from, upto))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())
+        }
+    };
+    let scanned_to = replica.partition.log_end_offset();
+    let earlier = scan(0, scanned_to).await?;
+    let lock = manager.partition_lock(&spec.destination_topic, spec.partition);
+    let _appending = lock.lock().await;
+    let scanned = scan(scanned_to, i64::MAX).await?.or(earlier);
+    // The metadata's checkpoint wins where it is later in the log than the
+    // last copy still there: retention or compaction removed the rest.
+    let md = state.cluster.metadata();
+    let checkpoint = md.topic(&spec.destination_topic).and_then(|t| {
+        md.mirror_checkpoints.get(&mirror_checkpoint_key(&t.id, spec.partition, &spec.source_cluster))
+    });
+    match (scanned, checkpoint) {
+        (scanned, Some(c)) if scanned.as_ref().is_none_or(|(_, at)| c.destination_offset > *at) => {
+            Ok(Some(Provenance {
+                cluster_id: spec.source_cluster.clone(),
+                topic_tag: c.topic_tag.clone(),
+                partition: spec.partition,
+                offset: c.source_offset,
+            }))
+        }
+        (scanned, _) => Ok(scanned.map(|(hop, _)| hop)),
     }
 }
 
@@ -301,6 +411,7 @@ fn rebuild(f: &FetchedBatches, spec: &TaskSpec) -> Result<(Bytes, Option<i64>, V
             }
             let hop = Provenance {
                 cluster_id: spec.source_cluster.clone(),
+                topic_tag: spec.source_topic_tag.clone(),
                 partition: spec.partition,
                 offset: r.offset,
             }
@@ -333,12 +444,15 @@ fn rebuild(f: &FetchedBatches, spec: &TaskSpec) -> Result<(Bytes, Option<i64>, V
 /// task, which then holds it: aborting the mirror task never leaves an
 /// append landing unseen by the next run's scan (a spawned append that had
 /// not yet taken the lock could land after the new run scanned).
+/// Returns the destination offset of the last of the `count` records (one
+/// append is contiguous in the log).
 async fn append(
     state: &Arc<BrokerState>,
     manager: &Arc<MirrorManager>,
     spec: &TaskSpec,
     records: Bytes,
-) -> Result<(), String> {
+    count: i64,
+) -> Result<i64, String> {
     let request = v1::ProduceRequest {
         acks: -1,
         timeout_ms: APPEND_TIMEOUT_MS,
@@ -355,9 +469,10 @@ async fn append(
         crate::server::log::produce(&state, request, Some(epoch)).await
     });
     let response = guarded.await.map_err(|e| e.to_string())?.map_err(|e| format!("appending: {e}"))?;
-    let error = response.topics.iter().flat_map(|t| &t.partitions).find_map(|p| p.error.clone());
-    match error {
-        None => Ok(()),
+    let answer = response.topics.iter().flat_map(|t| &t.partitions).next().cloned().unwrap_or_default();
+    match answer.error {
+        None if answer.base_offset >= 0 => Ok(answer.base_offset + count - 1),
+        None => Err("appending: no offset in the answer".into()),
         Some(e) => Err(format!("appending: {}", e.message)),
     }
 }

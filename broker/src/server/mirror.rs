@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status};
 use tributary_proto::v1::mirror_client::MirrorClient;
 use tributary_proto::v1::{self, mirror_server::Mirror};
 
-use crate::cluster::state::{Command, MetadataState, Outcome};
+use crate::cluster::state::{Command, MetadataState, MirrorCheckpoint, Outcome};
 use crate::error::Error;
 use crate::mirror::{check_not_this_cluster, check_spec, spec_of};
 use crate::BrokerState;
@@ -52,11 +52,17 @@ impl MirrorService {
 
     async fn create_here(&self, req: v1::CreateMirrorLinkRequest) -> Result<v1::MirrorLinkResponse, Error> {
         let spec = req.link.ok_or_else(|| Error::InvalidRequest("no link given".into()))?;
-        let record = check_spec(&spec)?;
+        let mut record = check_spec(&spec)?;
         let md = self.state.cluster.metadata();
         if !req.update && md.mirror_links.contains_key(&record.name) {
             return Err(Error::MirrorLinkExists(record.name));
         }
+        // Decided here, before the proposal, so every broker applies the
+        // same value; an update keeps the link's first creation time.
+        record.created_ms = match md.mirror_links.get(&record.name) {
+            Some(existing) => existing.created_ms,
+            None => crate::now_ms(),
+        };
         check_not_this_cluster(&self.state, &record).await?;
         if !req.validate_only {
             let cmd = Command::PutMirrorLink { link: record.clone(), replace: req.update };
@@ -158,8 +164,50 @@ impl MirrorService {
     }
 }
 
+/// Sends mirror tasks' checkpoints to the controller (or, on it, proposes
+/// them).
+pub async fn record_checkpoints(
+    state: &BrokerState,
+    checkpoints: Vec<v1::MirrorCheckpoint>,
+) -> Result<(), Error> {
+    match state.cluster.controller_channel()? {
+        Some(channel) => {
+            let mut req = Request::new(v1::MirrorCheckpointsRequest { checkpoints });
+            req.set_timeout(Duration::from_secs(5));
+            MirrorClient::new(channel).record_mirror_checkpoints(req).await.map_err(Error::Forwarded)?;
+            Ok(())
+        }
+        None => {
+            let checkpoints = checkpoints
+                .into_iter()
+                .map(|c| {
+                    let checkpoint = MirrorCheckpoint {
+                        source_offset: c.source_offset,
+                        topic_tag: c.source_topic_tag,
+                        destination_offset: c.destination_offset,
+                    };
+                    (c.destination_topic, c.partition, c.source_cluster_id, checkpoint)
+                })
+                .collect();
+            state.cluster.propose(Command::RecordMirrorCheckpoints { checkpoints }).await?;
+            Ok(())
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl Mirror for MirrorService {
+    async fn record_mirror_checkpoints(
+        &self,
+        request: Request<v1::MirrorCheckpointsRequest>,
+    ) -> Result<Response<v1::MirrorCheckpointsResponse>, Status> {
+        let start = Instant::now();
+        let r = record_checkpoints(&self.state, request.into_inner().checkpoints)
+            .await
+            .map(|_| v1::MirrorCheckpointsResponse {});
+        super::respond(&self.state, "record_mirror_checkpoints", start, r)
+    }
+
     async fn create_mirror_link(
         &self,
         request: Request<v1::CreateMirrorLinkRequest>,

@@ -1,9 +1,11 @@
 //! `tributary mirror ...`: mirror links of the destination cluster (the one
-//! `--bootstrap` names): create, list, status, pause, resume, delete.
+//! `--bootstrap` names): create, list, status, pause, resume, delete, and
+//! translate a consumer group's offsets from the source.
 
 use clap::{Args, Subcommand, ValueEnum};
+use tributary_client::mirror::Translation;
 use tributary_client::tributary_proto::v1::{
-    DescribeMirrorLinkResponse, MirrorLinkSpec, MirrorNaming, MirrorStart,
+    self, DescribeMirrorLinkResponse, MirrorLinkSpec, MirrorNaming, MirrorStart,
 };
 use tributary_client::Admin;
 
@@ -30,6 +32,17 @@ pub enum MirrorCommand {
     /// Delete a link; its destination topics and their data stay.
     Delete {
         name: String,
+    },
+    /// Where a consumer group that read the link's topics at its source
+    /// goes on in this cluster (exact, from the copies' provenance), so the
+    /// group can move here and resume; `--apply` commits those offsets for
+    /// the group here (refused while it has members here).
+    TranslateOffsets {
+        name: String,
+        #[arg(long)]
+        group: String,
+        #[arg(long)]
+        apply: bool,
     },
 }
 
@@ -121,8 +134,51 @@ pub async fn run(bootstrap: &str, cmd: MirrorCommand) -> anyhow::Result<()> {
             admin.delete_mirror_link(&name).await?;
             println!("deleted mirror link {name}");
         }
+        MirrorCommand::TranslateOffsets { name, group, apply } => {
+            let translated = tributary_client::mirror::translate_offsets(bootstrap, &name, &group).await?;
+            if translated.is_empty() {
+                anyhow::bail!(
+                    "group '{group}' has no committed offsets at the source for topics link '{name}' copies"
+                );
+            }
+            print!("{}", translations(&translated));
+            if apply {
+                let offsets = translated
+                    .iter()
+                    .map(|t| v1::OffsetEntry {
+                        topic: t.destination_topic.clone(),
+                        partition: t.partition,
+                        offset: t.destination_offset,
+                        metadata: format!(
+                            "translated by mirror link {name} from source offset {}",
+                            t.source_offset
+                        ),
+                    })
+                    .collect();
+                admin.commit_offsets(&group, offsets).await?;
+                println!("committed {} offsets for group {group}", translated.len());
+            }
+        }
     }
     Ok(())
+}
+
+pub fn translations(ts: &[Translation]) -> String {
+    let mut rows =
+        vec![["SOURCE-TOPIC", "PARTITION", "SOURCE-OFFSET", "DESTINATION", "DESTINATION-OFFSET", "COPIED"]
+            .map(String::from)
+            .to_vec()];
+    for t in ts {
+        rows.push(vec![
+            t.source_topic.clone(),
+            t.partition.to_string(),
+            t.source_offset.to_string(),
+            t.destination_topic.clone(),
+            t.destination_offset.to_string(),
+            if t.copied { "yes" } else { "not yet (at the end)" }.to_string(),
+        ]);
+    }
+    table::render(&rows)
 }
 
 fn naming(l: &MirrorLinkSpec) -> &'static str {
