@@ -64,7 +64,7 @@ def generated(operator_bin):
 
 def test_operator_objects_are_valid(generated):
     kinds = [o["kind"] for o in generated]
-    assert kinds == ["ConfigMap", "Service", "Service", "StatefulSet", "PodDisruptionBudget"] * 2
+    assert kinds == ["ConfigMap", "Service", "Service", "StatefulSet", "PodDisruptionBudget"] * 3
     for obj in generated:
         validate(obj)
 
