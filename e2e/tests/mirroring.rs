@@ -675,7 +675,10 @@ async fn latest_means_from_the_links_creation_overlapping_links_copy_once_and_a_
     .ok_or_logs(&d);
     // Past the checkpoint interval (5 s) since the copy.
     tokio::time::sleep(Duration::from_secs(4)).await;
+    // Paused long enough for every broker to see it: the task ends, and
+    // the one after the resume starts from its resume point.
     cli_ok(&db, &["mirror", "pause", "l3"]);
+    tokio::time::sleep(Duration::from_secs(1)).await;
     cli_ok(&db, &["mirror", "resume", "l3"]);
     let out = run_cli(&sb, &["produce", "r"], "r5\nr6\n").unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
