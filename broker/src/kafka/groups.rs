@@ -49,9 +49,13 @@ async fn coordinator(
         return Err((errors::COORDINATOR_NOT_AVAILABLE, "transaction coordinators do not exist yet".into()));
     }
     let found = GroupService::new(state.clone()).find_coordinator_inner(group).await;
+    // Kafka answers FindCoordinator with COORDINATOR_NOT_AVAILABLE whenever
+    // it cannot name one (e.g. `__consumer_offsets` cannot be created yet:
+    // too few live brokers), which clients retry quietly; librdkafka hands
+    // any other code to the application as a consumer error.
     let found = found.map_err(|e| match e {
-        Error::Unavailable(m) => (errors::COORDINATOR_NOT_AVAILABLE, m),
-        e => (errors::code(&e), e.to_string()),
+        Error::InvalidRequest(m) => (errors::INVALID_REQUEST, m),
+        e => (errors::COORDINATOR_NOT_AVAILABLE, e.to_string()),
     })?;
     let md = state.cluster.metadata();
     let kafka = md.brokers.get(&found.node_id).map(|b| b.kafka_address.clone()).unwrap_or_default();
