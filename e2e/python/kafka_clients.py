@@ -16,6 +16,25 @@ with the reason on stderr when a client reports an error):
   admin BOOTSTRAP TOPIC                  confluent-kafka AdminClient creates TOPIC (4
                                          partitions, retention.ms=3600000), describes its
                                          configs, deletes it; prints what it saw
+  configs BOOTSTRAP TOPIC                confluent-kafka AdminClient: incremental and full
+                                         alters of TOPIC's configs, each described back
+  live-group BOOTSTRAP TOPIC GROUP CLI   two confluent-kafka members in GROUP; while they
+                                         run: describe_consumer_groups, `CLI group describe`
+                                         (CLI: JSON argv) and OffsetDelete (refused); after
+                                         they stop, OffsetDelete again
+  resume BOOTSTRAP TOPIC GROUP N         a confluent-kafka group commits what it read of N
+                                         records and stops; N more are produced; a new
+                                         member resumes from the commits to the high watermark
+  kafka-python-groups BOOTSTRAP TOPIC N  kafka-python KafkaAdminClient creates TOPIC, a
+                                         two-member kafka-python group reads N records,
+                                         the admin lists/describes the group and topic,
+                                         deletes the topic
+  describe-group BOOTSTRAP GROUP         kafka-python's describe_consumer_groups of GROUP:
+                                         [state, protocol type, protocol, [[client id,
+                                         subscription, [[topic, partitions]]]]]
+  epoch-ends BOOTSTRAP TOPIC NODE QUERIES  raw OffsetForLeaderEpoch v3 (kafka-python) to
+                                         broker NODE for partition 0, one per [current,
+                                         requested] epoch pair; prints [[error, epoch, end]]
 
 A record is {"key", "value", "headers": [[k, v]], "timestamp", "partition",
 "offset"} with text keys/values (null allowed).
@@ -308,6 +327,336 @@ def groups_admin(bootstrap, group_id):
     print(json.dumps(out))
 
 
+def configs(bootstrap, topic):
+    from confluent_kafka.admin import (AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource,
+                                       NewTopic)
+
+    a = AdminClient({"bootstrap.servers": bootstrap})
+    a.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])[topic].result(timeout=30)
+    res = ConfigResource(ConfigResource.Type.TOPIC, topic)
+
+    def described(*keys):
+        got = a.describe_configs([res])[res].result(timeout=30)
+        return {k: got[k].value for k in keys}
+
+    def incremental(entries, **kw):
+        r = ConfigResource(ConfigResource.Type.TOPIC, topic, incremental_configs=entries)
+        try:
+            a.incremental_alter_configs([r], **kw)[r].result(timeout=30)
+            return "ok"
+        except Exception as e:
+            return e.args[0].name()
+
+    out = {}
+    SET, DELETE, APPEND = AlterConfigOpType.SET, AlterConfigOpType.DELETE, AlterConfigOpType.APPEND
+    out["validate_only"] = incremental([ConfigEntry("retention.ms", "1000", incremental_operation=SET)],
+                                       validate_only=True)
+    out["after_validate"] = described("retention.ms")
+    out["incremental"] = incremental([
+        ConfigEntry("retention.ms", "7200000", incremental_operation=SET),
+        ConfigEntry("cleanup.policy", "compact", incremental_operation=APPEND),
+        ConfigEntry("segment.ms", None, incremental_operation=DELETE),
+    ])
+    out["after_incremental"] = described("retention.ms", "cleanup.policy")
+    out["unknown"] = incremental([ConfigEntry("no.such.config", "1", incremental_operation=SET)])
+    out["append_scalar"] = incremental([ConfigEntry("retention.ms", "1", incremental_operation=APPEND)])
+    broker = ConfigResource(ConfigResource.Type.BROKER, "0",
+                            incremental_configs=[ConfigEntry("log.retention.ms", "1",
+                                                             incremental_operation=SET)])
+    try:
+        a.incremental_alter_configs([broker])[broker].result(timeout=30)
+        out["broker"] = "ok"
+    except Exception as e:
+        out["broker"] = e.args[0].name()
+    # The full (non-incremental) alter replaces every override.
+    full = ConfigResource(ConfigResource.Type.TOPIC, topic, set_config={"max.message.bytes": "2000000"})
+    a.alter_configs([full])[full].result(timeout=30)
+    out["after_full"] = described("retention.ms", "cleanup.policy", "max.message.bytes")
+    print(json.dumps(out))
+
+
+def _members(bootstrap, topic, group_id, n, strategy="range"):
+    """`n` confluent-kafka consumers subscribed as `group_id`, polled on
+    threads until `stop` is set; returns (stop, threads, ready) where ready()
+    says whether every member has partitions."""
+    import threading
+    from confluent_kafka import Consumer
+
+    stop = threading.Event()
+    assigned = [set() for _ in range(n)]
+    lock = threading.Lock()
+
+    def run(i):
+        c = Consumer({"bootstrap.servers": bootstrap, "group.id": group_id, "client.id": f"member-{i}",
+                      "partition.assignment.strategy": strategy, "auto.offset.reset": "earliest",
+                      "enable.auto.commit": False,
+                      "session.timeout.ms": 6000, "heartbeat.interval.ms": 300})
+
+        def on_assign(_c, parts):
+            with lock:
+                assigned[i] = {p.partition for p in parts}
+
+        c.subscribe([topic], on_assign=on_assign)
+        while not stop.is_set():
+            c.poll(0.1)
+        c.close()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+
+    def ready():
+        with lock:
+            return all(assigned)
+
+    return stop, threads, ready
+
+
+class _OffsetDelete:
+    """OffsetDelete v0 (neither Python client has it): kafka-python's
+    request machinery with its schema."""
+
+    @staticmethod
+    def request(group_id, topic, partitions):
+        from kafka.protocol.api import Request, Response
+        from kafka.protocol.types import Array, Int16, Int32, Schema, String
+
+        class OffsetDeleteResponse_v0(Response):
+            API_KEY, API_VERSION = 47, 0
+            SCHEMA = Schema(("error_code", Int16), ("throttle_time_ms", Int32),
+                            ("topics", Array(("name", String("utf-8")),
+                                             ("partitions", Array(("partition_index", Int32),
+                                                                  ("error_code", Int16))))))
+
+        class OffsetDeleteRequest_v0(Request):
+            API_KEY, API_VERSION = 47, 0
+            RESPONSE_TYPE = OffsetDeleteResponse_v0
+            SCHEMA = Schema(("group_id", String("utf-8")),
+                            ("topics", Array(("name", String("utf-8")),
+                                             # an array of one-field structs: of the field
+                                             ("partitions", Array(Int32)))))
+
+        return OffsetDeleteRequest_v0(group_id=group_id, topics=[(topic, list(partitions))])
+
+    @staticmethod
+    def send(bootstrap, group_id, topic, partitions):
+        """[top-level error, [per-partition errors]]"""
+        from kafka import KafkaAdminClient
+
+        a = KafkaAdminClient(bootstrap_servers=bootstrap)
+        node = a._find_coordinator_ids([group_id])[group_id]
+        f = a._send_request_to_node(node, _OffsetDelete.request(group_id, topic, partitions))
+        a._wait_for_futures([f])
+        a.close()
+        r = f.value
+        return [r.error_code, [e for t in r.topics for (_, e) in t[1]]]
+
+
+def live_group(bootstrap, topic, group_id, cli_json):
+    import subprocess
+    from confluent_kafka import Consumer, TopicPartition
+    from confluent_kafka.admin import AdminClient
+
+    # Something committed for every partition, from outside the membership.
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group_id})
+    parts = sorted(c.list_topics(topic, timeout=10).topics[topic].partitions)
+    c.commit(offsets=[TopicPartition(topic, p, 1) for p in parts], asynchronous=False)
+    c.close()
+    stop, threads, ready = _members(bootstrap, topic, group_id, 2)
+    out = {}
+    try:
+        deadline = time.time() + 30
+        a = AdminClient({"bootstrap.servers": bootstrap})
+        while time.time() < deadline:
+            g = a.describe_consumer_groups([group_id])[group_id].result(timeout=30)
+            if ready() and g.state.name == "STABLE" and len(g.members) == 2 \
+                    and all(m.assignment.topic_partitions for m in g.members):
+                break
+            time.sleep(0.2)
+        out["state"] = g.state.name
+        out["assignor"] = g.partition_assignor
+        out["simple"] = g.is_simple_consumer_group
+        out["members"] = sorted([m.client_id, sorted(tp.partition for tp in m.assignment.topic_partitions),
+                                 bool(m.host)] for m in g.members)
+        out["cli"] = subprocess.run(json.loads(cli_json) + ["group", "describe", group_id],
+                                    capture_output=True, text=True, check=True).stdout
+        out["delete_live"] = _OffsetDelete.send(bootstrap, group_id, topic, parts)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+    out["delete_stopped"] = _OffsetDelete.send(bootstrap, group_id, topic, parts)
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group_id})
+    out["committed_after"] = [tp.offset for tp in c.committed([TopicPartition(topic, p) for p in parts],
+                                                                timeout=10)]
+    c.close()
+    print(json.dumps(out))
+
+
+def resume(bootstrap, topic, group_id, count):
+    from confluent_kafka import Consumer, Producer, TopicPartition
+
+    count = int(count)
+    p = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+
+    def produce(first):
+        for n in range(first, first + count):
+            p.produce(topic, key=f"k{n}".encode(), value=f"v{n}".encode())
+            p.poll(0)
+        if p.flush(30):
+            sys.exit("produce: undelivered records")
+
+    def conf():
+        # No reset policy: a partition without a committed offset is an error,
+        # never silently started from either end.
+        return {"bootstrap.servers": bootstrap, "group.id": group_id, "auto.offset.reset": "error",
+                "enable.auto.commit": False, "session.timeout.ms": 6000, "heartbeat.interval.ms": 300}
+
+    # The group starts from committed offsets 0 (committed from outside).
+    first = Consumer(conf())
+    parts = sorted(first.list_topics(topic, timeout=10).topics[topic].partitions)
+    first.commit(offsets=[TopicPartition(topic, x, 0) for x in parts], asynchronous=False)
+    produce(0)
+
+    def read(consumer, want, wait=30):
+        seen, deadline = [], time.time() + wait
+        while len(seen) < want and time.time() < deadline:
+            m = consumer.poll(0.2)
+            if m is None:
+                continue
+            if m.error():
+                sys.exit(f"consume error: {m.error()}")
+            seen.append(m.value().decode())
+        return seen
+
+    # Two members read the first half between them, commit synchronously, stop.
+    second = Consumer(conf())
+    first.subscribe([topic])
+    second.subscribe([topic])
+    half = count // 2
+    got_first, deadline = [], time.time() + 30
+    while len(got_first) < half and time.time() < deadline:
+        for c in (first, second):
+            m = c.poll(0.1)
+            if m is not None and not m.error():
+                got_first.append(m.value().decode())
+    from confluent_kafka import KafkaError, KafkaException
+    for c in (first, second):
+        try:
+            c.commit(asynchronous=False)
+        except KafkaException as e:  # a member that read nothing has nothing to commit
+            if e.args[0].code() != KafkaError._NO_OFFSET:
+                raise
+        c.close()
+    first_unique = set(got_first)
+    produce(count)
+    # A new member resumes: everything not read yet, once, up to the end.
+    third = Consumer(conf())
+    third.subscribe([topic])
+    rest = read(third, 2 * count - len(first_unique))
+    # Nothing more arrives after the end (nothing re-read).
+    extra = read(third, 1, wait=2)
+    lows_highs = [third.get_watermark_offsets(TopicPartition(topic, x), timeout=10) for x in parts]
+    positions = [tp.offset for tp in third.position([TopicPartition(topic, x) for x in parts])]
+    third.close()
+    print(json.dumps({
+        "first": len(first_unique), "rest": len(rest), "rest_unique": len(set(rest)), "extra": extra,
+        "overlap": len(first_unique & set(rest)),
+        "all": sorted(first_unique | set(rest)) == sorted(f"v{n}" for n in range(2 * count)),
+        "at_end": positions == [h for _, h in lows_highs],
+    }))
+
+
+def kafka_python_groups(bootstrap, topic, count):
+    import threading
+    from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+    from kafka.admin import NewTopic
+
+    count = int(count)
+    group_id = f"{topic}-kp-group"
+    a = KafkaAdminClient(bootstrap_servers=bootstrap)
+    a.create_topics([NewTopic(topic, num_partitions=4, replication_factor=1)])
+    out = {"described_topic": [(t["topic"], len(t["partitions"]), t["error_code"])
+                               for t in a.describe_topics([topic])]}
+    got, lock, stop = [[], []], threading.Lock(), threading.Event()
+    owned = [set(), set()]
+
+    def run(i):
+        c = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=group_id, client_id=f"kp-{i}",
+                          auto_offset_reset="earliest", session_timeout_ms=6000,
+                          heartbeat_interval_ms=300)
+        while not stop.is_set():
+            for tp, msgs in c.poll(timeout_ms=100).items():
+                with lock:
+                    got[i].extend(m.value.decode() for m in msgs)
+            with lock:
+                owned[i] = {tp.partition for tp in c.assignment()}
+        c.close()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        with lock:
+            if all(owned) and sorted(owned[0] | owned[1]) == [0, 1, 2, 3] and not owned[0] & owned[1]:
+                break
+        time.sleep(0.1)
+    p = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    for n in range(count):
+        p.send(topic, key=f"k{n}".encode(), value=f"v{n}".encode())
+    p.flush(30)
+    p.close()
+    while time.time() < deadline + 30:
+        with lock:
+            if len(got[0]) + len(got[1]) >= count:
+                break
+        time.sleep(0.1)
+    out["listed"] = [g for g, kind in a.list_consumer_groups() if g == group_id and kind == "consumer"]
+    g = a.describe_consumer_groups([group_id])[0]
+    out["described_group"] = [g.state, g.protocol_type, g.protocol,
+                              sorted(m.client_id for m in g.members)]
+    stop.set()
+    for t in threads:
+        t.join(30)
+    with lock:
+        out["owned"] = [sorted(o) for o in owned]
+        out["each_read"] = [len(x) > 0 for x in got]
+        out["read"] = sorted(set(got[0]) | set(got[1])) == sorted(f"v{n}" for n in range(count))
+        out["duplicates"] = len(got[0]) + len(got[1]) - len(set(got[0]) | set(got[1]))
+    a.delete_topics([topic])
+    out["after_delete"] = topic in a.list_topics()
+    a.close()
+    print(json.dumps(out))
+
+
+def describe_group(bootstrap, group_id):
+    from kafka import KafkaAdminClient
+
+    a = KafkaAdminClient(bootstrap_servers=bootstrap)
+    g = a.describe_consumer_groups([group_id])[0]
+    a.close()
+    members = sorted([m.client_id, list(m.member_metadata.subscription),
+                      [[t, sorted(ps)] for t, ps in m.member_assignment.assignment]] for m in g.members)
+    print(json.dumps([g.state, g.protocol_type, g.protocol, members]))
+
+
+def epoch_ends(bootstrap, topic, node, queries):
+    from kafka import KafkaAdminClient
+    from kafka.protocol.offset_for_leader_epoch import OffsetForLeaderEpochRequest_v3
+
+    a = KafkaAdminClient(bootstrap_servers=bootstrap)
+    out = []
+    for current, requested in json.loads(queries):
+        req = OffsetForLeaderEpochRequest_v3(replica_id=-1, topics=[(topic, [(0, current, requested)])])
+        f = a._send_request_to_node(int(node), req)
+        a._wait_for_futures([f])
+        error, _partition, epoch, end = f.value.topics[0][1][0]
+        out.append([error, epoch, end])
+    a.close()
+    print(json.dumps(out))
+
+
 def main():
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "produce":
@@ -324,6 +673,18 @@ def main():
         groups_admin(*args)
     elif cmd == "group":
         group(*args)
+    elif cmd == "configs":
+        configs(*args)
+    elif cmd == "live-group":
+        live_group(*args)
+    elif cmd == "resume":
+        resume(*args)
+    elif cmd == "kafka-python-groups":
+        kafka_python_groups(*args)
+    elif cmd == "describe-group":
+        describe_group(*args)
+    elif cmd == "epoch-ends":
+        epoch_ends(*args)
     else:
         sys.exit(f"unknown command {cmd}")
 

@@ -9,7 +9,12 @@
 //! codec; an idempotent confluent-kafka producer's records are all there
 //! once; kafka-python round-trips; and one log, two doors — a record
 //! produced through the Kafka port reads back through gRPC with the same
-//! key, value, headers and timestamp, and the other way round.
+//! key, value, headers and timestamp, and the other way round. Admin and
+//! groups: AlterConfigs/IncrementalAlterConfigs described back,
+//! DescribeGroups of a live group (and `tributary group describe` of it),
+//! OffsetDelete refused while subscribed, committed offsets resumed by a
+//! new member, kafka-python's admin client and a two-member group, and
+//! OffsetForLeaderEpoch from the new leader's epoch cache after a kill.
 
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
@@ -494,4 +499,160 @@ fn a_bad_frame_closes_only_its_connection() {
     s.read_exact(&mut answer).unwrap();
     assert_eq!(&answer[..4], &7i32.to_be_bytes(), "correlation id echoed");
     assert_eq!(&answer[4..6], &0i16.to_be_bytes(), "no error");
+}
+
+#[test]
+fn kafka_admin_clients_alter_configs_and_describe_and_resume_groups() {
+    let Some(python) = python() else { return skip("kafka_admin_groups", "TRIBUTARY_KAFKA_PYTHON") };
+    let b = Broker::start().unwrap();
+    let addr = kafka_addr(&b);
+    // IncrementalAlterConfigs and AlterConfigs through the `topic alter`
+    // path, each described back; validate_only changes nothing.
+    let seen = py(&python, &["configs", &addr, "cfgd"]);
+    let default_retention = seen["after_validate"]["retention.ms"].clone();
+    assert_ne!(default_retention, "1000", "{seen}");
+    assert_eq!(
+        seen,
+        json!({"validate_only": "ok", "after_validate": {"retention.ms": default_retention},
+               "incremental": "ok",
+               "after_incremental": {"retention.ms": "7200000", "cleanup.policy": "compact,delete"},
+               "unknown": "INVALID_CONFIG", "append_scalar": "INVALID_CONFIG", "broker": "INVALID_REQUEST",
+               "after_full": {"retention.ms": default_retention, "cleanup.policy": "delete",
+                              "max.message.bytes": "2000000"}})
+    );
+    let described = ok(b.cli(&["topic", "describe", "cfgd"], "").unwrap(), "topic describe");
+    assert!(described.contains("max.message.bytes") && described.contains("2000000"), "{described}");
+
+    // A live two-member group as DescribeGroups and `tributary group
+    // describe` show it; OffsetDelete is refused while they subscribe.
+    ok(b.cli(&["topic", "create", "live", "--partitions", "4"], "").unwrap(), "topic create");
+    let cli = json!([tributary_e2e::bin("tributary"), "--bootstrap", b.bootstrap()]).to_string();
+    let seen = py(&python, &["live-group", &addr, "live", "live-group", &cli]);
+    assert_eq!(seen["state"], "STABLE", "{seen}");
+    assert_eq!(seen["assignor"], "range", "{seen}");
+    assert_eq!(seen["simple"], false, "{seen}");
+    let members = seen["members"].as_array().unwrap();
+    let clients: Vec<&str> = members.iter().map(|m| m[0].as_str().unwrap()).collect();
+    assert_eq!(clients, ["member-0", "member-1"], "{seen}");
+    let mut owned: Vec<u64> =
+        members.iter().flat_map(|m| m[1].as_array().unwrap().iter().map(|p| p.as_u64().unwrap())).collect();
+    owned.sort();
+    assert_eq!(owned, [0, 1, 2, 3], "each partition owned once: {seen}");
+    assert!(members.iter().all(|m| m[2] == true), "hosts shown: {seen}");
+    let text = seen["cli"].as_str().unwrap();
+    for want in ["State: Stable", "Assignor: range", "Members: 2", "member-0", "member-1"] {
+        assert!(text.contains(want), "`group describe` shows {want}: {text}");
+    }
+    assert_eq!(seen["delete_live"], json!([0, [86, 86, 86, 86]]), "GROUP_SUBSCRIBED_TO_TOPIC: {seen}");
+    assert_eq!(seen["delete_stopped"], json!([0, [0, 0, 0, 0]]), "{seen}");
+    assert_eq!(seen["committed_after"], json!([-1001, -1001, -1001, -1001]), "offsets gone: {seen}");
+
+    // A group commits, every member stops, a new member resumes exactly
+    // where they left off and reads to the high watermark.
+    ok(b.cli(&["topic", "create", "resume", "--partitions", "3"], "").unwrap(), "topic create");
+    let n = 300;
+    let seen = py(&python, &["resume", &addr, "resume", "resumed", &n.to_string()]);
+    // About half was read (distinct records: a rebalance while the group
+    // forms may hand a partition over before its position was committed,
+    // and the new owner reads it again, as Kafka's at-least-once allows).
+    let first = seen["first"].as_u64().unwrap();
+    assert!(first >= n / 4 && first < 2 * n, "{seen}");
+    assert_eq!(seen["rest"], 2 * n - first, "{seen}");
+    assert_eq!(seen["rest_unique"], seen["rest"], "nothing read twice after resuming: {seen}");
+    assert_eq!(seen["overlap"], 0, "nothing re-read: {seen}");
+    assert_eq!(seen["extra"], json!([]), "{seen}");
+    assert_eq!(seen["all"], true, "nothing skipped: {seen}");
+    assert_eq!(seen["at_end"], true, "{seen}");
+}
+
+#[test]
+fn kafka_python_admin_and_a_two_member_group() {
+    let Some(python) = python() else { return skip("kafka_python_groups", "TRIBUTARY_KAFKA_PYTHON") };
+    let b = Broker::start().unwrap();
+    let seen = py(&python, &["kafka-python-groups", &kafka_addr(&b), "kpg", "200"]);
+    assert_eq!(
+        seen,
+        json!({"described_topic": [["kpg", 4, 0]], "listed": ["kpg-kp-group"],
+               "described_group": ["Stable", "consumer", "range", ["kp-0", "kp-1"]],
+               "owned": seen["owned"], "each_read": [true, true], "read": true, "duplicates": 0,
+               "after_delete": false})
+    );
+    let owned: Vec<Vec<u64>> = serde_json::from_value(seen["owned"].clone()).unwrap();
+    assert!(owned.iter().all(|o| !o.is_empty()), "{seen}");
+    let mut all = owned.concat();
+    all.sort();
+    assert_eq!(all, [0, 1, 2, 3], "{seen}");
+}
+
+#[test]
+fn offset_for_leader_epoch_answers_from_the_epoch_cache_after_a_leader_kill() {
+    let Some(python) = python() else { return skip("offset_for_leader_epoch", "TRIBUTARY_KAFKA_PYTHON") };
+    let mut c = Cluster::start(3, tributary_e2e::cluster::FAST_FAILOVER).unwrap();
+    rt().block_on(c.create_topic("epochs", 1, 3, &[("min.insync.replicas", "2")])).unwrap();
+    let bootstrap: Vec<String> = (0..3).map(|i| kafka_addr(c.broker(i))).collect();
+    let records = |from: usize| -> String {
+        let r: Vec<Value> =
+            (from..from + 10).map(|i| json!({"key": format!("k{i}"), "value": format!("v{i}")})).collect();
+        Value::from(r).to_string()
+    };
+    py(&python, &["produce", &bootstrap.join(","), "epochs", &records(0)]);
+    let (old, old_epoch) = rt().block_on(c.wait_leader("epochs", 0, None, Duration::from_secs(10))).unwrap();
+    c.kill(old).unwrap();
+    let (new, new_epoch) =
+        rt().block_on(c.wait_leader("epochs", 0, Some(old), Duration::from_secs(20))).unwrap();
+    let alive: Vec<String> = (0..3).filter(|i| *i != old).map(|i| kafka_addr(c.broker(i))).collect();
+    py(&python, &["produce", &alive.join(","), "epochs", &records(10)]);
+    let queries = json!([
+        [new_epoch, old_epoch],
+        [new_epoch, new_epoch],
+        [-1, old_epoch],
+        [old_epoch, old_epoch],
+        [new_epoch + 1, old_epoch],
+    ]);
+    let seen =
+        py(&python, &["epoch-ends", &alive.join(","), "epochs", &new.to_string(), &queries.to_string()]);
+    assert_eq!(
+        seen,
+        json!([
+            // The old epoch ends where the new leader's began.
+            [0, old_epoch, 10],
+            // The current one at the log end.
+            [0, new_epoch, 20],
+            // No current epoch given: not fenced.
+            [0, old_epoch, 10],
+            // FENCED_LEADER_EPOCH, UNKNOWN_LEADER_EPOCH.
+            [74, -1, -1],
+            [75, -1, -1],
+        ]),
+        "old epoch {old_epoch}, new {new_epoch}"
+    );
+    let follower = (0..3).find(|i| *i != old && *i != new).unwrap();
+    let asked = json!([[new_epoch, old_epoch]]).to_string();
+    let seen = py(&python, &["epoch-ends", &alive.join(","), "epochs", &follower.to_string(), &asked]);
+    assert_eq!(seen, json!([[6, -1, -1]]), "NOT_LEADER_OR_FOLLOWER from a follower");
+}
+
+#[test]
+fn kafka_tools_describe_a_native_group_with_its_assignment() {
+    use tributary_client::{GroupConfig, GroupConsumer};
+    let Some(python) = python() else { return skip("native_group_described", "TRIBUTARY_KAFKA_PYTHON") };
+    let b = Broker::start().unwrap();
+    ok(b.cli(&["topic", "create", "nat", "--partitions", "2"], "").unwrap(), "topic create");
+    let rt = rt();
+    let mut config = GroupConfig::new(b.bootstrap(), "native-g");
+    config.client_id = "native-member".into();
+    config.heartbeat_interval = Duration::from_millis(300);
+    let mut member = rt.block_on(GroupConsumer::connect(config)).unwrap();
+    rt.block_on(member.subscribe(&["nat"])).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while member.assignment().len() < 2 && std::time::Instant::now() < deadline {
+        rt.block_on(member.poll(Duration::from_millis(100))).unwrap();
+    }
+    assert_eq!(member.assignment().len(), 2, "the native member owns both partitions");
+    // kafka-python reads the members' subscription and assignment (it
+    // decodes them for groups with no protocol type, like Kafka's simple
+    // consumer groups): what the coordinator assigned, server side.
+    let seen = py(&python, &["describe-group", &kafka_addr(&b), "native-g"]);
+    assert_eq!(seen, json!(["Stable", "", "range", [["native-member", ["nat"], [["nat", [0, 1]]]]]]));
+    rt.block_on(member.close()).unwrap();
 }

@@ -5,7 +5,9 @@
 //! their own data directory and ports on 127.0.0.1, configured from the
 //! same `broker.toml` the operator puts in a ConfigMap and started with the
 //! same `--peers` / `--controllers` / `--cluster-name` flags (the peers at
-//! their loopback ports). Every pass runs the controller's plans on them:
+//! their loopback ports). Each broker also gets its own Kafka-protocol
+//! port (the Kafka listener's default, 9092, would go to whichever broker
+//! binds first, and the others would run without one). Every pass runs the controller's plans on them:
 //! [`crate::scale::plan_scale`] (new brokers start; a scale-down drains,
 //! removes and then stops the highest broker), [`crate::roll::decide`] on
 //! the brokers as if they were pods (a changed `broker.toml` restarts them
@@ -145,16 +147,28 @@ fn key(ns: &str, name: &str) -> String {
     format!("{ns}/{name}")
 }
 
-/// Ports of broker `node` of the `index`-th Cluster: (gRPC, HTTP).
-pub fn ports(base: u16, index: usize, node: i32) -> Option<(u16, u16)> {
-    let grpc = u32::from(base) + 100 * index as u32 + 2 * node as u32;
-    Some((u16::try_from(grpc).ok()?, u16::try_from(grpc + 1).ok()?))
+/// Where the Kafka ports start in a Cluster's block of 100: after the
+/// gRPC and HTTP pairs of [`MAX_LOCAL_BROKERS`] brokers.
+const KAFKA_OFFSET: u32 = 50;
+const _: () =
+    assert!(2 * MAX_LOCAL_BROKERS as u32 <= KAFKA_OFFSET && KAFKA_OFFSET + MAX_LOCAL_BROKERS as u32 <= 100);
+
+/// Ports of broker `node` of the `index`-th Cluster: (gRPC, HTTP, Kafka).
+pub fn ports(base: u16, index: usize, node: i32) -> Option<(u16, u16, u16)> {
+    if !(0..MAX_LOCAL_BROKERS).contains(&node) {
+        return None;
+    }
+    let block = u32::from(base) + 100 * index as u32;
+    let grpc = block + 2 * node as u32;
+    let kafka = block + KAFKA_OFFSET + node as u32;
+    Some((u16::try_from(grpc).ok()?, u16::try_from(grpc + 1).ok()?, u16::try_from(kafka).ok()?))
 }
 
 struct LocalBroker {
     node_id: i32,
     grpc: SocketAddr,
     http: SocketAddr,
+    kafka: SocketAddr,
     data_dir: PathBuf,
     log: PathBuf,
     child: Child,
@@ -173,15 +187,16 @@ struct LocalCluster {
     verdict: Verdict,
 }
 
-/// The line printed for a Cluster once its brokers are ready.
-pub fn cluster_line(key: &str, brokers: usize, bootstrap: &str) -> String {
-    format!("cluster {key}: {brokers} broker(s) ready, bootstrap {bootstrap}")
+/// The line printed for a Cluster once its brokers are ready: the gRPC
+/// bootstrap list and the Kafka one.
+pub fn cluster_line(key: &str, brokers: usize, bootstrap: &str, kafka: &str) -> String {
+    format!("cluster {key}: {brokers} broker(s) ready, bootstrap {bootstrap}, kafka {kafka}")
 }
 
 /// `--peers` for brokers `0..n` of the `index`-th Cluster.
 pub fn local_peers(base: u16, index: usize, n: i32) -> String {
     (0..n)
-        .filter_map(|node| ports(base, index, node).map(|(grpc, _)| format!("{node}@127.0.0.1:{grpc}")))
+        .filter_map(|node| ports(base, index, node).map(|(grpc, _, _)| format!("{node}@127.0.0.1:{grpc}")))
         .collect::<Vec<_>>()
         .join(",")
 }
@@ -191,6 +206,11 @@ impl LocalCluster {
     fn address(&self) -> Option<String> {
         (!self.brokers.is_empty())
             .then(|| self.brokers.iter().map(|b| b.grpc.to_string()).collect::<Vec<_>>().join(","))
+    }
+
+    /// Every broker's Kafka address, the bootstrap list Kafka clients use.
+    fn kafka_address(&self) -> String {
+        self.brokers.iter().map(|b| b.kafka.to_string()).collect::<Vec<_>>().join(",")
     }
 
     fn key(&self) -> String {
@@ -218,7 +238,7 @@ fn log_tail(path: &Path) -> String {
 struct BrokerLaunch<'a> {
     config: &'a str,
     node_id: i32,
-    ports: (u16, u16),
+    ports: (u16, u16, u16),
     peers: String,
     controllers: String,
     cluster_name: String,
@@ -229,7 +249,8 @@ async fn start_broker(
     dir: &Path,
     launch: BrokerLaunch<'_>,
 ) -> anyhow::Result<LocalBroker> {
-    let BrokerLaunch { config, node_id, ports: (grpc, http), peers, controllers, cluster_name } = launch;
+    let BrokerLaunch { config, node_id, ports: (grpc, http, kafka), peers, controllers, cluster_name } =
+        launch;
     let data_dir = dir.join(format!("broker-{node_id}"));
     std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
     let config_file = dir.join(format!("broker-{node_id}.toml"));
@@ -243,6 +264,7 @@ async fn start_broker(
         .with_context(|| format!("opening {}", log.display()))?;
     let grpc: SocketAddr = ([127, 0, 0, 1], grpc).into();
     let http: SocketAddr = ([127, 0, 0, 1], http).into();
+    let kafka: SocketAddr = ([127, 0, 0, 1], kafka).into();
     let child = Command::new(&opts.broker_bin)
         .arg("--config")
         .arg(&config_file)
@@ -252,6 +274,10 @@ async fn start_broker(
         .arg(grpc.to_string())
         .arg("--http-listen")
         .arg(http.to_string())
+        .arg("--kafka-listen")
+        .arg(kafka.to_string())
+        .arg("--kafka-advertised-address")
+        .arg(kafka.to_string())
         .arg("--node-id")
         .arg(node_id.to_string())
         .arg("--advertised-address")
@@ -268,7 +294,7 @@ async fn start_broker(
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("starting {}", opts.broker_bin.display()))?;
-    Ok(LocalBroker { node_id, grpc, http, data_dir, log, child, revision: fingerprint(config) })
+    Ok(LocalBroker { node_id, grpc, http, kafka, data_dir, log, child, revision: fingerprint(config) })
 }
 
 async fn wait_ready(b: &mut LocalBroker, within: Duration) -> anyhow::Result<()> {
@@ -369,7 +395,10 @@ async fn start_clusters(
                 return Err(e.context(format!("Cluster {k}")));
             }
         }
-        println!("{}", cluster_line(&k, lc.brokers.len(), &lc.address().unwrap_or_default()));
+        println!(
+            "{}",
+            cluster_line(&k, lc.brokers.len(), &lc.address().unwrap_or_default(), &lc.kafka_address())
+        );
         out.insert(k, lc);
     }
     Ok(out)
@@ -657,6 +686,7 @@ fn write_state(
                 "nodeId": b.node_id,
                 "grpc": b.grpc.to_string(),
                 "http": b.http.to_string(),
+                "kafka": b.kafka.to_string(),
                 "pid": b.child.id(),
                 "dataDir": b.data_dir,
                 "revision": b.revision,
@@ -886,16 +916,27 @@ mod tests {
         assert_eq!(local_peers(17070, 0, 3), "0@127.0.0.1:17070,1@127.0.0.1:17072,2@127.0.0.1:17074");
         assert_eq!(local_peers(17070, 1, 1), "0@127.0.0.1:17170");
         assert_eq!(
-            cluster_line("dev/c", 3, "127.0.0.1:17070,127.0.0.1:17072,127.0.0.1:17074"),
-            "cluster dev/c: 3 broker(s) ready, bootstrap 127.0.0.1:17070,127.0.0.1:17072,127.0.0.1:17074"
+            cluster_line("dev/c", 2, "127.0.0.1:17070,127.0.0.1:17072", "127.0.0.1:17120,127.0.0.1:17121"),
+            "cluster dev/c: 2 broker(s) ready, bootstrap 127.0.0.1:17070,127.0.0.1:17072, kafka 127.0.0.1:17120,127.0.0.1:17121"
         );
     }
 
     #[test]
     fn port_blocks_do_not_overlap() {
-        assert_eq!(ports(17070, 0, 0), Some((17070, 17071)));
-        assert_eq!(ports(17070, 0, 1), Some((17072, 17073)));
-        assert_eq!(ports(17070, 1, 0), Some((17170, 17171)));
+        assert_eq!(ports(17070, 0, 0), Some((17070, 17071, 17120)));
+        assert_eq!(ports(17070, 0, 1), Some((17072, 17073, 17121)));
+        assert_eq!(ports(17070, 1, 0), Some((17170, 17171, 17220)));
         assert_eq!(ports(65500, 1, 0), None);
+        assert_eq!(ports(17070, 0, MAX_LOCAL_BROKERS), None);
+        // Every port of every broker of two neighbouring Clusters is its own.
+        let mut all: Vec<u16> = (0..2)
+            .flat_map(|i| (0..MAX_LOCAL_BROKERS).filter_map(move |n| ports(17070, i, n)))
+            .flat_map(|(g, h, k)| [g, h, k])
+            .collect();
+        let count = all.len();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), count);
+        assert_eq!(count, 2 * 3 * MAX_LOCAL_BROKERS as usize);
     }
 }

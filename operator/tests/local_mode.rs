@@ -1,7 +1,8 @@
 //! End to end: `tributary-operator local` runs real broker processes from
 //! manifests, creates the declared topics, and converges when a manifest
 //! changes (more partitions, new config), through the controller's plan;
-//! a Cluster declaring three brokers runs three that form one cluster.
+//! a Cluster declaring three brokers runs three that form one cluster,
+//! each with its own Kafka-protocol port.
 //!
 //! Needs the `tributary-broker` binary: `$TRIBUTARY_BROKER_BIN`, or the one
 //! cargo built next to this test's operator binary. Without it the test says
@@ -92,7 +93,21 @@ fn local_mode_creates_grows_and_converges() {
     assert!(dev.contains("1 broker(s) ready") && !dev.contains("Stalled"), "{out}");
     let wide = line(&out, "cluster default/wide:");
     assert!(wide.contains("3 broker(s) ready"), "{out}");
-    assert_eq!(wide.matches("127.0.0.1:").count(), 3, "the bootstrap lists every broker: {wide}");
+    let (grpc, kafka) = wide.split_once(", kafka ").unwrap_or_else(|| panic!("no Kafka bootstrap: {wide}"));
+    assert_eq!(grpc.matches("127.0.0.1:").count(), 3, "the bootstrap lists every broker: {wide}");
+    // Each broker has its own Kafka port, and its Kafka listener bound it.
+    let kafka: Vec<&str> = kafka.trim().split(',').collect();
+    let mut distinct = kafka.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 3, "{wide}");
+    for (node, addr) in kafka.iter().enumerate() {
+        assert!(!grpc.contains(addr), "{wide}");
+        let log = dir.path().join(format!("state/default/wide/broker-{node}.log"));
+        let log = std::fs::read_to_string(&log).unwrap_or_else(|e| panic!("{}: {e}", log.display()));
+        let ready = log.lines().rev().find(|l| l.contains("broker ready")).unwrap_or_else(|| panic!("{log}"));
+        assert!(ready.contains(&format!("kafka={addr}")), "broker {node} serves Kafka on {addr}: {ready}");
+    }
     assert!(line(&out, "topic default/clicks:").contains("Ready Created (partitions 3, rf 1)"), "{out}");
     let copies = line(&out, "topic default/copies:");
     assert!(copies.contains("Stalled ReplicationFactorTooHigh"), "{out}");

@@ -347,3 +347,212 @@ impl Coordinator {
 pub(super) fn has_client_members(g: &Group) -> bool {
     g.client.is_some() && !g.members.is_empty()
 }
+
+/// A group as Kafka's DescribeGroups shows it (either kind of group).
+#[derive(Debug, Default)]
+pub struct GroupView {
+    /// Kafka's state name: a Kafka-protocol group whose leader has not
+    /// sent its assignment yet is "CompletingRebalance".
+    pub state: &'static str,
+    /// The members' protocol type; empty for a native group.
+    pub protocol_type: String,
+    /// The chosen protocol (Kafka-protocol groups) or the server-side
+    /// assignor (native groups).
+    pub protocol: String,
+    /// Whether the members are native (server-side assignment).
+    pub native: bool,
+    pub members: Vec<MemberView>,
+}
+
+/// One member of a [`GroupView`].
+#[derive(Debug, Default)]
+pub struct MemberView {
+    pub member_id: String,
+    pub instance_id: String,
+    pub client_id: String,
+    pub host: String,
+    /// A Kafka member's metadata for the chosen protocol and the bytes the
+    /// leader assigned it (empty for native members: see `topics` and
+    /// `assignment`).
+    pub metadata: Vec<u8>,
+    pub assignment_bytes: Vec<u8>,
+    /// A native member's subscription and assignment.
+    pub topics: Vec<String>,
+    pub assignment: Vec<Tp>,
+}
+
+impl Coordinator {
+    /// The group as Kafka's DescribeGroups shows it; `None` when this
+    /// broker knows no such group.
+    pub fn describe_view(&self, group: &str) -> Option<GroupView> {
+        let groups = self.groups.lock();
+        let g = groups.get(group)?;
+        let state = match (&g.client, g.state) {
+            (Some(c), GroupState::Stable) if c.assignments.is_none() => "CompletingRebalance",
+            (_, s) => s.name(),
+        };
+        let (protocol_type, protocol) = match &g.client {
+            Some(c) => (c.protocol_type.clone(), c.protocol.clone()),
+            None => (String::new(), g.assignor.clone()),
+        };
+        let members = g
+            .members
+            .iter()
+            .map(|(id, m)| {
+                let assigned = g.client.as_ref().and_then(|c| c.assignments.as_ref()?.get(id).cloned());
+                MemberView {
+                    member_id: id.clone(),
+                    instance_id: m.instance_id.clone().unwrap_or_default(),
+                    client_id: m.client_id.clone(),
+                    host: m.host.clone(),
+                    metadata: m
+                        .protocols
+                        .iter()
+                        .find(|(n, _)| *n == protocol)
+                        .map(|(_, d)| d.clone())
+                        .unwrap_or_default(),
+                    assignment_bytes: assigned.unwrap_or_default(),
+                    topics: m.topics.clone(),
+                    assignment: m.assignment.clone(),
+                }
+            })
+            .collect();
+        Some(GroupView { state, protocol_type, protocol, native: g.client.is_none(), members })
+    }
+
+    /// The topics the live members of `g` (locked) subscribe to: a native
+    /// member's own list, a Kafka member's as `decode` reads it from its
+    /// metadata for the chosen protocol.
+    fn subscribed(g: &Group, decode: &dyn Fn(&[u8]) -> Vec<String>) -> std::collections::HashSet<String> {
+        let protocol = g.client.as_ref().map(|c| c.protocol.as_str());
+        g.members
+            .values()
+            .flat_map(|m| match protocol {
+                None => m.topics.clone(),
+                Some(p) => {
+                    m.protocols.iter().find(|(n, _)| n == p).map(|(_, d)| decode(d)).unwrap_or_default()
+                }
+            })
+            .collect()
+    }
+
+    /// Kafka's OffsetDelete: removes the committed offsets of `asked`,
+    /// except those of a topic a live member subscribes to, which are
+    /// returned (GROUP_SUBSCRIBED_TO_TOPIC). A group with members of a
+    /// protocol other than "consumer" (whose subscriptions cannot be read)
+    /// is refused as not empty, as Kafka does. Blocking.
+    pub fn delete_offsets(
+        &self,
+        topics: &Topics,
+        group: &str,
+        asked: &[Tp],
+        decode: &dyn Fn(&[u8]) -> Vec<String>,
+    ) -> Result<Vec<Tp>> {
+        self.offsets.ensure_topic(topics)?;
+        let (write, refused) = {
+            let groups = self.groups.lock();
+            let g = groups.get(group).ok_or_else(|| Error::UnknownGroup(group.to_string()))?;
+            let foreign = g.client.as_ref().is_some_and(|c| c.protocol_type != "consumer");
+            if foreign && !g.members.is_empty() {
+                return Err(Error::GroupNotEmpty(group.to_string(), g.members.len()));
+            }
+            let subscribed = Self::subscribed(g, decode);
+            let (refused, deleted): (Vec<Tp>, Vec<Tp>) =
+                asked.iter().cloned().partition(|(t, _)| subscribed.contains(t));
+            let write = (!deleted.is_empty()).then(|| {
+                self.offsets.write(topics, group, offsets::Records::delete_offsets(group, &deleted))
+            });
+            (write, refused)
+        };
+        if let Some(w) = write {
+            w.wait_blocking()?;
+        }
+        Ok(refused)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{committed, standalone, Env};
+    use super::*;
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap()
+    }
+
+    fn client_join(group: &str, protocol_type: &str) -> ClientJoin {
+        ClientJoin {
+            group_id: group.into(),
+            member_id: String::new(),
+            instance_id: String::new(),
+            client_id: "c".into(),
+            host: "h".into(),
+            session_timeout_ms: 10_000,
+            rebalance_timeout_ms: 10_000,
+            protocol_type: protocol_type.into(),
+            // The "metadata" names the subscribed topic; `topic_of` reads it.
+            protocols: vec![("range".into(), b"t".to_vec())],
+        }
+    }
+
+    fn topic_of(bytes: &[u8]) -> Vec<String> {
+        vec![String::from_utf8_lossy(bytes).into_owned()]
+    }
+
+    /// OffsetDelete keeps the offsets of a topic a live member subscribes
+    /// to (either kind of member), deletes the others, and refuses a group
+    /// whose members' subscriptions it cannot read.
+    #[test]
+    fn offsets_are_deleted_only_for_topics_no_live_member_subscribes_to() {
+        let env = Env::new(1, Duration::from_secs(3600));
+        let (c, topics) = (env.c(), env.topics());
+        for p in [0, 1] {
+            c.commit(topics, &standalone("native", p, 5)).unwrap();
+            c.commit(topics, &standalone("kafka", p, 5)).unwrap();
+        }
+        let join = v1::JoinGroupRequest {
+            group_id: "native".into(),
+            session_timeout_ms: 10_000,
+            rebalance_timeout_ms: 10_000,
+            topics: vec!["t".into()],
+            client_id: "native".into(),
+            ..Default::default()
+        };
+        let joined = rt().block_on(c.join(topics, join, "h".into())).unwrap();
+        let asked = [("t".to_string(), 0), ("gone".to_string(), 0)];
+        let refused = c.delete_offsets(topics, "native", &asked, &topic_of).unwrap();
+        assert_eq!(refused, [("t".to_string(), 0)]);
+        assert_eq!(committed(c, "native", 0).unwrap(), 5, "kept while subscribed");
+        let leave = v1::LeaveGroupRequest {
+            group_id: "native".into(),
+            member_id: joined.member_id,
+            group_instance_id: String::new(),
+        };
+        c.leave(topics, &leave).unwrap();
+        assert!(c.delete_offsets(topics, "native", &asked[..1], &topic_of).unwrap().is_empty());
+        assert_eq!(committed(c, "native", 0).unwrap(), -1, "deleted once nobody subscribes");
+        assert_eq!(committed(c, "native", 1).unwrap(), 5, "other partitions untouched");
+
+        let rt = rt();
+        let joined = rt.block_on(c.join_client(topics, client_join("kafka", "consumer"))).unwrap();
+        assert!(joined.error.is_none(), "{joined:?}");
+        let refused = c.delete_offsets(topics, "kafka", &asked[..1], &topic_of).unwrap();
+        assert_eq!(refused, [("t".to_string(), 0)]);
+        assert_eq!(committed(c, "kafka", 0).unwrap(), 5);
+        let foreign = rt.block_on(c.join_client(topics, client_join("connect-group", "connect"))).unwrap();
+        assert!(foreign.error.is_none(), "{foreign:?}");
+        let r = c.delete_offsets(topics, "connect-group", &asked[..1], &topic_of);
+        assert!(matches!(r, Err(Error::GroupNotEmpty(..))), "{r:?}");
+        let unknown = c.delete_offsets(topics, "nobody", &asked[..1], &topic_of);
+        assert!(matches!(unknown, Err(Error::UnknownGroup(_))), "{unknown:?}");
+        // DescribeGroups' view: a Kafka group before its leader's sync.
+        let view = c.describe_view("kafka").unwrap();
+        assert_eq!(
+            (view.state, view.protocol_type.as_str(), view.native),
+            ("CompletingRebalance", "consumer", false)
+        );
+        assert_eq!(view.members[0].metadata, b"t");
+        let view = c.describe_view("native").unwrap();
+        assert_eq!((view.state, view.native), ("Empty", true));
+    }
+}

@@ -162,6 +162,12 @@ impl Records {
         Ok(Records(vec![(group_key(group), Some(value))]))
     }
 
+    /// Tombstones for the committed offsets of `partitions` of `group`
+    /// (Kafka's OffsetDelete).
+    pub fn delete_offsets(group: &str, partitions: &[(String, u32)]) -> Records {
+        Records(partitions.iter().map(|(t, p)| (offset_key(group, t, *p), None)).collect())
+    }
+
     fn bytes(&self) -> usize {
         self.0.iter().map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len)).sum()
     }

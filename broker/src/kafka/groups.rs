@@ -13,11 +13,9 @@
 
 use std::sync::Arc;
 
-use kafka_protocol::messages::delete_groups_response::DeletableGroupResult;
 use kafka_protocol::messages::find_coordinator_response::Coordinator;
 use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
 use kafka_protocol::messages::leave_group_response::MemberResponse;
-use kafka_protocol::messages::list_groups_response::ListedGroup;
 use kafka_protocol::messages::offset_commit_response::{
     OffsetCommitResponsePartition, OffsetCommitResponseTopic,
 };
@@ -29,9 +27,6 @@ use kafka_protocol::messages::{
     HeartbeatResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse,
     OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse, SyncGroupRequest,
     SyncGroupResponse, TopicName,
-};
-use kafka_protocol::messages::{
-    DeleteGroupsRequest, DeleteGroupsResponse, GroupId, ListGroupsRequest, ListGroupsResponse,
 };
 use kafka_protocol::protocol::Decodable;
 use tributary_proto::v1;
@@ -54,9 +49,13 @@ async fn coordinator(
         return Err((errors::COORDINATOR_NOT_AVAILABLE, "transaction coordinators do not exist yet".into()));
     }
     let found = GroupService::new(state.clone()).find_coordinator_inner(group).await;
+    // Kafka answers FindCoordinator with COORDINATOR_NOT_AVAILABLE whenever
+    // it cannot name one (e.g. `__consumer_offsets` cannot be created yet:
+    // too few live brokers), which clients retry quietly; librdkafka hands
+    // any other code to the application as a consumer error.
     let found = found.map_err(|e| match e {
-        Error::Unavailable(m) => (errors::COORDINATOR_NOT_AVAILABLE, m),
-        e => (errors::code(&e), e.to_string()),
+        Error::InvalidRequest(m) => (errors::INVALID_REQUEST, m),
+        e => (errors::COORDINATOR_NOT_AVAILABLE, e.to_string()),
     })?;
     let md = state.cluster.metadata();
     let kafka = md.brokers.get(&found.node_id).map(|b| b.kafka_address.clone()).unwrap_or_default();
@@ -273,7 +272,7 @@ pub async fn join_group(
 
 /// The partitions in a Kafka consumer's assignment bytes (for `group
 /// describe`); empty when they are not the consumer protocol's.
-fn assigned_partitions(bytes: &[u8]) -> Vec<(String, u32)> {
+pub(crate) fn assigned_partitions(bytes: &[u8]) -> Vec<(String, u32)> {
     let mut buf = bytes::Bytes::copy_from_slice(bytes);
     let Some(version) = bytes.get(..2).map(|v| i16::from_be_bytes([v[0], v[1]])) else { return Vec::new() };
     let _ = bytes::Buf::get_i16(&mut buf);
@@ -368,48 +367,6 @@ pub async fn leave_group(
         } else {
             resp.error_code = code;
         }
-    }
-    resp
-}
-
-/// The groups this broker coordinates (Kafka clients ask every broker and
-/// merge, as with Kafka), filtered by state when the request names states.
-/// Native groups are listed too, with no protocol type: Kafka tools show
-/// them and their offsets but cannot join them.
-pub fn list_groups(state: &Arc<BrokerState>, req: ListGroupsRequest) -> ListGroupsResponse {
-    let mut resp = ListGroupsResponse::default();
-    let wanted = |s: &str| {
-        req.states_filter.is_empty() || req.states_filter.iter().any(|f| f.as_str().eq_ignore_ascii_case(s))
-    };
-    let mut groups = state.coordinator.list_protocol_types();
-    groups.sort();
-    for (id, group_state, protocol_type) in groups {
-        if !wanted(&group_state) {
-            continue;
-        }
-        let mut g = ListedGroup::default();
-        g.group_id = GroupId(text(id));
-        g.protocol_type = text(protocol_type);
-        g.group_state = text(group_state);
-        g.group_type = text("classic");
-        resp.groups.push(g);
-    }
-    resp
-}
-
-/// Deletes each empty group and its committed offsets, on its coordinator
-/// (GROUP_ID_NOT_FOUND, NON_EMPTY_GROUP and NOT_COORDINATOR per group, as
-/// Kafka answers).
-pub async fn delete_groups(state: &Arc<BrokerState>, req: DeleteGroupsRequest) -> DeleteGroupsResponse {
-    let svc = GroupService::new(state.clone());
-    let mut resp = DeleteGroupsResponse::default();
-    for group in req.groups_names {
-        let mut r = DeletableGroupResult::default();
-        if let Err(e) = svc.delete_group_inner(group.0.to_string()).await {
-            r.error_code = errors::code(&e);
-        }
-        r.group_id = group;
-        resp.results.push(r);
     }
     resp
 }

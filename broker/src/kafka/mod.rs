@@ -18,13 +18,16 @@
 //!
 //! Modules: [`frame`] (framing and header), [`versions`] (what is served,
 //! ApiVersions), [`errors`] (Kafka error codes), and one handler module per
-//! API family: [`metadata`], [`produce`], [`fetch`], [`topics`], [`groups`],
-//! [`cluster`].
+//! API family: [`metadata`], [`produce`], [`fetch`], [`epochs`], [`topics`],
+//! [`configs`], [`groups`], [`group_admin`], [`cluster`].
 
 pub mod cluster;
+pub mod configs;
+pub mod epochs;
 pub mod errors;
 pub mod fetch;
 pub mod frame;
+pub mod group_admin;
 pub mod groups;
 pub mod metadata;
 pub mod produce;
@@ -145,6 +148,11 @@ pub fn decode_only(f: &mut Frame) -> Result<(), String> {
         ApiKey::DeleteGroups => decode::<DeleteGroupsRequest>(f).map(drop),
         ApiKey::CreatePartitions => decode::<CreatePartitionsRequest>(f).map(drop),
         ApiKey::DescribeCluster => decode::<DescribeClusterRequest>(f).map(drop),
+        ApiKey::DescribeGroups => decode::<DescribeGroupsRequest>(f).map(drop),
+        ApiKey::OffsetDelete => decode::<OffsetDeleteRequest>(f).map(drop),
+        ApiKey::OffsetForLeaderEpoch => decode::<OffsetForLeaderEpochRequest>(f).map(drop),
+        ApiKey::AlterConfigs => decode::<AlterConfigsRequest>(f).map(drop),
+        ApiKey::IncrementalAlterConfigs => decode::<IncrementalAlterConfigsRequest>(f).map(drop),
         other => Err(format!("{other:?} is not served")),
     }
 }
@@ -183,7 +191,14 @@ async fn dispatch(state: &Arc<BrokerState>, mut f: Frame, peer: SocketAddr) -> R
         ApiKey::ListOffsets => encode(id, api, v, &fetch::list_offsets(state, decode(&mut f)?).await)?,
         ApiKey::CreateTopics => encode(id, api, v, &topics::create(state, decode(&mut f)?, v).await)?,
         ApiKey::DeleteTopics => encode(id, api, v, &topics::delete(state, decode(&mut f)?, v).await)?,
-        ApiKey::DescribeConfigs => encode(id, api, v, &topics::describe_configs(state, decode(&mut f)?))?,
+        ApiKey::DescribeConfigs => encode(id, api, v, &configs::describe_configs(state, decode(&mut f)?))?,
+        ApiKey::AlterConfigs => encode(id, api, v, &configs::alter_configs(state, decode(&mut f)?).await)?,
+        ApiKey::IncrementalAlterConfigs => {
+            encode(id, api, v, &configs::incremental_alter_configs(state, decode(&mut f)?).await)?
+        }
+        ApiKey::OffsetForLeaderEpoch => {
+            encode(id, api, v, &epochs::offset_for_leader_epoch(state, decode(&mut f)?))?
+        }
         ApiKey::JoinGroup => {
             let member = (
                 peer.ip().to_string(),
@@ -199,8 +214,16 @@ async fn dispatch(state: &Arc<BrokerState>, mut f: Frame, peer: SocketAddr) -> R
         }
         ApiKey::OffsetCommit => encode(id, api, v, &groups::offset_commit(state, decode(&mut f)?).await)?,
         ApiKey::OffsetFetch => encode(id, api, v, &groups::offset_fetch(state, decode(&mut f)?).await)?,
-        ApiKey::ListGroups => encode(id, api, v, &groups::list_groups(state, decode(&mut f)?))?,
-        ApiKey::DeleteGroups => encode(id, api, v, &groups::delete_groups(state, decode(&mut f)?).await)?,
+        ApiKey::ListGroups => encode(id, api, v, &group_admin::list_groups(state, decode(&mut f)?))?,
+        ApiKey::DeleteGroups => {
+            encode(id, api, v, &group_admin::delete_groups(state, decode(&mut f)?).await)?
+        }
+        ApiKey::DescribeGroups => {
+            encode(id, api, v, &group_admin::describe_groups(state, decode(&mut f)?, v).await)?
+        }
+        ApiKey::OffsetDelete => {
+            encode(id, api, v, &group_admin::offset_delete(state, decode(&mut f)?).await)?
+        }
         ApiKey::CreatePartitions => {
             encode(id, api, v, &topics::create_partitions(state, decode(&mut f)?).await)?
         }

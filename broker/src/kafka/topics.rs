@@ -2,20 +2,16 @@
 //! decided by the controller (forwarded to it when this broker is not it),
 //! with the same validation, placement and internal-topic rules as
 //! `tributary topic create/delete`. Each topic is its own call, so Kafka's
-//! per-topic errors come out right. DescribeConfigs shows a topic's
-//! effective settings as `tributary topic describe` does.
+//! per-topic errors come out right. (Configs are in [`super::configs`].)
 
 use std::sync::Arc;
 
 use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
 use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
-use kafka_protocol::messages::describe_configs_response::{
-    DescribeConfigsResourceResult, DescribeConfigsResult,
-};
 use kafka_protocol::messages::{
     CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse,
-    DeleteTopicsRequest, DeleteTopicsResponse, DescribeConfigsRequest, DescribeConfigsResponse, TopicName,
+    DeleteTopicsRequest, DeleteTopicsResponse, TopicName,
 };
 use tributary_proto::v1;
 
@@ -173,69 +169,6 @@ pub async fn create_partitions(
             }
         }
         resp.results.push(r);
-    }
-    resp
-}
-
-/// DescribeConfigs resource types.
-const TOPIC_RESOURCE: i8 = 2;
-const BROKER_RESOURCE: i8 = 4;
-/// DescribeConfigs config sources.
-const DYNAMIC_TOPIC_CONFIG: i8 = 1;
-const DEFAULT_CONFIG: i8 = 5;
-
-pub fn describe_configs(state: &Arc<BrokerState>, req: DescribeConfigsRequest) -> DescribeConfigsResponse {
-    let md = state.cluster.metadata();
-    let mut resp = DescribeConfigsResponse::default();
-    for r in req.resources {
-        let mut out = DescribeConfigsResult::default();
-        out.resource_type = r.resource_type;
-        out.resource_name = r.resource_name.clone();
-        let wanted =
-            |k: &str| r.configuration_keys.as_ref().is_none_or(|keys| keys.iter().any(|w| w.as_str() == k));
-        match r.resource_type {
-            TOPIC_RESOURCE => {
-                let resolved = md.topic(r.resource_name.as_str()).map(|t| {
-                    crate::config::TopicConfig::resolve(state.topics.defaults(), &t.configs)
-                        .map(|c| (c, &t.configs))
-                });
-                match resolved {
-                    None => {
-                        out.error_code = errors::UNKNOWN_TOPIC_OR_PARTITION;
-                        out.error_message =
-                            Some(text(format!("unknown topic '{}'", r.resource_name.as_str())));
-                    }
-                    Some(Err(e)) => {
-                        out.error_code = errors::code(&e);
-                        out.error_message = Some(text(e.to_string()));
-                    }
-                    Some(Ok((config, overrides))) => {
-                        for (k, v) in config.to_map() {
-                            if !wanted(&k) {
-                                continue;
-                            }
-                            let mut c = DescribeConfigsResourceResult::default();
-                            c.config_source = if overrides.contains_key(&k) {
-                                DYNAMIC_TOPIC_CONFIG
-                            } else {
-                                DEFAULT_CONFIG
-                            };
-                            c.name = text(k);
-                            c.value = Some(text(v));
-                            out.configs.push(c);
-                        }
-                    }
-                }
-            }
-            // Broker settings are flags and a file, not dynamic configs.
-            BROKER_RESOURCE => {}
-            other => {
-                out.error_code = errors::INVALID_REQUEST;
-                out.error_message =
-                    Some(text(format!("resource type {other} is not supported (topics: 2, brokers: 4)")));
-            }
-        }
-        resp.results.push(out);
     }
     resp
 }

@@ -37,6 +37,14 @@ pub const SERVED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::CreatePartitions, 0, 3),
     // v2 adds KIP-1073's fenced brokers; v1's endpoint type is served.
     (ApiKey::DescribeCluster, 0, 1),
+    // v6 (KIP-1043) answers GROUP_ID_NOT_FOUND for an unknown group.
+    (ApiKey::DescribeGroups, 0, 6),
+    (ApiKey::OffsetDelete, 0, 0),
+    // v0 and v1 have no current leader epoch to fence with (and the
+    // message types start at v2).
+    (ApiKey::OffsetForLeaderEpoch, 2, 4),
+    (ApiKey::AlterConfigs, 0, 2),
+    (ApiKey::IncrementalAlterConfigs, 0, 1),
 ];
 
 /// The served API with this key.

@@ -314,6 +314,24 @@ impl AdminService {
         r
     }
 
+    /// Changes a topic's config overrides (set and delete keys), like
+    /// [`Self::create_topics_routed`]; `tributary topic alter` and Kafka's
+    /// AlterConfigs and IncrementalAlterConfigs all come here.
+    pub(crate) async fn alter_topic_configs_routed(
+        &self,
+        req: v1::AlterTopicConfigsRequest,
+    ) -> Result<v1::AlterTopicConfigsResponse, Error> {
+        let r = match self.forward() {
+            Ok(Some(mut c)) => {
+                c.alter_topic_configs(req).await.map(|r| r.into_inner()).map_err(Error::Forwarded)
+            }
+            Ok(None) => self.alter_here(req).await,
+            Err(e) => Err(e),
+        };
+        self.settle().await;
+        r
+    }
+
     /// Deletes topics, like [`Self::create_topics_routed`].
     pub(crate) async fn delete_topics_routed(
         &self,
@@ -532,15 +550,7 @@ impl Admin for AdminService {
         request: Request<v1::AlterTopicConfigsRequest>,
     ) -> Result<Response<v1::AlterTopicConfigsResponse>, Status> {
         let start = Instant::now();
-        let req = request.into_inner();
-        let r = match self.forward() {
-            Ok(Some(mut c)) => {
-                c.alter_topic_configs(req).await.map(|r| r.into_inner()).map_err(Error::Forwarded)
-            }
-            Ok(None) => self.alter_here(req).await,
-            Err(e) => Err(e),
-        };
-        self.settle().await;
+        let r = self.alter_topic_configs_routed(request.into_inner()).await;
         self.finish("alter_topic_configs", start, r)
     }
 

@@ -164,6 +164,29 @@ impl GroupService {
         self.blocking(move |s| s.coordinator.delete(&s.topics, &group)).await
     }
 
+    /// The group as Kafka's DescribeGroups shows it, on its coordinator;
+    /// `None` for a group nobody knows.
+    pub(crate) async fn describe_view_inner(
+        &self,
+        group: &str,
+    ) -> Result<Option<crate::groups::client::GroupView>, Error> {
+        self.check_coordinator(group).await?;
+        Ok(self.state.coordinator.describe_view(group))
+    }
+
+    /// Deletes committed offsets of a group, on its coordinator; returns
+    /// the partitions refused because a live member subscribes to their
+    /// topic (`decode` reads a Kafka member's subscribed topics).
+    pub(crate) async fn delete_offsets_inner(
+        &self,
+        group: String,
+        partitions: Vec<(String, u32)>,
+        decode: fn(&[u8]) -> Vec<String>,
+    ) -> Result<Vec<(String, u32)>, Error> {
+        self.check_coordinator(&group).await?;
+        self.blocking(move |s| s.coordinator.delete_offsets(&s.topics, &group, &partitions, &decode)).await
+    }
+
     pub(crate) async fn fetch_offsets_inner(
         &self,
         req: v1::FetchOffsetsRequest,
