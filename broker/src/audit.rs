@@ -311,17 +311,18 @@ async fn load(state: &Arc<BrokerState>) -> Result<(), Error> {
         // Seeding happened above, so a failure here is not retried (that
         // would seed twice): it is logged and the partition's rest is lost
         // to the count, which the report then shows as missing.
-        let windows = match tokio::task::spawn_blocking(move || rescan_partition(&p, from, end, window_ms)).await {
-            Ok(Ok(w)) => w,
-            Ok(Err(e)) => {
-                tracing::error!(%topic, error = %e, "audit: counting the log after the checkpoint");
-                continue;
-            }
-            Err(e) => {
-                tracing::error!(%topic, error = %e, "audit: counting the log after the checkpoint");
-                continue;
-            }
-        };
+        let windows =
+            match tokio::task::spawn_blocking(move || rescan_partition(&p, from, end, window_ms)).await {
+                Ok(Ok(w)) => w,
+                Ok(Err(e)) => {
+                    tracing::error!(%topic, error = %e, "audit: counting the log after the checkpoint");
+                    continue;
+                }
+                Err(e) => {
+                    tracing::error!(%topic, error = %e, "audit: counting the log after the checkpoint");
+                    continue;
+                }
+            };
         let mut c = state.audit.counter.lock();
         for (w, n) in windows {
             let key = (topic.clone(), w);
@@ -453,7 +454,8 @@ async fn carry(state: &Arc<BrokerState>) {
             let carried = state.audit.carried.lock();
             out.into_iter().filter(|c| carried.get(&count_key(c)) != Some(&c.encode_to_vec())).collect()
         };
-        let keys: Vec<(Vec<u8>, Vec<u8>)> = changed.iter().map(|c| (count_key(c), c.encode_to_vec())).collect();
+        let keys: Vec<(Vec<u8>, Vec<u8>)> =
+            changed.iter().map(|c| (count_key(c), c.encode_to_vec())).collect();
         match store(state, changed).await {
             Ok(()) => state.audit.carried.lock().extend(keys),
             Err(e) => tracing::warn!(link = %name, error = %e, "audit: carrying the source's counts"),
@@ -595,7 +597,10 @@ mod tests {
         // A retry of the last record only: one new record.
         a.appended("orders", 0, &batch(&[1500]), 3, 4);
         let counts = a.counts();
-        assert_eq!(counts, BTreeMap::from([(("orders".to_string(), 0), 2), (("orders".to_string(), 1000), 2)]));
+        assert_eq!(
+            counts,
+            BTreeMap::from([(("orders".to_string(), 0), 2), (("orders".to_string(), 1000), 2)])
+        );
     }
 
     #[test]

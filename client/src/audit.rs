@@ -246,7 +246,8 @@ type Totals = BTreeMap<(String, String, String, i64), u64>;
 fn totals(counts: &[v1::AuditCount]) -> Totals {
     let mut out = Totals::new();
     for c in counts {
-        *out.entry((c.origin.clone(), c.tier.clone(), c.topic.clone(), c.window_start_ms)).or_insert(0) += c.count;
+        *out.entry((c.origin.clone(), c.tier.clone(), c.topic.clone(), c.window_start_ms)).or_insert(0) +=
+            c.count;
     }
     out
 }
@@ -305,7 +306,9 @@ pub fn line_up(read: &v1::ReadCountsResponse, tiers: &[String], topic: Option<&s
             }
             let expected = get(origin, origin, t, w);
             if identity {
-                let e = checks.entry((sum_name.clone(), t.clone(), here.to_string(), t.clone(), w)).or_insert((0, 0));
+                let e = checks
+                    .entry((sum_name.clone(), t.clone(), here.to_string(), t.clone(), w))
+                    .or_insert((0, 0));
                 e.0 += expected;
                 e.1 = get(here, here, t, w);
             } else {
@@ -316,7 +319,9 @@ pub fn line_up(read: &v1::ReadCountsResponse, tiers: &[String], topic: Option<&s
         }
     }
     let wanted = |tier: &str| {
-        tiers.is_empty() || tiers.iter().any(|t| t == tier) || tier.split('+').all(|s| tiers.iter().any(|t| t == s))
+        tiers.is_empty()
+            || tiers.iter().any(|t| t == tier)
+            || tier.split('+').all(|s| tiers.iter().any(|t| t == s))
     };
     let mut out: Vec<Check> = checks
         .into_iter()
@@ -334,7 +339,11 @@ pub fn line_up(read: &v1::ReadCountsResponse, tiers: &[String], topic: Option<&s
         })
         .collect();
     out.sort_by(|a, b| {
-        (a.window_start_ms, &a.upstream_topic, &a.upstream).cmp(&(b.window_start_ms, &b.upstream_topic, &b.upstream))
+        (a.window_start_ms, &a.upstream_topic, &a.upstream).cmp(&(
+            b.window_start_ms,
+            &b.upstream_topic,
+            &b.upstream,
+        ))
     });
     out
 }
@@ -433,7 +442,10 @@ mod tests {
             checks.iter().map(|c| (c.upstream.clone(), c.downstream.clone(), c.verdict())).collect();
         assert!(verdicts.contains(&("producer".into(), "local-a".into(), Verdict::Complete)), "{verdicts:?}");
         assert!(verdicts.contains(&("local-a".into(), "agg".into(), Verdict::Missing(3))), "{verdicts:?}");
-        assert!(verdicts.contains(&("agg".into(), "consumer:g".into(), Verdict::Duplicated(2))), "{verdicts:?}");
+        assert!(
+            verdicts.contains(&("agg".into(), "consumer:g".into(), Verdict::Duplicated(2))),
+            "{verdicts:?}"
+        );
         // --tiers keeps only checks between the tiers named.
         let only = line_up(&read, &["producer".into(), "local-a".into()], None);
         assert_eq!(only.len(), 1);

@@ -66,11 +66,8 @@ pub async fn run(bootstrap: &str, cmd: AuditCommand) -> anyhow::Result<()> {
     let checks = audit::line_up(&read, &args.tiers, args.topic.as_deref());
     let now = now_ms();
     let summary = audit::summarize(&checks, read.window_ms, read.grace_ms, now);
-    let text = if args.json {
-        json(&read, &checks, &summary, now)?
-    } else {
-        lines(&read, &checks, &summary, now)
-    };
+    let text =
+        if args.json { json(&read, &checks, &summary, now)? } else { lines(&read, &checks, &summary, now) };
     print!("{text}");
     if summary.closed_windows == 0 {
         bail!("no window is closed yet (a window closes {} ms after it ends)", read.grace_ms);

@@ -433,16 +433,29 @@ mod tests {
         let Command::Produce(p) = cli.command else { panic!("not produce") };
         let t = p.tracking().expect("tracking on");
         assert_eq!((t.service.as_str(), t.window), ("billing", std::time::Duration::from_secs(60)));
-        assert!(Cli::try_parse_from(["tributary", "produce", "t", "--track"]).is_err(), "--track needs --service");
+        assert!(
+            Cli::try_parse_from(["tributary", "produce", "t", "--track"]).is_err(),
+            "--track needs --service"
+        );
         let plain = parse(&["tributary", "produce", "t"]);
         let Command::Produce(p) = plain.command else { panic!("not produce") };
         assert!(p.tracking().is_none());
         let cli = parse(&["tributary", "consume", "t", "--group", "g", "--track"]);
         let Command::Consume(c) = cli.command else { panic!("not consume") };
         assert!(c.track);
-        assert!(Cli::try_parse_from(["tributary", "consume", "t", "--track"]).is_err(), "--track needs --group");
+        assert!(
+            Cli::try_parse_from(["tributary", "consume", "t", "--track"]).is_err(),
+            "--track needs --group"
+        );
         let cli = parse(&[
-            "tributary", "audit", "report", "--tiers", "producer,local-a,consumer:g", "--topic", "x", "--json",
+            "tributary",
+            "audit",
+            "report",
+            "--tiers",
+            "producer,local-a,consumer:g",
+            "--topic",
+            "x",
+            "--json",
         ]);
         let Command::Audit(audit::AuditCommand::Report(r)) = cli.command else { panic!("not audit report") };
         assert_eq!(r.tiers, vec!["producer", "local-a", "consumer:g"]);
