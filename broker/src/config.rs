@@ -85,6 +85,17 @@ pub struct BrokerConfig {
     pub rest_consumer_instance_timeout_ms: u64,
     /// Most REST proxy consumer instances one broker holds.
     pub rest_max_consumer_instances: usize,
+    /// The audit's tier name for this cluster's own counts (empty: the
+    /// cluster name).
+    pub audit_tier: String,
+    /// Width of the audit's count windows (`audit.window.ms`).
+    pub audit_window_ms: u64,
+    /// A window is closed (its counts final) this long after it ends
+    /// (`audit.grace.ms`).
+    pub audit_grace_ms: u64,
+    /// How often this cluster's append counts are written to `__audit`
+    /// and mirror links carry their source's `__audit` here.
+    pub audit_publish_interval_ms: u64,
 }
 
 impl Default for BrokerConfig {
@@ -119,11 +130,24 @@ impl Default for BrokerConfig {
             replication_timeout_ms: 30_000,
             rest_consumer_instance_timeout_ms: 300_000,
             rest_max_consumer_instances: 1000,
+            audit_tier: String::new(),
+            audit_window_ms: 60_000,
+            audit_grace_ms: 30_000,
+            audit_publish_interval_ms: 5_000,
         }
     }
 }
 
 impl BrokerConfig {
+    /// The tier this cluster's audit counts are tagged with.
+    pub fn audit_tier(&self) -> &str {
+        if self.audit_tier.is_empty() {
+            &self.cluster_name
+        } else {
+            &self.audit_tier
+        }
+    }
+
     pub fn from_toml(text: &str) -> Result<Self, String> {
         let config: BrokerConfig = toml::from_str(text).map_err(|e| e.to_string())?;
         // Defaults given in the file obey the same rules as a topic's own keys.

@@ -26,6 +26,7 @@
 //! settings; [`error`] the one error type and its gRPC mapping.
 
 pub mod alloc;
+pub mod audit;
 pub mod cluster;
 pub mod config;
 pub mod confluent_error;
@@ -92,6 +93,8 @@ pub struct BrokerState {
     pub registry: registry::Registry,
     /// Mirror links' copy tasks on this broker.
     pub mirror: Arc<mirror::MirrorManager>,
+    /// The audit's append counts ([`audit`]).
+    pub audit: audit::Audit,
     /// The REST proxy's producer (started on its first request).
     pub rest: rest::Proxy,
     /// The REST proxy's consumer instances held by this broker.
@@ -203,6 +206,7 @@ impl Broker {
         );
         let (trigger, shutdown) = shutdown::channel();
         let registry = registry::Registry::new(config.http_advertised());
+        let audit = audit::Audit::new(config.audit_window_ms);
         let state = Arc::new(BrokerState {
             config,
             topics,
@@ -217,6 +221,7 @@ impl Broker {
             replicas: replicas.clone(),
             registry,
             mirror: mirror::MirrorManager::new(),
+            audit,
             rest: rest::Proxy::default(),
             rest_instances: rest::instances::Instances::default(),
             shutdown: shutdown.clone(),
@@ -239,6 +244,7 @@ impl Broker {
         tasks.push(tokio::spawn(replicas.clone().run(state.clone(), shutdown.clone())));
         tasks.extend(maintenance::spawn(state.clone(), shutdown.clone()));
         tasks.push(tokio::spawn(state.mirror.clone().run(state.clone(), shutdown.clone())));
+        tasks.push(tokio::spawn(audit::run(state.clone(), shutdown.clone())));
         if let Some(listener) = kafka {
             tasks.push(tokio::spawn(kafka::serve(state.clone(), listener, shutdown.clone())));
         }

@@ -226,6 +226,8 @@ pub(crate) struct Batch {
     /// `record_latency`.
     sent_at: Vec<u64>,
     acct: Arc<Accounting>,
+    /// Audit window of the first record (with `BatchLimits::window_ms`).
+    window: i64,
 }
 
 impl Batch {
@@ -246,6 +248,7 @@ impl Batch {
             prepaid: 0,
             sent_at: Vec::new(),
             acct: acct.clone(),
+            window: i64::MIN,
         }
     }
 
@@ -429,6 +432,10 @@ pub(crate) struct BatchLimits {
     pub batch_size: usize,
     pub compression: Compression,
     pub linger: Duration,
+    /// Tracking producers: a batch never holds records of two audit
+    /// windows this wide (0: no such limit), so brokers count per window
+    /// from batch headers alone.
+    pub window_ms: i64,
 }
 
 pub(crate) enum Appended {
@@ -487,6 +494,15 @@ impl PartitionState {
                 full = !b.is_empty() && current + size > limits.batch_size;
             }
         }
+        let window = if limits.window_ms > 0 {
+            crate::audit::window_start(r.timestamp, limits.window_ms)
+        } else {
+            i64::MIN
+        };
+        let other_window = g.open.as_ref().is_some_and(|b| b.records > 0 && b.window != window);
+        if other_window && !full {
+            start_sender = self.close_open(g, false);
+        }
         if full {
             start_sender = self.close_open(g, true);
             if r.switch_if_full {
@@ -522,6 +538,7 @@ impl PartitionState {
             )
         });
         let index = open.records;
+        open.window = window;
         if let Some(b) = open.builder() {
             b.append(r.timestamp, r.key, r.value, r.headers);
         }

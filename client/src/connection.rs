@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use tonic::transport::{Channel, Endpoint};
 use tributary_proto::v1::admin_client::AdminClient;
+use tributary_proto::v1::audit_client::AuditClient;
 use tributary_proto::v1::cluster_client::ClusterClient;
 use tributary_proto::v1::group_client::GroupClient;
 use tributary_proto::v1::log_client::LogClient;
@@ -84,6 +85,12 @@ impl Connection {
 
     pub fn mirror(&self) -> MirrorClient<Channel> {
         MirrorClient::new(self.channel.clone())
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE)
+    }
+
+    pub fn audit(&self) -> AuditClient<Channel> {
+        AuditClient::new(self.channel.clone())
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE)
     }

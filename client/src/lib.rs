@@ -92,6 +92,7 @@
 
 mod accumulator;
 pub mod admin;
+pub mod audit;
 pub mod avro;
 pub(crate) mod cluster;
 pub(crate) mod connection;

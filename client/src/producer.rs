@@ -135,6 +135,12 @@ pub struct ProducerConfig {
     /// without a retry. Has no effect with `acks = 0`, where nothing is
     /// retried. Turn it off only for a broker without `InitProducerId`.
     pub enable_idempotence: bool,
+    /// Tracking producer (the audit, issue 10): stamps every record with
+    /// the headers `timestamp`, `service` and `host`, never puts records of
+    /// two windows in one batch, and reports how many records it sent per
+    /// topic and window (by record timestamp) every window and on
+    /// `flush`/`close`. `None`: off.
+    pub tracking: Option<crate::audit::TrackingConfig>,
 }
 
 impl Default for ProducerConfig {
@@ -153,6 +159,7 @@ impl Default for ProducerConfig {
             max_in_flight: 5,
             record_latency: false,
             enable_idempotence: true,
+            tracking: None,
         }
     }
 }
@@ -300,6 +307,8 @@ pub(crate) struct Shared {
     runtime: tokio::runtime::Handle,
     /// Producer id and epoch from the broker; `None` without idempotence.
     identity: Option<(i64, i16)>,
+    /// The audit counter of a tracking producer.
+    tracker: Option<Arc<crate::audit::Tracker>>,
 }
 
 impl Shared {
@@ -551,6 +560,17 @@ impl Shared {
     }
 }
 
+/// A tracking producer's stamp: the timestamp fixed now (the count and
+/// the record must agree on the window) and the audit headers. Returns
+/// the timestamp.
+fn stamp(record: &mut ProducerRecord, t: &crate::audit::TrackingConfig) -> i64 {
+    let timestamp = *record.timestamp.get_or_insert_with(now_ms);
+    record.headers.push((crate::audit::TIMESTAMP_HEADER.into(), Some(Bytes::from(timestamp.to_string()))));
+    record.headers.push((crate::audit::SERVICE_HEADER.into(), Some(Bytes::from(t.service.clone()))));
+    record.headers.push((crate::audit::HOST_HEADER.into(), Some(Bytes::from(t.host.clone()))));
+    timestamp
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
@@ -581,11 +601,17 @@ impl Producer {
             config.request_timeout,
             CONNECTIONS,
         ));
+        let tracker = config
+            .tracking
+            .clone()
+            .map(|t| crate::audit::Tracker::start(cluster.clone(), crate::audit::PRODUCER_TIER, t));
         let shared = Arc::new(Shared {
+            tracker,
             limits: BatchLimits {
                 batch_size: config.batch_size,
                 compression: config.compression,
                 linger: config.linger,
+                window_ms: config.tracking.as_ref().map_or(0, |t| t.window_ms()),
             },
             acct: Arc::new(Accounting::new(config.buffer_memory, config.record_latency)),
             config,
@@ -609,16 +635,24 @@ impl Producer {
     /// and returns a future that resolves when the broker acknowledged it
     /// (with its offset) or it finally failed. Errors here mean the record
     /// was not buffered at all (unknown topic or partition, producer closed).
-    pub async fn send(&self, record: ProducerRecord) -> Result<DeliveryFuture> {
+    pub async fn send(&self, mut record: ProducerRecord) -> Result<DeliveryFuture> {
         let shared = &self.handle.shared;
         let sent_at = shared.acct.latency.as_ref().map(|_| shared.acct.micros_now());
-        match shared.try_send(record, sent_at) {
+        let tracked = shared.tracker.as_ref().map(|t| {
+            let timestamp = stamp(&mut record, t.config());
+            (t, record.topic.clone(), timestamp)
+        });
+        let sent = match shared.try_send(record, sent_at) {
             Attempt::Done(done) => done,
             // Boxed so the common path's future stays small: this one holds
             // metadata RPCs and semaphore waits, and would otherwise be
             // moved around with every record.
             Attempt::MustWait(record) => Box::pin(shared.send_slow(record, sent_at)).await,
+        };
+        if let (Ok(_), Some((t, topic, timestamp))) = (&sent, tracked) {
+            t.count(&topic, timestamp);
         }
+        sent
     }
 
     /// Sends everything buffered now, without waiting for linger, and waits
@@ -637,6 +671,9 @@ impl Producer {
         }
         for w in waits {
             BatchDone(w).await;
+        }
+        if let Some(t) = &shared.tracker {
+            t.report().await?;
         }
         Ok(())
     }

@@ -116,6 +116,21 @@ pub trait Brokers: Send + Sync + 'static {
         })
     }
 
+    /// The cluster's audit counts (`Audit.ReadCounts`), for the
+    /// MirrorLink `AuditComplete` condition. The default cannot (a
+    /// topic-only fake).
+    fn audit_counts<'a>(
+        &'a self,
+        address: &'a str,
+    ) -> BoxFuture<'a, Result<v1::ReadCountsResponse, AdminError>> {
+        Box::pin(async move {
+            Err(AdminError::Unavailable {
+                address: address.into(),
+                message: "this admin client cannot read audit counts".into(),
+            })
+        })
+    }
+
     /// Makes one call on the cluster (drain, remove, reassign, elect).
     fn cluster_call<'a>(
         &'a self,
@@ -403,6 +418,17 @@ impl Brokers for ClientBrokers {
                 },
             };
             result.map_err(|e| admin_error(address, call.name(), e))
+        })
+    }
+
+    fn audit_counts<'a>(
+        &'a self,
+        address: &'a str,
+    ) -> BoxFuture<'a, Result<v1::ReadCountsResponse, AdminError>> {
+        Box::pin(async move {
+            tributary_client::audit::read_counts(address, 0)
+                .await
+                .map_err(|e| admin_error(address, "ReadCounts", e))
         })
     }
 

@@ -12,6 +12,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use tributary_crds::conditions::ConditionStatus;
 use tributary_crds::mirror_link::{MirroredTopic, Naming, StartPosition, TopicSelector};
 use tributary_crds::MirrorLink;
 use tributary_proto::v1;
@@ -181,6 +182,71 @@ pub fn observed_verdict(d: &v1::DescribeMirrorLinkResponse) -> Verdict {
     )
 }
 
+/// `type` of the MirrorLink condition carrying the audit's latest verdict
+/// (its own condition: an upstream loss is not the link's fault, so it
+/// never clears `Ready`).
+pub const AUDIT_COMPLETE: &str = "AuditComplete";
+
+/// The audit's verdict on one link, from the destination's counts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditVerdict {
+    pub status: ConditionStatus,
+    pub reason: &'static str,
+    pub message: String,
+    /// Per destination topic: whether its latest closed window is complete.
+    pub topics: BTreeMap<String, bool>,
+}
+
+/// Lines up the destination's audit counts ([`tributary_client::audit`])
+/// for the link named `link` (its name in the destination) and judges its
+/// latest closed window: `True` when every check of that window from the
+/// link's source into the destination is complete, `False` naming what is
+/// missing or duplicated, `Unknown` before any window closed.
+pub fn audit_verdict(link: &str, read: &v1::ReadCountsResponse, now_ms: i64) -> AuditVerdict {
+    use tributary_client::audit::{is_closed, line_up, Verdict as Counted};
+    let unknown = |reason, message: &str| AuditVerdict {
+        status: ConditionStatus::Unknown,
+        reason,
+        message: message.to_string(),
+        topics: BTreeMap::new(),
+    };
+    let Some(l) = read.links.iter().find(|l| l.name == link) else {
+        return unknown("NoAuditCounts", "the destination has no audit counts for this link yet");
+    };
+    let checks: Vec<_> = line_up(read, &[], None)
+        .into_iter()
+        .filter(|c| c.downstream == read.tier && c.upstream.split('+').any(|s| s == l.source_tier))
+        .filter(|c| is_closed(c.window_start_ms, read.window_ms, read.grace_ms, now_ms))
+        .collect();
+    let Some(latest) = checks.iter().map(|c| c.window_start_ms).max() else {
+        return unknown("NoClosedWindow", "no audit window of this link has closed yet");
+    };
+    let mut topics = BTreeMap::new();
+    for c in &checks {
+        // The latest closed window of each topic decides it.
+        let e = topics.entry(c.downstream_topic.clone()).or_insert((i64::MIN, true));
+        if c.window_start_ms > e.0 {
+            *e = (c.window_start_ms, c.verdict() == Counted::Complete);
+        }
+    }
+    let topics: BTreeMap<String, bool> = topics.into_iter().map(|(t, (_, ok))| (t, ok)).collect();
+    let bad: Vec<String> = checks
+        .iter()
+        .filter(|c| c.window_start_ms == latest && c.verdict() != Counted::Complete)
+        .map(|c| format!("{} window {}: {}", c.downstream_topic, c.window_start_ms, c.verdict()))
+        .collect();
+    if bad.is_empty() {
+        AuditVerdict {
+            status: ConditionStatus::True,
+            reason: "Complete",
+            message: format!("window {latest}: every record from {} arrived once", l.source_tier),
+            topics,
+        }
+    } else {
+        AuditVerdict { status: ConditionStatus::False, reason: "Incomplete", message: bad.join("; "), topics }
+    }
+}
+
 /// Total lag and lag per copied topic, sorted by source topic.
 pub fn mirrored_topics(d: &v1::DescribeMirrorLinkResponse) -> (i64, Vec<MirroredTopic>) {
     let mut topics: Vec<MirroredTopic> = d
@@ -227,6 +293,54 @@ mod tests {
     }
 
     const ALL_THERE: ClustersSeen = ClustersSeen { source: true, destination: true };
+
+    fn count(origin: &str, tier: &str, topic: &str, w: i64, n: u64) -> v1::AuditCount {
+        v1::AuditCount {
+            origin: origin.into(),
+            tier: tier.into(),
+            topic: topic.into(),
+            window_start_ms: w,
+            window_ms: 1000,
+            count: n,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn audit_complete_follows_the_latest_closed_window_of_the_link() {
+        let mut read = v1::ReadCountsResponse {
+            tier: "agg".into(),
+            window_ms: 1000,
+            grace_ms: 500,
+            links: vec![v1::AuditLink {
+                name: "ns.east".into(),
+                source_alias: "east".into(),
+                source_tier: "local-east".into(),
+                naming: v1::MirrorNaming::Prefix as i32,
+                topics: "clicks".into(),
+                exclude: String::new(),
+            }],
+            counts: vec![
+                count("local-east", "local-east", "clicks", 0, 5),
+                count("agg", "agg", "east.clicks", 0, 5),
+                count("local-east", "local-east", "clicks", 1000, 7),
+                count("agg", "agg", "east.clicks", 1000, 4),
+            ],
+        };
+        assert_eq!(audit_verdict("other", &read, 10_000).status, ConditionStatus::Unknown);
+        assert_eq!(audit_verdict("ns.east", &read, 1_000).reason, "NoClosedWindow");
+        // At 2000 only window 0 is closed: complete.
+        let v = audit_verdict("ns.east", &read, 2_000);
+        assert_eq!((v.status, v.reason), (ConditionStatus::True, "Complete"));
+        assert_eq!(v.topics.get("east.clicks"), Some(&true));
+        // Window 1000 closes at 2500 and lost three records.
+        let v = audit_verdict("ns.east", &read, 2_500);
+        assert_eq!(v.status, ConditionStatus::False);
+        assert!(v.message.contains("east.clicks window 1000: missing 3"), "{}", v.message);
+        assert_eq!(v.topics.get("east.clicks"), Some(&false));
+        read.counts[3].count = 7;
+        assert_eq!(audit_verdict("ns.east", &read, 2_500).status, ConditionStatus::True);
+    }
 
     #[test]
     fn fan_in_with_identity_naming_is_acyclic() {

@@ -66,9 +66,8 @@ pub trait CopyObserver: Send + Sync {
 /// Records per window start (`window_ms` wide windows, by timestamp).
 pub fn count_by_window(timestamps: &[i64], window_ms: i64) -> BTreeMap<i64, u64> {
     let mut out = BTreeMap::new();
-    let w = window_ms.max(1);
     for t in timestamps {
-        *out.entry(t.div_euclid(w) * w).or_insert(0) += 1;
+        *out.entry(tributary_client::audit::window_start(*t, window_ms)).or_insert(0) += 1;
     }
     out
 }
@@ -530,7 +529,7 @@ async fn discover(bootstrap: &str) -> Result<(String, BTreeMap<String, SourceTop
 
 /// `re` matched against whole names.
 pub fn whole_name(re: &str) -> Result<Regex, regex::Error> {
-    Regex::new(&format!("^(?:{re})$"))
+    tributary_client::audit::whole_name(re)
 }
 
 /// Link and alias names: what topic names allow.

@@ -387,20 +387,28 @@ pub async fn ensure_schemas_topic(state: &BrokerState) -> Result<(), Error> {
     ensure_internal_topic(state, InternalTopic::Schemas).await
 }
 
+/// Makes sure `__audit` (the audit's counts) exists, like
+/// [`ensure_offsets_topic`]: one partition, compacted by count key.
+pub async fn ensure_audit_topic(state: &BrokerState) -> Result<(), Error> {
+    ensure_internal_topic(state, InternalTopic::Audit).await
+}
+
 /// The internal topics brokers create through the controller.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum InternalTopic {
     Offsets,
     Schemas,
+    Audit,
 }
 
 impl InternalTopic {
-    const ALL: [InternalTopic; 2] = [InternalTopic::Offsets, InternalTopic::Schemas];
+    const ALL: [InternalTopic; 3] = [InternalTopic::Offsets, InternalTopic::Schemas, InternalTopic::Audit];
 
     fn name(self) -> &'static str {
         match self {
             InternalTopic::Offsets => OFFSETS_TOPIC,
             InternalTopic::Schemas => crate::registry::SCHEMAS_TOPIC,
+            InternalTopic::Audit => crate::audit::AUDIT_TOPIC,
         }
     }
 
@@ -409,13 +417,14 @@ impl InternalTopic {
         match self {
             InternalTopic::Offsets => "offsets",
             InternalTopic::Schemas => "schemas",
+            InternalTopic::Audit => "audit",
         }
     }
 
     fn partitions(self, state: &BrokerState) -> u32 {
         match self {
             InternalTopic::Offsets => state.config.offsets_topic_partitions.max(1),
-            InternalTopic::Schemas => 1,
+            InternalTopic::Schemas | InternalTopic::Audit => 1,
         }
     }
 }

@@ -113,6 +113,12 @@ fn append_all(
             continue;
         }
         let appended_now = partition.append(&records, &config, now);
+        if let Ok(info) = &appended_now {
+            // Counted under the transition lock: in log order (the audit's
+            // checkpoint depends on it).
+            let end = info.last_offset + 1;
+            state.audit.appended(&partition.topic, partition.id, &records, end - info.records, end);
+        }
         drop(transition);
         let info = match appended_now {
             Ok(info) => info,

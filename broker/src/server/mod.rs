@@ -20,6 +20,7 @@ use axum::routing::get;
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 use tributary_proto::v1::admin_server::AdminServer;
+use tributary_proto::v1::audit_server::AuditServer;
 use tributary_proto::v1::cluster_server::ClusterServer;
 use tributary_proto::v1::group_server::GroupServer;
 use tributary_proto::v1::log_server::LogServer;
@@ -60,6 +61,7 @@ pub async fn serve_grpc(
                 .max_encoding_message_size(MAX_MESSAGE),
         )
         .add_service(MirrorServer::new(mirror::MirrorService::new(state.clone())))
+        .add_service(AuditServer::new(crate::audit::AuditService::new(state.clone())))
         .add_service(
             AdminServer::new(admin::AdminService::new(state))
                 .max_decoding_message_size(MAX_MESSAGE)

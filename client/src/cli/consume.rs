@@ -89,6 +89,16 @@ pub struct ConsumeArgs {
     /// writer schema fetched by id from --registry).
     #[arg(long)]
     pub avro: bool,
+    /// Tracking consumer (the audit): counts what it consumed per window
+    /// and reports it as tier `consumer:GROUP`.
+    #[arg(long, requires = "group")]
+    pub track: bool,
+    /// The service name a tracking consumer reports as.
+    #[arg(long, default_value = "tributary-cli", requires = "track")]
+    pub service: String,
+    /// Audit window of a tracking consumer, in ms (`audit.window.ms`).
+    #[arg(long, default_value_t = 60_000, requires = "track")]
+    pub audit_window_ms: u64,
 }
 
 impl ConsumeArgs {
@@ -289,6 +299,11 @@ async fn run_group(
     config.heartbeat_interval = Duration::from_millis(args.heartbeat_interval_ms);
     config.auto_commit_interval = Duration::from_millis(args.auto_commit_interval_ms);
     config.auto_offset_reset = if args.from_beginning { OffsetReset::Earliest } else { OffsetReset::Latest };
+    if args.track {
+        let mut t = tributary_client::audit::TrackingConfig::new(args.service.clone());
+        t.window = Duration::from_millis(args.audit_window_ms.max(1));
+        config.tracking = Some(t);
+    }
     let mut consumer = GroupConsumer::connect(config).await?;
     consumer.subscribe(&[args.topic.as_str()]).await?;
     let printed = print_records(&mut consumer, &args, avro).await;

@@ -2,6 +2,7 @@
 //! command family lives in its own module; pure parsing helpers in `args`.
 
 pub mod args;
+pub mod audit;
 pub mod bench;
 pub mod cluster;
 pub mod consume;
@@ -79,6 +80,9 @@ pub enum Command {
     /// Mirror links into this cluster: create, list, status, pause, resume, delete.
     #[command(subcommand)]
     Mirror(mirror::MirrorCommand),
+    /// The completeness audit: compare tiers' record counts per window.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -94,6 +98,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Broker(cmd) => cluster::run_broker(&cli.bootstrap, cmd).await,
         Command::Schema(cmd) => schema::run(&cli.registry, cmd).await,
         Command::Mirror(cmd) => mirror::run(&cli.bootstrap, cmd).await,
+        Command::Audit(cmd) => audit::run(&cli.bootstrap, cmd).await,
     }
 }
 
@@ -420,5 +425,41 @@ mod tests {
         };
         assert_eq!((b.records, b.record_size, b.producers), (1000, 100, 2));
         assert_eq!(b.acks, tributary_client::Acks::Leader);
+    }
+
+    #[test]
+    fn audit_shapes_parse_as_the_issue_fixes_them() {
+        let cli = parse(&["tributary", "produce", "t", "--track", "--service", "billing"]);
+        let Command::Produce(p) = cli.command else { panic!("not produce") };
+        let t = p.tracking().expect("tracking on");
+        assert_eq!((t.service.as_str(), t.window), ("billing", std::time::Duration::from_secs(60)));
+        assert!(
+            Cli::try_parse_from(["tributary", "produce", "t", "--track"]).is_err(),
+            "--track needs --service"
+        );
+        let plain = parse(&["tributary", "produce", "t"]);
+        let Command::Produce(p) = plain.command else { panic!("not produce") };
+        assert!(p.tracking().is_none());
+        let cli = parse(&["tributary", "consume", "t", "--group", "g", "--track"]);
+        let Command::Consume(c) = cli.command else { panic!("not consume") };
+        assert!(c.track);
+        assert!(
+            Cli::try_parse_from(["tributary", "consume", "t", "--track"]).is_err(),
+            "--track needs --group"
+        );
+        let cli = parse(&[
+            "tributary",
+            "audit",
+            "report",
+            "--tiers",
+            "producer,local-a,consumer:g",
+            "--topic",
+            "x",
+            "--json",
+        ]);
+        let Command::Audit(audit::AuditCommand::Report(r)) = cli.command else { panic!("not audit report") };
+        assert_eq!(r.tiers, vec!["producer", "local-a", "consumer:g"]);
+        assert_eq!(r.topic.as_deref(), Some("x"));
+        assert!(r.json);
     }
 }

@@ -44,6 +44,32 @@ pub struct ProduceArgs {
     /// TOPIC-value (see --registry).
     #[arg(long, value_name = "FILE.avsc")]
     pub value_schema: Option<std::path::PathBuf>,
+    /// Tracking producer (the audit): stamps `timestamp`, `service` and
+    /// `host` headers and reports records sent per window.
+    #[arg(long, requires = "service")]
+    pub track: bool,
+    /// The service name a tracking producer reports as.
+    #[arg(long, requires = "track")]
+    pub service: Option<String>,
+    /// The host a tracking producer reports as [default: this host's name].
+    #[arg(long, requires = "track")]
+    pub host: Option<String>,
+    /// Audit window of a tracking producer, in ms (`audit.window.ms`).
+    #[arg(long, default_value_t = 60_000, requires = "track")]
+    pub audit_window_ms: u64,
+}
+
+impl ProduceArgs {
+    /// The tracking settings, with --track.
+    pub fn tracking(&self) -> Option<tributary_client::audit::TrackingConfig> {
+        let service = self.service.clone().filter(|_| self.track)?;
+        let mut t = tributary_client::audit::TrackingConfig::new(service);
+        if let Some(h) = &self.host {
+            t.host = h.clone();
+        }
+        t.window = Duration::from_millis(self.audit_window_ms.max(1));
+        Some(t)
+    }
 }
 
 pub async fn run(bootstrap: &str, registry: &str, args: ProduceArgs) -> anyhow::Result<()> {
@@ -64,6 +90,7 @@ pub async fn run(bootstrap: &str, registry: &str, args: ProduceArgs) -> anyhow::
         acks: args.acks,
         linger: Duration::from_millis(args.linger_ms),
         compression: args.compression,
+        tracking: args.tracking(),
         ..ProducerConfig::default()
     })
     .await?;

@@ -103,6 +103,10 @@ pub struct GroupConfig {
     pub max_wait: Duration,
     /// Most bytes per partition in one fetch answer.
     pub max_partition_bytes: u32,
+    /// Tracking consumer (the audit, issue 10): counts the records `poll`
+    /// returns per topic and window (by record timestamp) and reports them
+    /// as tier `consumer:GROUP` every window and on `close`. `None`: off.
+    pub tracking: Option<crate::audit::TrackingConfig>,
 }
 
 impl GroupConfig {
@@ -121,6 +125,7 @@ impl GroupConfig {
             auto_offset_reset: OffsetReset::Latest,
             max_wait: Duration::from_millis(500),
             max_partition_bytes: 1 << 20,
+            tracking: None,
         }
     }
 
@@ -198,6 +203,8 @@ pub struct GroupConsumer {
     last_auto_commit: Instant,
     async_commit: Option<JoinHandle<()>>,
     async_error: Arc<Mutex<Option<Error>>>,
+    /// The audit counter of a tracking consumer.
+    tracker: Option<Arc<crate::audit::Tracker>>,
     /// Retriable failures in a row (for the pause and the log).
     failures: u32,
 }
@@ -257,7 +264,11 @@ impl GroupConsumer {
             heartbeat_interval: config.heartbeat_interval,
         });
         let wake = Arc::new(Notify::new());
+        let tracker = config.tracking.clone().map(|t| {
+            crate::audit::Tracker::start(cluster.clone(), &crate::audit::consumer_tier(&config.group_id), t)
+        });
         Ok(GroupConsumer {
+            tracker,
             params,
             cluster,
             coordinators,
@@ -338,7 +349,13 @@ impl GroupConsumer {
     /// partitions' records), and no commit goes past it until
     /// [`GroupConsumer::skip_corrupt`] or a seek.
     pub async fn poll(&mut self, timeout: Duration) -> Result<Vec<ConsumerRecord>> {
-        self.poll_as::<Records>(timeout).await
+        let records = self.poll_as::<Records>(timeout).await?;
+        if let Some(t) = &self.tracker {
+            for r in &records {
+                t.count(&r.topic, r.timestamp);
+            }
+        }
+        Ok(records)
     }
 
     /// Like [`GroupConsumer::poll`], but returns each partition's batches
@@ -865,6 +882,9 @@ impl GroupConsumer {
             result = self.commit_positions(None).await;
         }
         result = result.and(self.async_failure());
+        if let Some(t) = &self.tracker {
+            result = result.and(t.report().await);
+        }
         let all = self.assignment();
         if !all.is_empty() {
             if let Some(l) = self.listener.as_mut() {

@@ -10,13 +10,15 @@ use std::time::{Duration, Instant};
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{finalizer, Event as Finalizer};
 use kube::{Api, ResourceExt};
+use tributary_crds::conditions::{set_condition, Condition};
 use tributary_crds::{Cluster, MirrorLink, MirrorLinkStatus};
 
 use super::topic::cluster_address;
 use super::{apply_status, Context, Error};
 use crate::admin::{AdminError, MirrorCall};
 use crate::mirror_plan::{
-    desired, link_name, mirrored_topics, observed_verdict, plan, refusal, source_node, ClustersSeen,
+    audit_verdict, desired, link_name, mirrored_topics, observed_verdict, plan, refusal, source_node,
+    AuditVerdict, ClustersSeen, AUDIT_COMPLETE,
 };
 use crate::topic_plan::{conditions, Outcome, Verdict};
 
@@ -70,10 +72,17 @@ async fn apply(link: &MirrorLink, api: &Api<MirrorLink>, ctx: &Context) -> Resul
     let all: Vec<MirrorLink> = ctx.links.state().iter().map(|l| l.as_ref().clone()).collect();
     let seen = ClustersSeen { source: source.is_some(), destination: destination.is_some() };
     let previous = link.status.clone().unwrap_or_default();
-    let write = |verdict: Verdict, total_lag, topics| {
+    let write = |verdict: Verdict, total_lag, topics, audit: Option<AuditVerdict>| {
+        let now = (ctx.now)();
+        let mut conditions = conditions(&previous.conditions, &verdict, link.metadata.generation, now);
+        if let Some(a) = audit {
+            let c =
+                Condition::new(AUDIT_COMPLETE, a.status, link.metadata.generation, a.reason, a.message, now);
+            set_condition(&mut conditions, c);
+        }
         let status = MirrorLinkStatus {
             observed_generation: link.metadata.generation,
-            conditions: conditions(&previous.conditions, &verdict, link.metadata.generation, (ctx.now)()),
+            conditions,
             source: source_node(link),
             total_lag,
             topics,
@@ -86,7 +95,7 @@ async fn apply(link: &MirrorLink, api: &Api<MirrorLink>, ctx: &Context) -> Resul
             reason: "SourceClusterNotFound",
             message: "the source has no address".into(),
         });
-        write(verdict, None, vec![]).await?;
+        write(verdict, None, vec![], None).await?;
         return Ok(Action::requeue(Duration::from_secs(300)));
     };
     let address = cluster_address(&destination);
@@ -99,7 +108,7 @@ async fn apply(link: &MirrorLink, api: &Api<MirrorLink>, ctx: &Context) -> Resul
                 reason: "BrokersUnreachable",
                 message: e.to_string(),
             };
-            write(verdict, previous.total_lag, previous.topics.clone()).await?;
+            write(verdict, previous.total_lag, previous.topics.clone(), None).await?;
             return Err(e.into());
         }
     };
@@ -111,7 +120,7 @@ async fn apply(link: &MirrorLink, api: &Api<MirrorLink>, ctx: &Context) -> Resul
                 let verdict =
                     Verdict { outcome: Outcome::Stalled, reason: "BrokersRefused", message: e.to_string() };
                 ctx.event(link, true, verdict.reason, verdict.message.clone()).await;
-                write(verdict, None, vec![]).await?;
+                write(verdict, None, vec![], None).await?;
                 return Ok(Action::requeue(Duration::from_secs(300)));
             }
             Err(e) => return Err(e.into()),
@@ -140,8 +149,23 @@ async fn apply(link: &MirrorLink, api: &Api<MirrorLink>, ctx: &Context) -> Resul
             vec![],
         ),
     };
+    // The audit's verdict is its own condition; unreadable counts leave
+    // the last one as it was.
+    let audit = match ctx.brokers.audit_counts(&address).await {
+        Ok(read) => Some(audit_verdict(&link_name(link), &read, (ctx.now)().as_millisecond())),
+        Err(e) => {
+            tracing::debug!(error = %e, "reading the destination's audit counts");
+            None
+        }
+    };
+    let mut topics = topics;
+    if let Some(a) = &audit {
+        for t in &mut topics {
+            t.audit_complete = a.topics.get(&t.destination).copied();
+        }
+    }
     let ready = verdict.outcome == Outcome::Ready;
-    write(verdict, total_lag, topics).await?;
+    write(verdict, total_lag, topics, audit).await?;
     Ok(Action::requeue(if ready { REFRESH } else { Duration::from_secs(5) }))
 }
 
