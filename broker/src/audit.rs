@@ -104,6 +104,10 @@ struct Counter {
     first: HashMap<Part, i64>,
     /// Appends below this offset were counted by the restart's rescan.
     fence: HashMap<Part, i64>,
+    /// Per partition, the leader epoch of the last append counted: the
+    /// restart's rescan counts only batches of that epoch, since later
+    /// ones were appended (and counted) by the leaders that followed.
+    epochs: HashMap<Part, i32>,
     /// Seeded and rescanned: until then nothing is published.
     loaded: bool,
 }
@@ -130,7 +134,7 @@ impl Audit {
     /// are the offsets `first..end` (the ones before are retries already
     /// stored). Called under the partition's transition lock, so appends
     /// are counted in log order.
-    pub fn appended(&self, topic: &str, partition: u32, data: &[u8], first: i64, end: i64) {
+    pub fn appended(&self, topic: &str, partition: u32, epoch: i32, data: &[u8], first: i64, end: i64) {
         if is_internal(topic) || end <= first {
             return;
         }
@@ -148,6 +152,7 @@ impl Audit {
             return;
         }
         c.first.entry(part.clone()).or_insert(first);
+        c.epochs.insert(part.clone(), epoch);
         let next = c.next.entry(part).or_insert(end);
         *next = (*next).max(end);
         for (w, n) in windows {
@@ -291,6 +296,7 @@ async fn load(state: &Arc<BrokerState>) -> Result<(), Error> {
                 let part = (s.topic.clone(), s.window_start_ms as u32);
                 let Ok(p) = state.topics.partition(&part.0, part.1) else { continue };
                 let from = s.count as i64;
+                let epoch = s.window_ms as i32;
                 let end = match c.first.get(&part) {
                     Some(first) => *first,
                     None => {
@@ -299,30 +305,34 @@ async fn load(state: &Arc<BrokerState>) -> Result<(), Error> {
                         end
                     }
                 };
+                c.epochs.entry(part.clone()).or_insert(epoch);
                 let next = c.next.entry(part).or_insert(end);
                 *next = (*next).max(end);
-                rescan.push((p, from, end));
+                rescan.push((p, from, end, epoch));
             }
         }
     }
     let window_ms = state.audit.window_ms;
-    for (p, from, end) in rescan {
+    for (p, from, end, epoch) in rescan {
         let topic = p.topic.clone();
         // Seeding happened above, so a failure here is not retried (that
         // would seed twice): it is logged and the partition's rest is lost
         // to the count, which the report then shows as missing.
-        let windows =
-            match tokio::task::spawn_blocking(move || rescan_partition(&p, from, end, window_ms)).await {
-                Ok(Ok(w)) => w,
-                Ok(Err(e)) => {
-                    tracing::error!(%topic, error = %e, "audit: counting the log after the checkpoint");
-                    continue;
-                }
-                Err(e) => {
-                    tracing::error!(%topic, error = %e, "audit: counting the log after the checkpoint");
-                    continue;
-                }
-            };
+        let windows = match tokio::task::spawn_blocking(move || {
+            rescan_partition(&p, from, end, epoch, window_ms)
+        })
+        .await
+        {
+            Ok(Ok(w)) => w,
+            Ok(Err(e)) => {
+                tracing::error!(%topic, error = %e, "audit: counting the log after the checkpoint");
+                continue;
+            }
+            Err(e) => {
+                tracing::error!(%topic, error = %e, "audit: counting the log after the checkpoint");
+                continue;
+            }
+        };
         let mut c = state.audit.counter.lock();
         for (w, n) in windows {
             let key = (topic.clone(), w);
@@ -334,11 +344,14 @@ async fn load(state: &Arc<BrokerState>) -> Result<(), Error> {
     Ok(())
 }
 
-/// Records per window in `from..end` of a partition's log.
+/// Records per window in `from..end` of a partition's log, of the batches
+/// appended in leader epoch `epoch` (this broker's, before it stopped; a
+/// leader after it counted its own).
 fn rescan_partition(
     p: &crate::partition::Partition,
     from: i64,
     end: i64,
+    epoch: i32,
     window_ms: i64,
 ) -> Result<BTreeMap<i64, u64>, Error> {
     let mut out = BTreeMap::new();
@@ -351,6 +364,10 @@ fn rescan_partition(
             if h.base_offset >= end {
                 at = end;
                 break;
+            }
+            if h.leader_epoch != epoch {
+                at = h.next_offset();
+                continue;
             }
             // Records of the batch below `at` (a read starts at the batch
             // holding `at`) were counted before.
@@ -393,11 +410,15 @@ async fn publish(state: &Arc<BrokerState>) -> Result<(), Error> {
                 link: None,
             })
             .collect();
+        // A checkpoint: `window_start_ms` holds the partition, `count` the
+        // offset after the last record counted, `window_ms` the leader
+        // epoch those records were appended in.
         out.extend(c.next.iter().map(|((t, p), next)| v1::AuditCount {
             tier: CHECKPOINT_TIER.into(),
             host: me.clone(),
             topic: t.clone(),
             window_start_ms: i64::from(*p),
+            window_ms: i64::from(c.epochs.get(&(t.clone(), *p)).copied().unwrap_or(-1)),
             count: (*next).max(0) as u64,
             origin: tier.clone(),
             ..Default::default()
@@ -578,6 +599,32 @@ mod tests {
     }
 
     #[test]
+    fn a_restarts_rescan_counts_only_the_batches_of_the_epoch_this_broker_led() {
+        // Epoch 3 was this broker's (two batches, one after its last
+        // checkpoint at offset 2); epoch 4's batch came from the leader
+        // after it, which counted it itself.
+        let dir = tempfile::tempdir().unwrap();
+        let p = crate::partition::test_partition(dir.path());
+        let config = crate::config::TopicConfig::default();
+        let mut at = 0;
+        for (epoch, timestamps) in [(3, vec![1000, 1001]), (3, vec![1002, 5000]), (4, vec![1003, 1004, 1005])]
+        {
+            let mut b = batch(&timestamps).to_vec();
+            batch::set_base_offset(&mut b, at);
+            batch::set_leader_epoch(&mut b, epoch);
+            p.append_replicated(&b, &config, 0).unwrap();
+            at += timestamps.len() as i64;
+        }
+        let counted = rescan_partition(&p, 2, at, 3, 1000).unwrap();
+        assert_eq!(
+            counted,
+            BTreeMap::from([(1000, 1), (5000, 1)]),
+            "epoch 4's records are not counted again"
+        );
+        assert!(rescan_partition(&p, 0, at, 9, 1000).unwrap().is_empty());
+    }
+
+    #[test]
     fn batches_in_one_window_count_from_the_header_and_spanning_ones_per_record() {
         let mut data = batch(&[1000, 1500, 1999]).to_vec();
         data.extend_from_slice(&batch(&[1999, 2000, 3500]));
@@ -592,10 +639,10 @@ mod tests {
     fn appends_are_counted_per_topic_and_window_and_internal_topics_are_not() {
         let a = Audit::new(1000);
         let data = batch(&[10, 20, 1010]);
-        a.appended("orders", 0, &data, 0, 3);
-        a.appended("__consumer_offsets", 0, &data, 0, 3);
+        a.appended("orders", 0, 0, &data, 0, 3);
+        a.appended("__consumer_offsets", 0, 0, &data, 0, 3);
         // A retry of the last record only: one new record.
-        a.appended("orders", 0, &batch(&[1500]), 3, 4);
+        a.appended("orders", 0, 0, &batch(&[1500]), 3, 4);
         let counts = a.counts();
         assert_eq!(
             counts,

@@ -194,3 +194,24 @@ impl Partition {
         &self.fs
     }
 }
+
+/// A partition `t`-0 in `dir` (real files and RocksDB), for tests.
+#[cfg(test)]
+pub(crate) fn test_partition(dir: &std::path::Path) -> Arc<Partition> {
+    use crate::log::index::PartitionIndex;
+    let store = crate::store::Store::open(&dir.join("rocksdb"), 8 << 20, 32 << 20).unwrap();
+    store.create_cf("p/t-0").unwrap();
+    let index = PartitionIndex::new(store, "p/t-0".into());
+    let config = crate::config::TopicConfig::default();
+    let log = crate::log::PartitionLog::open(
+        crate::log::fs::real(),
+        dir.join("t-0"),
+        "t".into(),
+        0,
+        index,
+        &config,
+        0,
+    )
+    .unwrap();
+    Partition::new(log, crate::log::fs::real())
+}

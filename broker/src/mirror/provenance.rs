@@ -109,25 +109,7 @@ fn last_in(
 mod tests {
     use super::*;
 
-    /// A partition log in `dir` (real files and RocksDB).
-    fn partition(dir: &std::path::Path) -> std::sync::Arc<Partition> {
-        use crate::log::index::PartitionIndex;
-        let store = crate::store::Store::open(&dir.join("rocksdb"), 8 << 20, 32 << 20).unwrap();
-        store.create_cf("p/t-0").unwrap();
-        let index = PartitionIndex::new(store, "p/t-0".into());
-        let config = crate::config::TopicConfig::default();
-        let log = crate::log::PartitionLog::open(
-            crate::log::fs::real(),
-            dir.join("t-0"),
-            "t".into(),
-            0,
-            index,
-            &config,
-            0,
-        )
-        .unwrap();
-        Partition::new(log, crate::log::fs::real())
-    }
+    use crate::partition::test_partition as partition;
 
     /// One batch of records copied from `cluster` partition 0 at `offsets`
     /// (or, with `None`, records of the partition's own producers).

@@ -117,7 +117,11 @@ fn append_all(
             // Counted under the transition lock: in log order (the audit's
             // checkpoint depends on it).
             let end = info.last_offset + 1;
-            state.audit.appended(&partition.topic, partition.id, &records, end - info.records, end);
+            let epoch = match role {
+                crate::replication::Role::Leader { epoch } => epoch,
+                _ => -1,
+            };
+            state.audit.appended(&partition.topic, partition.id, epoch, &records, end - info.records, end);
         }
         drop(transition);
         let info = match appended_now {
