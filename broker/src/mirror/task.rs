@@ -191,6 +191,7 @@ async fn copy(
     if !leads(state, spec) {
         return Ok(End::Deposed);
     }
+    check_source_topic(spec).await?;
     let last = last_copy(state, manager, spec).await?;
     let resume = match &last {
         Some(p) if recreated(p, spec) => {
@@ -261,6 +262,8 @@ async fn copy(
                     "the source partition ends at offset {end}, before offset {offset} this link had copied \
                      up to: the source lost or truncated records; copying goes on from {end}"
                 );
+                // Not a re-created topic (that is a new task's work).
+                check_source_topic(spec).await?;
                 tracing::warn!(link = %spec.link.name, topic = %spec.source_topic, partition = spec.partition, "{why}");
                 status.lock().error = why;
                 consumer.seek(&spec.source_topic, spec.partition, end);
@@ -316,6 +319,27 @@ async fn copy(
 /// (copies in the older provenance form, without a tag, count as this one).
 fn recreated(last: &Provenance, spec: &TaskSpec) -> bool {
     !last.topic_tag.is_empty() && !spec.source_topic_tag.is_empty() && last.topic_tag != spec.source_topic_tag
+}
+
+/// Refuses to copy from another source topic than the one the task was
+/// made for. After the source topic is deleted and created again the link
+/// sees the new one within a discovery interval; until then a task of the
+/// old one must not copy the new topic's records under the old one's tag
+/// (its successor would take them for the old topic's and copy them again).
+async fn check_source_topic(spec: &TaskSpec) -> Result<(), String> {
+    if spec.source_topic_tag.is_empty() {
+        return Ok(());
+    }
+    let source = |e: tributary_client::Error| format!("source: {e}");
+    let admin = tributary_client::Admin::connect(&spec.link.source_bootstrap).await.map_err(source)?;
+    let now = admin.describe_topic(&spec.source_topic).await.map_err(source)?;
+    if provenance::topic_tag(&now.topic_id) != spec.source_topic_tag {
+        return Err(format!(
+            "the source topic '{}' was deleted and created again: waiting for the link to see the new one",
+            spec.source_topic
+        ));
+    }
+    Ok(())
 }
 
 /// Where a source partition the link has copied nothing of starts.
