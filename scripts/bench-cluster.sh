@@ -13,12 +13,8 @@ source scripts/env.sh
 records="${1:-3000000}"
 partitions="${2:-3}"
 shift 2 || true
-if [ -n "${TRIBUTARY_BIN_DIR:-}" ]; then
-  bin="$TRIBUTARY_BIN_DIR"
-else
-  cargo build --release -q --workspace --bins
-  bin="$CARGO_TARGET_DIR/release"
-fi
+source scripts/bench-common.sh
+bench_bins
 dir="$(mktemp -d)"
 pids=()
 cleanup() {

@@ -13,19 +13,9 @@ source scripts/env.sh
 records="${1:-1000000}"
 partitions="${2:-2}"
 scripts/kafka-clients.sh >/dev/null
-if [ -n "${TRIBUTARY_BIN_DIR:-}" ]; then
-  bin="$TRIBUTARY_BIN_DIR"
-else
-  cargo build --release -q --workspace --bins
-  bin="$CARGO_TARGET_DIR/release"
-fi
-dir="$(mktemp -d)"
-trap 'kill $broker 2>/dev/null; wait $broker 2>/dev/null; rm -rf "$dir"' EXIT
-"$bin/tributary-broker" --data-dir "$dir/data" --listen 127.0.0.1:17070 --http-listen 127.0.0.1:17071 \
-  --kafka-listen 127.0.0.1:17092 2>"$dir/broker.log" &
-broker=$!
-for _ in $(seq 100); do grep -q "broker ready" "$dir/broker.log" 2>/dev/null && break; sleep 0.1; done
-export TRIBUTARY_BOOTSTRAP=127.0.0.1:17070
+source scripts/bench-common.sh
+bench_bins
+bench_one_broker --kafka-listen 127.0.0.1:17092
 "$bin/tributary" topic create grpc --partitions "$partitions" >/dev/null
 "$bin/tributary" topic create kafka --partitions "$partitions" >/dev/null
 # One 100-byte value per line, the same records the gRPC bench sends.
