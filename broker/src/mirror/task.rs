@@ -193,8 +193,9 @@ async fn copy(
     }
     check_source_topic(spec).await?;
     let last = last_copy(state, manager, spec).await?;
+    let recreated_since = last.as_ref().is_some_and(|p| recreated(p, spec));
     let resume = match &last {
-        Some(p) if recreated(p, spec) => {
+        Some(p) if recreated_since => {
             // The source topic was deleted and created again since the last
             // copy: its offsets started over and every record is new here.
             let why = format!(
@@ -230,7 +231,7 @@ async fn copy(
             s.last_copied = position - 1;
         }
         s.state = "Copying";
-        if !last.as_ref().is_some_and(|p| recreated(p, spec)) {
+        if !recreated_since {
             s.error.clear();
         }
     }
@@ -278,18 +279,19 @@ async fn copy(
             if !link_current(state, spec) {
                 return Ok(End::LinkChanged);
             }
-            let mut s = if batches.is_empty() {
-                status.lock()
+            let appended_to = if batches.is_empty() {
+                None
             } else {
-                let at = append(state, manager, spec, batches, timestamps.len() as i64).await?;
-                let mut s = status.lock();
+                Some(append(state, manager, spec, batches, timestamps.len() as i64).await?)
+            };
+            let mut s = status.lock();
+            if let Some(at) = appended_to {
                 s.checkpoint = Some(MirrorCheckpoint {
                     source_offset: last,
                     topic_tag: spec.source_topic_tag.clone(),
                     destination_offset: at,
                 });
-                s
-            };
+            }
             s.last_copied = last;
             s.count(timestamps.len() as u64);
             let lag = s.lag();
