@@ -1,12 +1,17 @@
 //! Storage engine throughput: appending 1000 x 100-byte record batches to a
 //! partition log (segment file + RocksDB index), and reading them back the
-//! way a fetch does (index lookup, then one positioned read).
+//! way a fetch does (index lookup, then one positioned read). The `audit`
+//! group measures the completeness audit's cost on the append path: the
+//! same append alone, and with the leader's count (`Audit::appended`) and
+//! its commit once the high watermark passes, in one run.
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use tributary_broker::audit::Audit;
 use tributary_broker::config::TopicConfig;
 use tributary_broker::log::fs;
 use tributary_broker::log::index::PartitionIndex;
 use tributary_broker::log::{Locate, PartitionLog, ReadOutcome};
+use tributary_broker::partition::Partition;
 use tributary_broker::store::Store;
 use tributary_proto::batch::{BatchBuilder, Compression};
 
@@ -61,5 +66,29 @@ fn append(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, append);
+/// The audit's cost: a partition append alone against the same append
+/// counted by the audit (per window, from the batch header) and committed.
+fn audit(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = Partition::new(open(dir.path()), fs::real());
+    let config = TopicConfig::default();
+    let data = batch();
+    let audit = Audit::new(60_000, u64::MAX);
+    let mut g = c.benchmark_group("audit");
+    g.throughput(Throughput::Elements(RECORDS as u64));
+    g.bench_function("append_1000x100B", |b| {
+        b.iter(|| p.append(&data, &config, 1_700_000_000_000).expect("append"))
+    });
+    g.bench_function("append_1000x100B_counted", |b| {
+        b.iter(|| {
+            let info = p.append(&data, &config, 1_700_000_000_000).expect("append");
+            let end = info.last_offset + 1;
+            audit.appended("bench", 0, 0, &data, end - info.records, end);
+            audit.commit_all(|_, _| Some(p.clone()));
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, append, audit);
 criterion_main!(benches);

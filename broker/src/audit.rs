@@ -9,11 +9,15 @@
 //! * [`Audit::appended`] counts every record the leader appends to a
 //!   non-internal topic, per topic and window, from batch headers alone
 //!   (a batch whose first and max timestamps fall in different windows is
-//!   decoded and counted per record). [`run`] publishes the counts that
-//!   changed, tagged with this cluster's tier, together with a checkpoint
-//!   (per partition, the log end the counts cover) in one batch. After a
-//!   restart the broker seeds its counts from `__audit` and counts the log
-//!   from the checkpoint on, so a kill -9 neither loses nor doubles counts.
+//!   decoded and counted per record). A count stands once the high
+//!   watermark passes its append: an append that a failover truncates was
+//!   never stored (its producer's retry is counted by the next leader).
+//!   [`run`] publishes the counts that changed, tagged with this cluster's
+//!   tier, together with a checkpoint (per partition, the offset the
+//!   counts reach and the leader epoch) in one batch. After a restart the
+//!   broker seeds its counts from `__audit` and recounts the batches of
+//!   that epoch from the checkpoint on as they commit, so a kill -9 of a
+//!   leader neither loses nor doubles counts.
 //! * Every mirror link carries its source's `__audit` counts here
 //!   ([`carry`]), so one report against the aggregate sees every tier
 //!   upstream; the link itself is recorded too (alias, naming, the source's
@@ -22,7 +26,7 @@
 //! Checkpoints and links are stored as counts of the reserved tiers
 //! `__checkpoint` and `__link`; clients cannot report those.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,6 +39,7 @@ use tributary_proto::v1::{self, audit_client::AuditClient, audit_server};
 
 use crate::cluster::state::MirrorNaming;
 use crate::error::Error;
+use crate::partition::Partition;
 use crate::shutdown::Shutdown;
 use crate::topics::is_internal;
 use crate::BrokerState;
@@ -93,28 +98,79 @@ pub fn count_batches(data: &[u8], mut skip: i64, window_ms: i64) -> Result<BTree
 /// (topic, partition).
 type Part = (String, u32);
 
+/// One leader append not yet below the high watermark: offsets
+/// `first..end`, appended in `epoch`, and its records per window.
+struct Pending {
+    end: i64,
+    epoch: i32,
+    windows: BTreeMap<i64, u64>,
+}
+
+/// A restart's recount of one partition: the batches of `epoch` (this
+/// broker's leadership before it stopped) from `from` on, counted as the
+/// high watermark passes them.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Rescan {
+    from: i64,
+    epoch: i32,
+}
+
 #[derive(Default)]
 struct Counter {
-    /// (topic, window start) → records appended (seeded from `__audit`).
+    /// (topic, window start) → committed records appended (seeded from
+    /// `__audit`).
     counts: BTreeMap<(String, i64), u64>,
-    dirty: std::collections::BTreeSet<(String, i64)>,
-    /// Per partition, the offset after the last record counted.
-    next: BTreeMap<Part, i64>,
-    /// Per partition, the first offset counted since this process started.
-    first: HashMap<Part, i64>,
-    /// Appends below this offset were counted by the restart's rescan.
-    fence: HashMap<Part, i64>,
-    /// Per partition, the leader epoch of the last append counted: the
-    /// restart's rescan counts only batches of that epoch, since later
-    /// ones were appended (and counted) by the leaders that followed.
-    epochs: HashMap<Part, i32>,
-    /// Seeded and rescanned: until then nothing is published.
+    dirty: BTreeSet<(String, i64)>,
+    /// Partitions whose checkpoint moved since the last publish.
+    dirty_parts: BTreeSet<Part>,
+    /// Per partition, this leader's appends the high watermark has not
+    /// passed yet, in log order. They count once committed: an append a
+    /// failover then truncates was never stored, and its producer's retry
+    /// is counted by the leader that takes it.
+    pending: HashMap<Part, VecDeque<Pending>>,
+    /// Per partition, the offset after the last record counted and the
+    /// leader epoch it was appended in (the published checkpoint).
+    next: BTreeMap<Part, (i64, i32)>,
+    /// Restart recounts still running (from the last published checkpoint).
+    rescans: HashMap<Part, Rescan>,
+    /// Seeded from `__audit`: until then nothing is published.
     loaded: bool,
+}
+
+impl Counter {
+    /// Adds committed records per window; windows that start before
+    /// `horizon` are past retention and not counted (their stored counts
+    /// are gone or going, and a count started afresh would replace them).
+    fn add(&mut self, topic: &str, windows: &BTreeMap<i64, u64>, horizon: i64) {
+        for (w, n) in windows {
+            if *w < horizon {
+                tracing::debug!(
+                    topic,
+                    window = w,
+                    records = n,
+                    "audit: records of a window past retention are not counted"
+                );
+                continue;
+            }
+            let key = (topic.to_string(), *w);
+            *self.counts.entry(key.clone()).or_insert(0) += n;
+            self.dirty.insert(key);
+        }
+    }
+
+    /// The checkpoint to publish for `part`: a running recount's cursor
+    /// (a kill before it ends resumes there), else the last committed
+    /// append.
+    fn checkpoint(&self, part: &Part) -> Option<(i64, i32)> {
+        self.rescans.get(part).map(|r| (r.from, r.epoch)).or_else(|| self.next.get(part).copied())
+    }
 }
 
 /// This broker's audit state.
 pub struct Audit {
     window_ms: i64,
+    /// Windows that ended longer ago than this are forgotten.
+    retention_ms: i64,
     counter: Mutex<Counter>,
     /// What was carried from each link's source (key → encoded value),
     /// so only changes are written again.
@@ -122,18 +178,20 @@ pub struct Audit {
 }
 
 impl Audit {
-    pub fn new(window_ms: u64) -> Audit {
+    pub fn new(window_ms: u64, retention_ms: u64) -> Audit {
         Audit {
             window_ms: (window_ms as i64).max(1),
+            retention_ms: retention_ms.min(i64::MAX as u64) as i64,
             counter: Mutex::new(Counter::default()),
             carried: Mutex::new(HashMap::new()),
         }
     }
 
-    /// The leader appended `data` to `topic`-`partition`; its new records
-    /// are the offsets `first..end` (the ones before are retries already
-    /// stored). Called under the partition's transition lock, so appends
-    /// are counted in log order.
+    /// The leader appended `data` to `topic`-`partition` in `epoch`; its
+    /// new records are the offsets `first..end` (the ones before are
+    /// retries already stored). Called under the partition's transition
+    /// lock, so appends are queued in log order; they count once the high
+    /// watermark passes them ([`Audit::commit`]).
     pub fn appended(&self, topic: &str, partition: u32, epoch: i32, data: &[u8], first: i64, end: i64) {
         if is_internal(topic) || end <= first {
             return;
@@ -146,25 +204,102 @@ impl Audit {
                 return;
             }
         };
-        let part = (topic.to_string(), partition);
         let mut c = self.counter.lock();
-        if c.fence.get(&part).is_some_and(|f| first < *f) {
-            return;
+        c.pending.entry((topic.to_string(), partition)).or_default().push_back(Pending {
+            end,
+            epoch,
+            windows,
+        });
+    }
+
+    /// Counts the queued appends of `part` that are committed (below
+    /// `p`'s high watermark) and drops the ones a truncation removed.
+    fn commit(&self, part: &Part, p: &Partition) {
+        // The high watermark is read first: an append below it that is
+        // still in the log under its epoch afterwards is committed, and
+        // committed records are never truncated.
+        let hw = p.high_watermark();
+        let horizon = self.horizon(crate::now_ms());
+        let mut c = self.counter.lock();
+        let Some(mut queue) = c.pending.remove(part) else { return };
+        while let Some(front) = queue.front() {
+            if truncated(p, front.end, front.epoch) {
+                tracing::debug!(topic = %part.0, partition = part.1, end = front.end, "audit: an append was truncated before it committed");
+                queue.pop_front();
+                continue;
+            }
+            if front.end > hw {
+                break;
+            }
+            if let Some(done) = queue.pop_front() {
+                c.add(&part.0, &done.windows, horizon);
+                c.next.insert(part.clone(), (done.end, done.epoch));
+                c.dirty_parts.insert(part.clone());
+            }
         }
-        c.first.entry(part.clone()).or_insert(first);
-        c.epochs.insert(part.clone(), epoch);
-        let next = c.next.entry(part).or_insert(end);
-        *next = (*next).max(end);
-        for (w, n) in windows {
-            let key = (topic.to_string(), w);
-            *c.counts.entry(key.clone()).or_insert(0) += n;
-            c.dirty.insert(key);
+        if !queue.is_empty() {
+            c.pending.insert(part.clone(), queue);
         }
     }
 
-    /// What this broker counted so far, per (topic, window start).
+    /// Commits what the high watermark passed on every partition with
+    /// queued appends (`partition` finds a partition; a gone one's queue
+    /// is dropped: this broker no longer holds it).
+    pub fn commit_all(&self, partition: impl Fn(&str, u32) -> Option<Arc<Partition>>) {
+        let parts: Vec<Part> = self.counter.lock().pending.keys().cloned().collect();
+        for part in parts {
+            match partition(&part.0, part.1) {
+                Some(p) => self.commit(&part, &p),
+                None => {
+                    self.counter.lock().pending.remove(&part);
+                }
+            }
+        }
+    }
+
+    /// The oldest window start still within retention at `now_ms`.
+    fn horizon(&self, now_ms: i64) -> i64 {
+        now_ms.saturating_sub(self.retention_ms).saturating_sub(self.window_ms)
+    }
+
+    /// Forgets the windows past retention (memory stays bounded by the
+    /// windows retention keeps).
+    fn prune(&self, now_ms: i64) {
+        let horizon = self.horizon(now_ms);
+        let mut c = self.counter.lock();
+        c.counts.retain(|(_, w), _| *w >= horizon);
+        c.dirty.retain(|(_, w)| *w >= horizon);
+    }
+
+    /// Marks every checkpoint for publishing again and forgets what was
+    /// carried, so the next ticks write them anew: `__audit` deletes
+    /// records older than retention, and these change rarely.
+    fn refresh(&self) {
+        let mut c = self.counter.lock();
+        let parts: Vec<Part> = c.next.keys().chain(c.rescans.keys()).cloned().collect();
+        c.dirty_parts.extend(parts);
+        drop(c);
+        self.carried.lock().clear();
+    }
+
+    /// What this broker counted so far (committed), per (topic, window
+    /// start).
     pub fn counts(&self) -> BTreeMap<(String, i64), u64> {
         self.counter.lock().counts.clone()
+    }
+}
+
+/// Whether the records up to `end` appended in `epoch` are no longer in
+/// `p`'s log (a follower's truncation to a new leader's log removed them;
+/// they never come back under the same epoch).
+fn truncated(p: &Partition, end: i64, epoch: i32) -> bool {
+    if p.log_end_offset() < end {
+        return true;
+    }
+    match p.end_offset_for_epoch(epoch) {
+        Ok((e, epoch_end)) => e != epoch || epoch_end < end,
+        // An offline log: nothing is known, so nothing is dropped.
+        Err(_) => false,
     }
 }
 
@@ -278,77 +413,107 @@ async fn read_all(state: &Arc<BrokerState>) -> Result<Vec<v1::AuditCount>, Error
     .map_err(|e| Error::Storage(e.to_string()))?
 }
 
-/// Seeds this broker's counts from `__audit` and counts what its
-/// partitions appended after the last published checkpoint.
+/// Seeds this broker's counts from `__audit`; every partition with a
+/// checkpoint gets a recount of what its last leadership appended after it
+/// ([`rescan_all`]).
 async fn load(state: &Arc<BrokerState>) -> Result<(), Error> {
     let (me, tier) = (host(state), tier(state));
     let stored = read_all(state).await?;
-    let mut rescan = Vec::new();
-    {
-        let mut c = state.audit.counter.lock();
-        for s in &stored {
-            if s.origin != tier || s.host != me {
-                continue;
-            }
-            if s.tier == tier {
-                *c.counts.entry((s.topic.clone(), s.window_start_ms)).or_insert(0) += s.count;
-            } else if s.tier == CHECKPOINT_TIER {
-                let part = (s.topic.clone(), s.window_start_ms as u32);
-                let Ok(p) = state.topics.partition(&part.0, part.1) else { continue };
-                let from = s.count as i64;
-                let epoch = s.window_ms as i32;
-                let end = match c.first.get(&part) {
-                    Some(first) => *first,
-                    None => {
-                        let end = p.log_end_offset();
-                        c.fence.insert(part.clone(), end);
-                        end
-                    }
-                };
-                c.epochs.entry(part.clone()).or_insert(epoch);
-                let next = c.next.entry(part).or_insert(end);
-                *next = (*next).max(end);
-                rescan.push((p, from, end, epoch));
-            }
+    let mut c = state.audit.counter.lock();
+    for s in &stored {
+        if s.origin != tier || s.host != me {
+            continue;
+        }
+        if s.tier == tier {
+            *c.counts.entry((s.topic.clone(), s.window_start_ms)).or_insert(0) += s.count;
+        } else if s.tier == CHECKPOINT_TIER {
+            // `window_start_ms` holds the partition, `count` the offset,
+            // `window_ms` the epoch (see `publish`).
+            let part = (s.topic.clone(), s.window_start_ms as u32);
+            let r = Rescan { from: s.count as i64, epoch: s.window_ms as i32 };
+            c.next.insert(part.clone(), (r.from, r.epoch));
+            c.rescans.insert(part, r);
         }
     }
+    c.loaded = true;
+    Ok(())
+}
+
+/// Moves every restart recount on as far as the high watermark allows.
+/// A failed step is retried on the next tick from the same cursor.
+async fn rescan_all(state: &Arc<BrokerState>) {
+    let jobs: Vec<(Part, Rescan)> =
+        state.audit.counter.lock().rescans.iter().map(|(k, r)| (k.clone(), *r)).collect();
     let window_ms = state.audit.window_ms;
-    for (p, from, end, epoch) in rescan {
-        let topic = p.topic.clone();
-        // Seeding happened above, so a failure here is not retried (that
-        // would seed twice): it is logged and the partition's rest is lost
-        // to the count, which the report then shows as missing.
-        let windows = match tokio::task::spawn_blocking(move || {
-            rescan_partition(&p, from, end, epoch, window_ms)
-        })
-        .await
-        {
-            Ok(Ok(w)) => w,
-            Ok(Err(e)) => {
-                tracing::error!(%topic, error = %e, "audit: counting the log after the checkpoint");
-                continue;
-            }
+    for (part, r) in jobs {
+        let Ok(p) = state.topics.partition(&part.0, part.1) else {
+            // No longer held here: nothing of it to count.
+            state.audit.counter.lock().rescans.remove(&part);
+            continue;
+        };
+        // Only a step with records to read goes to a blocking thread (most
+        // ticks find the high watermark where the cursor is).
+        let step = if p.high_watermark() > r.from {
+            tokio::task::spawn_blocking(move || rescan_step(&p, r, window_ms))
+                .await
+                .unwrap_or_else(|e| Err(Error::Storage(e.to_string())))
+        } else {
+            rescan_step(&p, r, window_ms)
+        };
+        let (windows, cursor, done) = match step {
+            Ok(s) => s,
             Err(e) => {
-                tracing::error!(%topic, error = %e, "audit: counting the log after the checkpoint");
+                tracing::warn!(topic = %part.0, partition = part.1, error = %e, "audit: recounting after a restart (retrying)");
                 continue;
             }
         };
         let mut c = state.audit.counter.lock();
-        for (w, n) in windows {
-            let key = (topic.clone(), w);
-            *c.counts.entry(key.clone()).or_insert(0) += n;
-            c.dirty.insert(key);
+        c.add(&part.0, &windows, state.audit.horizon(crate::now_ms()));
+        if cursor != r {
+            c.dirty_parts.insert(part.clone());
+        }
+        // The checkpoint follows the recount unless this broker has since
+        // committed appends of a later leadership of its own.
+        if c.next.get(&part).is_none_or(|(_, epoch)| *epoch <= r.epoch) {
+            c.next.insert(part.clone(), (cursor.from, r.epoch));
+        }
+        if done {
+            c.rescans.remove(&part);
+        } else {
+            c.rescans.insert(part, cursor);
         }
     }
-    state.audit.counter.lock().loaded = true;
-    Ok(())
+}
+
+/// One step of a restart's recount: the batches of `r.epoch` from `r.from`
+/// up to the high watermark (committed: a truncation cannot take them any
+/// more) and the end of that epoch in the log. Returns their counts, the
+/// new cursor, and whether the recount is over (a later epoch began in
+/// the log and everything of `r.epoch` before it is counted).
+fn rescan_step(
+    p: &Partition,
+    r: Rescan,
+    window_ms: i64,
+) -> Result<(BTreeMap<i64, u64>, Rescan, bool), Error> {
+    let hw = p.high_watermark();
+    let (epoch, epoch_end) = p.end_offset_for_epoch(r.epoch)?;
+    if epoch != r.epoch {
+        // None of that epoch is left in the log (truncated away).
+        return Ok((BTreeMap::new(), r, true));
+    }
+    let upto = hw.min(epoch_end);
+    let windows =
+        if upto > r.from { rescan_partition(p, r.from, upto, r.epoch, window_ms)? } else { BTreeMap::new() };
+    let cursor = Rescan { from: upto.max(r.from), epoch: r.epoch };
+    let over = p.latest_epoch() > r.epoch && cursor.from >= epoch_end;
+    Ok((windows, cursor, over))
 }
 
 /// Records per window in `from..end` of a partition's log, of the batches
 /// appended in leader epoch `epoch` (this broker's, before it stopped; a
 /// leader after it counted its own).
 fn rescan_partition(
-    p: &crate::partition::Partition,
+    p: &Partition,
     from: i64,
     end: i64,
     epoch: i32,
@@ -369,6 +534,21 @@ fn rescan_partition(
                 at = h.next_offset();
                 continue;
             }
+            if h.next_offset() > end {
+                // The batch runs past `end` (a high watermark inside it):
+                // only its records in `at..end`, one by one.
+                let records = batch::records(&Bytes::copy_from_slice(bytes))
+                    .map_err(|e| Error::Storage(e.to_string()))?;
+                for r in records {
+                    let r = r.map_err(|e| Error::Storage(e.to_string()))?;
+                    if (at..end).contains(&r.offset) {
+                        *out.entry(tributary_client::audit::window_start(r.timestamp, window_ms))
+                            .or_insert(0) += 1;
+                    }
+                }
+                at = end;
+                break;
+            }
             // Records of the batch below `at` (a read starts at the batch
             // holding `at`) were counted before.
             let skip = (at - h.base_offset).max(0);
@@ -385,17 +565,24 @@ fn rescan_partition(
     Ok(out)
 }
 
-/// Writes the counts that changed since the last publish, with the
-/// checkpoint they reach, in one batch.
+/// Counts what became committed, then writes the counts and checkpoints
+/// that changed since the last publish, in one batch (so a count and the
+/// checkpoint it reaches are stored together or not at all).
 async fn publish(state: &Arc<BrokerState>) -> Result<(), Error> {
     let (me, tier) = (host(state), tier(state));
     let window_ms = state.audit.window_ms;
-    let (keys, counts) = {
+    if !state.audit.counter.lock().loaded {
+        return Ok(());
+    }
+    state.audit.commit_all(|t, p| state.topics.partition(t, p).ok());
+    rescan_all(state).await;
+    let (keys, parts, counts) = {
         let mut c = state.audit.counter.lock();
-        if !c.loaded || c.dirty.is_empty() {
+        if c.dirty.is_empty() && c.dirty_parts.is_empty() {
             return Ok(());
         }
         let keys = std::mem::take(&mut c.dirty);
+        let parts = std::mem::take(&mut c.dirty_parts);
         let mut out: Vec<v1::AuditCount> = keys
             .iter()
             .map(|k| v1::AuditCount {
@@ -413,20 +600,25 @@ async fn publish(state: &Arc<BrokerState>) -> Result<(), Error> {
         // A checkpoint: `window_start_ms` holds the partition, `count` the
         // offset after the last record counted, `window_ms` the leader
         // epoch those records were appended in.
-        out.extend(c.next.iter().map(|((t, p), next)| v1::AuditCount {
-            tier: CHECKPOINT_TIER.into(),
-            host: me.clone(),
-            topic: t.clone(),
-            window_start_ms: i64::from(*p),
-            window_ms: i64::from(c.epochs.get(&(t.clone(), *p)).copied().unwrap_or(-1)),
-            count: (*next).max(0) as u64,
-            origin: tier.clone(),
-            ..Default::default()
+        out.extend(parts.iter().filter_map(|part| {
+            let (next, epoch) = c.checkpoint(part)?;
+            Some(v1::AuditCount {
+                tier: CHECKPOINT_TIER.into(),
+                host: me.clone(),
+                topic: part.0.clone(),
+                window_start_ms: i64::from(part.1),
+                window_ms: i64::from(epoch),
+                count: next.max(0) as u64,
+                origin: tier.clone(),
+                ..Default::default()
+            })
         }));
-        (keys, out)
+        (keys, parts, out)
     };
     if let Err(e) = store(state, counts).await {
-        state.audit.counter.lock().dirty.extend(keys);
+        let mut c = state.audit.counter.lock();
+        c.dirty.extend(keys);
+        c.dirty_parts.extend(parts);
         return Err(e);
     }
     Ok(())
@@ -490,10 +682,19 @@ pub async fn run(state: Arc<BrokerState>, mut shutdown: Shutdown) {
     let every = Duration::from_millis(state.config.audit_publish_interval_ms.max(50));
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Records that change rarely (checkpoints, carried links) are written
+    // again twice per retention period, before `__audit` deletes them.
+    let refresh_every = Duration::from_millis((state.config.audit_retention_ms / 2).max(1000));
+    let mut refreshed = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = shutdown.wait() => return,
+        }
+        state.audit.prune(crate::now_ms());
+        if refreshed.elapsed() >= refresh_every {
+            state.audit.refresh();
+            refreshed = tokio::time::Instant::now();
         }
         if !state.ready.load(std::sync::atomic::Ordering::Acquire) {
             continue;
@@ -635,19 +836,92 @@ mod tests {
         assert!(count_batches(&data, 6, 1000).unwrap().is_empty());
     }
 
+    /// Appends `timestamps` as one batch of `epoch` at the log end (as a
+    /// leader's append, replicated form); returns the batch.
+    fn put(p: &Partition, epoch: i32, timestamps: &[i64]) -> Vec<u8> {
+        let mut b = batch(timestamps).to_vec();
+        batch::set_base_offset(&mut b, p.log_end_offset());
+        batch::set_leader_epoch(&mut b, epoch);
+        p.append_replicated(&b, &crate::config::TopicConfig::default(), 0).unwrap();
+        b
+    }
+
     #[test]
-    fn appends_are_counted_per_topic_and_window_and_internal_topics_are_not() {
-        let a = Audit::new(1000);
-        let data = batch(&[10, 20, 1010]);
-        a.appended("orders", 0, 0, &data, 0, 3);
-        a.appended("__consumer_offsets", 0, 0, &data, 0, 3);
-        // A retry of the last record only: one new record.
-        a.appended("orders", 0, 0, &batch(&[1500]), 3, 4);
-        let counts = a.counts();
-        assert_eq!(
-            counts,
-            BTreeMap::from([(("orders".to_string(), 0), 2), (("orders".to_string(), 1000), 2)])
-        );
+    fn appends_count_once_committed_and_truncated_ones_never() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = crate::partition::test_partition(dir.path());
+        let a = Audit::new(1000, u64::MAX);
+        let commit = || a.commit_all(|_, _| Some(p.clone()));
+        // The high watermark holds at 0: nothing is committed yet.
+        p.set_replica_bound(Some(0));
+        let data = put(&p, 3, &[10, 20, 1010]);
+        a.appended("t", 0, 3, &data, 0, 3);
+        a.appended("__consumer_offsets", 0, 3, &data, 0, 3);
+        commit();
+        assert!(a.counts().is_empty(), "counted before the high watermark passed it");
+        p.set_replica_bound(Some(3));
+        commit();
+        let t = |w: i64| ("t".to_string(), w);
+        assert_eq!(a.counts(), BTreeMap::from([(t(0), 2), (t(1000), 1)]));
+        // A retry of the last record stored with one new one: only the new
+        // record counts.
+        let retry = put(&p, 3, &[1500, 1600]);
+        a.appended("t", 0, 3, &retry, 4, 5);
+        p.set_replica_bound(Some(5));
+        commit();
+        assert_eq!(a.counts(), BTreeMap::from([(t(0), 2), (t(1000), 2)]));
+        // An append a new leader's log then replaced (truncated here, and
+        // the new leader's epoch 4 written over it) never counts.
+        let lost = put(&p, 3, &[2000, 2001]);
+        a.appended("t", 0, 3, &lost, 5, 7);
+        p.truncate_to(5).unwrap();
+        put(&p, 4, &[2002, 2003, 2004]);
+        p.set_replica_bound(Some(8));
+        commit();
+        assert_eq!(a.counts(), BTreeMap::from([(t(0), 2), (t(1000), 2)]), "a truncated append was counted");
+        assert_eq!(a.counter.lock().next.get(&("t".to_string(), 0)), Some(&(5, 3)));
+        assert!(a.counter.lock().pending.is_empty());
+    }
+
+    #[test]
+    fn windows_past_retention_are_forgotten_and_not_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = crate::partition::test_partition(dir.path());
+        let a = Audit::new(1000, 10_000);
+        let now = crate::now_ms();
+        let (old, fresh) = (now - 60_000, now);
+        let w = |t: i64| ("t".to_string(), tributary_client::audit::window_start(t, 1000));
+        let data = put(&p, 1, &[old, fresh]);
+        a.appended("t", 0, 1, &data, 0, 2);
+        a.commit_all(|_, _| Some(p.clone()));
+        assert_eq!(a.counts(), BTreeMap::from([(w(fresh), 1)]), "a window past retention was counted");
+        // A count seeded from `__audit` for a window past retention is
+        // forgotten.
+        a.counter.lock().counts.insert(w(old), 5);
+        a.prune(now);
+        assert_eq!(a.counts(), BTreeMap::from([(w(fresh), 1)]));
+    }
+
+    #[test]
+    fn a_restarts_recount_waits_for_the_high_watermark_and_ends_with_its_epoch() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = crate::partition::test_partition(dir.path());
+        p.set_replica_bound(Some(0));
+        put(&p, 3, &[1000, 1001]);
+        put(&p, 3, &[1002, 5000]);
+        put(&p, 4, &[1003, 1004, 1005]);
+        let r = Rescan { from: 2, epoch: 3 };
+        let (w, cursor, over) = rescan_step(&p, r, 1000).unwrap();
+        assert!(w.is_empty() && cursor == r && !over, "counted above the high watermark");
+        p.set_replica_bound(Some(3));
+        let (w, cursor, over) = rescan_step(&p, cursor, 1000).unwrap();
+        assert_eq!((w, cursor, over), (BTreeMap::from([(1000, 1)]), Rescan { from: 3, epoch: 3 }, false));
+        p.set_replica_bound(Some(7));
+        let (w, cursor, over) = rescan_step(&p, cursor, 1000).unwrap();
+        assert_eq!((w, cursor, over), (BTreeMap::from([(5000, 1)]), Rescan { from: 4, epoch: 3 }, true));
+        // An epoch the log no longer holds: nothing to count, done.
+        let (w, _, over) = rescan_step(&p, Rescan { from: 0, epoch: 1 }, 1000).unwrap();
+        assert!(w.is_empty() && over);
     }
 
     #[test]

@@ -96,6 +96,10 @@ pub struct BrokerConfig {
     /// How often this cluster's append counts are written to `__audit`
     /// and mirror links carry their source's `__audit` here.
     pub audit_publish_interval_ms: u64,
+    /// How long audit counts are kept: `__audit` deletes records older
+    /// than this (besides compacting), and brokers forget windows that
+    /// ended this long ago (appends with older timestamps are not counted).
+    pub audit_retention_ms: u64,
 }
 
 impl Default for BrokerConfig {
@@ -134,6 +138,7 @@ impl Default for BrokerConfig {
             audit_window_ms: 60_000,
             audit_grace_ms: 30_000,
             audit_publish_interval_ms: 5_000,
+            audit_retention_ms: 7 * 24 * 3600 * 1000,
         }
     }
 }

@@ -206,7 +206,7 @@ impl Broker {
         );
         let (trigger, shutdown) = shutdown::channel();
         let registry = registry::Registry::new(config.http_advertised());
-        let audit = audit::Audit::new(config.audit_window_ms);
+        let audit = audit::Audit::new(config.audit_window_ms, config.audit_retention_ms);
         let state = Arc::new(BrokerState {
             config,
             topics,

@@ -373,15 +373,31 @@ impl Cluster {
         let what = format!("{topic} {partitions:?} led with a full ISR");
         let addrs = self.up_addrs();
         let topics = vec![topic.to_string()];
+        // Every live broker's own metadata must say so (and name the same
+        // leaders): a test may ask any of them next.
         wait_for(&what, timeout, || async {
-            let view = routing::view(&addrs, &topics).await.map_err(|e| e.to_string())?;
-            for &p in partitions {
-                let Some(m) = view.partition(topic, p) else { return Err(format!("p{p} not in metadata")) };
-                let (mut isr, mut replicas) = (m.isr.clone(), m.replicas.clone());
-                isr.sort_unstable();
-                replicas.sort_unstable();
-                if m.leader < 0 || replicas.is_empty() || isr != replicas {
-                    return Err(format!("p{p}: {m:?}"));
+            let mut leaders: Option<Vec<i32>> = None;
+            for addr in &addrs {
+                let view =
+                    routing::view(std::slice::from_ref(addr), &topics).await.map_err(|e| e.to_string())?;
+                let mut these = Vec::new();
+                for &p in partitions {
+                    let Some(m) = view.partition(topic, p) else {
+                        return Err(format!("{addr}: p{p} not in metadata"));
+                    };
+                    let (mut isr, mut replicas) = (m.isr.clone(), m.replicas.clone());
+                    isr.sort_unstable();
+                    replicas.sort_unstable();
+                    if m.leader < 0 || replicas.is_empty() || isr != replicas {
+                        return Err(format!("{addr}: p{p}: {m:?}"));
+                    }
+                    these.push(m.leader);
+                }
+                match &leaders {
+                    Some(l) if *l != these => {
+                        return Err(format!("{addr} names other leaders: {these:?} vs {l:?}"))
+                    }
+                    _ => leaders = Some(these),
                 }
             }
             Ok(())

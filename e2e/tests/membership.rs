@@ -181,7 +181,14 @@ async fn the_reassignment_throttle_bounds_the_copy_rate() {
         ],
     );
     assert!(out.status.success(), "{}", text(&out));
-    let shown = cli(&c, &["cluster", "describe"]);
+    // The broker answering may apply the reassignment a moment after the
+    // controller: asked again for up to 3 s (the copy takes longer).
+    let mut shown = cli(&c, &["cluster", "describe"]);
+    let asked = Instant::now();
+    while !text(&shown).contains(&RATE.to_string()) && asked.elapsed() < Duration::from_secs(3) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        shown = cli(&c, &["cluster", "describe"]);
+    }
     assert!(text(&shown).contains(&RATE.to_string()), "throttle not shown while copying:\n{}", text(&shown));
     c.wait_in_sync("big", &[0], Duration::from_secs(120)).await.ok_or_logs(&c);
     let took = started.elapsed();

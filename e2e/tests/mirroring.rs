@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tributary_client::tributary_proto::v1;
@@ -505,11 +505,16 @@ async fn opposite_links_copy_once_and_never_back_and_bad_input_changes_nothing()
     assert_eq!(high_watermark(&yb, "t", 0).await, 40, "a paused link copied\n{}", y.logs_tail());
     cli_ok(&yb, &["mirror", "resume", "from-x"]);
     settle(yb.clone(), 45).await.ok_or_logs(&y);
+    let series = "tributary_mirror_lag{link=\"from-x\"";
+    let metrics = || y.broker(0).http_get("/metrics").map(|(_, body)| body).unwrap_or_default();
+    assert!(metrics().contains(series), "no lag series for a copying link:\n{}", metrics());
     cli_ok(&yb, &["mirror", "delete", "from-x"]);
     assert!(!cli_ok(&yb, &["mirror", "list"]).contains("from-x"));
     produce(&xb, "x", 25, 5);
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(high_watermark(&yb, "t", 0).await, 45, "a deleted link copied\n{}", y.logs_tail());
+    // A deleted link's series are gone, not frozen at their last value.
+    assert!(!metrics().contains(series), "a deleted link's lag is still exported:\n{}", metrics());
 }
 
 /// Values of every record in `topic`-0 at `bootstrap`, in offset order.
@@ -664,6 +669,7 @@ async fn latest_means_from_the_links_creation_overlapping_links_copy_once_and_a_
     let out = run_cli(&sb, &["produce", "r"], &lines).unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     settle_at(&db, "r", 5).await.ok_or_logs(&d);
+    let copied = Instant::now();
     let dest = Admin::connect(&db).await.unwrap();
     wait_for("retention removes the copies", WAIT, || async {
         match dest.list_offsets("r", 0, OffsetSpec::Earliest).await {
@@ -673,8 +679,9 @@ async fn latest_means_from_the_links_creation_overlapping_links_copy_once_and_a_
     })
     .await
     .ok_or_logs(&d);
-    // Past the checkpoint interval (5 s) since the copy.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Past the checkpoint interval (5 s) since the copy, with room for a
+    // late tick.
+    tokio::time::sleep((copied + Duration::from_secs(8)).saturating_duration_since(Instant::now())).await;
     // Paused long enough for every broker to see it: the task ends, and
     // the one after the resume starts from its resume point.
     cli_ok(&db, &["mirror", "pause", "l3"]);

@@ -206,12 +206,14 @@ async fn a_leader_cut_off_from_its_peers_acknowledges_nothing_it_alone_holds() {
     c.isolate(old);
     let cut_at = Instant::now();
     let old_addr = c.addr(old);
+    let majority: Vec<String> = others.iter().map(|&j| c.addr(j)).collect();
     let mut pinned_options = ProducerOptions::new("c", &[0]);
     pinned_options.route = Route::Pinned(old_addr.clone());
-    let pinned = spawn_producer(&c.bootstrap(), &ledger, pinned_options);
+    // Its producer id comes from the majority (the cut-off broker cannot
+    // reach the quorum to hand one out); its writes go to the old leader.
+    let pinned = spawn_producer(&majority.join(","), &ledger, pinned_options);
     let pinned_tail = spawn_tail(&old_addr, &ledger, "c", &[0], Route::Pinned(old_addr.clone()));
     // The majority side elects a new leader.
-    let majority: Vec<String> = others.iter().map(|&j| c.addr(j)).collect();
     let topics = vec!["c".to_string()];
     let new_epoch = wait_for("a new leader among the majority", WAIT, || async {
         let view = routing::view(&majority, &topics).await.map_err(|e| e.to_string())?;
@@ -367,6 +369,7 @@ async fn cluster_describe_shows_liveness_controller_and_under_replication() {
         }
     };
     assert!(after.controller_id >= 0 && after.controller_id != victim_id, "{after:?}");
+    let controller = usize::try_from(after.controller_id).unwrap_or(0);
     // The ISRs shrink one partition at a time, so the count can still grow
     // while the CLI runs: take the CLI's output only when DescribeCluster
     // gave the same count just before and just after it.
@@ -374,7 +377,9 @@ async fn cluster_describe_shows_liveness_controller_and_under_replication() {
         let deadline = Instant::now() + WAIT;
         loop {
             let before = c.describe().await.ok_or_logs(&c).under_replicated_partitions;
-            let out = run_cli(&c.bootstrap(), &["cluster", "describe"], "").unwrap();
+            // Asked of the controller, as DescribeCluster was: another
+            // broker's view of liveness and ISRs trails it.
+            let out = run_cli(&c.addr(controller), &["cluster", "describe"], "").unwrap();
             assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
             let after = c.describe().await.ok_or_logs(&c).under_replicated_partitions;
             if before == after {

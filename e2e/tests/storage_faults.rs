@@ -74,12 +74,32 @@ async fn a_compacted_topic_is_read_to_its_end() {
     assert_eq!((last.key.as_deref(), last.value.as_deref()), (Some(&b"b"[..]), Some(&b"v200"[..])));
     assert_eq!(last.offset, 200);
     assert!(records.len() < 100, "nothing was compacted: {}", records.len());
-    let out =
-        ok(b.cli(&["consume", "ck", "--from-beginning", "--print-key", "--timeout-ms", "1500"], "").unwrap());
+    // Exactly what is stored, so the CLI stops on the count, not on an
+    // idle timeout a slow first fetch could reach.
+    let n = records.len().to_string();
+    let out = ok(b
+        .cli(
+            &[
+                "consume",
+                "ck",
+                "--from-beginning",
+                "--print-key",
+                "--max-messages",
+                &n,
+                "--timeout-ms",
+                "10000",
+            ],
+            "",
+        )
+        .unwrap());
     assert!(out.starts_with("a\tfirst\n"), "{out}");
     assert!(out.ends_with("b\tv200\n"), "{out}");
     // A group reading it reaches lag 0.
-    ok(b.cli(&["consume", "ck", "--group", "g", "--from-beginning", "--timeout-ms", "1500"], "").unwrap());
+    ok(b.cli(
+        &["consume", "ck", "--group", "g", "--from-beginning", "--max-messages", &n, "--timeout-ms", "10000"],
+        "",
+    )
+    .unwrap());
     let described = ok(b.cli(&["group", "describe", "g"], "").unwrap());
     // TOPIC PARTITION COMMITTED LOG-END LAG OWNER
     let row: Vec<_> =

@@ -476,11 +476,19 @@ mod tests {
         };
         // The first opens the batch, the second joins it mid-window, the
         // third arrives while the call is in flight and opens the next one.
-        let (first, second, third) = futures::join!(
-            timed(b.clone(), "t", Duration::ZERO),
-            timed(b.clone(), "t", window / 4),
-            timed(b.clone(), "t", window + call / 2),
-        );
+        // (The third waits for the call to be in flight, not for a time: a
+        // stalled runtime could wake it together with the window's timer.)
+        let in_flight = async {
+            while lock(&brokers.describe_calls).is_empty() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        let third = async {
+            in_flight.await;
+            timed(b.clone(), "t", Duration::ZERO).await
+        };
+        let (first, second, third) =
+            futures::join!(timed(b.clone(), "t", Duration::ZERO), timed(b.clone(), "t", window / 4), third,);
         for (r, took) in [first, second, third] {
             assert!(r.expect("described").is_some());
             assert!(took < window + call + slack, "waited {took:?}");

@@ -261,6 +261,18 @@ impl MirrorManager {
             if !keep {
                 t.handle.abort();
             }
+            if !wanted.contains_key(key) {
+                // Stopped for good here (link deleted or paused, leadership
+                // moved away): its metric series go too, rather than
+                // showing a lag frozen at its last value.
+                let labels = crate::metrics::MirrorLabels {
+                    link: key.0.clone(),
+                    topic: key.1.clone(),
+                    partition: key.2,
+                };
+                state.metrics.mirror_lag.remove(&labels);
+                state.metrics.mirror_records.remove(&labels);
+            }
             keep
         });
         for (key, spec) in wanted {

@@ -421,6 +421,17 @@ impl InternalTopic {
         }
     }
 
+    /// Its topic configs: compacted, synced per write; `__audit` also
+    /// deletes counts older than `audit_retention_ms`.
+    fn configs(self, state: &BrokerState, rf: u32) -> std::collections::BTreeMap<String, String> {
+        let mut configs = offsets_topic_configs(rf);
+        if self == InternalTopic::Audit {
+            configs.insert("cleanup.policy".into(), "compact,delete".into());
+            configs.insert("retention.ms".into(), state.config.audit_retention_ms.to_string());
+        }
+        configs
+    }
+
     fn partitions(self, state: &BrokerState) -> u32 {
         match self {
             InternalTopic::Offsets => state.config.offsets_topic_partitions.max(1),
@@ -480,7 +491,7 @@ async fn create_internal_topic_here(state: &BrokerState, kind: InternalTopic) ->
     let record = TopicRecord {
         name: name.to_string(),
         id: crate::topics::new_topic_id(),
-        configs: offsets_topic_configs(rf),
+        configs: kind.configs(state, rf),
         partitions: replicas.into_iter().map(PartitionRecord::new).collect(),
     };
     match state.cluster.propose(Command::CreateTopic { topic: record }).await? {

@@ -116,6 +116,10 @@ pub struct BenchProduceArgs {
     /// measure what it costs.
     #[arg(long)]
     pub no_idempotence: bool,
+    /// Produce as a tracking producer (audit headers on every record,
+    /// counts reported per window), to measure what tracking costs.
+    #[arg(long)]
+    pub track: bool,
 }
 
 #[derive(Args, Debug)]
@@ -212,6 +216,7 @@ fn fill(topic: &str, records: u64, record_size: usize) -> BenchProduceArgs {
         compression: Compression::None,
         linger_ms: 5,
         no_idempotence: false,
+        track: false,
     }
 }
 
@@ -321,6 +326,7 @@ async fn produce(bootstrap: &str, args: BenchProduceArgs) -> anyhow::Result<Benc
         compression: args.compression,
         record_latency: true,
         enable_idempotence: !args.no_idempotence,
+        tracking: args.track.then(|| tributary_client::audit::TrackingConfig::new("bench")),
         ..ProducerConfig::default()
     };
     // One value for every record, never freed: cloning a static `Bytes` is
