@@ -73,8 +73,9 @@ impl TrackingConfig {
     }
 }
 
-/// (topic, window start) → records.
-type Counts = BTreeMap<(String, i64), u64>;
+/// Per topic: window start → (records, changed since the last report).
+/// Keyed by topic first so counting a record allocates nothing.
+type Counts = HashMap<String, BTreeMap<i64, (u64, bool)>>;
 
 /// Counts records per (topic, window) and reports the windows that changed
 /// through the `Audit` RPC: every window (in the background) and on
@@ -83,10 +84,12 @@ type Counts = BTreeMap<(String, i64), u64>;
 pub struct Tracker {
     tier: String,
     config: TrackingConfig,
+    /// The `service` and `host` header values, built once (every record
+    /// carries them).
+    service_value: bytes::Bytes,
+    host_value: bytes::Bytes,
     cluster: Arc<Cluster>,
     counts: Mutex<Counts>,
-    /// Windows counted since they were last reported.
-    dirty: Mutex<BTreeSet<(String, i64)>>,
     /// One report at a time, so an older snapshot never lands last.
     sending: tokio::sync::Mutex<()>,
 }
@@ -101,10 +104,11 @@ impl Tracker {
     pub(crate) fn start(cluster: Arc<Cluster>, tier: &str, config: TrackingConfig) -> Arc<Tracker> {
         let t = Arc::new(Tracker {
             tier: tier.to_string(),
+            service_value: bytes::Bytes::from(config.service.clone()),
+            host_value: bytes::Bytes::from(config.host.clone()),
             config,
             cluster,
-            counts: Mutex::new(BTreeMap::new()),
-            dirty: Mutex::new(BTreeSet::new()),
+            counts: Mutex::new(HashMap::new()),
             sending: tokio::sync::Mutex::new(()),
         });
         tokio::spawn(report_loop(Arc::downgrade(&t), t.config.window));
@@ -115,42 +119,66 @@ impl Tracker {
         &self.config
     }
 
+    /// The `service` and `host` header values.
+    pub(crate) fn header_values(&self) -> (&bytes::Bytes, &bytes::Bytes) {
+        (&self.service_value, &self.host_value)
+    }
+
     /// One record of `topic` with `timestamp` was sent or consumed.
     pub fn count(&self, topic: &str, timestamp: i64) {
-        let key = (topic.to_string(), window_start(timestamp, self.config.window_ms()));
-        *self.counts.lock().entry(key.clone()).or_insert(0) += 1;
-        self.dirty.lock().insert(key);
+        let window = window_start(timestamp, self.config.window_ms());
+        let bump = |windows: &mut BTreeMap<i64, (u64, bool)>| {
+            let (n, changed) = windows.entry(window).or_insert((0, false));
+            *n += 1;
+            *changed = true;
+        };
+        let mut counts = self.counts.lock();
+        if let Some(windows) = counts.get_mut(topic) {
+            bump(windows);
+            return;
+        }
+        let mut windows = BTreeMap::new();
+        bump(&mut windows);
+        counts.insert(topic.to_string(), windows);
     }
 
     /// The counts so far, per (topic, window start).
     pub fn counts(&self) -> BTreeMap<(String, i64), u64> {
-        self.counts.lock().clone()
+        let counts = self.counts.lock();
+        counts
+            .iter()
+            .flat_map(|(topic, windows)| windows.iter().map(move |(w, (n, _))| ((topic.clone(), *w), *n)))
+            .collect()
     }
 
     /// Sends every window counted since the last report. A failed report
     /// keeps them for the next one.
     pub async fn report(&self) -> Result<()> {
         let _one = self.sending.lock().await;
-        let keys = std::mem::take(&mut *self.dirty.lock());
-        if keys.is_empty() {
+        let counts: Vec<v1::AuditCount> = {
+            let mut all = self.counts.lock();
+            let mut out = Vec::new();
+            for (topic, windows) in all.iter_mut() {
+                for (w, (n, changed)) in windows.iter_mut().filter(|(_, (_, changed))| *changed) {
+                    *changed = false;
+                    out.push(v1::AuditCount {
+                        tier: self.tier.clone(),
+                        service: self.config.service.clone(),
+                        host: self.config.host.clone(),
+                        topic: topic.clone(),
+                        window_start_ms: *w,
+                        window_ms: self.config.window_ms(),
+                        count: *n,
+                        origin: String::new(),
+                        link: None,
+                    });
+                }
+            }
+            out
+        };
+        if counts.is_empty() {
             return Ok(());
         }
-        let counts: Vec<v1::AuditCount> = {
-            let all = self.counts.lock();
-            keys.iter()
-                .map(|k| v1::AuditCount {
-                    tier: self.tier.clone(),
-                    service: self.config.service.clone(),
-                    host: self.config.host.clone(),
-                    topic: k.0.clone(),
-                    window_start_ms: k.1,
-                    window_ms: self.config.window_ms(),
-                    count: all.get(k).copied().unwrap_or(0),
-                    origin: String::new(),
-                    link: None,
-                })
-                .collect()
-        };
         let request = v1::ReportCountsRequest { counts };
         let sent = self
             .cluster
@@ -162,7 +190,15 @@ impl Tracker {
             })
             .await;
         if sent.is_err() {
-            self.dirty.lock().extend(keys);
+            // Marked changed again: the next report sends them (with any
+            // records counted meanwhile).
+            let mut all = self.counts.lock();
+            for c in &request.counts {
+                if let Some((_, changed)) = all.get_mut(&c.topic).and_then(|w| w.get_mut(&c.window_start_ms))
+                {
+                    *changed = true;
+                }
+            }
         }
         sent.map(|_| ())
     }

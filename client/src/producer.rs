@@ -563,11 +563,13 @@ impl Shared {
 /// A tracking producer's stamp: the timestamp fixed now (the count and
 /// the record must agree on the window) and the audit headers. Returns
 /// the timestamp.
-fn stamp(record: &mut ProducerRecord, t: &crate::audit::TrackingConfig) -> i64 {
+fn stamp(record: &mut ProducerRecord, t: &crate::audit::Tracker) -> i64 {
     let timestamp = *record.timestamp.get_or_insert_with(now_ms);
+    let (service, host) = t.header_values();
+    record.headers.reserve(3);
     record.headers.push((crate::audit::TIMESTAMP_HEADER.into(), Some(Bytes::from(timestamp.to_string()))));
-    record.headers.push((crate::audit::SERVICE_HEADER.into(), Some(Bytes::from(t.service.clone()))));
-    record.headers.push((crate::audit::HOST_HEADER.into(), Some(Bytes::from(t.host.clone()))));
+    record.headers.push((crate::audit::SERVICE_HEADER.into(), Some(service.clone())));
+    record.headers.push((crate::audit::HOST_HEADER.into(), Some(host.clone())));
     timestamp
 }
 
@@ -639,7 +641,7 @@ impl Producer {
         let shared = &self.handle.shared;
         let sent_at = shared.acct.latency.as_ref().map(|_| shared.acct.micros_now());
         let tracked = shared.tracker.as_ref().map(|t| {
-            let timestamp = stamp(&mut record, t.config());
+            let timestamp = stamp(&mut record, t);
             (t, record.topic.clone(), timestamp)
         });
         let sent = match shared.try_send(record, sent_at) {
