@@ -2,8 +2,8 @@
 //! partition log (segment file + RocksDB index), and reading them back the
 //! way a fetch does (index lookup, then one positioned read). The `audit`
 //! group measures the completeness audit's cost on the append path: the
-//! same append alone, and with the leader's count (`Audit::appended`) and
-//! its commit once the high watermark passes, in one run.
+//! same append alone, the leader's count alone (`Audit::appended` and its
+//! commit once the high watermark passes), and both, in one run.
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use tributary_broker::audit::Audit;
@@ -78,6 +78,16 @@ fn audit(c: &mut Criterion) {
     g.throughput(Throughput::Elements(RECORDS as u64));
     g.bench_function("append_1000x100B", |b| {
         b.iter(|| p.append(&data, &config, 1_700_000_000_000).expect("append"))
+    });
+    // The count alone (header-only counting and the commit once the high
+    // watermark passed), of a batch already in the log.
+    let info = p.append(&data, &config, 1_700_000_000_000).expect("append");
+    let end = info.last_offset + 1;
+    g.bench_function("count_1000x100B", |b| {
+        b.iter(|| {
+            audit.appended("bench", 0, 0, &data, end - info.records, end);
+            audit.commit_all(|_, _| Some(p.clone()));
+        })
     });
     g.bench_function("append_1000x100B_counted", |b| {
         b.iter(|| {
