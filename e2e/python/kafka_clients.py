@@ -516,7 +516,6 @@ def resume(bootstrap, topic, group_id, count):
     first = Consumer(conf())
     parts = sorted(first.list_topics(topic, timeout=10).topics[topic].partitions)
     first.commit(offsets=[TopicPartition(topic, x, 0) for x in parts], asynchronous=False)
-    produce(0)
 
     def read(consumer, want, wait=30):
         seen, deadline = [], time.time() + wait
@@ -533,6 +532,18 @@ def resume(bootstrap, topic, group_id, count):
     second = Consumer(conf())
     first.subscribe([topic])
     second.subscribe([topic])
+    # The group forms before anything is produced, so no partition changes
+    # hands while records are read: a handover would have the new owner read
+    # again what the old one read but had not committed (at-least-once), and
+    # commit below it.
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        for c in (first, second):
+            c.poll(0.1)
+        a, b = first.assignment(), second.assignment()
+        if a and b and len({t.partition for t in a} | {t.partition for t in b}) == len(parts):
+            break
+    produce(0)
     half = count // 2
     got_first, deadline = [], time.time() + 30
     while len(got_first) < half and time.time() < deadline:
@@ -541,12 +552,16 @@ def resume(bootstrap, topic, group_id, count):
             if m is not None and not m.error():
                 got_first.append(m.value().decode())
     from confluent_kafka import KafkaError, KafkaException
+    # Both commit before either stops: a member's close rebalances the group,
+    # and a member whose partitions were revoked by then has nothing left
+    # to commit, so what it read would be read again.
     for c in (first, second):
         try:
             c.commit(asynchronous=False)
         except KafkaException as e:  # a member that read nothing has nothing to commit
             if e.args[0].code() != KafkaError._NO_OFFSET:
                 raise
+    for c in (first, second):
         c.close()
     first_unique = set(got_first)
     produce(count)
