@@ -98,8 +98,9 @@ pub fn count_batches(data: &[u8], mut skip: i64, window_ms: i64) -> Result<BTree
 /// (topic, partition).
 type Part = (String, u32);
 
-/// One leader append not yet below the high watermark: offsets
-/// `first..end`, appended in `epoch`, and its records per window.
+/// One leader append not yet below the high watermark: the offset after
+/// its last record, the epoch it was appended in, and its new records per
+/// window.
 struct Pending {
     end: i64,
     epoch: i32,
